@@ -1,0 +1,5 @@
+import sys
+
+from t5pod.cli import main
+
+sys.exit(main())

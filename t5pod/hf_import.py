@@ -1,0 +1,227 @@
+"""Import of Hugging Face T5 checkpoints (config.json + safetensors) into t5pod parameters.
+
+Reads safetensors only: a pickled pytorch_model.bin can run arbitrary code when loaded.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from t5pod.config import FEED_FORWARD_PROJECTIONS, T5Config
+
+
+class ConversionError(ValueError):
+    pass
+
+
+# Tensors that duplicate `shared.weight` in some exports.
+_DUPLICATE_EMBEDDINGS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+
+
+def read_hf_config(src_dir: str) -> tuple[T5Config, dict]:
+    """T5Config from SRC_DIR/config.json, plus the raw json."""
+    path = os.path.join(src_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ConversionError(f"{src_dir} has no config.json: pass the folder of a Hugging Face T5 checkpoint.")
+    with open(path) as f:
+        hf = json.load(f)
+    if hf.get("model_type", "t5") not in ("t5", "mt5", "umt5") or "d_model" not in hf:
+        raise ConversionError(f"{path} is not a T5 config (model_type={hf.get('model_type')!r}).")
+    projection = hf.get("feed_forward_proj", "relu")
+    if projection not in FEED_FORWARD_PROJECTIONS:
+        raise ConversionError(
+            f"{path}: unknown feed_forward_proj {projection!r}; t5pod supports {sorted(FEED_FORWARD_PROJECTIONS)}.")
+    config = T5Config(
+        vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_kv=hf["d_kv"], d_ff=hf["d_ff"],
+        num_heads=hf["num_heads"], num_layers=hf["num_layers"],
+        num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+        feed_forward_proj=projection, tie_word_embeddings=True,  # decided from the tensors, below
+        relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+        dropout_rate=hf.get("dropout_rate", 0.1), layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+    )
+    return config, hf
+
+
+def read_safetensors(src_dir: str) -> dict[str, np.ndarray]:
+    """All tensors of model.safetensors (or its sharded index) as float32 numpy arrays."""
+    from safetensors import safe_open
+
+    single = os.path.join(src_dir, "model.safetensors")
+    index = os.path.join(src_dir, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        with open(index) as f:
+            files = sorted({os.path.join(src_dir, name) for name in json.load(f)["weight_map"].values()})
+    else:
+        pickled = [n for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+                   if os.path.exists(os.path.join(src_dir, n))]
+        hint = (f" It has {', '.join(pickled)}, which t5pod does not read; re-save it as safetensors "
+                "(transformers: model.save_pretrained(dir, safe_serialization=True)).") if pickled else ""
+        raise ConversionError(f"{src_dir} has no model.safetensors.{hint}")
+    tensors = {}
+    for path in files:
+        if not os.path.isfile(path):
+            raise ConversionError(f"{path}, named in the safetensors index, is missing.")
+        # The flax framework reads bfloat16 too; numpy alone cannot.
+        with safe_open(path, framework="flax") as f:
+            for name in f.keys():
+                tensors[name] = np.asarray(f.get_tensor(name), dtype=np.float32)
+    return tensors
+
+
+class _Reader:
+    """Takes tensors by name, checking shapes against the config and remembering what was used."""
+
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        self.tensors, self.used = tensors, set()
+
+    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in self.tensors:
+            raise ConversionError(f"The checkpoint lacks tensor {name!r} that config.json implies.")
+        value = self.tensors[name]
+        if tuple(value.shape) != tuple(shape):
+            raise ConversionError(
+                f"Tensor {name!r} has shape {tuple(value.shape)} but config.json implies {tuple(shape)}; "
+                "the config and the weights disagree.")
+        self.used.add(name)
+        return value
+
+
+def _attention(r: _Reader, prefix: str, cfg: T5Config) -> dict:
+    e, h, d = cfg.d_model, cfg.num_heads, cfg.d_kv
+    # torch Linear weights are [out, in]; ours are [embed, heads, kv] and [heads, kv, embed].
+    return {
+        "query": r.take(f"{prefix}.q.weight", (h * d, e)).T.reshape(e, h, d),
+        "key": r.take(f"{prefix}.k.weight", (h * d, e)).T.reshape(e, h, d),
+        "value": r.take(f"{prefix}.v.weight", (h * d, e)).T.reshape(e, h, d),
+        "out": r.take(f"{prefix}.o.weight", (e, h * d)).T.reshape(h, d, e),
+    }
+
+
+def _mlp(r: _Reader, prefix: str, cfg: T5Config) -> dict:
+    e, f = cfg.d_model, cfg.d_ff
+    names = ("wi_0", "wi_1") if cfg.is_gated else ("wi",)
+    mlp = {n: r.take(f"{prefix}.{n}.weight", (f, e)).T for n in names}
+    mlp["wo"] = r.take(f"{prefix}.wo.weight", (e, f)).T
+    return mlp
+
+
+def _norm(r: _Reader, name: str, cfg: T5Config) -> dict:
+    return {"scale": r.take(name, (cfg.d_model,))}
+
+
+def convert_tensors(tensors: dict[str, np.ndarray], config: T5Config, hf_config: dict) -> tuple[dict, T5Config]:
+    """Maps reference tensor names and layouts to t5pod's (unscanned) parameter tree."""
+    import dataclasses
+
+    r = _Reader(tensors)
+    cfg = config
+    relpos = (cfg.relative_attention_num_buckets, cfg.num_heads)
+    embedding = r.take("shared.weight", (cfg.vocab_size, cfg.d_model))
+
+    encoder = {"relpos_bias": {"rel_embedding": r.take(
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", relpos).T}}
+    for i in range(cfg.num_layers):
+        p = f"encoder.block.{i}.layer"
+        encoder[f"layers_{i}"] = {
+            "pre_attention_layer_norm": _norm(r, f"{p}.0.layer_norm.weight", cfg),
+            "attention": _attention(r, f"{p}.0.SelfAttention", cfg),
+            "pre_mlp_layer_norm": _norm(r, f"{p}.1.layer_norm.weight", cfg),
+            "mlp": _mlp(r, f"{p}.1.DenseReluDense", cfg),
+        }
+    encoder["encoder_norm"] = _norm(r, "encoder.final_layer_norm.weight", cfg)
+
+    decoder = {"relpos_bias": {"rel_embedding": r.take(
+        "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", relpos).T}}
+    for i in range(cfg.decoder_layers):
+        p = f"decoder.block.{i}.layer"
+        decoder[f"layers_{i}"] = {
+            "pre_self_attention_layer_norm": _norm(r, f"{p}.0.layer_norm.weight", cfg),
+            "self_attention": _attention(r, f"{p}.0.SelfAttention", cfg),
+            "pre_cross_attention_layer_norm": _norm(r, f"{p}.1.layer_norm.weight", cfg),
+            "encoder_decoder_attention": _attention(r, f"{p}.1.EncDecAttention", cfg),
+            "pre_mlp_layer_norm": _norm(r, f"{p}.2.layer_norm.weight", cfg),
+            "mlp": _mlp(r, f"{p}.2.DenseReluDense", cfg),
+        }
+    decoder["decoder_norm"] = _norm(r, "decoder.final_layer_norm.weight", cfg)
+
+    # Output layer. Older exports say tie_word_embeddings=false for T5 1.1 (separate lm_head, no
+    # logit scaling); newer transformers write scale_decoder_outputs and may tie the two.
+    scaled = hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True) is not False)
+    lm_head = None
+    if "lm_head.weight" in tensors:
+        lm_head = r.take("lm_head.weight", (cfg.vocab_size, cfg.d_model))
+        if np.array_equal(lm_head, embedding):
+            lm_head = None
+    if lm_head is None and not scaled:
+        lm_head = embedding  # tied but unscaled: an untied copy computes the same logits
+    if lm_head is not None and scaled:
+        raise ConversionError(
+            "The checkpoint has a separate lm_head but its config asks for T5 1.0 logit scaling; "
+            "t5pod supports tied+scaled (T5 1.0) or separate+unscaled (T5 1.1) output layers.")
+    if lm_head is not None:
+        decoder["logits_dense"] = np.array(lm_head.T)
+    cfg = dataclasses.replace(cfg, tie_word_embeddings=lm_head is None)
+
+    unused = set(tensors) - r.used - set(_DUPLICATE_EMBEDDINGS) - {"lm_head.weight"}
+    unused = {n for n in unused if "EncDecAttention.relative_attention_bias" not in n}  # unused by the reference too
+    if unused:
+        raise ConversionError(f"The checkpoint has tensors t5pod does not know: {sorted(unused)[:5]}")
+    params = {"token_embedder": {"embedding": embedding}, "encoder": encoder, "decoder": decoder}
+    return params, cfg
+
+
+def model_gin(config: T5Config, out_dir: str, vocabulary_path: str | None, source: str) -> str:
+    lines = [
+        f"# Written by `t5pod convert-hf` from {source}.",
+        f"# Use with: --gin_file={os.path.join(out_dir, 'model.gin')} --gin.CHECKPOINT_PATH=\"'{out_dir}'\"",
+        "",
+    ]
+    for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers",
+                 "feed_forward_proj", "tie_word_embeddings", "relative_attention_num_buckets",
+                 "relative_attention_max_distance", "layer_norm_epsilon"):
+        value = config.decoder_layers if name == "num_decoder_layers" else getattr(config, name)
+        lines.append(f"t5pod.T5Config.{name} = {value!r}")
+    if vocabulary_path:
+        lines += ["", f"VOCABULARY_PATH = {vocabulary_path!r}"]
+    return "\n".join(lines) + "\n"
+
+
+def convert(src_dir: str, out_dir: str) -> T5Config:
+    """SRC_DIR (Hugging Face T5 folder) -> OUT_DIR with an Orbax checkpoint, model.gin, spiece.model.
+
+    OUT_DIR must not exist yet (or be empty); everything is written to a temporary sibling first
+    and moved into place at the end, so a failed conversion leaves nothing behind.
+    """
+    from t5pod import checkpoints
+
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise ConversionError(f"{out_dir} already exists and is not empty; choose a new OUT_DIR.")
+    config, hf_config = read_hf_config(src_dir)
+    params, config = convert_tensors(read_safetensors(src_dir), config, hf_config)
+
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".convert-", dir=parent)
+    try:
+        vocabulary = None
+        if os.path.isfile(os.path.join(src_dir, "spiece.model")):
+            shutil.copy(os.path.join(src_dir, "spiece.model"), os.path.join(staging, "spiece.model"))
+            vocabulary = os.path.join(out_dir, "spiece.model")
+        checkpoints.save_params(staging, params, config, step=0,
+                                extra_metadata={"source": os.path.abspath(src_dir)})
+        with open(os.path.join(staging, "model.gin"), "w") as f:
+            f.write(model_gin(config, out_dir, vocabulary, os.path.abspath(src_dir)))
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty, checked above
+        os.rename(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return config
