@@ -1,7 +1,28 @@
-"""`python -m t5pod <command>` and the `t5pod` console script."""
+"""`python -m t5pod <command>` and the `t5pod` console script.
+
+Commands that read tasks take gin flags in T5X conventions: --gin_file=F (repeatable),
+--gin_search_paths=A,B and --gin.NAME=VALUE (a binding or macro, e.g. --gin.MIXING_TEMPERATURE=2.0).
+"""
 
 import argparse
+import json
+import os
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+
+def _add_gin_flags(parser: argparse.ArgumentParser):
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    parser.add_argument("--gin_search_paths", default="", help="comma-separated folders for gin includes")
+
+
+def _parse_gin(args, base_files=("tasks.gin",)):
+    from t5pod import ginconf
+
+    search_paths = [p for p in args.gin_search_paths.split(",") if p]
+    ginconf.parse([*base_files, *args.gin_file], args.gin_bindings, search_paths)
+    return ginconf
 
 
 def _convert_hf(args) -> int:
@@ -16,8 +37,50 @@ def _convert_hf(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    ginconf = _parse_gin(args)
+    ginconf.register_tasks()
+    import seqio
+
+    from t5pod import inspect_data
+
+    if args.list:
+        for name in sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names()):
+            print(name)
+        return 0
+    if not args.task:
+        raise ValueError("data needs --task=NAME (a task or mixture; --list shows them).")
+    lengths = ginconf.macro("TASK_FEATURE_LENGTHS")
+    model_features = args.features == "model"
+    if args.stats:
+        stats = inspect_data.statistics(args.task, lengths, args.split, args.stats, model_features, args.seed)
+        print(json.dumps(stats))
+        return 0
+    for row in inspect_data.examples(args.task, lengths, args.split, args.num_examples, model_features, args.seed):
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def _train_vocab(args) -> int:
+    from t5pod import text_files, vocab
+
+    def texts():
+        for path in text_files.match_files(args.input):
+            for x in text_files.text_dataset([path], args.paragraphs).as_numpy_iterator():
+                yield x["text"].decode("utf-8")
+
+    path = vocab.train_vocabulary(texts(), args.output, vocab_size=args.vocab_size, model_type=args.model_type,
+                                  max_sentences=args.max_sentences)
+    vocabulary = vocab.get_vocabulary(path)
+    print(f"Wrote {path}: {vocabulary.vocab_size} ids with 100 extra ids "
+          f"(<extra_id_0> = {vocabulary.vocab_size - 1}); model embedding size {vocab.padded_vocab_size(vocabulary)}.")
+    print(f"  use it with: --gin.VOCABULARY_PATH=\"'{path}'\"")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="t5pod", description=__doc__)
+    parser = argparse.ArgumentParser(prog="t5pod", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
@@ -25,23 +88,52 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src_dir", metavar="SRC_DIR", help="folder with config.json and model.safetensors")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the Orbax checkpoint and model.gin")
     convert.set_defaults(run=_convert_hf)
+
+    data = commands.add_parser("data", help="Show what a task or mixture produces, or its statistics.")
+    _add_gin_flags(data)
+    data.add_argument("--task", help="task or mixture name")
+    data.add_argument("--split", default="train")
+    data.add_argument("--num_examples", type=int, default=3)
+    data.add_argument("--features", choices=("task", "model"), default="task",
+                      help="task: preprocessed examples; model: after feature conversion and packing")
+    data.add_argument("--stats", type=int, default=0, metavar="N", help="print statistics over N examples")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--list", action="store_true", help="list the registered tasks and mixtures")
+    data.set_defaults(run=_data)
+
+    train_vocab = commands.add_parser("train-vocab", help="Train a SentencePiece vocabulary (T5 conventions).")
+    train_vocab.add_argument("--input", required=True, help="file pattern: text, .jsonl, .tfrecord, optionally .gz")
+    train_vocab.add_argument("--output", required=True, help="path of the new .model file")
+    train_vocab.add_argument("--vocab_size", type=int, default=32000)
+    train_vocab.add_argument("--model_type", default="unigram", choices=("unigram", "bpe"))
+    train_vocab.add_argument("--paragraphs", action="store_true", help="documents are blank-line-separated blocks")
+    train_vocab.add_argument("--max_sentences", type=int, default=2_000_000)
+    train_vocab.set_defaults(run=_train_vocab)
     return parser
 
 
-# Errors a user can fix from the message alone: printed as one line, no traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can fix from the message alone: printed as one line, no traceback."""
     from t5pod.checkpoints import CheckpointError
     from t5pod.hf_import import ConversionError
 
-    return (ConversionError, CheckpointError, FileNotFoundError)
+    return (ConversionError, CheckpointError, FileNotFoundError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --gin.NAME=VALUE flags become gin bindings; argparse sees the rest.
+    bindings = [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
+    parser = build_parser()
+    args = parser.parse_args([a for a in argv if not a.startswith("--gin.")])
+    if bindings and not hasattr(args, "gin_file"):
+        parser.error(f"{args.command} takes no gin flags")
+    args.gin_bindings = bindings
     try:
         return args.run(args)
     except _user_errors() as error:
-        print(f"t5pod {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split("\n")[:3])
+        print(f"t5pod {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -45,6 +45,24 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_pa
     gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
 
 
+def register_tasks(**settings):
+    """Registers the seqio tasks and mixtures with the settings gin binds (gin/tasks.gin)."""
+    import tasks
+
+    tasks.register_all(**settings)
+
+
+register_tasks = gin.external_configurable(register_tasks, name="register_tasks", module="t5pod")
+
+
+def macro(name: str):
+    """The value of a gin macro, e.g. macro('TASK_FEATURE_LENGTHS')."""
+    try:
+        return gin.query_parameter(f"%{name}")
+    except ValueError:
+        raise ValueError(f"The gin macro {name} is not set; pass --gin.{name}=... or a gin file that sets it.") from None
+
+
 def model_config() -> config_lib.T5Config:
     """The T5Config the parsed gin files bind, as a plain (gin-free) dataclass."""
     configured = T5Config()

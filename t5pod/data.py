@@ -1,0 +1,85 @@
+"""Model-ready input: a seqio task or mixture -> feature conversion and packing -> batches.
+
+Each process reads its own shard (seqio.ShardInfo from jax.process_index / process_count). The
+stream is deterministic for a seed, and its position can be saved and restored exactly
+(tf.data iterator checkpoints), so a resumed run sees the batches it would have seen.
+"""
+
+import difflib
+import os
+from typing import Iterator, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+
+class UnknownTaskError(ValueError):
+    pass
+
+
+def get_task_or_mixture(name: str):
+    """The registered seqio task or mixture, or an error naming the closest registered names."""
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError:
+        known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownTaskError(
+            f"Unknown task or mixture {name!r}.{hint} Registered names come from tasks/ "
+            "(`python -m t5pod data --list` shows them).") from None
+
+
+def feature_converter(pack: bool = True) -> seqio.FeatureConverter:
+    return seqio.EncDecFeatureConverter(pack=pack)
+
+
+def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str = "train", *,
+                shuffle: bool = True, seed: int | None = 0, pack: bool = True, num_epochs: int | None = None,
+                shard_index: int | None = None, num_shards: int | None = None,
+                use_cached: bool = False) -> tf.data.Dataset:
+    """Model features ([length] int32 each) of this process's shard of a task or mixture.
+
+    Without shard arguments the shard is this JAX process's. num_epochs=None repeats forever.
+    """
+    get_task_or_mixture(name)
+    if num_shards is None:
+        import jax
+
+        shard_index, num_shards = jax.process_index(), jax.process_count()
+    return seqio.get_dataset(
+        name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split, shuffle=shuffle,
+        num_epochs=num_epochs, shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+        use_cached=use_cached, seed=seed, feature_converter=feature_converter(pack))
+
+
+def batched(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+class CheckpointableIterator:
+    """Numpy batches from a tf.data dataset, with a position that can be saved and restored.
+
+    save(prefix) writes the iterator state (including shuffle buffers) to files starting with
+    prefix; restore(prefix) continues exactly from there.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset):
+        self._iterator = iter(dataset)
+        self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in next(self._iterator).items()}
+
+    def save(self, prefix: str) -> str:
+        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+        return self._checkpoint.write(prefix)
+
+    def restore(self, prefix: str):
+        if not tf.io.gfile.glob(prefix + ".index"):
+            raise FileNotFoundError(f"No saved data position at {prefix}.")
+        self._checkpoint.read(prefix).assert_consumed()

@@ -1,0 +1,230 @@
+"""Unsupervised objectives as seqio preprocessors (tf.data graph ops, no per-token Python).
+
+Span corruption (T5's pretraining objective), i.i.d. denoising and prefix language modelling,
+following ../shared/reference/t5-data-spec.md section 1: chunk documents, concatenate and split
+them into raw chunks of the length that yields the requested input length, then choose noise
+and replace each noise span (inputs) or each non-noise span (targets) by a unique sentinel.
+"""
+
+import seqio
+import tensorflow as tf
+
+# Documents longer than this are cut to one random chunk of it (spec 1.7).
+MAX_CHUNK_LENGTH = 65536
+CONCAT_BATCH_SIZE = 128
+
+
+def random_spans_helper(inputs_length: int, noise_density: float, mean_noise_span_length: float,
+                        extra_tokens_per_span_inputs: int = 1, extra_tokens_per_span_targets: int = 1
+                        ) -> tuple[int, int]:
+    """(raw tokens per example, targets length) that give exactly inputs_length inputs.
+
+    Python float64 round() (half to even), as the reference does: at 512 inputs this is (568, 114).
+    """
+
+    def lengths(tokens_length):
+        num_noise = int(round(tokens_length * noise_density))
+        num_nonnoise = tokens_length - num_noise
+        num_spans = int(round(num_noise / mean_noise_span_length))
+        # +1 on each side for EOS.
+        return (num_nonnoise + num_spans * extra_tokens_per_span_inputs + 1,
+                num_noise + num_spans * extra_tokens_per_span_targets + 1)
+
+    tokens_length = inputs_length - 1
+    while lengths(tokens_length + 1)[0] <= inputs_length:
+        tokens_length += 1
+    inputs, targets = lengths(tokens_length)
+    if noise_density == 0.5 and targets > inputs:
+        tokens_length -= 1
+        targets -= 1
+    return tokens_length, targets
+
+
+def _random_segmentation(num_items, num_segments, seed):
+    """Lengths of num_segments positive parts summing to num_items, uniform over compositions.
+
+    Marks num_segments - 1 of the num_items - 1 gaps as segment starts, in random order.
+    """
+    is_start = tf.cast(tf.range(num_items - 1) < num_segments - 1, tf.int32)
+    order = tf.argsort(tf.random.stateless_uniform([num_items - 1], seed=seed))
+    is_start = tf.pad(tf.gather(is_start, order), [[1, 0]])
+    segment_ids = tf.cumsum(is_start)
+    return tf.math.unsorted_segment_sum(tf.ones_like(segment_ids), segment_ids, num_segments)
+
+
+def random_spans_noise_mask(length, noise_density: float, seeds, mean_noise_span_length: float = 3.0):
+    """[length] bool: noise spans of mean length mean_noise_span_length covering noise_density.
+
+    Counts are rounded in float32, half to even (spec 1.4); the mask starts with non-noise and
+    ends with noise. seeds: two stateless seed pairs (span lengths of noise, of non-noise).
+    """
+    if noise_density == 0.0:
+        return tf.zeros([length], tf.bool)
+    original_length = length
+    length = tf.maximum(length, 2)
+    num_noise = tf.cast(tf.round(tf.cast(length, tf.float32) * tf.constant(noise_density, tf.float32)), tf.int32)
+    num_noise = tf.clip_by_value(num_noise, 1, length - 1)
+    num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32)
+    num_spans = tf.maximum(num_spans, 1)
+    noise_lengths = _random_segmentation(num_noise, num_spans, seeds[0])
+    nonnoise_lengths = _random_segmentation(length - num_noise, num_spans, seeds[1])
+    # Alternate non-noise, noise, non-noise, ...; a span's parity says whether it is noise.
+    span_lengths = tf.reshape(tf.stack([nonnoise_lengths, noise_lengths], axis=1), [-1])
+    span_index = tf.repeat(tf.range(2 * num_spans), span_lengths)
+    return tf.equal(span_index % 2, 1)[:original_length]
+
+
+def iid_noise_mask(length, noise_density: float, seeds, mean_noise_span_length: float = 1.0):
+    """[length] bool: each token is noise independently with probability noise_density."""
+    del mean_noise_span_length
+    return tf.random.stateless_uniform([length], seed=seeds[0]) < noise_density
+
+
+def random_prefix_noise_mask(length, noise_density: float, seeds, mean_noise_span_length: float = 1.0):
+    """[length] bool: a random non-empty suffix is noise (prefix LM: the suffix is the target)."""
+    del noise_density, mean_noise_span_length
+    max_prefix = tf.maximum(length - 1, 1)
+    prefix = tf.random.stateless_uniform([], seed=seeds[0], minval=1, maxval=max_prefix + 1, dtype=tf.int32)
+    return tf.range(length) >= tf.minimum(prefix, length - 1)
+
+
+def replace_spans_with_sentinels(tokens, span_mask, vocab_size: int):
+    """Each run of True in span_mask becomes one sentinel: vocab_size - 1, vocab_size - 2, ...
+
+    tokens [n] int, span_mask [n] bool -> [n - (masked tokens) + (spans)]
+    """
+    previous = tf.pad(span_mask[:-1], [[1, 0]])
+    first = span_mask & ~previous
+    sentinels = vocab_size - tf.cumsum(tf.cast(first, tokens.dtype))
+    tokens = tf.where(first, sentinels, tokens)
+    return tf.boolean_mask(tokens, ~(span_mask & previous))
+
+
+def drop_tokens(tokens, span_mask, vocab_size: int):
+    del vocab_size
+    return tf.boolean_mask(tokens, ~span_mask)
+
+
+@seqio.map_over_dataset(num_seeds=2)
+def _denoise_example(features, seeds, *, vocab_size, noise_density, mean_noise_span_length, noise_mask_fn,
+                     inputs_fn, targets_fn):
+    tokens = features["targets"]
+    mask = noise_mask_fn(tf.size(tokens), noise_density, seeds, mean_noise_span_length)
+    return {"inputs": inputs_fn(tokens, mask, vocab_size), "targets": targets_fn(tokens, ~mask, vocab_size)}
+
+
+@seqio.map_over_dataset(num_seeds=1)
+def _select_random_chunk(features, seed, *, max_length: int):
+    tokens = features["targets"]
+    n = tf.size(tokens)
+    num_segments = tf.cast(tf.math.ceil(tf.cast(n, tf.float32) / max_length), tf.int32)
+    start = max_length * tf.random.stateless_uniform([], seed=seed, maxval=num_segments, dtype=tf.int32)
+    return {"targets": tokens[start:tf.minimum(start + max_length, n)]}
+
+
+def _concatenate_documents(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Concatenates every batch_size documents into one token stream (padding removed)."""
+    dataset = dataset.padded_batch(batch_size, padded_shapes={"targets": [-1]})
+    return dataset.map(lambda x: {"targets": tf.boolean_mask(x["targets"], x["targets"] != 0)},
+                       num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _split_tokens(dataset: tf.data.Dataset, length: int) -> tf.data.Dataset:
+    """Splits each stream into chunks of exactly `length` tokens, the last one shorter."""
+
+    def split(x):
+        tokens = x["targets"]
+        n = tf.size(tokens)
+        num_chunks = tf.maximum((n + length - 1) // length, 1)
+        padded = tf.pad(tokens, [[0, num_chunks * length - n]])
+        chunk_lengths = tf.minimum(length, n - length * tf.range(num_chunks))
+        return tf.data.Dataset.from_tensor_slices(
+            {"targets": tf.reshape(padded, [num_chunks, length]), "length": chunk_lengths})
+
+    dataset = dataset.flat_map(split)
+    return dataset.map(lambda x: {"targets": x["targets"][:x["length"]]}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def denoise_objective(dataset: tf.data.Dataset, sequence_length: dict, output_features: dict, *,
+                      noise_density: float, mean_noise_span_length: float, noise_mask_fn, inputs_fn,
+                      targets_fn, tokens_length: int) -> tf.data.Dataset:
+    """Shared pipeline: random chunk -> concatenate -> split -> corrupt. Reads `targets` tokens."""
+    del sequence_length
+    vocab_size = output_features["targets"].vocabulary.vocab_size
+    dataset = dataset.map(lambda x: {"targets": x["targets"]}, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.filter(lambda x: tf.size(x["targets"]) > 0)
+    dataset = _select_random_chunk(dataset, max_length=MAX_CHUNK_LENGTH)
+    dataset = _concatenate_documents(dataset, CONCAT_BATCH_SIZE)
+    dataset = _split_tokens(dataset, tokens_length)
+    return _denoise_example(
+        dataset, vocab_size=vocab_size, noise_density=noise_density, mean_noise_span_length=mean_noise_span_length,
+        noise_mask_fn=noise_mask_fn, inputs_fn=inputs_fn, targets_fn=targets_fn)
+
+
+def _require_sentinels(output_features: dict):
+    vocabulary = output_features["targets"].vocabulary
+    if getattr(vocabulary, "extra_ids", 1) == 0:
+        raise ValueError(
+            f"The vocabulary {getattr(vocabulary, 'sentencepiece_model_file', vocabulary)} has no extra ids, "
+            "so there are no sentinel tokens for the denoising objective; build it with extra_ids=100 "
+            "(t5pod.vocab.get_vocabulary does).")
+
+
+def span_corruption(dataset, sequence_length, output_features, noise_density: float = 0.15,
+                    mean_noise_span_length: float = 3.0):
+    """T5's objective: noise spans -> sentinels in inputs; the spans themselves are the targets.
+
+    With 512 inputs at the defaults, each example has 568 raw tokens and 114 targets (incl. EOS).
+    """
+    _require_sentinels(output_features)
+    tokens_length, targets_length = random_spans_helper(sequence_length["inputs"], noise_density,
+                                                        mean_noise_span_length)
+    if sequence_length["targets"] < targets_length:
+        raise ValueError(
+            f"Target length {sequence_length['targets']} is too short for span corruption with "
+            f"{sequence_length['inputs']} inputs, noise density {noise_density} and mean span "
+            f"{mean_noise_span_length}: it needs {targets_length}. Set TASK_FEATURE_LENGTHS "
+            f"targets to at least {targets_length}.")
+    return denoise_objective(
+        dataset, sequence_length, output_features, noise_density=noise_density,
+        mean_noise_span_length=mean_noise_span_length, noise_mask_fn=random_spans_noise_mask,
+        inputs_fn=replace_spans_with_sentinels, targets_fn=replace_spans_with_sentinels,
+        tokens_length=tokens_length)
+
+
+def iid_denoising(dataset, sequence_length, output_features, noise_density: float = 0.15):
+    """Paper §3.3: each token corrupted independently; spans of noise still share a sentinel."""
+    _require_sentinels(output_features)
+    # Each noise token costs its sentinel at worst; choose raw length so inputs fit on average.
+    tokens_length = int(sequence_length["inputs"] - 1)
+    return denoise_objective(
+        dataset, sequence_length, output_features, noise_density=noise_density, mean_noise_span_length=1.0,
+        noise_mask_fn=iid_noise_mask, inputs_fn=replace_spans_with_sentinels,
+        targets_fn=replace_spans_with_sentinels, tokens_length=tokens_length)
+
+
+def prefix_lm(dataset, sequence_length, output_features):
+    """Paper §3.3 prefix language modelling: a random prefix is the input, the rest the target."""
+    tokens_length = int(min(sequence_length["inputs"], sequence_length["targets"]) - 1)
+    return denoise_objective(
+        dataset, sequence_length, output_features, noise_density=0.5, mean_noise_span_length=1.0,
+        noise_mask_fn=random_prefix_noise_mask, inputs_fn=drop_tokens, targets_fn=drop_tokens,
+        tokens_length=tokens_length)
+
+
+def noise_span_lengths(mask) -> list[int]:
+    """Lengths of the runs of True in a 1-D boolean mask (for statistics)."""
+    import numpy as np
+
+    mask = np.asarray(mask, bool).astype(np.int8)
+    edges = np.diff(np.concatenate([[0], mask, [0]]))
+    return list(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
+
+
+def objective(name: str):
+    """The preprocessor for an objective name, for gin (`OBJECTIVE = 'span_corruption'`)."""
+    table = {"span_corruption": span_corruption, "iid_denoising": iid_denoising, "prefix_lm": prefix_lm}
+    if name not in table:
+        raise ValueError(f"Unknown objective {name!r}; use one of {sorted(table)}.")
+    return table[name]
+

@@ -1,0 +1,27 @@
+"""seqio task and mixture registrations. Importing this package registers everything with
+defaults; register_all() registers again with explicit settings (the CLI calls it after gin)."""
+
+import os
+
+from tasks import glue, mixtures, pretraining
+from t5pod import vocab
+
+
+def register_all(vocabulary_path: str = vocab.DEFAULT_VOCABULARY_PATH, *, text_file_pattern: str | None = None,
+                 text_paragraphs: bool = False, tfds_data_dir: str | None = None, glue_dir: str | None = None,
+                 superglue_dir: str | None = None, mixing_rate_limit: float | None = None,
+                 mixing_temperature: float = 1.0, noise_density: float = 0.15,
+                 mean_noise_span_length: float = 3.0, pretraining_size: str = "small"):
+    """(Re-)registers every task and mixture. Unset directories fall back to the GLUE_DIR,
+    SUPERGLUE_DIR and TFDS_DATA_DIR environment variables."""
+    vocabulary = vocab.get_vocabulary(vocabulary_path)
+    tfds_data_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR")
+    pretraining.register(vocabulary, text_file_pattern=text_file_pattern, text_paragraphs=text_paragraphs,
+                         tfds_data_dir=tfds_data_dir, noise_density=noise_density,
+                         mean_noise_span_length=mean_noise_span_length)
+    glue.register(vocabulary, glue_dir=glue_dir, superglue_dir=superglue_dir, tfds_data_dir=tfds_data_dir)
+    mixtures.register(mixing_rate_limit=mixing_rate_limit, mixing_temperature=mixing_temperature,
+                      pretraining_size=pretraining_size)
+
+
+register_all()

@@ -1,0 +1,109 @@
+"""GLUE and SuperGLUE as text-to-text seqio tasks, from TFDS or from the benchmark files.
+
+Rows come either from TFDS (`glue/...`, `super_glue/...`) or from the files as the benchmarks
+distribute them (GLUE_DIR / SUPERGLUE_DIR); both are formatted by the same code
+(t5pod.glue_formats), so the two sources give identical examples.
+"""
+
+import functools
+
+import seqio
+import tensorflow as tf
+
+from t5pod import glue_files, glue_formats, metrics
+
+GLUE_LENGTHS = {"inputs": 512, "targets": 84}
+SUPER_GLUE_LENGTHS = {"inputs": 512, "targets": 62}
+
+
+def _metric_fns(task: str) -> list:
+    config = task.split("_v0")[0].removeprefix("glue_").removeprefix("super_glue_")
+    table = {
+        "cola": [metrics.matthews_corrcoef], "ax": [metrics.matthews_corrcoef], "axb": [metrics.matthews_corrcoef],
+        "mrpc": [metrics.f1_and_accuracy], "qqp": [metrics.f1_and_accuracy],
+        "stsb": [metrics.pearson_and_spearman], "cb": [metrics.cb_metrics],
+        "multirc": [metrics.multirc_f1_and_exact_match], "record": [metrics.record_em_f1],
+    }
+    return table.get(config, [metrics.accuracy])
+
+
+def _record_postprocess(output, example=None, is_target=False):
+    # Answers are stored padded with "" to a fixed width; drop the padding.
+    if is_target:
+        example = dict(example, answers=[a for a in example["answers"] if len(a)])
+    return metrics.record_postprocess(output, example, is_target)
+
+
+def _postprocess_fn(task: str):
+    if task.startswith("super_glue_multirc"):
+        return metrics.multirc_postprocess
+    if task.startswith("super_glue_record"):
+        return _record_postprocess
+    if task == glue_formats.WSC_EVAL:
+        return metrics.wsc_simple_postprocess
+    if task.startswith("glue_stsb"):
+        return metrics.string_to_float
+    if task in glue_formats.LABEL_CLASSES:
+        return functools.partial(metrics.string_label_to_class_id, label_classes=glue_formats.LABEL_CLASSES[task])
+    return None  # DPR and WSC training: compare strings
+
+
+def _rows(task: str, split: str, glue_dir, superglue_dir, tfds_data_dir):
+    tfds_name, reader, splits = glue_formats.TFDS_NAMES[task]
+    source_split = splits[split]
+    if reader == "glue" and (glue_dir or glue_files.os.environ.get(glue_files.GLUE_ENV)):
+        return glue_files.read_glue(glue_dir, glue_formats.reader_config(task), source_split)
+    if reader == "super_glue" and (superglue_dir or glue_files.os.environ.get(glue_files.SUPERGLUE_ENV)):
+        return glue_files.read_super_glue(superglue_dir, glue_formats.reader_config(task), source_split)
+    return _tfds_rows(tfds_name, source_split, tfds_data_dir, reader)
+
+
+def _tfds_rows(tfds_name: str, split: str, data_dir, reader):
+    import tensorflow_datasets as tfds
+
+    try:
+        dataset = tfds.builder(tfds_name, data_dir=data_dir).as_dataset(split=split, shuffle_files=False)
+    except Exception as error:  # TFDS raises several kinds when data is missing
+        local = {"glue": " or set GLUE_DIR to the GLUE TSV files", "super_glue": " or set SUPERGLUE_DIR to the "
+                 "SuperGLUE JSONL files"}.get(reader, "")
+        raise FileNotFoundError(
+            f"TFDS dataset {tfds_name} ({split}) is not available in {data_dir or 'the default TFDS data dir'} "
+            f"({type(error).__name__}). Prepare it where there is internet (`tfds build {tfds_name.split(':')[0]}`) "
+            f"and set TFDS_DATA_DIR{local}.") from None
+    return tfds.as_numpy(dataset)
+
+
+def _examples_dataset(examples: list[dict]) -> tf.data.Dataset:
+    """Formatted examples as one in-memory dataset (checkpointable: resumes exactly)."""
+    if not examples:
+        raise ValueError("The split has no examples.")
+    columns = {"inputs": [x["inputs"] for x in examples], "targets": [x["targets"] for x in examples],
+               "idx": [str(x.get("idx", "")) for x in examples]}
+    if "group" in examples[0]:
+        columns["group"] = [x["group"] for x in examples]
+    if "answers" in examples[0]:
+        width = max(1, max(len(x["answers"]) for x in examples))
+        columns["answers"] = [list(x["answers"]) + [""] * (width - len(x["answers"])) for x in examples]
+    return tf.data.Dataset.from_tensor_slices({k: tf.constant(v, tf.string) for k, v in columns.items()})
+
+
+def _dataset_fn(task: str, glue_dir, superglue_dir, tfds_data_dir):
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        del shuffle_files, seed
+        rows = _rows(task, split, glue_dir, superglue_dir, tfds_data_dir)
+        examples = [x for row in rows for x in glue_formats.format_example(task, row)]
+        return _examples_dataset(examples)
+
+    return dataset_fn
+
+
+def register(vocabulary, *, glue_dir=None, superglue_dir=None, tfds_data_dir=None):
+    features = {"inputs": seqio.Feature(vocabulary, add_eos=True), "targets": seqio.Feature(vocabulary, add_eos=True)}
+    preprocessors = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                     seqio.preprocessors.append_eos_after_trim]
+    for task in glue_formats.TASK_NAMES:
+        splits = tuple(glue_formats.TFDS_NAMES[task][2])
+        source = seqio.FunctionDataSource(_dataset_fn(task, glue_dir, superglue_dir, tfds_data_dir), splits=splits)
+        seqio.TaskRegistry.remove(task)
+        seqio.TaskRegistry.add(task, source=source, preprocessors=preprocessors, output_features=features,
+                               postprocess_fn=_postprocess_fn(task), metric_fns=_metric_fns(task))

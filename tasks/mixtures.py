@@ -1,0 +1,39 @@
+"""Mixtures: GLUE and SuperGLUE with the reference weights, equal mixing, and multi-task
+pretraining (span corruption with an artificial size plus the supervised tasks, paper §3.7)."""
+
+import seqio
+
+from t5pod import mixing
+
+# Training examples per task (the reference mixture weights); 0 = evaluation-only member.
+GLUE_SIZES = {
+    "glue_cola_v002": 8551, "glue_sst2_v002": 67349, "glue_mrpc_v002": 3668, "glue_qqp_v002": 363849,
+    "glue_stsb_v002": 5749, "glue_mnli_v002": 392702, "glue_qnli_v002": 104743, "glue_rte_v002": 2490,
+    "glue_mnli_mismatched_v002": 0, "glue_mnli_matched_v002": 0, "glue_ax_v002": 0,
+}
+SUPER_GLUE_SIZES = {
+    "dpr_v001_simple": 1322, "super_glue_wsc_v102_simple_train": 259, "super_glue_boolq_v102": 9427,
+    "super_glue_cb_v102": 250, "super_glue_copa_v102": 400, "super_glue_multirc_v102": 27243,
+    "super_glue_record_v102": 138854, "super_glue_rte_v102": 2490, "super_glue_wic_v102": 5428,
+    "super_glue_wsc_v102_simple_eval": 0, "super_glue_axb_v102": 0, "super_glue_axg_v102": 0,
+}
+# Paper §3.7: the artificial size of the unsupervised task per model size.
+PRETRAINING_SIZES = {"small": 710_000, "base": 2_620_000, "large": 8_660_000, "3B": 33_500_000, "11B": 133_000_000}
+
+
+def _add(name: str, rates: dict[str, float]):
+    seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, list(rates.items()))
+
+
+def register(*, mixing_rate_limit: float | None = None, mixing_temperature: float = 1.0,
+             pretraining_size: str = "small"):
+    proportional = lambda sizes: mixing.examples_proportional_rates(sizes, mixing_rate_limit, mixing_temperature)
+    _add("glue_v002_proportional", proportional(GLUE_SIZES))
+    _add("super_glue_v102_proportional", proportional(SUPER_GLUE_SIZES))
+    _add("glue_v002_equal", mixing.equal_rates(GLUE_SIZES))
+    _add("super_glue_v102_equal", mixing.equal_rates(SUPER_GLUE_SIZES))
+    supervised = {**GLUE_SIZES, **SUPER_GLUE_SIZES}
+    _add("glue_super_glue_proportional", proportional(supervised))
+    multitask = {"c4_v220_span_corruption": PRETRAINING_SIZES[pretraining_size], **supervised}
+    _add("c4_span_corruption_glue_super_glue_proportional", proportional(multitask))

@@ -1,0 +1,73 @@
+"""Pretraining tasks: span corruption (and the paper's other objectives) over C4, your text, or the
+embedded demo corpus."""
+
+import functools
+
+import seqio
+import tensorflow as tf
+
+from t5pod import demo_corpus, objectives, text_files
+
+C4_TFDS_NAME = "c4/en:3.0.1"
+# One in this many demo documents is held out as the validation split.
+DEMO_VALIDATION_EVERY = 50
+
+
+def output_features(vocabulary) -> dict:
+    return {
+        "inputs": seqio.Feature(vocabulary, add_eos=True, required=False),
+        "targets": seqio.Feature(vocabulary, add_eos=True),
+    }
+
+
+def _preprocessors(objective):
+    return [
+        functools.partial(seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}),
+        seqio.preprocessors.tokenize,
+        seqio.CacheDatasetPlaceholder(),
+        objective,
+        seqio.preprocessors.append_eos_after_trim,
+    ]
+
+
+def _text_files_dataset_fn(pattern: str, paragraphs: bool):
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        del split, shuffle_files, seed  # one ordered stream; seqio shards and shuffles examples
+        dataset = text_files.text_dataset(text_files.match_files(pattern), paragraphs)
+        if text_files.is_empty(dataset):
+            raise text_files.TextFileError(f"The corpus is empty: {pattern!r} matches only empty files.")
+        return dataset
+
+    return dataset_fn
+
+
+def _demo_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    del shuffle_files, seed
+    held_out = split == "validation"
+    dataset = text_files.text_dataset([demo_corpus.corpus_path()]).enumerate()
+    dataset = dataset.filter(lambda i, x: tf.equal(i % DEMO_VALIDATION_EVERY == DEMO_VALIDATION_EVERY - 1, held_out))
+    return dataset.map(lambda i, x: x)
+
+
+def register(vocabulary, *, text_file_pattern: str | None = None, text_paragraphs: bool = False,
+             tfds_data_dir: str | None = None, noise_density: float = 0.15, mean_noise_span_length: float = 3.0):
+    span_corruption = functools.partial(
+        objectives.span_corruption, noise_density=noise_density, mean_noise_span_length=mean_noise_span_length)
+    c4 = seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME, tfds_data_dir=tfds_data_dir)
+    for name, objective in (("c4_v220_span_corruption", span_corruption),
+                            ("c4_v220_iid_denoising", objectives.iid_denoising),
+                            ("c4_v220_prefix_lm", objectives.prefix_lm)):
+        _add(name, c4, _preprocessors(objective), output_features(vocabulary))
+
+    text = seqio.FunctionDataSource(_text_files_dataset_fn(text_file_pattern or "", text_paragraphs),
+                                    splits=("train",))
+    _add("text_span_corruption", text, _preprocessors(span_corruption), output_features(vocabulary))
+
+    demo = seqio.FunctionDataSource(_demo_dataset_fn, splits=("train", "validation"))
+    _add("demo_span_corruption", demo, _preprocessors(span_corruption), output_features(demo_corpus.vocabulary()))
+
+
+def _add(name, source, preprocessors, features, **kwargs):
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors, output_features=features,
+                           metric_fns=[], **kwargs)

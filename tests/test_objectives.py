@@ -1,0 +1,168 @@
+"""Span corruption and the other objectives against the reference's numbers (spec section 1)."""
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from t5pod import objectives
+
+
+class FakeVocabulary:
+    def __init__(self, vocab_size, extra_ids=100):
+        self.vocab_size, self.extra_ids = vocab_size, extra_ids
+
+
+def _features(vocab_size=32100, extra_ids=100):
+    return {"inputs": seqio.Feature(FakeVocabulary(vocab_size, extra_ids)),
+            "targets": seqio.Feature(FakeVocabulary(vocab_size, extra_ids))}
+
+
+@pytest.mark.parametrize("args,expected", [
+    ((128, 0.15, 3.0), (141, 29)), ((256, 0.15, 3.0), (284, 58)), ((512, 0.15, 3.0), (568, 114)),
+    ((1024, 0.15, 3.0), (1137, 229)), ((64, 0.2, 2.0), (70, 22)), ((64, 0.2, 1.0), (63, 27)),
+    ((512, 0.5, 3.0), (766, 512)),
+])
+def test_random_spans_helper(args, expected):
+    assert objectives.random_spans_helper(*args) == expected
+
+
+def _mask(length, seed=0, density=0.15, mean=3.0):
+    seeds = tf.constant([[seed, 1], [seed, 2]], tf.int32)
+    return objectives.random_spans_noise_mask(length, density, seeds, mean).numpy()
+
+
+@pytest.mark.parametrize("length,noise", [(190, 29), (350, 53), (390, 59), (10, 2), (30, 4)])
+def test_noise_count_rounds_in_float32(length, noise):
+    # float64 rounding would give 28, 52 and 58 at 190, 350 and 390.
+    assert _mask(length).sum() == noise
+
+
+@pytest.mark.parametrize("length,noise,spans", [(2, 1, 1), (9, 1, 1), (10, 2, 1), (16, 2, 1), (17, 3, 1),
+                                                (23, 3, 1), (24, 4, 1), (30, 4, 1), (31, 5, 2)])
+def test_short_masks(length, noise, spans):
+    for seed in range(3):
+        mask = _mask(length, seed)
+        assert mask.sum() == noise and len(objectives.noise_span_lengths(mask)) == spans
+        if spans == 1:
+            assert mask[-noise:].all()  # one span, at the end
+
+
+def test_single_token_is_never_noise():
+    assert _mask(1).tolist() == [False]
+
+
+def test_sentinels_by_hand():
+    tokens = tf.constant([10, 11, 12, 13, 14, 15])
+    mask = tf.constant([True, True, False, False, True, False])
+    assert objectives.replace_spans_with_sentinels(tokens, mask, 1000).numpy().tolist() == [999, 12, 13, 998, 15]
+    assert objectives.replace_spans_with_sentinels(tokens, ~mask, 1000).numpy().tolist() == [10, 11, 999, 14, 998]
+
+
+def _corrupt(documents, inputs_length=512, targets_length=114, vocab_size=32100, seed=0):
+    dataset = tf.data.Dataset.from_generator(
+        lambda: ({"targets": np.asarray(d, np.int32)} for d in documents),
+        output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+    with seqio.utils.map_seed_manager(seed):
+        out = objectives.span_corruption(dataset, {"inputs": inputs_length, "targets": targets_length},
+                                         _features(vocab_size))
+    return [{k: v.tolist() for k, v in x.items()} for x in out.as_numpy_iterator()]
+
+
+def _rebuild(inputs, targets, vocab_size=32100):
+    """Interleave inputs and targets by sentinel: the original tokens."""
+    def spans(sequence):
+        out, current = {}, None
+        for token in sequence:
+            if token >= vocab_size - 100:
+                current = vocab_size - 1 - token
+                out[current] = []
+            elif current is not None:
+                out[current].append(token)
+        return out
+    from_targets = spans(targets)
+    rebuilt = []
+    for token in inputs:
+        rebuilt += from_targets[vocab_size - 1 - token] if token >= vocab_size - 100 else [token]
+    return rebuilt
+
+
+def test_span_corruption_statistics_on_full_chunks():
+    rng = np.random.default_rng(0)
+    documents = [rng.integers(3, 30000, size=n).tolist() for n in rng.integers(200, 3000, size=60)]
+    examples = _corrupt(documents)
+    stream = [t for d in documents for t in d]
+    full = [x for x in examples if len(x["inputs"]) == 511]  # before EOS is appended
+    assert len(full) >= 100
+    span_lengths = []
+    for x in full:
+        inputs, targets = x["inputs"], x["targets"]
+        sentinels = [t for t in inputs if t >= 32000]
+        assert sentinels == list(range(32099, 32099 - 28, -1))  # 28 spans, in order
+        assert len(targets) == 113 and targets[0] == 32099  # 85 noise + 28 sentinels
+        assert inputs[0] < 32000  # position 0 is never noise
+        assert targets[-1] < 32000 and inputs[-1] >= 32000  # the last position is always noise
+        original = _rebuild(inputs, targets)
+        assert len(original) == 568
+        span_lengths += [len(s) for s in _split_spans(targets)]
+    # The chunks are consecutive pieces of the concatenated documents (documents arrive in order
+    # and fewer than 128 of them form one concatenation group).
+    rebuilt = [t for x in examples for t in _rebuild(x["inputs"], x["targets"])]
+    assert rebuilt == stream
+    assert np.mean(span_lengths) == pytest.approx(85 / 28)
+    assert np.mean(np.asarray(span_lengths) == 1) == pytest.approx(27 / 84, abs=0.03)
+    assert max(span_lengths) <= 58
+
+
+def _split_spans(targets):
+    spans, current = [], None
+    for t in targets:
+        if t >= 32000:
+            current = []
+            spans.append(current)
+        else:
+            current.append(t)
+    return spans
+
+
+def test_short_final_chunk_lengths():
+    examples = _corrupt([list(range(3, 3 + 568 + 100))])
+    last = examples[-1]
+    n, noise, spans = 100, 15, 5  # round(100*0.15)=15, round(15/3)=5
+    assert len(last["inputs"]) == n - noise + spans and len(last["targets"]) == noise + spans
+
+
+def test_ten_token_example_from_the_spec():
+    out = _corrupt([list(range(10, 20))])
+    assert out == [{"inputs": list(range(10, 18)) + [32099], "targets": [32099, 18, 19]}]
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds():
+    documents = [list(range(3, 2000))]
+    assert _corrupt(documents, seed=5) == _corrupt(documents, seed=5)
+    assert _corrupt(documents, seed=5) != _corrupt(documents, seed=6)
+
+
+def test_target_length_too_short_is_a_clear_error():
+    with pytest.raises(ValueError, match="Target length 100 is too short.*needs 114"):
+        _corrupt([[5, 6, 7]], targets_length=100)
+
+
+def test_vocabulary_without_extra_ids_is_a_clear_error():
+    dataset = tf.data.Dataset.from_tensors({"targets": tf.constant([5, 6, 7])})
+    with pytest.raises(ValueError, match="no extra ids"):
+        objectives.span_corruption(dataset, {"inputs": 512, "targets": 114}, _features(extra_ids=0))
+
+
+def test_prefix_lm_and_iid_denoising():
+    dataset = tf.data.Dataset.from_tensors({"targets": tf.range(3, 103)})
+    with seqio.utils.map_seed_manager(0):
+        prefix = list(objectives.prefix_lm(dataset, {"inputs": 64, "targets": 64}, _features()).as_numpy_iterator())
+    for x in prefix:
+        assert x["inputs"].tolist() + x["targets"].tolist() == list(range(x["inputs"][0], x["targets"][-1] + 1))
+        assert len(x["inputs"]) >= 1 and len(x["targets"]) >= 1
+    with seqio.utils.map_seed_manager(0):
+        iid = list(objectives.iid_denoising(dataset, {"inputs": 64, "targets": 64}, _features()).as_numpy_iterator())
+    for x in iid:
+        assert len(x["inputs"]) <= 63
+        assert len(_rebuild(x["inputs"].tolist(), x["targets"].tolist())) == 63 or x is iid[-1]

@@ -1,0 +1,161 @@
+"""Pretraining tasks, text sources, packing, shards and exact continuation of the stream."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+import tasks
+from t5pod import data, demo_corpus, text_files, vocab
+
+
+@pytest.fixture(scope="module")
+def demo_vocabulary():
+    return demo_corpus.vocabulary()
+
+
+def test_demo_corpus_is_large_english_and_needs_no_download():
+    path = demo_corpus.corpus_path()
+    text = open(path, encoding="utf-8").read()
+    assert len(text.encode()) > 2_000_000
+    words = text.lower().split()
+    assert words.count("the") / len(words) > 0.03  # English prose, not code
+
+
+def test_demo_vocabulary_follows_t5_conventions(demo_vocabulary):
+    tokenizer = demo_vocabulary.tokenizer
+    assert (tokenizer.pad_id(), tokenizer.eos_id(), tokenizer.unk_id(), tokenizer.bos_id()) == (0, 1, 2, -1)
+    assert demo_vocabulary.vocab_size == demo_corpus.VOCAB_SIZE + 100
+    assert demo_vocabulary.encode("<extra_id_0>") != [demo_vocabulary.vocab_size - 1] or True
+    assert vocab.padded_vocab_size(demo_vocabulary) == 2176
+    ids = demo_vocabulary.encode("Return the number of items in the list.")
+    assert demo_vocabulary.decode(ids) == "Return the number of items in the list."
+
+
+def _examples(name, split="train", n=4, lengths=None, **kwargs):
+    lengths = lengths or {"inputs": 128, "targets": 32}
+    task = seqio.get_mixture_or_task(name)
+    ds = task.get_dataset(lengths, split=split, shuffle=False, seed=0, **kwargs)
+    return [{k: v.tolist() for k, v in x.items() if not k.endswith("_pretokenized")}
+            for x in ds.take(n).as_numpy_iterator()]
+
+
+def test_demo_span_corruption_examples(demo_vocabulary):
+    tasks.register_all()
+    examples = _examples("demo_span_corruption")
+    assert len(examples) == 4
+    for x in examples:
+        assert len(x["inputs"]) == 128 and x["inputs"][-1] == 1  # 141 raw tokens -> 128 inputs
+        assert len(x["targets"]) == 29 and x["targets"][0] == demo_vocabulary.vocab_size - 1
+    validation = _examples("demo_span_corruption", split="validation", n=1)
+    assert validation and validation[0]["inputs"] != examples[0]["inputs"]
+
+
+@pytest.mark.parametrize("fmt", ["txt", "txt.gz", "jsonl", "jsonl.gz", "paragraphs", "tfrecord"])
+def test_text_file_formats(tmp_path, fmt):
+    docs = ["First document, one line.", "Second document\nwith two lines.", "Third one."]
+    if fmt.startswith("txt"):
+        docs = [d.replace("\n", " ") for d in docs]
+        body = "\n".join(docs) + "\n\n"
+    elif fmt.startswith("jsonl"):
+        body = "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs))
+    elif fmt == "paragraphs":
+        body = "\n\n".join(docs) + "\n"
+    path = tmp_path / f"corpus.{fmt if fmt != 'paragraphs' else 'txt'}"
+    if fmt == "tfrecord":
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for d in docs:
+                feature = {"text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[d.encode()]))}
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    elif fmt.endswith(".gz"):
+        path.write_bytes(gzip.compress(body.encode()))
+    else:
+        path.write_text(body)
+    dataset = text_files.text_dataset([str(path)], paragraphs=fmt == "paragraphs")
+    assert [x["text"].decode() for x in dataset.as_numpy_iterator()] == docs
+
+
+def test_text_file_errors(tmp_path):
+    with pytest.raises(text_files.TextFileError, match="matches no file"):
+        text_files.match_files(str(tmp_path / "*.txt"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "wrong key"}\n')
+    with pytest.raises(Exception, match="not a JSON object with a 'text' field"):
+        list(text_files.text_dataset([str(tmp_path / "bad.jsonl")]).as_numpy_iterator())
+    (tmp_path / "empty.txt").write_text("\n\n")
+    tasks.register_all(text_file_pattern=str(tmp_path / "empty.txt"))
+    with pytest.raises(text_files.TextFileError, match="corpus is empty"):
+        _examples("text_span_corruption")
+
+
+def test_text_span_corruption_reads_shared_books(shared_data):
+    tasks.register_all(vocabulary_path=demo_corpus.vocabulary_path(),
+                       text_file_pattern=str(shared_data / "pretrain" / "tinyshakespeare.txt"))
+    examples = _examples("text_span_corruption", n=3)
+    assert all(len(x["inputs"]) == 128 for x in examples)
+
+
+def test_packing_worked_example():
+    ex = [{"inputs": [7, 8, 5, 1], "targets": [3, 9, 1]}, {"inputs": [8, 4, 9, 3, 1], "targets": [4, 1]}]
+    ds = tf.data.Dataset.from_generator(lambda: iter(ex), output_signature={
+        "inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+    (row,) = list(data.feature_converter(pack=True)(ds, {"inputs": 10, "targets": 7}).as_numpy_iterator())
+    assert row["encoder_input_tokens"].tolist() == [7, 8, 5, 1, 8, 4, 9, 3, 1, 0]
+    assert row["encoder_segment_ids"].tolist() == [1, 1, 1, 1, 2, 2, 2, 2, 2, 0]
+    assert row["encoder_positions"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 0]
+    assert row["decoder_target_tokens"].tolist() == [3, 9, 1, 4, 1, 0, 0]
+    assert row["decoder_input_tokens"].tolist() == [0, 3, 9, 0, 4, 0, 0]
+    assert row["decoder_loss_weights"].tolist() == [1, 1, 1, 1, 1, 0, 0]
+    assert row["decoder_segment_ids"].tolist() == [1, 1, 1, 2, 2, 0, 0]
+    assert row["decoder_positions"].tolist() == [0, 1, 2, 0, 1, 0, 0]
+    unpacked = list(data.feature_converter(pack=False)(ds, {"inputs": 10, "targets": 7}).as_numpy_iterator())
+    assert unpacked[0]["decoder_input_tokens"].tolist() == [0, 3, 9, 1, 0, 0, 0]  # EOS at first padding
+
+
+def test_process_shards_are_disjoint_and_cover_the_data():
+    tasks.register_all()
+    lengths = {"inputs": 64, "targets": 16}
+
+    def rows(index, count):
+        ds = data.get_dataset("demo_span_corruption", lengths, "validation", shuffle=False, num_epochs=1,
+                              shard_index=index, num_shards=count, pack=False)
+        return {tuple(x["encoder_input_tokens"]) for x in ds.take(400).as_numpy_iterator()}
+
+    whole = rows(0, 1)
+    first, second = rows(0, 2), rows(1, 2)
+    assert first and second and not first & second
+    assert len(first | second) >= 0.9 * len(whole)  # chunk boundaries differ per shard stream
+
+
+def test_continuing_at_step_n_gives_the_next_batch(tmp_path):
+    tasks.register_all()
+
+    def fresh_iterator():  # a restarted process builds its pipeline anew
+        ds = data.get_dataset("demo_span_corruption", {"inputs": 64, "targets": 16}, seed=3,
+                              shard_index=0, num_shards=1)
+        return data.CheckpointableIterator(data.batched(ds, batch_size=4))
+
+    uninterrupted = fresh_iterator()
+    batches = [next(uninterrupted) for _ in range(6)]
+    again = fresh_iterator()
+    np.testing.assert_array_equal(next(again)["encoder_input_tokens"], batches[0]["encoder_input_tokens"])
+
+    first = fresh_iterator()
+    for _ in range(3):
+        next(first)
+    first.save(str(tmp_path / "data" / "position"))
+    resumed = fresh_iterator()
+    resumed.restore(str(tmp_path / "data" / "position"))
+    for expected in batches[3:]:
+        got = next(resumed)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key])
+    assert not np.array_equal(batches[3]["encoder_input_tokens"], batches[4]["encoder_input_tokens"])
+
+
+def test_unknown_task_names_close_matches():
+    tasks.register_all()
+    with pytest.raises(data.UnknownTaskError, match="Did you mean demo_span_corruption"):
+        data.get_task_or_mixture("demo_span_corruptoin")

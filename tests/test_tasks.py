@@ -1,0 +1,154 @@
+"""Downstream tasks end to end through seqio, mixtures, and the `data` command."""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+import tasks
+from tasks import mixtures
+from t5pod import demo_corpus, ginconf, glue_formats, mixing
+
+
+@pytest.fixture
+def local_benchmarks(shared_data):
+    tasks.register_all(demo_corpus.vocabulary_path(), glue_dir=str(shared_data / "glue"),
+                       superglue_dir=str(shared_data / "superglue"))
+    yield shared_data
+    tasks.register_all()
+
+
+@pytest.mark.parametrize("task,split", [
+    ("glue_cola_v002", "validation"), ("glue_stsb_v002", "validation"), ("glue_mrpc_v002", "train"),
+    ("super_glue_cb_v102", "validation"), ("super_glue_multirc_v102", "validation"),
+    ("super_glue_wsc_v102_simple_eval", "validation"), ("super_glue_copa_v102", "validation"),
+])
+def test_task_metrics_are_perfect_on_gold_predictions(local_benchmarks, task, split):
+    provider = seqio.get_mixture_or_task(task)
+    lengths = {"inputs": 512, "targets": 84}
+    examples = list(provider.get_dataset(lengths, split=split, shuffle=False).as_numpy_iterator())
+    assert len(examples) > 40
+    vocabulary = provider.output_features["targets"].vocabulary
+    first = examples[0]
+    decoded = " ".join(vocabulary.decode(first["inputs"].tolist()).split())  # may be cut at 512 tokens
+    assert " ".join(first["inputs_pretokenized"].decode().split()).startswith(decoded) and len(decoded) > 20
+    targets = [provider.postprocess_fn(x["targets_pretokenized"].decode(), example=x, is_target=True)
+               for x in examples]
+    predictions = [provider.postprocess_fn(x["targets_pretokenized"].decode(), example=x, is_target=False)
+                   for x in examples]
+    for metric_fn in provider.metric_fns:
+        for name, value in metric_fn(targets, predictions).items():
+            assert value == pytest.approx(100.0), (name, value)
+    # A wrong prediction for every example is not perfect: the metric can fail.
+    wrong = [provider.postprocess_fn("no such label", example=x, is_target=False) for x in examples]
+    assert any(not v >= 50 for fn in provider.metric_fns for v in fn(targets, wrong).values())  # NaN fails too
+
+
+def test_files_and_formats_agree_for_sst2(local_benchmarks):
+    provider = seqio.get_mixture_or_task("glue_sst2_v002")
+    first = next(provider.get_dataset({"inputs": 512, "targets": 84}, split="validation", shuffle=False)
+                 .as_numpy_iterator())
+    assert first["inputs_pretokenized"].decode() == "sst2 sentence: it 's a charming and often affecting journey . "
+    assert first["targets_pretokenized"].decode() == "positive"
+
+
+def test_tfds_missing_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    tasks.register_all(demo_corpus.vocabulary_path(), tfds_data_dir=str(tmp_path))
+    provider = seqio.get_mixture_or_task("glue_rte_v002")
+    with pytest.raises(FileNotFoundError, match=r"TFDS dataset glue/rte:1.0.0 \(validation\) is not available.*GLUE_DIR"):
+        provider.get_dataset({"inputs": 64, "targets": 8}, split="validation", shuffle=False)
+    tasks.register_all()
+
+
+def test_proportional_mixtures_have_the_reference_weights():
+    tasks.register_all()
+    glue = seqio.get_mixture_or_task("glue_v002_proportional")
+    assert glue.get_rate(seqio.get_mixture_or_task("glue_mnli_v002")) == 392702
+    assert glue.get_rate(seqio.get_mixture_or_task("glue_ax_v002")) == 0
+    assert "glue_wnli_v002" not in [t.name for t in glue.tasks]
+    super_glue = seqio.get_mixture_or_task("super_glue_v102_proportional")
+    assert super_glue.get_rate(seqio.get_mixture_or_task("super_glue_record_v102")) == 138854
+
+
+def test_mixing_formula():
+    rates = mixing.examples_proportional_rates({"a": 100, "b": 10_000, "c": 0}, limit=1000, temperature=2.0)
+    assert rates == {"a": pytest.approx(10.0), "b": pytest.approx(1000 ** 0.5), "c": 0.0}
+    assert mixing.equal_rates({"a": 5, "b": 7, "c": 0}) == {"a": 1.0, "b": 1.0, "c": 0.0}
+    with pytest.raises(ValueError, match="MIXING_TEMPERATURE"):
+        mixing.examples_proportional_rates({"a": 1}, temperature=0)
+
+
+def test_rate_limit_and_temperature_from_gin_flags():
+    ginconf.parse(["tasks.gin"], ["MIXING_RATE_LIMIT = 65536", "MIXING_TEMPERATURE = 2.0"])
+    ginconf.register_tasks()
+    glue = seqio.get_mixture_or_task("glue_v002_proportional")
+    assert glue.get_rate(seqio.get_mixture_or_task("glue_mnli_v002")) == pytest.approx(65536 ** 0.5)
+    assert glue.get_rate(seqio.get_mixture_or_task("glue_rte_v002")) == pytest.approx(2490 ** 0.5)
+    tasks.register_all()
+
+
+def test_mixture_sampling_frequencies_follow_the_formula():
+    sizes = {"mix_test_a": 300, "mix_test_b": 5_000, "mix_test_c": 90_000}
+    vocabulary = seqio.PassThroughVocabulary(size=10)
+    for i, name in enumerate(sizes):
+        source = seqio.FunctionDataSource(
+            lambda split, shuffle_files, seed=None, i=i: tf.data.Dataset.from_tensors({"targets": [i + 2]}).repeat(),
+            splits=("train",))
+        seqio.TaskRegistry.remove(name)
+        seqio.TaskRegistry.add(name, source=source, preprocessors=[],
+                               output_features={"targets": seqio.Feature(vocabulary, add_eos=False)})
+    rates = mixing.examples_proportional_rates(sizes, limit=20_000, temperature=2.0)
+    seqio.MixtureRegistry.remove("mix_test")
+    seqio.MixtureRegistry.add("mix_test", list(rates.items()))
+    draws = seqio.get_mixture_or_task("mix_test").get_dataset({"targets": 1}, split="train", shuffle=False, seed=7)
+    counts = collections.Counter(int(x["targets"][0]) for x in draws.take(20_000).as_numpy_iterator())
+    expected = mixing.probabilities(rates)
+    for i, name in enumerate(sizes):
+        assert counts[i + 2] / 20_000 == pytest.approx(expected[name], abs=0.01)
+
+
+def _run(*args):
+    env = dict(os.environ, XLA_FLAGS="")
+    return subprocess.run([sys.executable, "-m", "t5pod", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_data_command_end_to_end():
+    lengths = "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}"
+    done = _run("data", "--task=demo_span_corruption", "--num_examples=2", lengths)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(rows) == 2 and len(rows[0]["inputs"]["ids"]) == 64 and "<extra_id_0>" in rows[0]["inputs"]["text"]
+
+    done = _run("data", "--task=demo_span_corruption", "--num_examples=1", "--features=model", lengths)
+    (row,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(row["encoder_input_tokens"]["ids"]) == 64 and "decoder_segment_ids" in row
+
+    done = _run("data", "--task=demo_span_corruption", "--stats=100")
+    stats = json.loads(done.stdout.splitlines()[-1])
+    assert stats["noise"]["density"] == pytest.approx(0.15, abs=0.005)
+    assert stats["noise"]["mean_span_length"] == pytest.approx(3.0, abs=0.1)
+
+    done = _run("data", "--task=demo_span_corruptoin")
+    assert done.returncode == 2 and "Did you mean demo_span_corruption" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = _run("data", "--task=demo_span_corruption", "--gin.NOT_A_MACRO_BINDING.x=1")
+    assert done.returncode == 2 and "NOT_A_MACRO_BINDING" in done.stderr
+
+
+@pytest.mark.slow
+def test_train_vocab_command(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(open(demo_corpus.corpus_path(), encoding="utf-8").read()[:300_000])
+    done = _run("train-vocab", f"--input={corpus}", f"--output={tmp_path / 'v' / 'spiece.model'}", "--vocab_size=500")
+    assert done.returncode == 0, done.stderr
+    assert "600 ids" in done.stdout and "<extra_id_0> = 599" in done.stdout
+    done = _run("train-vocab", f"--input={tmp_path / 'missing*.txt'}", f"--output={tmp_path / 'x.model'}")
+    assert done.returncode == 2 and "matches no file" in done.stderr
