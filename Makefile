@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lock clean
+.PHONY: install test test-fast pretrain finetune lock clean
 
 install: $(STAMP)
 
@@ -21,6 +21,22 @@ test: install
 # Skips the tests marked slow (CI runs them all through `make test`).
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Pretrains the tiny model on the embedded demo corpus (gin/demo.gin): no download, CPU is enough.
+# Running it again resumes from the newest checkpoint in runs/demo. Extra flags: PRETRAIN_ARGS=...
+PRETRAIN_ARGS ?=
+pretrain: install
+	$(BIN)/python -m t5pod train --gin_file=demo.gin $(PRETRAIN_ARGS)
+
+# Fine-tunes the `make pretrain` checkpoint on SST-2 (gin/demo_finetune.gin) and prints its
+# validation accuracy. GLUE files come from GLUE_DIR (TFDS's glue/sst2 when it is empty).
+GLUE_DIR ?= $(wildcard ../shared/data/glue)
+PRETRAINED ?= runs/demo
+FINETUNE_ARGS ?=
+finetune: install
+	test -d $(PRETRAINED)/checkpoints || $(MAKE) pretrain
+	$(BIN)/python -m t5pod train --gin_file=demo_finetune.gin --gin.INITIAL_CHECKPOINT_PATH="'$(PRETRAINED)'" $(if $(GLUE_DIR),--gin.GLUE_DIR="'$(GLUE_DIR)'") $(FINETUNE_ARGS)
+	$(BIN)/python -m t5pod eval --all_checkpoints --gin_file=runs/eval.gin --gin_file=demo_finetune.gin $(if $(GLUE_DIR),--gin.GLUE_DIR="'$(GLUE_DIR)'") $(FINETUNE_ARGS)
 
 # Rewrites the pin list from the current environment.
 lock: install

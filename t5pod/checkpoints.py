@@ -5,6 +5,7 @@ directory holding another model is refused instead of silently restored). Traini
 `opt_state` and the data position under the same step.
 """
 
+import logging
 import os
 from typing import Any
 
@@ -18,9 +19,26 @@ class CheckpointError(ValueError):
     pass
 
 
+class _QuietReadOnly(logging.Filter):
+    """Orbax warns whenever a checkpoint folder is opened read-only, which is how t5pod restores."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("Given directory is read only") or "read_only=True" in message)
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
+
+
 def _manager(directory: str, max_to_keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def checkpoint_root(path: str) -> str:
+    """A run's MODEL_DIR keeps its checkpoints under checkpoints/; a converted one holds them directly."""
+    nested = os.path.join(path, "checkpoints")
+    return nested if os.path.isdir(nested) else path
 
 
 def save_params(directory: str, params: Any, config: T5Config, step: int = 0, extra_metadata: dict | None = None):
@@ -33,14 +51,24 @@ def save_params(directory: str, params: Any, config: T5Config, step: int = 0, ex
 
 
 def latest_step(directory: str) -> int | None:
+    directory = checkpoint_root(directory)
     if not os.path.isdir(directory):
         return None
     with _manager(directory, read_only=True) as manager:
         return manager.latest_step()
 
 
+def all_steps(directory: str) -> list[int]:
+    directory = checkpoint_root(directory)
+    if not os.path.isdir(directory):
+        return []
+    with _manager(directory, read_only=True) as manager:
+        return sorted(manager.all_steps())
+
+
 def read_metadata(directory: str, step: int | None = None) -> tuple[int, dict]:
     """(step, metadata) of the given or newest complete checkpoint in directory."""
+    directory = checkpoint_root(directory)
     step = _resolve_step(directory, step)
     with _manager(directory, read_only=True) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
@@ -66,7 +94,7 @@ def restore_params(directory: str, config: T5Config, abstract_params: Any, step:
     """
     step, metadata = read_metadata(directory, step)
     check_architecture(metadata, config, directory)
-    with _manager(directory, read_only=True) as manager:
+    with _manager(checkpoint_root(directory), read_only=True) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
     return restored["params"]
 
@@ -83,3 +111,55 @@ def _resolve_step(directory: str, step: int | None) -> int:
 
 def abstract_like(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+class TrainCheckpointer:
+    """Train-state checkpoints of a run: MODEL_DIR/checkpoints/<step>/ plus the data position.
+
+    Each process first writes its data-stream position (MODEL_DIR/data_positions/<step>/), then
+    Orbax writes params, optimizer state and metadata into a temporary folder that it renames
+    when complete; a checkpoint killed half-way is therefore never listed, and every listed one
+    has its data position.
+    """
+
+    def __init__(self, model_dir: str, keep: int | None = None, async_save: bool = True):
+        self.model_dir = os.path.abspath(model_dir)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(os.path.join(self.model_dir, "checkpoints"), options=options)
+
+    def data_position(self, step: int, process_index: int) -> str:
+        return os.path.join(self.model_dir, "data_positions", str(step), f"process_{process_index}")
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, metadata: dict, data_iterator=None, process_index: int = 0):
+        if data_iterator is not None:
+            data_iterator.save(self.data_position(step, process_index))
+        self.manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
+            metadata=ocp.args.JsonSave({**metadata, "step": step})), force=True)
+        self._prune_data_positions(keep={step})
+
+    def restore(self, step: int, abstract_state) -> tuple:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_state.params),
+            opt_state=ocp.args.StandardRestore(abstract_state.opt_state), metadata=ocp.args.JsonRestore()))
+        return restored["params"], restored["opt_state"], restored["metadata"]
+
+    def _prune_data_positions(self, keep: set):
+        import shutil
+
+        root = os.path.join(self.model_dir, "data_positions")
+        wanted = set(self.manager.all_steps()) | keep
+        for name in os.listdir(root) if os.path.isdir(root) else []:
+            if name.isdigit() and int(name) not in wanted:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()

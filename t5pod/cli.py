@@ -61,6 +61,74 @@ def _data(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    ginconf = _parse_gin(args)
+    model_config, train_config = ginconf.model_config(), ginconf.train_config()
+    import gin
+
+    from t5pod import trainer
+
+    ginconf.register_tasks()
+    trainer.train(train_config, model_config, operative_config=gin.config_str())
+    return 0
+
+
+def _predictor(args, base_files):
+    ginconf = _parse_gin(args, base_files)
+    ginconf.register_tasks()
+    from t5pod import inference
+
+    return ginconf, inference, inference.Predictor(ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary())
+
+
+def _infer(args) -> int:
+    if bool(args.input_file) == bool(args.task):
+        raise ValueError("infer needs either --input_file=IN or --task=NAME (with --split).")
+    if not args.output_file:
+        raise ValueError("infer needs --output_file=OUT (JSONL).")
+    ginconf, inference, predictor = _predictor(args, ("tasks.gin", "runs/infer.gin"))
+    if args.task:
+        lengths = {"inputs": predictor.config.input_length, "targets": predictor.config.target_length}
+        rows = [{"inputs": r["inputs_pretokenized"].decode(), "targets": r["targets_pretokenized"].decode()}
+                for r in inference.task_rows(args.task, args.split, lengths)]
+    else:
+        rows = inference.read_input_file(args.input_file, args.mode)
+    results = inference.run_file(predictor, rows, args.mode)
+    inference.write_jsonl_atomically(args.output_file, results)
+    print(f"Wrote {len(results)} {'scores' if args.mode == 'score' else 'predictions'} to {args.output_file}")
+    return 0
+
+
+def _eval(args) -> int:
+    ginconf, inference, predictor = _predictor(args, ("tasks.gin", "runs/eval.gin"))
+    from t5pod import checkpoints, metric_writers
+
+    name, split = ginconf.macro("MIXTURE_OR_TASK_NAME"), ginconf.macro("EVAL_SPLIT")
+    lengths = {"inputs": predictor.config.input_length, "targets": predictor.config.target_length}
+    out_dir = ginconf.macro("EVAL_OUTPUT_DIR") or predictor.config.checkpoint_path
+    newest = checkpoints.latest_step(predictor.config.checkpoint_path) or 0
+    steps = checkpoints.all_steps(predictor.config.checkpoint_path) if args.all_checkpoints else [newest]
+    writer, rows, best = metric_writers.MetricWriter(out_dir), [], {}
+    loaded = newest  # the Predictor starts with the newest checkpoint
+    for step in steps:
+        if step != loaded:
+            predictor.load_step(step)
+            loaded = step
+        for task, metrics in inference.evaluate(predictor, name, split, lengths).items():
+            writer.write(step, {f"{task}/{k}": v for k, v in metrics.items()}, split=split)
+            print(f"{task} ({split}, step {step}): " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+            rows.append({"step": step, "split": split, "task": task, **metrics})
+            score = next(iter(metrics.values()))  # the task's first metric decides the best checkpoint
+            if task not in best or score > best[task][1]:
+                best[task] = (step, score)
+    writer.close()
+    inference.write_jsonl_atomically(os.path.join(out_dir, "eval_metrics.jsonl"), rows)
+    if len(steps) > 1:
+        for task, (step, score) in sorted(best.items()):
+            print(f"best {task}: step {step} ({score:.2f})")
+    return 0
+
+
 def _train_vocab(args) -> int:
     from t5pod import text_files, vocab
 
@@ -101,6 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--list", action="store_true", help="list the registered tasks and mixtures")
     data.set_defaults(run=_data)
 
+    train = commands.add_parser("train", help="Train (pretrain or fine-tune) with gin-configured settings.")
+    _add_gin_flags(train)
+    train.set_defaults(run=_train)
+
+    infer = commands.add_parser("infer", help="Predict or score inputs from a file or a task split.")
+    _add_gin_flags(infer)
+    infer.add_argument("--input_file", help="JSONL with `inputs` (and `targets` for score), or text lines")
+    infer.add_argument("--task", help="read the inputs from this task instead")
+    infer.add_argument("--split", default="validation")
+    infer.add_argument("--output_file", help="JSONL, one object per input, in input order")
+    infer.add_argument("--mode", choices=("predict", "score"), default="predict")
+    infer.set_defaults(run=_infer)
+
+    evaluate = commands.add_parser("eval", help="Evaluate a checkpoint on a task or mixture (seqio metrics).")
+    _add_gin_flags(evaluate)
+    evaluate.add_argument("--all_checkpoints", action="store_true",
+                          help="evaluate every checkpoint in CHECKPOINT_PATH and report the best per task")
+    evaluate.set_defaults(run=_eval)
+
     train_vocab = commands.add_parser("train-vocab", help="Train a SentencePiece vocabulary (T5 conventions).")
     train_vocab.add_argument("--input", required=True, help="file pattern: text, .jsonl, .tfrecord, optionally .gz")
     train_vocab.add_argument("--output", required=True, help="path of the new .model file")
@@ -116,8 +203,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can fix from the message alone: printed as one line, no traceback."""
     from t5pod.checkpoints import CheckpointError
     from t5pod.hf_import import ConversionError
+    from t5pod.inference import InferenceError
+    from t5pod.trainer import TrainingError
 
-    return (ConversionError, CheckpointError, FileNotFoundError, ValueError)
+    return (ConversionError, CheckpointError, TrainingError, InferenceError, FileNotFoundError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

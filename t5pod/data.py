@@ -6,12 +6,23 @@ stream is deterministic for a seed, and its position can be saved and restored e
 """
 
 import difflib
+import logging
 import os
 from typing import Iterator, Mapping
 
 import numpy as np
 import seqio
 import tensorflow as tf
+
+
+class _UncachedIsDeliberate(logging.Filter):
+    """seqio warns on every uncached FunctionDataSource; t5pod runs uncached unless asked to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Using an uncached FunctionDataset")
+
+
+logging.getLogger("absl").addFilter(_UncachedIsDeliberate())
 
 
 class UnknownTaskError(ValueError):

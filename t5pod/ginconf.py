@@ -4,7 +4,6 @@ Library code never imports gin; commands call the factories here to get plain ob
 """
 
 import dataclasses
-import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -19,14 +18,11 @@ GIN_DIR = str(Path(__file__).resolve().parent.parent / "gin")
 _search_paths: list[str] = []
 
 
-class _QuietGinProbe(logging.Filter):
-    """gin's package-resource reader logs an ERROR for every search path that lacks a file."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "Path not found: %s"
-
-
-logging.getLogger().addFilter(_QuietGinProbe())
+# gin also looks gin files up as Python package resources: with a folder such as runs/ in the
+# working directory, 'runs/pretrain.gin' is taken for a resource of a package `runs` and fails.
+# t5pod finds gin files by path only (the working directory, gin/ and --gin_search_paths).
+gin.config._FILE_READERS[:] = [(reader, exists) for reader, exists in gin.config._FILE_READERS
+                               if getattr(exists, "__module__", "") != "gin.resource_reader"]
 
 T5Config = gin.external_configurable(config_lib.T5Config, name="T5Config", module="t5pod")
 
@@ -42,7 +38,27 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_pa
         if not os.path.isfile(name) and not any(os.path.isfile(os.path.join(p, name)) for p in [GIN_DIR, *search_paths]):
             raise FileNotFoundError(f"gin file {name!r} not found (searched the working directory, "
                                     f"{GIN_DIR} and --gin_search_paths).")
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    gin.parse_config_files_and_bindings(list(gin_files), None, finalize_config=False)
+    known_macros = _defined_macros()
+    for binding in bindings:
+        name = binding.split("=", 1)[0].strip()
+        # A bare upper-case name is a macro: it must be one the gin files use, or a typo like
+        # --gin.TRAIN_STEP=10 would be silently ignored.
+        if name.isidentifier() and name.isupper() and known_macros and name not in known_macros:
+            import difflib
+
+            close = difflib.get_close_matches(name, sorted(known_macros), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"Unknown gin macro {name} in --gin.{binding}.{hint}")
+        gin.parse_config(binding)
+    gin.finalize()
+
+
+def _defined_macros() -> set[str]:
+    """Names of the macros bound so far (gin keeps them as bindings of the `macro` configurable)."""
+    text = gin.config_str()
+    return {line.split("=")[0].strip() for line in text.splitlines()
+            if line and not line.startswith((" ", "#")) and "=" in line and "." not in line.split("=")[0]}
 
 
 def register_tasks(**settings):
@@ -61,6 +77,49 @@ def macro(name: str):
         return gin.query_parameter(f"%{name}")
     except ValueError:
         raise ValueError(f"The gin macro {name} is not set; pass --gin.{name}=... or a gin file that sets it.") from None
+
+
+def train_config():
+    """The TrainConfig the parsed gin files bind (gin/runs/*.gin), as a plain dataclass."""
+    from t5pod import trainer
+
+    configured = TrainConfig()
+    return trainer.TrainConfig(**{f.name: getattr(configured, f.name) for f in dataclasses.fields(trainer.TrainConfig)})
+
+
+def _train_config_class():
+    from t5pod import trainer
+
+    return trainer.TrainConfig
+
+
+TrainConfig = gin.external_configurable(_train_config_class(), name="TrainConfig", module="t5pod")
+
+
+def infer_config():
+    """The InferConfig the parsed gin files bind (gin/runs/infer.gin)."""
+    from t5pod import inference
+
+    configured = InferConfig()
+    return inference.InferConfig(**{f.name: getattr(configured, f.name)
+                                    for f in dataclasses.fields(inference.InferConfig)})
+
+
+def _infer_config_class():
+    from t5pod import inference
+
+    return inference.InferConfig
+
+
+InferConfig = gin.external_configurable(_infer_config_class(), name="InferConfig", module="t5pod")
+
+
+def vocabulary():
+    """The vocabulary VOCABULARY_PATH names ('demo': the demo corpus's)."""
+    from t5pod import demo_corpus, vocab
+
+    path = macro("VOCABULARY_PATH")
+    return demo_corpus.vocabulary() if path == "demo" else vocab.get_vocabulary(path)
 
 
 def model_config() -> config_lib.T5Config:

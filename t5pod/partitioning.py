@@ -93,3 +93,43 @@ def param_shardings(abstract_variables, mesh: Mesh, rules):
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def _dict_names(path) -> tuple:
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def _attr_names(path) -> set:
+    return {k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)}
+
+
+def optimizer_state_shardings(abstract_opt_state, abstract_params, param_shardings_tree, mesh: Mesh):
+    """Shardings for optimizer state that mirrors the parameters.
+
+    A leaf shaped like its parameter is sharded like it; Adafactor's factored moments (the
+    parameter's shape less one axis) keep the sharding of the remaining axes; counters and
+    placeholders are replicated.
+    """
+    params = {}
+    for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(abstract_params),
+                                      jax.tree_util.tree_leaves(param_shardings_tree)):
+        params[_dict_names(path)] = (tuple(leaf.shape), tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec)))
+
+    def sharding_for(path, leaf):
+        shape, spec = params.get(_dict_names(path), (None, None))
+        if shape is None or not leaf.shape:
+            return replicated(mesh)
+        if tuple(leaf.shape) == shape:
+            return NamedSharding(mesh, PartitionSpec(*spec))
+        if len(leaf.shape) == len(shape) - 1 and len(shape) >= 2:
+            # optax factors over the two largest axes: v_row drops the largest, v_col the next.
+            order = np.argsort(shape, kind="stable")
+            dropped = {"v_row": order[-1], "v_col": order[-2]}
+            for name, axis in dropped.items():
+                if name in _attr_names(path):
+                    kept = spec[:axis] + spec[axis + 1:]
+                    if shape[:axis] + shape[axis + 1:] == tuple(leaf.shape):
+                        return NamedSharding(mesh, PartitionSpec(*kept))
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(sharding_for, abstract_opt_state)

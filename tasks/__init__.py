@@ -4,7 +4,7 @@ defaults; register_all() registers again with explicit settings (the CLI calls i
 import os
 
 from tasks import glue, mixtures, pretraining
-from t5pod import vocab
+from t5pod import demo_corpus, vocab
 
 
 def register_all(vocabulary_path: str = vocab.DEFAULT_VOCABULARY_PATH, *, text_file_pattern: str | None = None,
@@ -12,9 +12,10 @@ def register_all(vocabulary_path: str = vocab.DEFAULT_VOCABULARY_PATH, *, text_f
                  superglue_dir: str | None = None, mixing_rate_limit: float | None = None,
                  mixing_temperature: float = 1.0, noise_density: float = 0.15,
                  mean_noise_span_length: float = 3.0, pretraining_size: str = "small"):
-    """(Re-)registers every task and mixture. Unset directories fall back to the GLUE_DIR,
-    SUPERGLUE_DIR and TFDS_DATA_DIR environment variables."""
-    vocabulary = vocab.get_vocabulary(vocabulary_path)
+    """(Re-)registers every task and mixture. vocabulary_path 'demo' is the demo corpus's
+    vocabulary. Unset directories fall back to the GLUE_DIR, SUPERGLUE_DIR and TFDS_DATA_DIR
+    environment variables."""
+    vocabulary = demo_corpus.vocabulary() if vocabulary_path == "demo" else vocab.get_vocabulary(vocabulary_path)
     tfds_data_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR")
     pretraining.register(vocabulary, text_file_pattern=text_file_pattern, text_paragraphs=text_paragraphs,
                          tfds_data_dir=tfds_data_dir, noise_density=noise_density,

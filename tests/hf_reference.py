@@ -18,14 +18,14 @@ CONFIGS = {
 }
 
 
-def make_checkpoint(kind: str, directory: str, seed: int = 0):
+def make_checkpoint(kind: str, directory: str, seed: int = 0, **overrides):
     """Writes config.json + model.safetensors for CONFIGS[kind]; returns the torch model."""
     import torch
     import transformers
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    options = dict(CONFIGS[kind], dropout_rate=0.0)
+    options = dict(CONFIGS[kind], dropout_rate=0.0, **overrides)
     model = transformers.T5ForConditionalGeneration(transformers.T5Config(**options)).eval()
     os.makedirs(directory, exist_ok=True)
     if options["tie_word_embeddings"]:

@@ -1,0 +1,57 @@
+"""Where metrics go: the console, MODEL_DIR/metrics.jsonl and TensorBoard (train/ and eval/).
+
+Only the writing process (process 0) writes; others get a writer that does nothing.
+"""
+
+import json
+import os
+import time
+
+
+class MetricWriter:
+    def __init__(self, model_dir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.model_dir = model_dir
+        self._summary_writers = {}
+        if enabled:
+            os.makedirs(model_dir, exist_ok=True)
+            self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def _summary_writer(self, split: str):
+        import tensorflow as tf
+
+        if split not in self._summary_writers:
+            folder = "train" if split == "train" else "eval"
+            self._summary_writers[split] = tf.summary.create_file_writer(os.path.join(self.model_dir, folder))
+        return self._summary_writers[split]
+
+    def write(self, step: int, metrics: dict, split: str = "train"):
+        """One row: {"step", "split", **metrics} to metrics.jsonl, scalars to TensorBoard."""
+        if not self.enabled:
+            return
+        import tensorflow as tf
+
+        row = {"step": step, "split": split, **metrics, "time": round(time.time(), 3)}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        with self._summary_writer(split).as_default(step=step):
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    tf.summary.scalar(key if split == "train" else f"{split}/{key}", value)
+        self._summary_writer(split).flush()
+
+    def print(self, message: str):
+        if self.enabled:
+            print(message, flush=True)
+
+    def close(self):
+        if self.enabled:
+            self._jsonl.close()
+            for writer in self._summary_writers.values():
+                writer.close()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -1,0 +1,105 @@
+"""Every command in README.md runs, in a fast variant: placeholders point at small fixtures and
+training commands get a tiny model, the demo task and two steps."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+import hf_reference
+from conftest import REPO
+from t5pod import demo_corpus
+
+FAST_TRAIN = ["--gin_file=models/tiny.gin", "--gin.MIXTURE_OR_TASK_NAME='demo_span_corruption'",
+              "--gin.t5pod.T5Config.vocab_size=2176", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4",
+              "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.LOG_PERIOD=1",
+              "--gin.EVAL_PERIOD=0", "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.VOCABULARY_PATH=%s"]
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith(("python -m t5pod", "make ")):
+                commands.append(line)
+    return commands
+
+
+def test_readme_has_commands():
+    commands = readme_commands()
+    assert any(c.startswith("make pretrain") for c in commands) and any(c.startswith("make finetune") for c in commands)
+    for command in ("train", "data", "infer", "eval", "convert-hf", "train-vocab"):
+        assert any(c.startswith(f"python -m t5pod {command} ") for c in commands), command
+
+
+def _python(*args, **kwargs):
+    env = dict(os.environ, XLA_FLAGS="")
+    return subprocess.run([sys.executable, "-m", "t5pod", *args], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=REPO, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    import json
+    import shutil
+
+    root = tmp_path_factory.mktemp("readme")
+    # A converted reference model that uses the demo vocabulary.
+    hf_reference.make_checkpoint("t5_1_0", str(root / "t5-small"), vocab_size=2176)
+    shutil.copy(demo_corpus.vocabulary_path(), root / "t5-small" / "spiece.model")
+    assert _python("convert-hf", str(root / "t5-small"), str(root / "converted")).returncode == 0
+    # A two-step `make pretrain` run for `make finetune` to start from.
+    fast = [f.replace("%s", "'demo'") for f in FAST_TRAIN[1:]]
+    assert _python("train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{root / 'demo'}'", *fast).returncode == 0
+    books = root / "books"
+    books.mkdir()
+    (books / "a.txt").write_text(open(demo_corpus.corpus_path(), encoding="utf-8").read()[:200_000])
+    (root / "inputs.jsonl").write_text("".join(json.dumps({"inputs": t, "targets": "yes"}) + "\n"
+                                               for t in ["The default value is None.", "Return a list."]))
+    return {
+        "convert-hf path/to/t5-small path/to/t5-small-t5pod": f"convert-hf {root / 't5-small'} {root / 'again'}",
+        "path/to/t5-small-t5pod": str(root / "converted"), "path/to/t5-small": str(root / "t5-small"),
+        "/data/books/*.txt": str(books / "*.txt"), "/data/vocab/spiece.model": str(root / "vocab" / "spiece.model"),
+        "/data/glue": str(REPO.parent / "shared" / "data" / "glue"), "/tmp/run": str(root / "run"),
+        "--vocab_size=32000": "--vocab_size=500", "--input_file=inputs.jsonl": f"--input_file={root / 'inputs.jsonl'}",
+        "--output_file=": f"--output_file={root}/", "@pretrained": str(root / "demo"), "@root": str(root),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_command_runs(command, fixtures):
+    if command.startswith("make test") or command.startswith("make install"):
+        pytest.skip("the test suite itself / the install that runs it")
+    if ("/data/glue" in command or "finetune" in command) and not os.path.isdir(fixtures["/data/glue"]):
+        pytest.skip("no GLUE files here")
+    for placeholder, value in fixtures.items():
+        if not placeholder.startswith("@"):
+            command = command.replace(placeholder, value)
+    argv = shlex.split(command)
+    vocabulary = demo_corpus.vocabulary_path()
+    if argv[:2] == ["make", "pretrain"]:
+        fast = [f.replace("%s", "'demo'") for f in FAST_TRAIN[1:]] + [f"--gin.MODEL_DIR='{fixtures['@root']}/pretrain'"]
+        argv += ["PRETRAIN_ARGS=" + " ".join(shlex.quote(f) for f in fast)]
+    elif argv[:2] == ["make", "finetune"]:
+        fast = ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0", "--gin.MAX_DECODE_LENGTH=2",
+                f"--gin.MODEL_DIR='{fixtures['@root']}/finetune'", "--gin.CHECKPOINT_PERIOD=1"]
+        argv += [f"PRETRAINED={fixtures['@pretrained']}", "FINETUNE_ARGS=" + " ".join(shlex.quote(f) for f in fast)]
+    elif argv[:4] == ["python", "-m", "t5pod", "train"]:
+        argv += [f.replace("%s", repr(vocabulary)) for f in FAST_TRAIN]
+    elif argv[:4] in (["python", "-m", "t5pod", "infer"], ["python", "-m", "t5pod", "eval"]):
+        argv += ["--gin.MAX_DECODE_LENGTH=4", "--gin.INPUT_LENGTH=32", "--gin.TARGET_LENGTH=8"]
+    elif argv[:4] == ["python", "-m", "t5pod", "data"]:
+        argv += ["--num_examples=1", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+                 f"--gin.VOCABULARY_PATH={vocabulary!r}"]
+        argv = [a if not a.startswith("--stats=") else "--stats=20" for a in argv]
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    env = dict(os.environ, XLA_FLAGS="")
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"

@@ -1,0 +1,228 @@
+"""Training: schedule, Adafactor, sharded steps, exact resume, preemption, bad configuration."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tasks
+from t5pod import checkpoints, optimizer, partitioning, train_step, trainer
+from t5pod.config import T5Config
+
+MODEL = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
+                 feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1)
+
+
+def _config(model_dir, **overrides):
+    base = dict(model_dir=str(model_dir), mixture_or_task_name="demo_span_corruption",
+                task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=6, batch_size=8,
+                learning_rate=1.0, warmup_steps=100, checkpoint_period=3, log_period=1, mesh_shape=(-1, 1),
+                async_checkpointing=False)
+    return trainer.TrainConfig(**{**base, **overrides})
+
+
+def test_rsqrt_and_constant_schedules():
+    rsqrt = optimizer.learning_rate_schedule("rsqrt", 1.0, 10_000)
+    assert [float(rsqrt(s)) for s in (0, 10_000, 40_000)] == pytest.approx([0.01, 0.01, 0.005])
+    assert float(optimizer.learning_rate_schedule("constant", 1e-3)(123)) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="Unknown learning-rate schedule 'cosine'"):
+        optimizer.learning_rate_schedule("cosine")
+
+
+def test_adafactor_first_update_by_hand():
+    rng = np.random.default_rng(0)
+    param = rng.normal(size=(4, 3)).astype(np.float32)
+    grad = rng.normal(size=(4, 3)).astype(np.float32)
+    tx = optimizer.adafactor(0.1, min_dim_size_to_factor=2)
+    update, _ = tx.update(jnp.asarray(grad), tx.init(jnp.asarray(param)), jnp.asarray(param))
+    # Step 1: decay 1 - 1^-0.8 = 0, so the moments are this gradient's. The larger axis (rows,
+    # 4) is averaged away for the row factor's complement: v_row[i] = mean_j g^2, v_col[j] = mean_i g^2.
+    g2 = grad.astype(np.float64) ** 2 + 1e-30
+    v_row, v_col = g2.mean(axis=1), g2.mean(axis=0)
+    v = np.outer(v_row, v_col) / v_row.mean()
+    u = grad / np.sqrt(v)
+    u = u / max(1.0, np.sqrt(np.mean(u ** 2)) / 1.0)          # clip the update's RMS at 1
+    u = u * 0.1 * max(np.sqrt(np.mean(param.astype(np.float64) ** 2)), 1e-3)  # lr x parameter scale
+    np.testing.assert_allclose(np.asarray(update), -u, rtol=1e-5)
+
+
+def _fixed_batch(batch=8, inputs=64, targets=16):
+    rng = np.random.default_rng(0)
+    b = {"encoder_input_tokens": rng.integers(2, 2000, (batch, inputs)),
+         "decoder_target_tokens": rng.integers(2, 2000, (batch, targets))}
+    b["encoder_input_tokens"][:, 50:] = 0
+    b["decoder_target_tokens"][:, 12:] = 0
+    b["decoder_input_tokens"] = np.pad(b["decoder_target_tokens"][:, :-1], ((0, 0), (1, 0)))
+    b["decoder_loss_weights"] = (b["decoder_target_tokens"] > 0).astype(np.int32)
+    return {k: v.astype(np.int32) for k, v in b.items()}
+
+
+def _one_step(mesh_shape, fsdp=False, num_microbatches=1, model_config=MODEL):
+    config = _config("/unused", mesh_shape=mesh_shape, fsdp=fsdp, num_microbatches=num_microbatches)
+    mesh = partitioning.make_mesh(mesh_shape, jax.devices()[:int(np.prod(mesh_shape))])  # (1, 1): one device
+    model, tx, schedule, rules, _, shardings, init = trainer.create_state_fns(model_config, config, mesh)
+    with mesh, jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+        from flax import linen as nn
+        with nn.logical_axis_rules(rules):
+            state = init(jax.random.PRNGKey(0))
+            step = trainer.make_train_step(config, model, tx, schedule, shardings, mesh)
+            batch = jax.device_put(_fixed_batch(), trainer._batch_sharding(mesh))
+            state, metrics = step(state, batch, jax.random.PRNGKey(1))
+    return jax.device_get(state.params), train_step.summarize(jax.device_get(metrics)), state
+
+
+@pytest.fixture(scope="module")
+def single_device_step():
+    return _one_step((1, 1))
+
+
+@pytest.mark.parametrize("mesh_shape,fsdp", [((4, 2), False), ((8, 1), False), ((4, 2), True)])
+def test_sharded_steps_equal_one_device(single_device_step, mesh_shape, fsdp):
+    want_params, want_metrics, _ = single_device_step
+    params, metrics, state = _one_step(mesh_shape, fsdp)
+    assert metrics["loss"] == pytest.approx(want_metrics["loss"], abs=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(want_params)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    wi = state.params["encoder"]["layers_0"]["mlp"]["wi_0"]
+    expected = jax.sharding.PartitionSpec("data" if fsdp else None, "model")
+    assert wi.sharding.spec == expected
+
+
+def test_microbatches_give_the_same_step():
+    no_dropout = dataclasses.replace(MODEL, dropout_rate=0.0)  # microbatches draw their own dropout masks
+    want_params, want_metrics, _ = _one_step((1, 1), model_config=no_dropout)
+    params, metrics, _ = _one_step((1, 1), num_microbatches=4, model_config=no_dropout)
+    assert metrics["loss"] == pytest.approx(want_metrics["loss"], abs=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(want_params)):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def _rows(model_dir, split="train"):
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def _final_params(model_dir, step):
+    config = _config(model_dir)
+    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])  # restore everything onto one device
+    abstract = trainer.create_state_fns(MODEL, config, mesh)[4]
+    params, _, _ = checkpoints.TrainCheckpointer(model_dir).restore(step, abstract)
+    return jax.device_get(params)
+
+
+@pytest.mark.slow
+def test_resume_is_bit_exact(tmp_path):
+    tasks.register_all()
+    trainer.train(_config(tmp_path / "straight"), MODEL)
+    trainer.train(_config(tmp_path / "resumed", train_steps=3), MODEL)
+    trainer.train(_config(tmp_path / "resumed"), MODEL)
+    straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bit-identical
+    assert len({r["loss"] for r in straight}) == 6
+    for a, b in zip(jax.tree_util.tree_leaves(_final_params(tmp_path / "straight", 6)),
+                    jax.tree_util.tree_leaves(_final_params(tmp_path / "resumed", 6))):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_restore_onto_another_mesh(tmp_path):
+    tasks.register_all()
+    trainer.train(_config(tmp_path / "run", train_steps=3, mesh_shape=(4, 2)), MODEL)
+    summary = trainer.train(_config(tmp_path / "run", train_steps=4, mesh_shape=(2, 4)), MODEL)
+    assert summary["step"] == 4 and np.isfinite(summary["loss"])
+
+
+def test_another_models_directory_is_refused(tmp_path):
+    tasks.register_all()
+    trainer.train(_config(tmp_path / "run", train_steps=1, checkpoint_period=1), MODEL)
+    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    other = dataclasses.replace(MODEL, d_ff=128)
+    with pytest.raises(checkpoints.CheckpointError, match="holds checkpoints of another model.*d_ff"):
+        trainer.train(_config(tmp_path / "run", train_steps=2), other)
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
+
+
+def test_bad_mesh_and_batch_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not divide the 8 available devices"):
+        trainer.validate(_config(tmp_path, mesh_shape=(3, 2)), 8)
+    with pytest.raises(ValueError, match="BATCH_SIZE 6 is not divisible by the data-parallel mesh size 4"):
+        trainer.validate(_config(tmp_path, mesh_shape=(4, 2), batch_size=6), 8)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path):
+    tasks.register_all()
+    # A NaN learning rate makes the first update NaN, so the second step's loss is NaN.
+    with pytest.raises(trainer.TrainingError, match="became nan at step 2"):
+        trainer.train(_config(tmp_path / "run", learning_rate=float("nan"), train_steps=3), MODEL)
+
+
+def _cli(model_dir, *flags, env_extra=None):
+    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1", **(env_extra or {}))
+    command = [sys.executable, "-m", "t5pod", "train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{model_dir}'",
+               "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.BATCH_SIZE=8",
+               "--gin.EVAL_PERIOD=0", *flags]
+    return command, env
+
+
+def test_gin_typos_fail_before_anything_is_written(tmp_path):
+    for flag, name in [("--gin.TRAIN_STEPZ=5", "TRAIN_STEPZ"), ("--gin.t5pod.TrainConfig.bogus=1", "bogus"),
+                       ("--gin.t5pod.NoSuchThing.x=1", "NoSuchThing")]:
+        command, env = _cli(tmp_path / "run", flag)
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 2, done.stderr
+        assert name in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "run").exists()
+    command, env = _cli(tmp_path / "run", "--gin.TRAIN_STEPZ=5")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert "Did you mean TRAIN_STEPS" in done.stderr
+
+
+def _wait_for(predicate, process, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early: {process.stdout.read()}")
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    command, env = _cli(tmp_path / "run", "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=100000",
+                        "--gin.LOG_PERIOD=1")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    _wait_for(lambda: (tmp_path / "run" / "metrics.jsonl").exists() and len(_rows(tmp_path / "run")) >= 3, process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "Preempted (SIGTERM): saved a checkpoint at step" in output
+    reached = _rows(tmp_path / "run")[-1]["step"]
+    assert checkpoints.latest_step(str(tmp_path / "run")) == reached
+
+
+@pytest.mark.slow
+def test_kill_during_saves_leaves_a_resumable_run(tmp_path):
+    command, env = _cli(tmp_path / "run", "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=1",
+                        "--gin.LOG_PERIOD=1", "--gin.KEEP_CHECKPOINTS=2")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    _wait_for(lambda: (checkpoints.latest_step(str(tmp_path / "run")) or 0) >= 4, process)
+    process.kill()  # SIGKILL, most likely during one of the back-to-back saves
+    process.communicate()
+    latest = checkpoints.latest_step(str(tmp_path / "run"))
+    command, env = _cli(tmp_path / "run", f"--gin.TRAIN_STEPS={latest + 2}", "--gin.LOG_PERIOD=1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Resumed from {tmp_path / 'run'}/checkpoints/{latest}" in done.stdout
+    assert checkpoints.latest_step(str(tmp_path / "run")) == latest + 2
