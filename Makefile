@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast pretrain finetune lock clean
+.PHONY: install install-tpu test test-fast pretrain finetune lock clean
 
 install: $(STAMP)
 
@@ -14,6 +14,10 @@ $(STAMP): setup.cfg pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
 	touch $@
+
+# On Cloud TPU VMs: the pinned environment plus JAX's TPU runtime (libtpu) for the pinned jax.
+install-tpu: install
+	$(BIN)/pip install --quiet "jax[tpu]==$$(sed -n 's/^jax==//p' requirements.lock)"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

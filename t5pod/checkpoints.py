@@ -15,6 +15,21 @@ import orbax.checkpoint as ocp
 from t5pod.config import T5Config
 
 
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def absolute(path: str) -> str:
+    """Local paths made absolute; bucket paths (gs://...) kept as they are."""
+    return path if _is_remote(path) else os.path.abspath(path)
+
+
+def _isdir(path: str) -> bool:
+    import tensorflow as tf
+
+    return tf.io.gfile.isdir(path)
+
+
 class CheckpointError(ValueError):
     pass
 
@@ -32,13 +47,13 @@ logging.getLogger("absl").addFilter(_QuietReadOnly())
 
 def _manager(directory: str, max_to_keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    return ocp.CheckpointManager(absolute(directory), options=options)
 
 
 def checkpoint_root(path: str) -> str:
     """A run's MODEL_DIR keeps its checkpoints under checkpoints/; a converted one holds them directly."""
     nested = os.path.join(path, "checkpoints")
-    return nested if os.path.isdir(nested) else path
+    return nested if _isdir(nested) else path
 
 
 def save_params(directory: str, params: Any, config: T5Config, step: int = 0, extra_metadata: dict | None = None):
@@ -52,7 +67,7 @@ def save_params(directory: str, params: Any, config: T5Config, step: int = 0, ex
 
 def latest_step(directory: str) -> int | None:
     directory = checkpoint_root(directory)
-    if not os.path.isdir(directory):
+    if not _isdir(directory):
         return None
     with _manager(directory, read_only=True) as manager:
         return manager.latest_step()
@@ -60,7 +75,7 @@ def latest_step(directory: str) -> int | None:
 
 def all_steps(directory: str) -> list[int]:
     directory = checkpoint_root(directory)
-    if not os.path.isdir(directory):
+    if not _isdir(directory):
         return []
     with _manager(directory, read_only=True) as manager:
         return sorted(manager.all_steps())
@@ -100,7 +115,7 @@ def restore_params(directory: str, config: T5Config, abstract_params: Any, step:
 
 
 def _resolve_step(directory: str, step: int | None) -> int:
-    if not os.path.isdir(directory):
+    if not _isdir(directory):
         raise CheckpointError(f"No checkpoint directory {directory}: check the path (CHECKPOINT_PATH).")
     if step is None:
         step = latest_step(directory)
@@ -123,7 +138,7 @@ class TrainCheckpointer:
     """
 
     def __init__(self, model_dir: str, keep: int | None = None, async_save: bool = True):
-        self.model_dir = os.path.abspath(model_dir)
+        self.model_dir = absolute(model_dir)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(os.path.join(self.model_dir, "checkpoints"), options=options)
@@ -137,10 +152,12 @@ class TrainCheckpointer:
     def save(self, step: int, state, metadata: dict, data_iterator=None, process_index: int = 0):
         if data_iterator is not None:
             data_iterator.save(self.data_position(step, process_index))
+        # Every process takes part; Orbax writes each array shard from the process that holds it.
         self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
             metadata=ocp.args.JsonSave({**metadata, "step": step})), force=True)
-        self._prune_data_positions(keep={step})
+        if process_index == 0:
+            self._prune_data_positions(keep={step})
 
     def restore(self, step: int, abstract_state) -> tuple:
         restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -149,13 +166,14 @@ class TrainCheckpointer:
         return restored["params"], restored["opt_state"], restored["metadata"]
 
     def _prune_data_positions(self, keep: set):
-        import shutil
+        import tensorflow as tf
 
         root = os.path.join(self.model_dir, "data_positions")
         wanted = set(self.manager.all_steps()) | keep
-        for name in os.listdir(root) if os.path.isdir(root) else []:
+        for name in tf.io.gfile.listdir(root) if _isdir(root) else []:
+            name = name.rstrip("/")
             if name.isdigit() and int(name) not in wanted:
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                tf.io.gfile.rmtree(os.path.join(root, name))
 
     def wait(self):
         self.manager.wait_until_finished()

@@ -17,6 +17,17 @@ def _add_gin_flags(parser: argparse.ArgumentParser):
     parser.add_argument("--gin_search_paths", default="", help="comma-separated folders for gin includes")
 
 
+def _add_multihost_flags(parser: argparse.ArgumentParser):
+    group = parser.add_argument_group("multi-host (jax.distributed)")
+    group.add_argument("--multihost", action="store_true",
+                       help="join a multi-host job found by JAX itself (Cloud TPU VM slices, SLURM)")
+    group.add_argument("--coordinator_address", help="HOST:PORT of process 0 (GPU clusters, CPU processes)")
+    group.add_argument("--num_processes", type=int)
+    group.add_argument("--process_id", type=int)
+    group.add_argument("--heartbeat_timeout_s", type=int, default=30,
+                       help="seconds after which a silent process is declared dead and the others stop")
+
+
 def _parse_gin(args, base_files=("tasks.gin",)):
     from t5pod import ginconf
 
@@ -62,6 +73,10 @@ def _data(args) -> int:
 
 
 def _train(args) -> int:
+    from t5pod import distributed
+
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, args.multihost,
+                           args.heartbeat_timeout_s)
     ginconf = _parse_gin(args)
     model_config, train_config = ginconf.model_config(), ginconf.train_config()
     import gin
@@ -171,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="Train (pretrain or fine-tune) with gin-configured settings.")
     _add_gin_flags(train)
+    _add_multihost_flags(train)
     train.set_defaults(run=_train)
 
     infer = commands.add_parser("infer", help="Predict or score inputs from a file or a task split.")
@@ -224,6 +240,18 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split("\n")[:3])
         print(f"t5pod {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except Exception as error:
+        from t5pod import distributed
+
+        if getattr(args, "num_processes", None) or getattr(args, "multihost", False) or \
+                os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            if distributed.is_peer_failure(error):
+                first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+                print(f"t5pod {args.command}: error: another process of this multi-host job stopped or became "
+                      f"unreachable ({first_line}); stopping too. Restart all processes: the run resumes from "
+                      "the newest checkpoint.", file=sys.stderr)
+                os._exit(3)  # the distributed runtime may block a normal exit
+        raise
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ class CheckpointableIterator:
         return {k: v.numpy() for k, v in next(self._iterator).items()}
 
     def save(self, prefix: str) -> str:
-        os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+        tf.io.gfile.makedirs(os.path.dirname(prefix))
         return self._checkpoint.write(prefix)
 
     def restore(self, prefix: str):

@@ -8,14 +8,49 @@ import os
 import time
 
 
+def write_text(path: str, text: str):
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    if tf.io.gfile.exists(path):  # not every filesystem truncates on "w"
+        tf.io.gfile.remove(path)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+
+
+class _JsonLines:
+    """Appends lines to a file; on buckets (no append there) rewrites the whole file each time."""
+
+    def __init__(self, path: str):
+        import tensorflow as tf
+
+        self.path, self.remote = path, "://" in path
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        if self.remote:
+            self.lines = tf.io.gfile.GFile(path).read().splitlines() if tf.io.gfile.exists(path) else []
+        else:
+            self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, line: str):
+        if self.remote:
+            self.lines.append(line)
+            write_text(self.path, "\n".join(self.lines) + "\n")
+        else:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def close(self):
+        if not self.remote:
+            self.file.close()
+
+
 class MetricWriter:
     def __init__(self, model_dir: str, enabled: bool = True):
         self.enabled = enabled
         self.model_dir = model_dir
         self._summary_writers = {}
         if enabled:
-            os.makedirs(model_dir, exist_ok=True)
-            self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
+            self._jsonl = _JsonLines(os.path.join(model_dir, "metrics.jsonl"))
 
     def _summary_writer(self, split: str):
         import tensorflow as tf
@@ -32,8 +67,7 @@ class MetricWriter:
         import tensorflow as tf
 
         row = {"step": step, "split": split, **metrics, "time": round(time.time(), 3)}
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        self._jsonl.write(json.dumps(row))
         with self._summary_writer(split).as_default(step=step):
             for key, value in metrics.items():
                 if isinstance(value, (int, float)):

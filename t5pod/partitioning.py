@@ -66,7 +66,9 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = 
 
     A -1 in mesh_shape takes whatever the other axis leaves, as in T5X.
     """
-    devices = list(jax.devices() if devices is None else devices)
+    # Ordered by process, then id: the model axis stays within a host (its collectives use local
+    # links) and the data axis runs across hosts.
+    devices = sorted(jax.devices() if devices is None else devices, key=lambda d: (d.process_index, d.id))
     data, model = (int(n) for n in mesh_shape)
     if data == -1 and model > 0 and len(devices) % model == 0:
         data = len(devices) // model

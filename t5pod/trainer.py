@@ -138,7 +138,7 @@ class _Preemption:
 
 def _check_model_dir(config: TrainConfig, model_config: T5Config) -> int | None:
     """The step to resume from, refusing a MODEL_DIR that holds another model."""
-    step = checkpoints.latest_step(config.model_dir) if os.path.isdir(os.path.join(config.model_dir, "checkpoints")) else None
+    step = checkpoints.latest_step(config.model_dir) if checkpoints._isdir(os.path.join(config.model_dir, "checkpoints")) else None
     if step is not None:
         _, metadata = checkpoints.read_metadata(config.model_dir, step)
         try:
@@ -157,22 +157,26 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
     is_writer = jax.process_index() == 0
     writer = metric_writers.MetricWriter(config.model_dir, enabled=is_writer)
     if is_writer and operative_config:
-        with open(os.path.join(config.model_dir, "config.gin"), "w") as f:
-            f.write(operative_config)
+        metric_writers.write_text(os.path.join(config.model_dir, "config.gin"), operative_config)
 
     writer.print(f"Training {config.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
                  f"{jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}.")
     model, tx, schedule, rules, abstract, shardings, init_fn = create_state_fns(model_config, config, mesh)
     train_iterator = _data_iterator(config, "train", shuffle=True)
     checkpointer = checkpoints.TrainCheckpointer(config.model_dir, config.keep_checkpoints, config.async_checkpointing)
-    metadata = {"architecture": model_config.architecture(), "mixture_or_task_name": config.mixture_or_task_name}
+    metadata = {"architecture": model_config.architecture(), "mixture_or_task_name": config.mixture_or_task_name,
+                "process_count": jax.process_count()}
 
     with mesh, nn.logical_axis_rules(rules):
         if resume_step is not None:
             params, opt_state, saved = checkpointer.restore(resume_step, abstract)
             state = train_step.TrainState(step=jax.device_put(jnp.asarray(resume_step, jnp.int32), shardings.step),
                                           params=params, opt_state=opt_state)
-            train_iterator.restore(checkpointer.data_position(resume_step, jax.process_index()))
+            if saved.get("process_count", 1) == jax.process_count():
+                train_iterator.restore(checkpointer.data_position(resume_step, jax.process_index()))
+            else:  # each process's shard of the stream changed: the position no longer applies
+                writer.print(f"Warning: the checkpoint was written by {saved.get('process_count')} processes, this "
+                             f"run has {jax.process_count()}; the input stream restarts from its seed.")
             writer.print(f"Resumed from {config.model_dir}/checkpoints/{resume_step} (step {resume_step}).")
         else:
             state = init_fn(jax.random.PRNGKey(config.random_seed))
@@ -186,7 +190,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                           in_shardings=(shardings.params, _batch_sharding(mesh)),
                           out_shardings=partitioning.replicated(mesh))
         base_rng = jax.random.PRNGKey(config.random_seed)
-        step = int(jax.device_get(state.step))
+        step = first_step = int(jax.device_get(state.step))
         tokens_per_step = config.batch_size * sum(config.task_feature_lengths.values())
 
         preemption = _Preemption()
@@ -213,10 +217,12 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                     last_summary["tokens_per_s"] = window_steps * tokens_per_step / elapsed
                     writer.write(step, last_summary)
                     eta = (config.train_steps - step) / max(last_summary["steps_per_s"], 1e-9)
+                    speed = (f"{last_summary['steps_per_s']:.2f} steps/s  {last_summary['tokens_per_s']:.0f} tokens/s  "
+                             f"ETA {metric_writers.format_duration(eta)}") if window_steps < step - first_step else \
+                        "(first steps include compilation)"
                     writer.print(f"step {step}/{config.train_steps}  loss {last_summary['loss']:.4f}  "
                                  f"acc {last_summary['accuracy']:.3f}  z_loss {last_summary['z_loss']:.2e}  "
-                                 f"lr {last_summary['learning_rate']:.2e}  {last_summary['steps_per_s']:.2f} steps/s  "
-                                 f"{last_summary['tokens_per_s']:.0f} tokens/s  ETA {metric_writers.format_duration(eta)}")
+                                 f"lr {last_summary['learning_rate']:.2e}  {speed}")
                     window_start, window_steps = time.time(), 0
                 if config.eval_period and step % config.eval_period == 0:
                     _evaluate(config, eval_fn, state.params, mesh, writer, step)

@@ -1,0 +1,104 @@
+"""Multi-host training for real: several processes on localhost joined by jax.distributed."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from t5pod import checkpoints
+
+HERE = os.path.dirname(__file__)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+                PYTHONUNBUFFERED="1")
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path):
+    port = _port()
+    workers = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), str(tmp_path / "two.npz"),
+                                 "2", str(i), str(port)], env=_env(4), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    single = subprocess.run([sys.executable, os.path.join(HERE, "multihost_worker.py"), str(tmp_path / "one.npz"),
+                             "1", "0", "0"], env=_env(8), capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stdout + single.stderr
+    for worker in workers:
+        output, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, output
+    two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+    np.testing.assert_allclose(two["losses"], one["losses"], atol=1e-5)
+    assert len(set(one["losses"].tolist())) == 3
+    assert sorted(two.files) == sorted(one.files)
+    for name in one.files:
+        np.testing.assert_allclose(two[name], one[name], atol=1e-5, err_msg=name)
+
+
+def _train(model_dir, num_processes, port, steps, extra=()):
+    base = [sys.executable, "-m", "t5pod", "train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{model_dir}'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.BATCH_SIZE=8",
+            "--gin.MESH_SHAPE=(4, 2)", f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=2",
+            "--gin.LOG_PERIOD=1", "--gin.EVAL_PERIOD=0", *extra]
+    if num_processes == 1:
+        return [subprocess.Popen(base, env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)]
+    return [subprocess.Popen(base + [f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                                     f"--process_id={i}"], env=_env(4), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, cwd=REPO) for i in range(2)]
+
+
+def _finish(processes, timeout=600):
+    outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+    for p, output in zip(processes, outputs):
+        assert p.returncode == 0, output[-3000:]
+    return outputs
+
+
+@pytest.mark.slow
+def test_train_command_as_two_processes_and_checkpoints_across_process_counts(tmp_path):
+    run = tmp_path / "run"
+    outputs = _finish(_train(run, 2, _port(), 4))
+    assert "step 4/4" in outputs[0] and "step 4/4" not in outputs[1]  # only process 0 reports
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # one writer
+    assert checkpoints.all_steps(str(run)) == [2, 4]
+    assert sorted(os.listdir(run / "data_positions" / "4")) == [
+        "process_0.data-00000-of-00001", "process_0.index", "process_1.data-00000-of-00001", "process_1.index"]
+    # Saved by two processes, restored by one with 8 devices ...
+    outputs = _finish(_train(run, 1, None, 6))
+    assert "Resumed from" in outputs[0] and "step 6/6" in outputs[0]
+    # ... and saved by one, restored by two.
+    outputs = _finish(_train(run, 2, _port(), 8))
+    assert "Resumed from" in outputs[0] and "step 8/8" in outputs[0]
+    assert checkpoints.latest_step(str(run)) == 8
+
+
+@pytest.mark.slow
+def test_a_dead_process_stops_the_other_with_a_clear_error(tmp_path):
+    processes = _train(tmp_path / "run", 2, _port(), 100000, ["--heartbeat_timeout_s=10"])
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "metrics.jsonl").exists() or os.path.getsize(tmp_path / "run" / "metrics.jsonl") == 0:
+        assert time.time() < deadline and processes[0].poll() is None
+        time.sleep(0.5)
+    processes[1].send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    output, _ = processes[0].communicate(timeout=120)
+    assert processes[0].returncode not in (0, None)
+    assert time.time() - killed_at < 60
+    # Either a collective fails first (t5pod's message) or JAX's coordination service notices the
+    # missing heartbeats first and terminates the process with its own message.
+    assert ("another process of this multi-host job stopped" in output
+            or "This most likely indicates that another task died" in output), output[-3000:]
