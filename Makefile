@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-tpu test test-fast pretrain finetune lock clean
+.PHONY: install install-tpu test test-fast pretrain finetune bench lock clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ finetune: install
 	test -d $(PRETRAINED)/checkpoints || $(MAKE) pretrain
 	$(BIN)/python -m t5pod train --gin_file=demo_finetune.gin --gin.INITIAL_CHECKPOINT_PATH="'$(PRETRAINED)'" $(if $(GLUE_DIR),--gin.GLUE_DIR="'$(GLUE_DIR)'") $(FINETUNE_ARGS)
 	$(BIN)/python -m t5pod eval --all_checkpoints --gin_file=runs/eval.gin --gin_file=demo_finetune.gin $(if $(GLUE_DIR),--gin.GLUE_DIR="'$(GLUE_DIR)'") $(FINETUNE_ARGS)
+
+# Speed and memory figures (bench/run.py): prints a table, writes bench/results.json.
+bench: install
+	$(BIN)/python bench/run.py
 
 # Rewrites the pin list from the current environment.
 lock: install

@@ -144,6 +144,26 @@ def _eval(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    if args.num_devices:
+        # Fake CPU devices stand in for the pod's; set before JAX starts.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.num_devices}")
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    ginconf = _parse_gin(args)
+    from t5pod import flops, planning
+
+    model_config, train_config = ginconf.model_config(), ginconf.train_config()
+    result = planning.plan(model_config, train_config)
+    lengths = train_config.task_feature_lengths
+    per_step = flops.train_flops_per_example(model_config, lengths["inputs"], lengths["targets"]) * train_config.batch_size
+    print(planning.format_plan(result, args.hbm_gib))
+    print(f"  step FLOPs        {per_step / 1e12:8.3f} TFLOP (compiled in {result['compile_s']:.1f} s)")
+    if args.json:
+        print(json.dumps({**result, "step_flops": per_step}))
+    return 0
+
+
 def _train_vocab(args) -> int:
     from t5pod import text_files, vocab
 
@@ -188,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gin_flags(train)
     _add_multihost_flags(train)
     train.set_defaults(run=_train)
+
+    plan = commands.add_parser("plan", help="Per-device memory of the train step for a mesh, without running it.")
+    _add_gin_flags(plan)
+    plan.add_argument("--num_devices", type=int, help="fake this many CPU devices (e.g. the pod slice's chips)")
+    plan.add_argument("--hbm_gib", type=float, help="memory per device to check against (TPU v3: 16)")
+    plan.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    plan.set_defaults(run=_plan)
 
     infer = commands.add_parser("infer", help="Predict or score inputs from a file or a task split.")
     _add_gin_flags(infer)

@@ -1,0 +1,230 @@
+"""`make bench`: t5pod's speed and memory, side by side with the reference and the machine.
+
+Prints a table and writes bench/results.json. Figures (see issue 7 for the goals):
+  matmul_peak_flops       large float32 jnp.dot on this machine: the MFU denominator
+  train_tokens_per_s, mfu tiny / small / base-width train steps (t5pod.flops counts the FLOPs)
+  reference_speedup       t5pod tokens/s over transformers' T5 + Adafactor (PyTorch, CPU),
+                          same config, batch and lengths, measured alternately
+  scan_compile_ratio      train-step compile time, 24 layers over 2, with and without scan
+  pipeline_feed_ratio     span-corruption rows/s on one core over rows/s the train step consumes
+  xxl_peak_bytes          T5 1.1 XXL per-device peak on 64 fake devices (data 8, model 8)
+"""
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import linen as nn  # noqa: E402
+
+from t5pod import flops, ginconf, partitioning, trainer  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+QUICK = os.environ.get("BENCH_QUICK") == "1"  # the test suite's smoke run
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(reps):
+        out = f(a, a)
+    out.block_until_ready()
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def model(name: str, **overrides):
+    ginconf.parse([f"models/{name}.gin"])
+    return dataclasses.replace(ginconf.model_config(), dropout_rate=0.0, **overrides)
+
+
+def _batch(config, batch, lengths):
+    rng = np.random.default_rng(0)
+    b = {"encoder_input_tokens": rng.integers(2, 2000, (batch, lengths[0])),
+         "decoder_target_tokens": rng.integers(2, 2000, (batch, lengths[1]))}
+    b["decoder_input_tokens"] = np.pad(b["decoder_target_tokens"][:, :-1], ((0, 0), (1, 0)))
+    b["decoder_loss_weights"] = np.ones_like(b["decoder_target_tokens"])
+    return {k: v.astype(np.int32) for k, v in b.items()}
+
+
+def t5pod_step(config, batch, lengths):
+    """(seconds per step, compile seconds) on one device."""
+    train_config = trainer.TrainConfig(model_dir="/unused", mixture_or_task_name="unused",
+                                       task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
+                                       train_steps=1, batch_size=batch, mesh_shape=(1, 1))
+    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
+    m, tx, schedule, rules, abstract, shardings, init = trainer.create_state_fns(config, train_config, mesh)
+    with mesh, nn.logical_axis_rules(rules):
+        state = init(jax.random.PRNGKey(0))
+        step = trainer.make_train_step(train_config, m, tx, schedule, shardings, mesh)
+        data = _batch(config, batch, lengths)
+        start = time.perf_counter()
+        compiled = step.lower(state, data, jax.random.PRNGKey(0)).compile()
+        compile_s = time.perf_counter() - start
+        state, metrics = compiled(state, data, jax.random.PRNGKey(0))
+        jax.block_until_ready(metrics)
+
+        def run(n):
+            nonlocal state
+            start = time.perf_counter()
+            for i in range(n):
+                state, metrics = compiled(state, data, jax.random.PRNGKey(i))
+            jax.block_until_ready(metrics)
+            return (time.perf_counter() - start) / n
+
+    return run, compile_s
+
+
+def reference_step(config, batch, lengths):
+    """Seconds per step of transformers' T5 with its Adafactor, float32, CPU."""
+    import torch
+    import transformers
+    from transformers.optimization import Adafactor
+
+    torch.manual_seed(0)
+    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.d_kv, d_ff=config.d_ff,
+        num_heads=config.num_heads, num_layers=config.num_layers, num_decoder_layers=config.decoder_layers,
+        feed_forward_proj=config.feed_forward_proj, tie_word_embeddings=config.tie_word_embeddings,
+        dropout_rate=0.0)).train()
+    optimizer = Adafactor(hf.parameters(), lr=1e-2, scale_parameter=True, relative_step=False, warmup_init=False,
+                          decay_rate=-0.8, clip_threshold=1.0)
+    data = {k: torch.tensor(v, dtype=torch.long) for k, v in _batch(config, batch, lengths).items()}
+
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(n):
+            loss = hf(input_ids=data["encoder_input_tokens"], decoder_input_ids=data["decoder_input_tokens"],
+                      labels=data["decoder_target_tokens"]).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return (time.perf_counter() - start) / n
+
+    run(1)
+    return run
+
+
+def train_figures(name, config, batch, lengths, peak, with_reference):
+    ours, compile_s = t5pod_step(config, batch, lengths)
+    reference = reference_step(config, batch, lengths) if with_reference else None
+    mine, theirs = [], []
+    for _ in range(2 if QUICK else 3):  # alternate, so both see the same machine state
+        mine.append(ours(1 if QUICK else 3))
+        if reference:
+            theirs.append(reference(1 if QUICK else 3))
+    step_s = statistics.median(mine)
+    tokens = batch * sum(lengths)
+    step_flops = flops.train_flops_per_example(config, *lengths) * batch
+    row = {"config": name, "batch": batch, "lengths": list(lengths), "step_s": step_s,
+           "train_tokens_per_s": tokens / step_s, "mfu": step_flops / step_s / peak, "compile_s": compile_s}
+    if reference:
+        row["reference_tokens_per_s"] = tokens / statistics.median(theirs)
+        row["reference_speedup"] = row["train_tokens_per_s"] / row["reference_tokens_per_s"]
+    return row
+
+
+def compile_time(layers: int, scan: bool) -> float:
+    config = model("tiny", num_layers=layers, num_decoder_layers=layers, scan_layers=scan, vocab_size=2176)
+    return t5pod_step(config, 8, (64, 16))[1]
+
+
+def pipeline_rows_per_s(task: str, lengths: dict, seconds: float = 5.0) -> float:
+    import tensorflow as tf
+
+    import tasks  # noqa: F401
+    from t5pod import data
+
+    dataset = data.get_dataset(task, lengths, "train", seed=0, shard_index=0, num_shards=1)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1  # one core
+    iterator = iter(dataset.with_options(options))
+    next(iterator)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        next(iterator)
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def xxl_plan(remat: str, fsdp: bool) -> dict:
+    flags = ["--gin_file=runs/pretrain.gin", "--gin_file=models/t5_1_1/xxl.gin", "--gin.MODEL_DIR='/unused'",
+             "--gin.MESH_SHAPE=(8, 8)", "--gin.BATCH_SIZE=64", f"--gin.FSDP={fsdp}",
+             "--gin.t5pod.T5Config.scan_layers=True", f"--gin.t5pod.T5Config.remat_policy='{remat}'",
+             "--gin.t5pod.T5Config.dtype='bfloat16'"]
+    done = subprocess.run([sys.executable, "-m", "t5pod", "plan", "--num_devices=64", "--json", *flags],
+                          capture_output=True, text=True, timeout=1800, env=dict(os.environ, XLA_FLAGS=""))
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    results = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+               "cpu_count": os.cpu_count()}
+    peak = matmul_peak()
+    results["matmul_peak_flops"] = peak
+    import tasks
+
+    tasks.register_all()
+    sizes = [("tiny", model("tiny", vocab_size=2176), 32, (128, 32), True)]
+    if not QUICK:
+        sizes += [("t5_1_1/small", model("t5_1_1/small"), 4, (128, 32), True),
+                  ("base width, 2 layers", model("t5_1_1/base", num_layers=2, num_decoder_layers=2), 8, (128, 32), False)]
+    results["train"] = [train_figures(n, c, b, l, peak, ref) for n, c, b, l, ref in sizes]
+
+    layers_big = 4 if QUICK else 24
+    results["compile_s"] = {f"scan_{n}": compile_time(n, True) for n in (2, layers_big)}
+    results["compile_s"].update({f"unrolled_{n}": compile_time(n, False) for n in (2, layers_big)})
+    results["scan_compile_ratio_24_vs_2"] = results["compile_s"][f"scan_{layers_big}"] / results["compile_s"]["scan_2"]
+    results["unrolled_compile_ratio_24_vs_2"] = (results["compile_s"][f"unrolled_{layers_big}"]
+                                                  / results["compile_s"]["unrolled_2"])
+
+    demo_rows = pipeline_rows_per_s("demo_span_corruption", {"inputs": 128, "targets": 32}, 2 if QUICK else 5)
+    tiny = results["train"][0]
+    results["pipeline_feed_ratio"] = {"demo": demo_rows / (tiny["batch"] / tiny["step_s"])}
+    if not QUICK:
+        small = results["train"][1]
+        small_rows = pipeline_rows_per_s("demo_span_corruption", {"inputs": 128, "targets": 32}, 5)
+        results["pipeline_feed_ratio"]["small"] = small_rows / (small["batch"] / small["step_s"])
+        results["xxl_peak_bytes"] = {
+            "no remat, no FSDP": xxl_plan("none", False),
+            "remat full": xxl_plan("full", False),
+            "remat full + FSDP": xxl_plan("full", True),
+        }
+    print_table(results)
+    os.makedirs(HERE, exist_ok=True)
+    with open(os.path.join(HERE, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwrote {os.path.join(HERE, 'results.json')}")
+
+
+def print_table(r):
+    print(f"device: {r['device']} ({r['platform']}, {r['cpu_count']} cores); "
+          f"float32 matmul peak {r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s")
+    print(f"{'config':24} {'batch':>5} {'lengths':>9} {'step s':>8} {'tokens/s':>9} {'MFU':>6} {'ref tok/s':>9} {'speedup':>7}")
+    for row in r["train"]:
+        print(f"{row['config']:24} {row['batch']:5d} {str(tuple(row['lengths'])):>9} {row['step_s']:8.3f} "
+              f"{row['train_tokens_per_s']:9.0f} {row['mfu']:6.3f} {row.get('reference_tokens_per_s', float('nan')):9.0f} "
+              f"{row.get('reference_speedup', float('nan')):7.2f}")
+    print("compile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["compile_s"].items()))
+    print(f"scan_compile_ratio_24_vs_2 {r['scan_compile_ratio_24_vs_2']:.2f} "
+          f"(unrolled: {r['unrolled_compile_ratio_24_vs_2']:.2f})")
+    print("pipeline_feed_ratio " + ", ".join(f"{k} {v:.1f}" for k, v in r["pipeline_feed_ratio"].items()))
+    for name, plan in r.get("xxl_peak_bytes", {}).items():
+        peak = plan.get("peak_bytes")
+        print(f"T5 1.1 XXL on 64 devices (8x8), {name}: " +
+              (f"peak {peak / 2**30:.2f} GiB/device" if peak else plan.get("error", "?")))
+
+
+if __name__ == "__main__":
+    main()
