@@ -202,10 +202,10 @@ def main():
             "remat full + FSDP": xxl_plan("full", True),
         }
     print_table(results)
-    os.makedirs(HERE, exist_ok=True)
-    with open(os.path.join(HERE, "results.json"), "w") as f:
+    path = os.environ.get("BENCH_OUTPUT") or os.path.join(HERE, "results.json")
+    with open(path, "w") as f:
         json.dump(results, f, indent=2)
-    print(f"\nwrote {os.path.join(HERE, 'results.json')}")
+    print(f"\nwrote {path}")
 
 
 def print_table(r):

@@ -15,19 +15,20 @@ import orbax.checkpoint as ocp
 from t5pod.config import T5Config
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
+def _is_remote(path) -> bool:
+    return "://" in os.fspath(path)
 
 
 def absolute(path: str) -> str:
     """Local paths made absolute; bucket paths (gs://...) kept as they are."""
+    path = os.fspath(path)
     return path if _is_remote(path) else os.path.abspath(path)
 
 
 def _isdir(path: str) -> bool:
     import tensorflow as tf
 
-    return tf.io.gfile.isdir(path)
+    return tf.io.gfile.isdir(os.fspath(path))
 
 
 class CheckpointError(ValueError):

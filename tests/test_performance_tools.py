@@ -64,3 +64,18 @@ def test_bfloat16_training_tracks_float32(tmp_path):
         losses[dtype] = trainer.train(config, dataclasses.replace(model, dtype=dtype))["loss"]
     assert losses["float32"] < 7.0  # it learned something (ln 2176 = 7.7)
     assert abs(losses["bfloat16"] - losses["float32"]) / losses["float32"] < 0.01
+
+
+@pytest.mark.slow
+def test_bench_quick_run(tmp_path):
+    from conftest import REPO
+
+    env = dict(os.environ, XLA_FLAGS="", BENCH_QUICK="1", BENCH_OUTPUT=str(tmp_path / "results.json"))
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "run.py")], capture_output=True, text=True,
+                          timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.load(open(tmp_path / "results.json"))
+    (tiny,) = results["train"]
+    assert tiny["train_tokens_per_s"] > 0 and 0 < tiny["mfu"] < 1 and tiny["reference_speedup"] > 0
+    assert results["scan_compile_ratio_24_vs_2"] > 0 and results["pipeline_feed_ratio"]["demo"] > 0
+    assert "speedup" in done.stdout and "pipeline_feed_ratio" in done.stdout

@@ -33,7 +33,7 @@ def readme_commands() -> list[str]:
 def test_readme_has_commands():
     commands = readme_commands()
     assert any(c.startswith("make pretrain") for c in commands) and any(c.startswith("make finetune") for c in commands)
-    for command in ("train", "data", "infer", "eval", "convert-hf", "train-vocab"):
+    for command in ("train", "data", "infer", "eval", "convert-hf", "train-vocab", "plan"):
         assert any(c.startswith(f"python -m t5pod {command} ") for c in commands), command
 
 
@@ -92,6 +92,11 @@ def test_readme_command_runs(command, fixtures):
         argv += [f"PRETRAINED={fixtures['@pretrained']}", "FINETUNE_ARGS=" + " ".join(shlex.quote(f) for f in fast)]
     elif argv[:4] == ["python", "-m", "t5pod", "train"]:
         argv += [f.replace("%s", repr(vocabulary)) for f in FAST_TRAIN]
+    elif argv[:4] == ["python", "-m", "t5pod", "plan"]:
+        argv += ["--gin_file=models/tiny.gin", "--num_devices=8", "--gin.MESH_SHAPE=(4, 2)", "--gin.BATCH_SIZE=8",
+                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
+    elif argv[:2] == ["make", "bench"]:
+        pytest.skip("the benchmark takes minutes; tests/test_performance_tools.py covers its parts")
     elif argv[:4] in (["python", "-m", "t5pod", "infer"], ["python", "-m", "t5pod", "eval"]):
         argv += ["--gin.MAX_DECODE_LENGTH=4", "--gin.INPUT_LENGTH=32", "--gin.TARGET_LENGTH=8"]
     elif argv[:4] == ["python", "-m", "t5pod", "data"]:
