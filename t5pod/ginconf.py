@@ -11,6 +11,7 @@ from typing import Sequence
 import gin
 
 from t5pod import config as config_lib
+from t5pod import inference, trainer
 
 # The gin/ folder of this checkout; always on the search path so `include 'models/...'` works.
 GIN_DIR = str(Path(__file__).resolve().parent.parent / "gin")
@@ -23,9 +24,6 @@ _search_paths: list[str] = []
 # t5pod finds gin files by path only (the working directory, gin/ and --gin_search_paths).
 gin.config._FILE_READERS[:] = [(reader, exists) for reader, exists in gin.config._FILE_READERS
                                if getattr(exists, "__module__", "") != "gin.resource_reader"]
-
-T5Config = gin.external_configurable(config_lib.T5Config, name="T5Config", module="t5pod")
-
 
 def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_paths: Sequence[str] = ()):
     """Parses gin files and `X=value` bindings, later ones overriding earlier ones."""
@@ -79,39 +77,31 @@ def macro(name: str):
         raise ValueError(f"The gin macro {name} is not set; pass --gin.{name}=... or a gin file that sets it.") from None
 
 
-def train_config():
-    """The TrainConfig the parsed gin files bind (gin/runs/*.gin), as a plain dataclass."""
-    from t5pod import trainer
-
-    configured = TrainConfig()
-    return trainer.TrainConfig(**{f.name: getattr(configured, f.name) for f in dataclasses.fields(trainer.TrainConfig)})
-
-
-def _train_config_class():
-    from t5pod import trainer
-
-    return trainer.TrainConfig
+# The dataclasses gin may bind. Commands get plain (gin-free) instances from the functions below.
+_CONFIGURABLE = {
+    cls: gin.external_configurable(cls, name=cls.__name__, module="t5pod")
+    for cls in (config_lib.T5Config, trainer.TrainConfig, inference.InferConfig)
+}
 
 
-TrainConfig = gin.external_configurable(_train_config_class(), name="TrainConfig", module="t5pod")
+def _bound(cls):
+    """An instance of cls with the values the parsed gin files bind."""
+    configured = _CONFIGURABLE[cls]()
+    return cls(**{f.name: getattr(configured, f.name) for f in dataclasses.fields(cls)})
 
 
-def infer_config():
-    """The InferConfig the parsed gin files bind (gin/runs/infer.gin)."""
-    from t5pod import inference
-
-    configured = InferConfig()
-    return inference.InferConfig(**{f.name: getattr(configured, f.name)
-                                    for f in dataclasses.fields(inference.InferConfig)})
+def model_config() -> config_lib.T5Config:
+    return _bound(config_lib.T5Config)
 
 
-def _infer_config_class():
-    from t5pod import inference
+def train_config() -> trainer.TrainConfig:
+    """Bound by gin/runs/pretrain.gin (and the run files that include it)."""
+    return _bound(trainer.TrainConfig)
 
-    return inference.InferConfig
 
-
-InferConfig = gin.external_configurable(_infer_config_class(), name="InferConfig", module="t5pod")
+def infer_config() -> inference.InferConfig:
+    """Bound by gin/runs/infer.gin."""
+    return _bound(inference.InferConfig)
 
 
 def vocabulary():
@@ -120,9 +110,3 @@ def vocabulary():
 
     path = macro("VOCABULARY_PATH")
     return demo_corpus.vocabulary() if path == "demo" else vocab.get_vocabulary(path)
-
-
-def model_config() -> config_lib.T5Config:
-    """The T5Config the parsed gin files bind, as a plain (gin-free) dataclass."""
-    configured = T5Config()
-    return config_lib.T5Config(**{f.name: getattr(configured, f.name) for f in dataclasses.fields(config_lib.T5Config)})
