@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Clean text with the C4 heuristics of the T5 paper (see t5pod/c4_cleaning.py) and write JSONL.
+
+Input files (a glob pattern, read in sorted order): `*.jsonl` / `*.json` with a `text` field per line,
+anything else plain text with one document per line (so each such page is a single line); `.gz` means
+gzip. Output: one {"text": ...} object per kept page (gzip if it ends in .gz), written to a temporary
+file next to it and renamed at the end. The counts are printed as one JSON line. E.g.
+  python scripts/c4_clean.py --input='/data/crawl/*.jsonl.gz' --output=/data/c4/clean.jsonl \
+      --bad_words=/data/badwords_en.txt --english_only
+"""
+
+import argparse
+import glob
+import gzip
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from t5pod import c4_cleaning  # noqa: E402
+
+
+def _open(path, mode):
+    return gzip.open(path, mode + "t", encoding="utf-8") if path.endswith(".gz") else open(
+        path, mode, encoding="utf-8")
+
+
+def read_documents(paths):
+    for path in paths:
+        name = path[:-3] if path.endswith(".gz") else path
+        is_json = name.endswith((".jsonl", ".json"))
+        with _open(path, "r") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if not is_json:
+                    yield line.rstrip("\n")
+                    continue
+                try:
+                    yield json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as error:
+                    raise ValueError(f"{path}:{number}: not a JSON object with a 'text' field "
+                                     f"({type(error).__name__}: {error})") from None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, help="file pattern (plain text or .jsonl, optionally .gz)")
+    parser.add_argument("--output", required=True, help="output .jsonl (or .jsonl.gz) file")
+    parser.add_argument("--bad_words", help="text file, one bad word or phrase per line (default: rule off)")
+    parser.add_argument("--english_only", action="store_true",
+                        help="keep pages passing a crude English heuristic (a stand-in for langdetect)")
+    parser.add_argument("--no_dedup", action="store_true", help="skip three-sentence span dedup")
+    args = parser.parse_args(argv)
+
+    paths = sorted(glob.glob(args.input))
+    if not paths:
+        parser.error(f"--input {args.input!r} matches no file")
+    try:
+        bad_words = c4_cleaning.load_bad_words(args.bad_words) if args.bad_words else frozenset()
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    rules = c4_cleaning.CleaningRules(bad_words=bad_words, english_only=args.english_only,
+                                      dedup=not args.no_dedup)
+    cleaner = c4_cleaning.C4Cleaner(rules)
+
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=os.path.basename(args.output) + ".", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the output the usual permissions.
+    try:
+        with (gzip.open(tmp, "wt", encoding="utf-8") if args.output.endswith(".gz")
+              else open(tmp, "w", encoding="utf-8")) as f:
+            for text in c4_cleaning.clean_pages(read_documents(paths), cleaner=cleaner):
+                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        os.replace(tmp, args.output)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    print(json.dumps(cleaner.counts, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
