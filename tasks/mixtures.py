@@ -35,5 +35,7 @@ def register(*, mixing_rate_limit: float | None = None, mixing_temperature: floa
     _add("super_glue_v102_equal", mixing.equal_rates(SUPER_GLUE_SIZES))
     supervised = {**GLUE_SIZES, **SUPER_GLUE_SIZES}
     _add("glue_super_glue_proportional", proportional(supervised))
+    if pretraining_size not in PRETRAINING_SIZES:
+        raise ValueError(f"MULTITASK_PRETRAINING_SIZE {pretraining_size!r} is not one of {sorted(PRETRAINING_SIZES)}.")
     multitask = {"c4_v220_span_corruption": PRETRAINING_SIZES[pretraining_size], **supervised}
     _add("c4_span_corruption_glue_super_glue_proportional", proportional(multitask))

@@ -152,3 +152,14 @@ def test_train_vocab_command(tmp_path):
     assert "600 ids" in done.stdout and "<extra_id_0> = 599" in done.stdout
     done = _run("train-vocab", f"--input={tmp_path / 'missing*.txt'}", f"--output={tmp_path / 'x.model'}")
     assert done.returncode == 2 and "matches no file" in done.stderr
+
+
+def test_multitask_pretraining_mixture_sizes():
+    ginconf.parse(["tasks.gin"], ["MULTITASK_PRETRAINING_SIZE = 'base'"])
+    ginconf.register_tasks()
+    mixture = seqio.get_mixture_or_task("c4_span_corruption_glue_super_glue_proportional")
+    assert mixture.get_rate(seqio.get_mixture_or_task("c4_v220_span_corruption")) == 2_620_000
+    assert mixture.get_rate(seqio.get_mixture_or_task("glue_cola_v002")) == 8551
+    with pytest.raises(ValueError, match="MULTITASK_PRETRAINING_SIZE 'huge'"):
+        tasks.register_all(pretraining_size="huge")
+    tasks.register_all()
