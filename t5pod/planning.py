@@ -25,7 +25,7 @@ def plan(model_config: T5Config, config: trainer.TrainConfig) -> dict:
     """
     import time
 
-    mesh = trainer.validate(config, jax.device_count())
+    mesh = trainer.validate(config)
     model, tx, schedule, rules, abstract, shardings, _ = trainer.create_state_fns(model_config, config, mesh)
     lengths = config.task_feature_lengths
     batch = {name: jax.ShapeDtypeStruct((config.batch_size, lengths["targets" if name.startswith("decoder") else "inputs"]),

@@ -52,7 +52,7 @@ class TrainConfig:
     async_checkpointing: bool = True
 
 
-def validate(config: TrainConfig, mesh_shape_devices: int):
+def validate(config: TrainConfig):
     """Checks that need no compilation: mesh against devices, batch against data parallelism."""
     mesh = partitioning.make_mesh(config.mesh_shape)  # raises a clear error if it does not divide
     data_parallel = mesh.shape[partitioning.DATA]
@@ -66,7 +66,6 @@ def validate(config: TrainConfig, mesh_shape_devices: int):
                          f"{config.batch_size // data_parallel}.")
     if config.train_steps <= 0 or config.log_period <= 0 or config.checkpoint_period <= 0:
         raise ValueError("TRAIN_STEPS, LOG_PERIOD and CHECKPOINT_PERIOD must be positive.")
-    del mesh_shape_devices
     return mesh
 
 
@@ -152,7 +151,7 @@ def _check_model_dir(config: TrainConfig, model_config: T5Config) -> int | None:
 
 def train(config: TrainConfig, model_config: T5Config, operative_config: str = "") -> dict:
     """Trains until config.train_steps (or SIGTERM); returns the last logged train metrics."""
-    mesh = validate(config, jax.device_count())
+    mesh = validate(config)
     resume_step = _check_model_dir(config, model_config)
     is_writer = jax.process_index() == 0
     writer = metric_writers.MetricWriter(config.model_dir, enabled=is_writer)

@@ -153,9 +153,9 @@ def test_another_models_directory_is_refused(tmp_path):
 
 def test_bad_mesh_and_batch_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="does not divide the 8 available devices"):
-        trainer.validate(_config(tmp_path, mesh_shape=(3, 2)), 8)
+        trainer.validate(_config(tmp_path, mesh_shape=(3, 2)))
     with pytest.raises(ValueError, match="BATCH_SIZE 6 is not divisible by the data-parallel mesh size 4"):
-        trainer.validate(_config(tmp_path, mesh_shape=(4, 2), batch_size=6), 8)
+        trainer.validate(_config(tmp_path, mesh_shape=(4, 2), batch_size=6))
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
