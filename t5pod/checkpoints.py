@@ -59,7 +59,7 @@ def checkpoint_root(path: str) -> str:
 
 def save_params(directory: str, params: Any, config: T5Config, step: int = 0, extra_metadata: dict | None = None):
     """Writes params and the architecture metadata as checkpoint `step` under directory."""
-    metadata = {"architecture": config.architecture(), "step": step, **(extra_metadata or {})}
+    metadata = {"architecture": config.checkpoint_fields(), "step": step, **(extra_metadata or {})}
     with _manager(directory) as manager:
         manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata)))
@@ -93,7 +93,8 @@ def read_metadata(directory: str, step: int | None = None) -> tuple[int, dict]:
 
 def check_architecture(metadata: dict, config: T5Config, directory: str):
     saved = metadata.get("architecture", {})
-    wanted = config.architecture()
+    wanted = config.checkpoint_fields()
+    saved = {**T5Config.ARCHITECTURE_DEFAULTS, **saved}
     differences = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
     if differences:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(differences.items()))

@@ -42,14 +42,18 @@ def get_task_or_mixture(name: str):
             "(`python -m t5pod data --list` shows them).") from None
 
 
-def feature_converter(pack: bool = True) -> seqio.FeatureConverter:
+def feature_converter(pack: bool = True, decoder_only: bool = False) -> seqio.FeatureConverter:
+    """Encoder-decoder features, or (decoder_only) inputs and targets concatenated with the loss
+    on the targets only and decoder_causal_attention over the inputs (paper §3.2.1)."""
+    if decoder_only:
+        return seqio.PrefixLMFeatureConverter(loss_on_targets_only=True, pack=pack)
     return seqio.EncDecFeatureConverter(pack=pack)
 
 
 def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str = "train", *,
                 shuffle: bool = True, seed: int | None = 0, pack: bool = True, num_epochs: int | None = None,
                 shard_index: int | None = None, num_shards: int | None = None,
-                use_cached: bool = False) -> tf.data.Dataset:
+                use_cached: bool = False, decoder_only: bool = False) -> tf.data.Dataset:
     """Model features ([length] int32 each) of this process's shard of a task or mixture.
 
     Without shard arguments the shard is this JAX process's. num_epochs=None repeats forever.
@@ -62,7 +66,7 @@ def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str =
     return seqio.get_dataset(
         name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split, shuffle=shuffle,
         num_epochs=num_epochs, shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-        use_cached=use_cached, seed=seed, feature_converter=feature_converter(pack))
+        use_cached=use_cached, seed=seed, feature_converter=feature_converter(pack, decoder_only))
 
 
 def batched(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

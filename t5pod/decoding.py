@@ -1,7 +1,8 @@
 """Decoding on the model's cache: greedy, temperature/top-k sampling and beam search, and scoring.
 
-The encoder runs once; the decoder runs one token per step on cached keys and values, inside a
-jax.lax.while_loop, so a whole batch decodes in one compiled program. Token ids: 0 is both
+The encoder runs once (decoder-only models: the prompt is written to the cache in one pass);
+the decoder runs one token per step on cached keys and values, inside a jax.lax.while_loop, so a
+whole batch decodes in one compiled program. Token ids: 0 is both
 padding and the decoder's start token, 1 is EOS.
 """
 
@@ -19,14 +20,40 @@ def length_penalty(length, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def _step_fn(model, params, encoded, encoder_input_tokens):
+def start(model, params, encoder_input_tokens, max_decode_length: int):
+    """(step, logits [rows, vocab] for the first target token, cache) for either architecture.
+
+    step(tokens [rows], cache) -> (logits [rows, vocab] for the next token, cache). The cache
+    has room for one step more than max_decode_length, so the loops may always step after
+    choosing a token.
+    """
+    from t5pod import decoder_only
+
+    if isinstance(model, decoder_only.DecoderOnly):
+        prompts, valid = decoder_only.right_aligned_prompts(encoder_input_tokens)
+        cache = decoder_only.init_decode_cache(model, params, prompts.shape[0],
+                                               prompts.shape[1] + max_decode_length)
+        logits, variables = model.apply({"params": params, "cache": cache}, prompts, decode=True, prompt_mask=valid,
+                                        mutable=["cache"])
+
+        def step(tokens, cache):
+            logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], decode=True,
+                                            mutable=["cache"])
+            return logits[:, 0].astype(jnp.float32), variables["cache"]
+
+        return step, logits[:, -1].astype(jnp.float32), variables["cache"]
+
+    encoded = model.apply({"params": params}, encoder_input_tokens, method=network.Transformer.encode)
+    cache = network.init_decode_cache(model, params, encoder_input_tokens, max_decode_length + 1)
+
     def step(tokens, cache):
         logits, variables = model.apply({"params": params, "cache": cache}, encoded, encoder_input_tokens,
                                         tokens[:, None], decode=True, mutable=["cache"],
                                         method=network.Transformer.decode)
         return logits[:, 0].astype(jnp.float32), variables["cache"]
 
-    return step
+    start_tokens = jnp.zeros((encoder_input_tokens.shape[0],), jnp.int32)
+    return (step, *step(start_tokens, cache))
 
 
 def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, rng=None, temperature: float = 0.0,
@@ -37,14 +64,11 @@ def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, r
     tokens hold the EOS that ended a sequence and zeros after it.
     """
     batch = encoder_input_tokens.shape[0]
-    encoded = model.apply({"params": params}, encoder_input_tokens, method=network.Transformer.encode)
-    cache = network.init_decode_cache(model, params, encoder_input_tokens, max_decode_length)
-    step = _step_fn(model, params, encoded, encoder_input_tokens)
+    step, logits, cache = start(model, params, encoder_input_tokens, max_decode_length)
     rng = jax.random.PRNGKey(0) if rng is None else rng
 
     def body(state):
-        i, tokens, cache, done, scores = state
-        logits, cache = step(tokens[:, i], cache)
+        i, tokens, cache, done, scores, logits = state
         log_probs = jax.nn.log_softmax(logits)
         if temperature > 0:
             scaled = logits / temperature
@@ -56,17 +80,19 @@ def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, r
             chosen = jnp.argmax(logits, axis=-1)
         chosen = jnp.where(done, 0, chosen).astype(jnp.int32)
         scores = scores + jnp.where(done, 0.0, jnp.take_along_axis(log_probs, chosen[:, None], -1)[:, 0])
-        tokens = tokens.at[:, i + 1].set(chosen)
-        return i + 1, tokens, cache, done | (chosen == EOS), scores
+        tokens = tokens.at[:, i].set(chosen)
+        logits, cache = step(chosen, cache)
+        return i + 1, tokens, cache, done | (chosen == EOS), scores, logits
 
     def cond(state):
-        i, _, _, done, _ = state
+        i, _, _, done, _, _ = state
         return (i < max_decode_length) & ~jnp.all(done)
 
-    tokens = jnp.zeros((batch, max_decode_length + 1), jnp.int32)  # position 0: the start token
-    init = (jnp.zeros((), jnp.int32), tokens, cache, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32))
-    _, tokens, _, _, scores = jax.lax.while_loop(cond, body, init)
-    return tokens[:, 1:], scores
+    tokens = jnp.zeros((batch, max_decode_length), jnp.int32)
+    init = (jnp.zeros((), jnp.int32), tokens, cache, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32),
+            logits)
+    _, tokens, _, _, scores, _ = jax.lax.while_loop(cond, body, init)
+    return tokens, scores
 
 
 def _gather_cache(cache, indices, batch, beams):
@@ -94,20 +120,17 @@ def beam_search(model, params, encoder_input_tokens, max_decode_length: int, bea
     """
     batch, k = encoder_input_tokens.shape[0], beam_size
     repeated_inputs = jnp.repeat(encoder_input_tokens, k, axis=0)
-    encoded = model.apply({"params": params}, repeated_inputs, method=network.Transformer.encode)
-    cache = network.init_decode_cache(model, params, repeated_inputs, max_decode_length)
-    step = _step_fn(model, params, encoded, repeated_inputs)
+    step, logits, cache = start(model, params, repeated_inputs, max_decode_length)
     length = max_decode_length
 
     def body(state):
-        i, alive, alive_lp, finished, finished_scores, cache = state
-        logits, cache = step(alive[:, :, i].reshape(-1), cache)
+        i, alive, alive_lp, finished, finished_scores, cache, logits = state
         vocab = logits.shape[-1]
         candidate_lp = alive_lp[:, :, None] + jax.nn.log_softmax(logits).reshape(batch, k, vocab)
         flat = candidate_lp.reshape(batch, k * vocab)
         top_lp, top_index = jax.lax.top_k(flat, 2 * k)  # enough to keep k alive after EOS ends some
         beam_of, token_of = top_index // vocab, top_index % vocab
-        sequences = jnp.take_along_axis(alive, beam_of[:, :, None], axis=1).at[:, :, i + 1].set(token_of)
+        sequences = jnp.take_along_axis(alive, beam_of[:, :, None], axis=1).at[:, :, i].set(token_of)
         ends = token_of == EOS
         # Finished: candidates that just emitted EOS, merged with the ones already finished.
         new_scores = jnp.where(ends, top_lp / length_penalty(i + 1.0, alpha), NEG_INF)
@@ -120,36 +143,42 @@ def beam_search(model, params, encoder_input_tokens, max_decode_length: int, bea
         alive_lp, keep = jax.lax.top_k(alive_lp_candidates, k)
         alive = jnp.take_along_axis(sequences, keep[:, :, None], axis=1)
         cache = _gather_cache(cache, jnp.take_along_axis(beam_of, keep, axis=1), batch, k)
-        return i + 1, alive, alive_lp, finished, finished_scores, cache
+        logits, cache = step(alive[:, :, i].reshape(-1), cache)
+        return i + 1, alive, alive_lp, finished, finished_scores, cache, logits
 
     def cond(state):
-        i, _, alive_lp, _, finished_scores, _ = state
+        i, _, alive_lp, _, finished_scores, _, _ = state
         # Stop early once no alive beam can beat the worst finished one even at full length.
         best_possible = alive_lp[:, 0] / length_penalty(float(length), alpha)
         done = jnp.all(finished_scores[:, -1] > best_possible) if alpha >= 0 else False
         return (i < length) & ~done
 
-    alive = jnp.zeros((batch, k, length + 1), jnp.int32)
+    alive = jnp.zeros((batch, k, length), jnp.int32)
     alive_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (batch, 1))
-    finished = jnp.zeros((batch, k, length + 1), jnp.int32)
+    finished = jnp.zeros((batch, k, length), jnp.int32)
     finished_scores = jnp.full((batch, k), NEG_INF, jnp.float32)
-    state = (jnp.zeros((), jnp.int32), alive, alive_lp, finished, finished_scores, cache)
-    _, alive, alive_lp, finished, finished_scores, _ = jax.lax.while_loop(cond, body, state)
+    state = (jnp.zeros((), jnp.int32), alive, alive_lp, finished, finished_scores, cache, logits)
+    _, alive, alive_lp, finished, finished_scores, _, _ = jax.lax.while_loop(cond, body, state)
     # Beams that never finished compete at full length.
     alive_scores = alive_lp / length_penalty(float(length), alpha)
     scores = jnp.concatenate([finished_scores, alive_scores], axis=1)
     sequences = jnp.concatenate([finished, alive], axis=1)
     scores, keep = jax.lax.top_k(scores, k)
-    return jnp.take_along_axis(sequences, keep[:, :, None], axis=1)[:, :, 1:], scores
+    return jnp.take_along_axis(sequences, keep[:, :, None], axis=1), scores
 
 
 def score(model, params, batch: dict):
-    """Sum of log-probabilities of each row's target tokens (EOS included). -> [batch]"""
-    logits = model.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
+    """Sum of log-probabilities of each row's target tokens (EOS included). -> [batch]
+
+    batch: the model's features; decoder_loss_weights (decoder-only: 1 on the targets part)
+    default to the non-padding targets.
+    """
+    logits = model.apply({"params": params}, **{k: batch[k] for k in model.input_features if k in batch})
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
     targets = batch["decoder_target_tokens"]
     token_lp = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum(token_lp * (targets > 0), axis=-1)
+    weights = batch.get("decoder_loss_weights", targets > 0)
+    return jnp.sum(token_lp * weights, axis=-1)
 
 
 def strip_after_eos(ids) -> list[int]:

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from t5pod import checkpoints, decoding, network
+from t5pod import checkpoints, decoder_only, decoding, network
 from t5pod.config import T5Config
 
 
@@ -112,7 +112,7 @@ class Predictor:
 
     def __init__(self, model_config: T5Config, config: InferConfig, vocabulary, params=None):
         self.config, self.vocabulary = config, vocabulary
-        self.model, self.model_config = network.Transformer(model_config), model_config
+        self.model, self.model_config = network.build(model_config), model_config
         self.params = params if params is not None else load_params(model_config, config.checkpoint_path)
         model, c = self.model, config
         if c.beam_size > 1:
@@ -149,6 +149,8 @@ class Predictor:
             batch = {"encoder_input_tokens": _pad_rows([i for i, _ in chunk], self.config.input_length),
                      "decoder_target_tokens": targets,
                      "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0)))}
+            if self.model_config.is_decoder_only:
+                batch = decoder_only.prefix_lm_features(batch["encoder_input_tokens"], targets)
             out += [float(s) for s in np.asarray(self._score(self.params, batch))[:real]]
         return out
 

@@ -144,8 +144,8 @@ class MultiHeadAttention(nn.Module):
     bias [batch|1, heads, q, k] -> [batch, q, embed].
 
     With decode=True (self-attention only) keys and values are written to a cache of the full
-    decode length, one position per call; the caller supplies the mask and bias for that
-    position over the whole cache.
+    decode length, at the next free positions (one per call, or a whole prompt); the caller
+    supplies the mask and bias for those positions over the whole cache.
     """
 
     num_heads: int
@@ -191,12 +191,11 @@ class MultiHeadAttention(nn.Module):
         cache_index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
         if not initialized:
             return key, value
-        if key.shape[1] != 1:
-            raise ValueError(f"decode=True takes one token per call, got length {key.shape[1]}.")
+        # One token per call, or a prompt of several at once (decoder-only prefill).
         index = cache_index.value
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
-        cache_index.value = index + 1
+        cache_index.value = index + key.shape[1]
         return cached_key.value, cached_value.value
 
 

@@ -26,50 +26,94 @@ REMAT_POLICIES = {
 
 
 class EncoderLayer(nn.Module):
-    """Pre-norm self-attention and feed-forward blocks. [batch, length, embed] -> same."""
+    """Pre-norm self-attention and feed-forward blocks. [batch, length, embed] -> same.
 
-    config: T5Config
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, x, mask, bias):
-        cfg, dtype = self.config, self.config.activation_dtype
-        dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
-        h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
-        h = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, name="attention")(
-            h, h, mask, bias, deterministic=self.deterministic)
-        x = x + dropout(h, deterministic=self.deterministic)
-        h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
-        h = MlpBlock(cfg.d_ff, _activation(cfg), cfg.is_gated, cfg.dropout_rate, dtype, name="mlp")(
-            h, deterministic=self.deterministic)
-        x = x + dropout(h, deterministic=self.deterministic)
-        return constrain(x, (BATCH, LENGTH, EMBED)), None
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm causal self-attention, cross-attention and feed-forward. [batch, length, embed]."""
+    Also the layer of the decoder-only models (decode=True caches its keys and values), and in
+    the shared encoder-decoder the decoder layers call its attend/feed_forward.
+    """
 
     config: T5Config
     deterministic: bool = True
     decode: bool = False
 
-    @nn.compact
-    def __call__(self, y, encoded, self_mask, self_bias, cross_mask):
+    def setup(self):
         cfg, dtype = self.config, self.config.activation_dtype
-        dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
-        h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(y)
-        h = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, name="self_attention")(
-            h, h, self_mask, self_bias, deterministic=self.deterministic, decode=self.decode)
-        y = y + dropout(h, deterministic=self.deterministic)
-        h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(y)
-        h = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, name="encoder_decoder_attention")(
-            h, encoded, cross_mask, None, deterministic=self.deterministic)
-        y = y + dropout(h, deterministic=self.deterministic)
-        h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(y)
-        h = MlpBlock(cfg.d_ff, _activation(cfg), cfg.is_gated, cfg.dropout_rate, dtype, name="mlp")(
-            h, deterministic=self.deterministic)
-        y = y + dropout(h, deterministic=self.deterministic)
+        self.pre_attention_layer_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
+        self.attention = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype)
+        self.pre_mlp_layer_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
+        self.mlp = MlpBlock(cfg.d_ff, _activation(cfg), cfg.is_gated, cfg.dropout_rate, dtype)
+        self.adapter = _adapter(cfg)
+        self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+
+    def attend(self, x, mask, bias, *, deterministic: bool, decode: bool = False):
+        """The self-attention sublayer with its residual."""
+        h = self.pre_attention_layer_norm(x)
+        h = self.attention(h, h, mask, bias, deterministic=deterministic, decode=decode)
+        return x + self.dropout(h, deterministic=deterministic)
+
+    def feed_forward(self, x, *, deterministic: bool):
+        """The feed-forward sublayer (and its adapter) with its residual."""
+        h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic)
+        if self.adapter is not None:
+            h = h + self.adapter(h, deterministic=deterministic)
+        return x + self.dropout(h, deterministic=deterministic)
+
+    def __call__(self, x, mask, bias):
+        x = self.attend(x, mask, bias, deterministic=self.deterministic, decode=self.decode)
+        x = self.feed_forward(x, deterministic=self.deterministic)
+        return constrain(x, (BATCH, LENGTH, EMBED)), None
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm causal self-attention, cross-attention and feed-forward. [batch, length, embed].
+
+    With `shared` (an EncoderLayer), the self-attention and feed-forward sublayers are that
+    layer's: only the cross-attention and its norm belong to the decoder layer.
+    """
+
+    config: T5Config
+    deterministic: bool = True
+    decode: bool = False
+    shared: EncoderLayer | None = None
+
+    def setup(self):
+        cfg, dtype = self.config, self.config.activation_dtype
+        if self.shared is None:
+            self.pre_self_attention_layer_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
+            self.self_attention = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype)
+            self.pre_mlp_layer_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
+            self.mlp = MlpBlock(cfg.d_ff, _activation(cfg), cfg.is_gated, cfg.dropout_rate, dtype)
+            self.adapter = _adapter(cfg)
+        self.pre_cross_attention_layer_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
+        self.encoder_decoder_attention = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype)
+        self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+
+    def __call__(self, y, encoded, self_mask, self_bias, cross_mask):
+        deterministic = self.deterministic
+        if self.shared is not None:
+            y = self.shared.attend(y, self_mask, self_bias, deterministic=deterministic, decode=self.decode)
+        else:
+            h = self.pre_self_attention_layer_norm(y)
+            h = self.self_attention(h, h, self_mask, self_bias, deterministic=deterministic, decode=self.decode)
+            y = y + self.dropout(h, deterministic=deterministic)
+        h = self.pre_cross_attention_layer_norm(y)
+        h = self.encoder_decoder_attention(h, encoded, cross_mask, None, deterministic=deterministic)
+        y = y + self.dropout(h, deterministic=deterministic)
+        if self.shared is not None:
+            y = self.shared.feed_forward(y, deterministic=deterministic)
+        else:
+            h = self.mlp(self.pre_mlp_layer_norm(y), deterministic=deterministic)
+            if self.adapter is not None:
+                h = h + self.adapter(h, deterministic=deterministic)
+            y = y + self.dropout(h, deterministic=deterministic)
         return constrain(y, (BATCH, LENGTH, EMBED)), None
+
+
+def _adapter(cfg: T5Config):
+    """Paper §3.5.1: dense-ReLU-dense of inner width adapter_dim, added to the feed-forward output."""
+    if not cfg.adapter_dim:
+        return None
+    return MlpBlock(cfg.adapter_dim, "relu", False, cfg.dropout_rate, cfg.activation_dtype)
 
 
 def _activation(cfg: T5Config) -> str:
@@ -109,6 +153,7 @@ def _stack(layer_cls, cfg: T5Config, num_layers: int, num_broadcast_args: int, n
 class Encoder(nn.Module):
     config: T5Config
     shared_embedding: nn.Module
+    shared_layers: tuple = ()  # EncoderLayers owned by the Transformer (shared encoder-decoder)
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, *, deterministic: bool = True):
@@ -125,7 +170,12 @@ class Encoder(nn.Module):
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         x = dropout(self.shared_embedding(tokens), deterministic=deterministic)
         x = constrain(x, (BATCH, LENGTH, EMBED))
-        x = _stack(EncoderLayer, cfg, cfg.num_layers, 2, "layers", deterministic=deterministic)(x, mask, bias)
+        if self.shared_layers:
+            for layer in self.shared_layers:
+                x = layer.feed_forward(layer.attend(x, mask, bias, deterministic=deterministic),
+                                       deterministic=deterministic)
+        else:
+            x = _stack(EncoderLayer, cfg, cfg.num_layers, 2, "layers", deterministic=deterministic)(x, mask, bias)
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
         return dropout(x, deterministic=deterministic)
 
@@ -133,6 +183,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     config: T5Config
     shared_embedding: nn.Module
+    shared_layers: tuple = ()  # the encoder's layers, for the shared encoder-decoder
 
     @nn.compact
     def __call__(self, encoded, encoder_segment_ids, tokens, segment_ids=None, positions=None, *,
@@ -172,8 +223,13 @@ class Decoder(nn.Module):
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         y = dropout(self.shared_embedding(tokens), deterministic=deterministic)
         y = constrain(y, (BATCH, LENGTH, EMBED))
-        y = _stack(DecoderLayer, cfg, cfg.decoder_layers, 4, "layers", deterministic=deterministic, decode=decode)(
-            y, encoded, self_mask, self_bias, cross_mask)
+        if self.shared_layers:
+            for i, shared in enumerate(self.shared_layers):
+                layer = DecoderLayer(cfg, deterministic, decode, shared, name=f"layers_{i}")
+                y = layer(y, encoded, self_mask, self_bias, cross_mask)[0]
+        else:
+            y = _stack(DecoderLayer, cfg, cfg.decoder_layers, 4, "layers", deterministic=deterministic,
+                       decode=decode)(y, encoded, self_mask, self_bias, cross_mask)
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
         y = dropout(y, deterministic=deterministic)
         if cfg.tie_word_embeddings:
@@ -186,15 +242,25 @@ class Decoder(nn.Module):
 
 
 class Transformer(nn.Module):
-    """T5 encoder-decoder; __call__ gives teacher-forced logits [batch, length_out, vocab]."""
+    """T5 encoder-decoder; __call__ gives teacher-forced logits [batch, length_out, vocab].
+
+    architecture='shared_encoder_decoder' keeps one set of layers (`shared_layers_i`), used by
+    the encoder and, for self-attention and feed-forward, by the decoder.
+    """
 
     config: T5Config
+    input_features = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
+                      "encoder_positions", "decoder_positions")
 
     def setup(self):
         cfg = self.config
         self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, cfg.activation_dtype)
-        self.encoder = Encoder(cfg, self.token_embedder)
-        self.decoder = Decoder(cfg, self.token_embedder)
+        shared = ()
+        if cfg.architecture == "shared_encoder_decoder":
+            self.shared_layers = [EncoderLayer(cfg) for _ in range(cfg.num_layers)]
+            shared = tuple(self.shared_layers)
+        self.encoder = Encoder(cfg, self.token_embedder, shared)
+        self.decoder = Decoder(cfg, self.token_embedder, shared)
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None, *,
                enable_dropout: bool = False):
@@ -218,12 +284,27 @@ class Transformer(nn.Module):
                            decoder_segment_ids, decoder_positions, enable_dropout=enable_dropout, decode=decode)
 
 
+def build(config: T5Config) -> nn.Module:
+    """The model for config.architecture: Transformer, or decoder_only.DecoderOnly."""
+    if config.is_decoder_only:
+        from t5pod.decoder_only import DecoderOnly  # it builds on this module's layers
+
+        return DecoderOnly(config)
+    return Transformer(config)
+
+
+def dummy_features(config: T5Config, batch: int = 1, input_length: int = 8, target_length: int = 8) -> dict:
+    """All-ones model inputs of the given task lengths, for init and shape inference."""
+    if config.is_decoder_only:
+        return {"decoder_input_tokens": jnp.ones((batch, input_length + target_length), jnp.int32)}
+    return {"encoder_input_tokens": jnp.ones((batch, input_length), jnp.int32),
+            "decoder_input_tokens": jnp.ones((batch, target_length), jnp.int32)}
+
+
 def abstract_variables(config: T5Config, batch: int = 1, input_length: int = 8, target_length: int = 8) -> Any:
     """Shapes (and logical-axis boxes) of the parameters, computed without allocating them."""
-    model = Transformer(config)
-    inputs = jnp.ones((batch, input_length), jnp.int32)
-    targets = jnp.ones((batch, target_length), jnp.int32)
-    return jax.eval_shape(model.init, jax.random.PRNGKey(0), inputs, targets)
+    features = dummy_features(config, batch, input_length, target_length)
+    return jax.eval_shape(lambda rng: build(config).init(rng, **features), jax.random.PRNGKey(0))
 
 
 def count_parameters(config: T5Config) -> int:
@@ -247,8 +328,11 @@ def init_decode_cache(model: Transformer, params, encoder_input_tokens, max_deco
 
 
 def _zero_cache_leaf(max_decode_length: int, path, shape):
-    if getattr(path[-1], "key", None) == "key_positions":  # static: the positions of the cache slots
+    name = getattr(path[-1], "key", None)
+    if name == "key_positions":  # static: the positions of the cache slots
         return jnp.broadcast_to(jnp.arange(max_decode_length, dtype=shape.dtype), shape.shape)
+    if name == "key_valid":  # slots are valid unless a prompt marks them as padding
+        return jnp.ones(shape.shape, shape.dtype)
     return jnp.zeros(shape.shape, shape.dtype)
 
 

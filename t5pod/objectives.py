@@ -1,7 +1,8 @@
 """Unsupervised objectives as seqio preprocessors (tf.data graph ops, no per-token Python).
 
-Span corruption (T5's pretraining objective), i.i.d. denoising and prefix language modelling,
-following ../shared/reference/t5-data-spec.md section 1: chunk documents, concatenate and split
+Span corruption (T5's pretraining objective) and the other objectives of the paper's §3.3
+(Table 3): prefix language modelling, BERT-style and MASS-style masking, deshuffling, i.i.d.
+corruption replaced by sentinels or dropped. All follow ../shared/reference/t5-data-spec.md section 1: chunk documents, concatenate and split
 them into raw chunks of the length that yields the requested input length, then choose noise
 and replace each noise span (inputs) or each non-noise span (targets) by a unique sentinel.
 """
@@ -88,7 +89,7 @@ def random_prefix_noise_mask(length, noise_density: float, seeds, mean_noise_spa
     return tf.range(length) >= tf.minimum(prefix, length - 1)
 
 
-def replace_spans_with_sentinels(tokens, span_mask, vocab_size: int):
+def replace_spans_with_sentinels(tokens, span_mask, vocab_size: int, seed=None):
     """Each run of True in span_mask becomes one sentinel: vocab_size - 1, vocab_size - 2, ...
 
     tokens [n] int, span_mask [n] bool -> [n - (masked tokens) + (spans)]
@@ -100,9 +101,43 @@ def replace_spans_with_sentinels(tokens, span_mask, vocab_size: int):
     return tf.boolean_mask(tokens, ~(span_mask & previous))
 
 
-def drop_tokens(tokens, span_mask, vocab_size: int):
-    del vocab_size
+def drop_tokens(tokens, span_mask, vocab_size: int, seed=None):
+    """The tokens where span_mask is False."""
+    del vocab_size, seed
     return tf.boolean_mask(tokens, ~span_mask)
+
+
+def keep_tokens(tokens, span_mask, vocab_size: int, seed=None):
+    """The original tokens (the target of BERT-style, MASS-style and deshuffling)."""
+    del span_mask, vocab_size, seed
+    return tokens
+
+
+def mask_tokens(tokens, noise_mask, vocab_size: int, seed=None):
+    """MASS-style: each noise token becomes the mask token (the first sentinel, vocab_size - 1)."""
+    del seed
+    return tf.where(noise_mask, tf.cast(vocab_size - 1, tokens.dtype), tokens)
+
+
+def bert_mask_tokens(tokens, noise_mask, vocab_size: int, seed):
+    """BERT-style: of the noise tokens, 80% become the mask token, 10% a random token, 10% stay.
+
+    Random tokens are drawn from ids 3..vocab_size-1, as the reference does.
+    """
+    choice = tf.random.stateless_uniform(tf.shape(tokens), seed=seed)
+    random_tokens = tf.random.stateless_uniform(tf.shape(tokens), seed=seed + [0, 1], minval=3, maxval=vocab_size,
+                                                dtype=tokens.dtype)
+    replaced = tf.where(choice < 0.8, tf.cast(vocab_size - 1, tokens.dtype),
+                        tf.where(choice < 0.9, random_tokens, tokens))
+    return tf.where(noise_mask, replaced, tokens)
+
+
+def shuffle_tokens(tokens, noise_mask, vocab_size: int, seed):
+    """Deshuffling: the noise tokens permuted among their own positions (all of them at density 1)."""
+    del vocab_size
+    positions = tf.boolean_mask(tf.range(tf.size(tokens)), noise_mask)
+    permuted = tf.gather(positions, tf.argsort(tf.random.stateless_uniform(tf.shape(positions), seed=seed)))
+    return tf.tensor_scatter_nd_update(tokens, positions[:, None], tf.gather(tokens, permuted))
 
 
 @seqio.map_over_dataset(num_seeds=2)
@@ -110,7 +145,10 @@ def _denoise_example(features, seeds, *, vocab_size, noise_density, mean_noise_s
                      inputs_fn, targets_fn):
     tokens = features["targets"]
     mask = noise_mask_fn(tf.size(tokens), noise_density, seeds, mean_noise_span_length)
-    return {"inputs": inputs_fn(tokens, mask, vocab_size), "targets": targets_fn(tokens, ~mask, vocab_size)}
+    # A third stream for the objectives that draw while corrupting (BERT-style, deshuffling).
+    corruption_seed = tf.random.experimental.stateless_fold_in(seeds[1], 1)
+    return {"inputs": inputs_fn(tokens, mask, vocab_size, corruption_seed),
+            "targets": targets_fn(tokens, ~mask, vocab_size, corruption_seed)}
 
 
 @seqio.map_over_dataset(num_seeds=1)
@@ -212,6 +250,51 @@ def prefix_lm(dataset, sequence_length, output_features):
         tokens_length=tokens_length)
 
 
+def _reconstruction_length(sequence_length: dict, name: str) -> int:
+    """Raw tokens per example for objectives whose target is the whole original text."""
+    if sequence_length["targets"] < sequence_length["inputs"]:
+        raise ValueError(
+            f"The {name} objective's target is the original text, as long as its input: set TASK_FEATURE_LENGTHS "
+            f"targets to at least inputs ({sequence_length['inputs']}), e.g. "
+            f"--gin.TASK_FEATURE_LENGTHS=\"{{'inputs': {sequence_length['inputs']}, "
+            f"'targets': {sequence_length['inputs']}}}\".")
+    return int(sequence_length["inputs"] - 1)
+
+
+def bert_style(dataset, sequence_length, output_features, noise_density: float = 0.15):
+    """Paper §3.3.1: 15% of tokens corrupted (80% mask, 10% random, 10% kept); target: the original."""
+    _require_sentinels(output_features)
+    return denoise_objective(
+        dataset, sequence_length, output_features, noise_density=noise_density, mean_noise_span_length=1.0,
+        noise_mask_fn=iid_noise_mask, inputs_fn=bert_mask_tokens, targets_fn=keep_tokens,
+        tokens_length=_reconstruction_length(sequence_length, "bert_style"))
+
+
+def mass_style(dataset, sequence_length, output_features, noise_density: float = 0.15):
+    """Paper §3.3.2: BERT-style without random swaps (every corrupted token becomes the mask)."""
+    _require_sentinels(output_features)
+    return denoise_objective(
+        dataset, sequence_length, output_features, noise_density=noise_density, mean_noise_span_length=1.0,
+        noise_mask_fn=iid_noise_mask, inputs_fn=mask_tokens, targets_fn=keep_tokens,
+        tokens_length=_reconstruction_length(sequence_length, "mass_style"))
+
+
+def deshuffling(dataset, sequence_length, output_features):
+    """Paper §3.3.1: the input is the text's tokens shuffled; the target is the original text."""
+    return denoise_objective(
+        dataset, sequence_length, output_features, noise_density=1.0, mean_noise_span_length=1.0,
+        noise_mask_fn=iid_noise_mask, inputs_fn=shuffle_tokens, targets_fn=keep_tokens,
+        tokens_length=_reconstruction_length(sequence_length, "deshuffling"))
+
+
+def drop_corrupted_tokens(dataset, sequence_length, output_features, noise_density: float = 0.15):
+    """Paper §3.3.2: i.i.d. corrupted tokens are removed from the input and are the target."""
+    return denoise_objective(
+        dataset, sequence_length, output_features, noise_density=noise_density, mean_noise_span_length=1.0,
+        noise_mask_fn=iid_noise_mask, inputs_fn=drop_tokens, targets_fn=drop_tokens,
+        tokens_length=int(sequence_length["inputs"] - 1))
+
+
 def noise_span_lengths(mask) -> list[int]:
     """Lengths of the runs of True in a 1-D boolean mask (for statistics)."""
     import numpy as np
@@ -221,10 +304,25 @@ def noise_span_lengths(mask) -> list[int]:
     return list(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
 
 
-def objective(name: str):
-    """The preprocessor for an objective name, for gin (`OBJECTIVE = 'span_corruption'`)."""
-    table = {"span_corruption": span_corruption, "iid_denoising": iid_denoising, "prefix_lm": prefix_lm}
-    if name not in table:
-        raise ValueError(f"Unknown objective {name!r}; use one of {sorted(table)}.")
-    return table[name]
+# The objectives of the paper's §3.3, by the name tasks use (`<source>_<name>`). Which take a
+# noise density (NOISE_DENSITY) and a mean span length (MEAN_NOISE_SPAN_LENGTH):
+OBJECTIVES = {
+    "span_corruption": (span_corruption, ("noise_density", "mean_noise_span_length")),
+    "iid_denoising": (iid_denoising, ("noise_density",)),  # Table 4 "replace corrupted spans"
+    "drop_corrupted_tokens": (drop_corrupted_tokens, ("noise_density",)),
+    "bert_style": (bert_style, ("noise_density",)),
+    "mass_style": (mass_style, ("noise_density",)),
+    "deshuffling": (deshuffling, ()),
+    "prefix_lm": (prefix_lm, ()),
+}
 
+
+def objective(name: str, noise_density: float = 0.15, mean_noise_span_length: float = 3.0):
+    """The preprocessor for an objective name, with the settings it takes bound."""
+    import functools
+
+    if name not in OBJECTIVES:
+        raise ValueError(f"Unknown objective {name!r}; use one of {sorted(OBJECTIVES)}.")
+    function, settings = OBJECTIVES[name]
+    values = {"noise_density": noise_density, "mean_noise_span_length": mean_noise_span_length}
+    return functools.partial(function, **{k: values[k] for k in settings})

@@ -1,5 +1,7 @@
-"""Adafactor with T5X's defaults and the learning-rate schedules of the T5 paper."""
+"""Adafactor with T5X's defaults, the learning-rate schedules of the T5 paper, and the paper's
+fine-tuning methods (adapters, gradual unfreezing) as optax parameter groups."""
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -31,3 +33,89 @@ def adafactor(learning_rate, *, decay_rate: float = 0.8, clipping_threshold: flo
         learning_rate=learning_rate, decay_rate=decay_rate, clipping_threshold=clipping_threshold,
         multiply_by_parameter_scale=multiply_by_parameter_scale, momentum=momentum,
         min_dim_size_to_factor=min_dim_size_to_factor, eps=1e-30, factored=True)
+
+
+# Fine-tuning methods of the paper's §3.5.1, as optax parameter groups. A group that never
+# trains gets optax.set_to_zero(), which keeps no state; each trained group its own Adafactor.
+TRAINABLE = ("all", "adapters")
+
+
+def _names(path) -> list[str]:
+    return [str(getattr(k, "key", k)) for k in path]
+
+
+def is_adapter_or_norm(path) -> bool:
+    """Adapter layers and layer norms: what the paper trains in adapter fine-tuning."""
+    names = _names(path)
+    return "adapter" in names or any(n.endswith(("layer_norm", "_norm")) for n in names)
+
+
+def layer_from_top(path, num_layers: dict[str, int]) -> int | None:
+    """How far below its stack's top layer a parameter sits (0: the top layer), or None.
+
+    num_layers: layers per stack name ("encoder", "decoder", "shared"; "" for a model whose
+    parameters are one stack at the top level, the decoder-only ones). Final norms count as
+    the top layer; a stack's relative position table as its bottom layer (layer 0 owns it in
+    the reference); embeddings and the output layer belong to no layer.
+    """
+    names = _names(path)
+    stack = "shared" if names[0].startswith("shared_layers_") else names[0] if names[0] in num_layers else ""
+    if stack not in num_layers:
+        return None
+    top = num_layers[stack] - 1
+    for name in names:
+        if name.startswith(("layers_", "shared_layers_")):
+            return top - int(name.rsplit("_", 1)[1])
+        if name == "layers":
+            raise ValueError("Gradual unfreezing needs one parameter set per layer; set "
+                             "t5pod.T5Config.scan_layers = False.")
+        if name.endswith("_norm"):
+            return 0
+        if name == "relpos_bias":
+            return top
+    return None
+
+
+def _start_at(inner: optax.GradientTransformation, start_step: int) -> optax.GradientTransformation:
+    """inner, frozen (zero updates, state untouched) before its own step count reaches start_step."""
+
+    def init(params):
+        return jnp.zeros((), jnp.int32), inner.init(params)
+
+    def update(updates, state, params=None):
+        count, inner_state = state
+        new_updates, new_state = inner.update(updates, inner_state, params)
+        active = count >= start_step
+        new_updates = jax.tree_util.tree_map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), new_updates)
+        new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(active, new, old), new_state, inner_state)
+        return new_updates, (count + 1, new_state)
+
+    return optax.GradientTransformation(init, update)
+
+
+def fine_tuning_optimizer(make_inner, params, *, trainable: str = "all", unfreeze_every: int = 0,
+                          num_layers: dict[str, int] | None = None) -> optax.GradientTransformation:
+    """The optimizer make_inner() gives, restricted to the parameters the method trains.
+
+    trainable='adapters': only adapters and layer norms train (paper §3.5.1). unfreeze_every > 0:
+    gradual unfreezing, the top layer of each stack (with embeddings and the output layer) from
+    the start and one more layer every unfreeze_every steps, encoder and decoder in parallel.
+    """
+    if trainable not in TRAINABLE:
+        raise ValueError(f"Unknown TRAINABLE {trainable!r}; use one of {TRAINABLE}.")
+    if trainable == "all" and not unfreeze_every:
+        return make_inner()
+    if trainable != "all" and unfreeze_every:
+        raise ValueError("Adapters and gradual unfreezing are separate fine-tuning methods; choose one.")
+    if trainable == "adapters":
+        if not any("adapter" in _names(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)):
+            raise ValueError("TRAINABLE='adapters' but the model has no adapters; set t5pod.T5Config.adapter_dim "
+                             "(e.g. --gin_file=models/adapters.gin).")
+        labels = jax.tree_util.tree_map_with_path(
+            lambda path, _: "train" if is_adapter_or_norm(path) else "frozen", params)
+        return optax.multi_transform({"train": make_inner(), "frozen": optax.set_to_zero()}, labels)
+    depth = jax.tree_util.tree_map_with_path(lambda path, _: layer_from_top(path, num_layers) or 0, params)
+    groups = sorted(set(jax.tree_util.tree_leaves(depth)))
+    labels = jax.tree_util.tree_map(lambda d: f"unfrozen_at_{d * unfreeze_every}", depth)
+    return optax.multi_transform(
+        {f"unfrozen_at_{d * unfreeze_every}": _start_at(make_inner(), d * unfreeze_every) for d in groups}, labels)

@@ -117,8 +117,15 @@ def optimizer_state_shardings(abstract_opt_state, abstract_params, param_shardin
                                       jax.tree_util.tree_leaves(param_shardings_tree)):
         params[_dict_names(path)] = (tuple(leaf.shape), tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec)))
 
+    def lookup(names):
+        # Grouped optimizers (optax.multi_transform) key their states by group label first.
+        for start in range(len(names)):
+            if names[start:] in params:
+                return params[names[start:]]
+        return None, None
+
     def sharding_for(path, leaf):
-        shape, spec = params.get(_dict_names(path), (None, None))
+        shape, spec = lookup(_dict_names(path))
         if shape is None or not leaf.shape:
             return replicated(mesh)
         if tuple(leaf.shape) == shape:

@@ -1,8 +1,9 @@
 """The train and eval steps: pure functions of (state, batch, rng), jitted once by the trainer.
 
-Batches are the encoder-decoder model features, each [batch, length] int32:
-encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, decoder_loss_weights and,
-when packed, encoder/decoder segment ids and positions.
+Batches are the model features, each [batch, length] int32: encoder_input_tokens,
+decoder_input_tokens, decoder_target_tokens, decoder_loss_weights and, when packed,
+encoder/decoder segment ids and positions (decoder-only models: the decoder features and
+decoder_causal_attention). The model's input_features name the ones it reads.
 """
 
 from typing import Any, Callable
@@ -11,9 +12,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-
-MODEL_INPUTS = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
-                "encoder_positions", "decoder_positions")
 
 
 @flax.struct.dataclass
@@ -43,7 +41,7 @@ def cross_entropy_with_z_loss(logits, targets, weights, z_loss: float = 1e-4, la
 
 
 def _loss_sums(params, batch, rng, *, model, z_loss, label_smoothing, enable_dropout):
-    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    inputs = {k: batch[k] for k in model.input_features if k in batch}
     logits = model.apply({"params": params}, **inputs, enable_dropout=enable_dropout,
                          rngs={"dropout": rng} if enable_dropout else None)
     weights = batch["decoder_loss_weights"].astype(jnp.float32)

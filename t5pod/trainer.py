@@ -49,6 +49,10 @@ class TrainConfig:
     loss_normalizing_factor: float | None = None
     pack: bool = True
     use_cached: bool = False
+    # Paper §3.5.1 fine-tuning methods: 'adapters' trains only adapters and layer norms;
+    # gradual_unfreezing unfreezes one layer per stack (from the top) in equal episodes.
+    trainable: str = "all"
+    gradual_unfreezing: bool = False
     async_checkpointing: bool = True
 
 
@@ -79,28 +83,28 @@ def _global_batch(local_batch: dict, mesh) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
-def _data_iterator(config: TrainConfig, split: str, shuffle: bool, num_epochs=None):
+def _data_iterator(config: TrainConfig, model_config: T5Config, split: str, shuffle: bool, num_epochs=None):
     dataset = data.get_dataset(config.mixture_or_task_name, config.task_feature_lengths, split, shuffle=shuffle,
                                seed=config.random_seed, pack=config.pack, num_epochs=num_epochs,
-                               use_cached=config.use_cached)
+                               use_cached=config.use_cached, decoder_only=model_config.is_decoder_only)
     return data.CheckpointableIterator(data.batched(dataset, config.batch_size // jax.process_count()))
 
 
 def create_state_fns(model_config: T5Config, config: TrainConfig, mesh):
     """(abstract state, state shardings, jitted init) without allocating anything."""
-    model = network.Transformer(model_config)
+    model = network.build(model_config)
     schedule = optimizer.learning_rate_schedule(config.schedule, config.learning_rate, config.warmup_steps)
-    tx = optimizer.adafactor(schedule)
     rules = partitioning.logical_rules(config.fsdp)
     lengths = config.task_feature_lengths
-    inputs = jnp.ones((1, lengths["inputs"]), jnp.int32)
-    targets = jnp.ones((1, lengths["targets"]), jnp.int32)
+    features = network.dummy_features(model_config, 1, lengths["inputs"], lengths["targets"])
+
+    boxed = jax.eval_shape(lambda rng: model.init(rng, **features)["params"], jax.random.PRNGKey(0))
+    tx = make_optimizer(config, model_config, schedule, nn.unbox(boxed))
 
     def init(rng):
-        params = nn.unbox(model.init(rng, inputs, targets)["params"])
+        params = nn.unbox(model.init(rng, **features)["params"])
         return train_step.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    boxed = jax.eval_shape(lambda rng: model.init(rng, inputs, targets)["params"], jax.random.PRNGKey(0))
     param_shardings = nn.unbox(partitioning.param_shardings(boxed, mesh, rules))
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = train_step.TrainState(
@@ -108,6 +112,42 @@ def create_state_fns(model_config: T5Config, config: TrainConfig, mesh):
         opt_state=partitioning.optimizer_state_shardings(abstract.opt_state, abstract.params, param_shardings, mesh))
     abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return model, tx, schedule, rules, abstract, shardings, jax.jit(init, out_shardings=shardings)
+
+
+def make_optimizer(config: TrainConfig, model_config: T5Config, schedule, params):
+    """Adafactor, restricted to the parameters the fine-tuning method trains."""
+    if model_config.is_decoder_only:
+        num_layers = {"": model_config.num_layers}
+    else:
+        num_layers = {"encoder": model_config.num_layers, "decoder": model_config.decoder_layers,
+                      "shared": model_config.num_layers}
+    unfreeze_every = 0
+    if config.gradual_unfreezing:
+        unfreeze_every = -(-config.train_steps // max(num_layers.values()))  # equal episodes, one per layer
+    return optimizer.fine_tuning_optimizer(lambda: optimizer.adafactor(schedule), params, trainable=config.trainable,
+                                           unfreeze_every=unfreeze_every, num_layers=num_layers)
+
+
+def _initial_params(path: str, model_config: T5Config, params, abstract_params):
+    """Pretrained parameters from path; adapters the checkpoint lacks keep their initialisation."""
+    _, metadata = checkpoints.read_metadata(path)
+    if model_config.adapter_dim and not metadata.get("architecture", {}).get("adapter_dim", 0):
+        without = dataclasses.replace(model_config, adapter_dim=0)
+        restored = checkpoints.restore_params(path, without, _drop_adapters(abstract_params))
+        return _overlay(params, restored)
+    return checkpoints.restore_params(path, model_config, abstract_params)
+
+
+def _drop_adapters(tree):
+    if not isinstance(tree, dict):
+        return tree
+    return {k: _drop_adapters(v) for k, v in tree.items() if k != "adapter"}
+
+
+def _overlay(base, update):
+    if not isinstance(base, dict):
+        return update
+    return {k: _overlay(v, update[k]) if k in update else v for k, v in base.items()}
 
 
 def make_train_step(config: TrainConfig, model, tx, schedule, shardings, mesh):
@@ -161,9 +201,9 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
     writer.print(f"Training {config.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
                  f"{jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}.")
     model, tx, schedule, rules, abstract, shardings, init_fn = create_state_fns(model_config, config, mesh)
-    train_iterator = _data_iterator(config, "train", shuffle=True)
+    train_iterator = _data_iterator(config, model_config, "train", shuffle=True)
     checkpointer = checkpoints.TrainCheckpointer(config.model_dir, config.keep_checkpoints, config.async_checkpointing)
-    metadata = {"architecture": model_config.architecture(), "mixture_or_task_name": config.mixture_or_task_name,
+    metadata = {"architecture": model_config.checkpoint_fields(), "mixture_or_task_name": config.mixture_or_task_name,
                 "process_count": jax.process_count()}
 
     with mesh, nn.logical_axis_rules(rules):
@@ -180,7 +220,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
         else:
             state = init_fn(jax.random.PRNGKey(config.random_seed))
             if config.initial_checkpoint_path:
-                params = checkpoints.restore_params(config.initial_checkpoint_path, model_config, abstract.params)
+                params = _initial_params(config.initial_checkpoint_path, model_config, state.params, abstract.params)
                 state = state.replace(params=params)
                 writer.print(f"Initialised parameters from {config.initial_checkpoint_path} (optimizer reset).")
 
@@ -224,7 +264,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                                  f"lr {last_summary['learning_rate']:.2e}  {speed}")
                     window_start, window_steps = time.time(), 0
                 if config.eval_period and step % config.eval_period == 0:
-                    _evaluate(config, eval_fn, state.params, mesh, writer, step)
+                    _evaluate(config, model_config, eval_fn, state.params, mesh, writer, step)
                 stopping = _agree(preemption.requested)
                 if step % config.checkpoint_period == 0 or step == config.train_steps or stopping:
                     checkpointer.save(step, state, metadata, train_iterator, jax.process_index())
@@ -267,9 +307,9 @@ def _check_finite(pending):
                             "lower LEARNING_RATE or check the data.")
 
 
-def _evaluate(config: TrainConfig, eval_fn, params, mesh, writer, step: int):
+def _evaluate(config: TrainConfig, model_config: T5Config, eval_fn, params, mesh, writer, step: int):
     """Teacher-forced loss and accuracy on EVAL_STEPS batches of the evaluation split."""
-    iterator = _data_iterator(config, config.eval_split, shuffle=False, num_epochs=1)
+    iterator = _data_iterator(config, model_config, config.eval_split, shuffle=False, num_epochs=1)
     totals = None
     for _ in range(config.eval_steps):
         try:

@@ -51,20 +51,17 @@ def _demo_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -
 
 def register(vocabulary, *, text_file_pattern: str | None = None, text_paragraphs: bool = False,
              tfds_data_dir: str | None = None, noise_density: float = 0.15, mean_noise_span_length: float = 3.0):
-    span_corruption = functools.partial(
-        objectives.span_corruption, noise_density=noise_density, mean_noise_span_length=mean_noise_span_length)
+    """Tasks `<source>_<objective>` for the sources c4_v220, text and demo and every objective of
+    t5pod.objectives.OBJECTIVES, e.g. c4_v220_span_corruption or demo_bert_style."""
     c4 = seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME, tfds_data_dir=tfds_data_dir)
-    for name, objective in (("c4_v220_span_corruption", span_corruption),
-                            ("c4_v220_iid_denoising", objectives.iid_denoising),
-                            ("c4_v220_prefix_lm", objectives.prefix_lm)):
-        _add(name, c4, _preprocessors(objective), output_features(vocabulary))
-
     text = seqio.FunctionDataSource(_text_files_dataset_fn(text_file_pattern or "", text_paragraphs),
                                     splits=("train",))
-    _add("text_span_corruption", text, _preprocessors(span_corruption), output_features(vocabulary))
-
     demo = seqio.FunctionDataSource(_demo_dataset_fn, splits=("train", "validation"))
-    _add("demo_span_corruption", demo, _preprocessors(span_corruption), output_features(demo_corpus.vocabulary()))
+    for name in objectives.OBJECTIVES:
+        objective = objectives.objective(name, noise_density, mean_noise_span_length)
+        _add(f"c4_v220_{name}", c4, _preprocessors(objective), output_features(vocabulary))
+        _add(f"text_{name}", text, _preprocessors(objective), output_features(vocabulary))
+        _add(f"demo_{name}", demo, _preprocessors(objective), output_features(demo_corpus.vocabulary()))
 
 
 def _add(name, source, preprocessors, features, **kwargs):
