@@ -166,3 +166,82 @@ def test_prefix_lm_and_iid_denoising():
     for x in iid:
         assert len(x["inputs"]) <= 63
         assert len(_rebuild(x["inputs"].tolist(), x["targets"].tolist())) == 63 or x is iid[-1]
+
+
+# Paper §3.3 (Table 3): every objective on one fixed sequence and seed. The i.i.d. objectives
+# draw the same noise mask for the same seed, so their outputs line up with each other.
+FIXED_TOKENS = list(range(10, 30))
+FIXED_OUTPUTS = {
+    "span_corruption": ([10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 99, 25, 26, 98],
+                        [99, 23, 24, 98, 27, 28, 29]),
+    "iid_denoising": ([10, 11, 12, 13, 14, 15, 99, 17, 18, 98, 20, 21, 97, 23, 24, 25, 96, 27, 28, 95],
+                      [99, 16, 98, 19, 97, 22, 96, 26, 95, 29]),
+    "drop_corrupted_tokens": ([10, 11, 12, 13, 14, 15, 17, 18, 20, 21, 23, 24, 25, 27, 28], [16, 19, 22, 26, 29]),
+    "bert_style": ([10, 11, 12, 13, 14, 15, 99, 17, 18, 99, 20, 21, 99, 23, 24, 25, 99, 27, 28, 99], FIXED_TOKENS),
+    "mass_style": ([10, 11, 12, 13, 14, 15, 99, 17, 18, 99, 20, 21, 99, 23, 24, 25, 99, 27, 28, 99], FIXED_TOKENS),
+    "deshuffling": ([23, 29, 24, 22, 12, 15, 26, 21, 28, 11, 20, 25, 17, 14, 19, 18, 16, 13, 27, 10], FIXED_TOKENS),
+    "prefix_lm": (list(range(10, 28)), [28, 29]),
+}
+
+
+def _run_objective(name, tokens, seed=42, lengths=None, vocab_size=100, **settings):
+    dataset = tf.data.Dataset.from_tensors({"targets": tf.constant(tokens, tf.int32)})
+    function = objectives.objective(name, **settings)
+    with seqio.utils.map_seed_manager(seed):
+        out = list(function(dataset, lengths or {"inputs": 21, "targets": 21},
+                            _features(vocab_size=vocab_size, extra_ids=10)).as_numpy_iterator())
+    return [(x["inputs"].tolist(), x["targets"].tolist()) for x in out]
+
+
+@pytest.mark.parametrize("name", sorted(FIXED_OUTPUTS))
+def test_each_objective_on_a_fixed_sequence(name):
+    assert _run_objective(name, FIXED_TOKENS, noise_density=0.25, mean_noise_span_length=2.0) == [FIXED_OUTPUTS[name]]
+    assert set(FIXED_OUTPUTS) == set(objectives.OBJECTIVES)
+
+
+def test_fixed_outputs_agree_with_each_other():
+    (iid_in, iid_tg), (drop_in, drop_tg) = FIXED_OUTPUTS["iid_denoising"], FIXED_OUTPUTS["drop_corrupted_tokens"]
+    noise = sorted(drop_tg)
+    assert sorted(drop_in + drop_tg) == FIXED_TOKENS
+    assert [t for t in iid_tg if t < 90] == noise and [t for t in iid_in if t < 90] == drop_in
+    mass_in = FIXED_OUTPUTS["mass_style"][0]
+    assert [FIXED_TOKENS[i] for i, t in enumerate(mass_in) if t == 99] == noise  # the mask token: first sentinel
+    shuffled = FIXED_OUTPUTS["deshuffling"][0]
+    assert sorted(shuffled) == FIXED_TOKENS and shuffled != FIXED_TOKENS
+
+
+def test_bert_style_replaces_80_10_10():
+    tokens = list(range(3, 20003))
+    ((inputs, targets),) = _run_objective("bert_style", tokens, lengths={"inputs": 20001, "targets": 20001},
+                                          vocab_size=32100)
+    assert targets == tokens
+    ((mass_inputs, _),) = _run_objective("mass_style", tokens, lengths={"inputs": 20001, "targets": 20001},
+                                         vocab_size=32100)
+    noise = np.array(mass_inputs) == 32099  # same seed, same noise positions
+    inputs, tokens = np.array(inputs), np.array(tokens)
+    assert noise.mean() == pytest.approx(0.15, abs=0.01)
+    masked = (inputs[noise] == 32099).mean()
+    kept = (inputs[noise] == tokens[noise]).mean()
+    assert masked == pytest.approx(0.8, abs=0.03) and kept == pytest.approx(0.1, abs=0.02)
+    assert (inputs[~noise] == tokens[~noise]).all()
+
+
+@pytest.mark.parametrize("density,span", [(0.1, 3.0), (0.25, 3.0), (0.5, 3.0), (0.15, 2.0), (0.15, 5.0), (0.15, 10.0)])
+def test_span_corruption_rates_and_span_lengths(density, span):
+    tokens = list(range(3, 3 + 5000))
+    lengths = {"inputs": 256, "targets": 256}
+    examples = _run_objective("span_corruption", tokens, lengths=lengths, vocab_size=32100, noise_density=density,
+                              mean_noise_span_length=span)
+    raw, _ = objectives.random_spans_helper(256, density, span)
+    full = examples[:-1]  # the last chunk is shorter
+    for inputs, targets in full:
+        sentinels = [t for t in targets if t >= 32000]
+        noise = len(targets) - len(sentinels)
+        assert noise == round(raw * density) and len(sentinels) == round(noise / span)
+        assert len(inputs) - len(sentinels) + noise == raw
+
+
+def test_reconstruction_objectives_need_targets_as_long_as_inputs():
+    dataset = tf.data.Dataset.from_tensors({"targets": tf.range(3, 50)})
+    with pytest.raises(ValueError, match="bert_style objective's target is the original text"):
+        objectives.bert_style(dataset, {"inputs": 64, "targets": 16}, _features())

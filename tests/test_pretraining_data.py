@@ -159,3 +159,17 @@ def test_unknown_task_names_close_matches():
     tasks.register_all()
     with pytest.raises(data.UnknownTaskError, match="Did you mean demo_span_corruption"):
         data.get_task_or_mixture("demo_span_corruptoin")
+
+
+@pytest.mark.parametrize("objective", ["bert_style", "deshuffling", "drop_corrupted_tokens", "iid_denoising",
+                                       "mass_style", "prefix_lm", "span_corruption"])
+def test_every_objective_is_a_task_of_every_source(objective, demo_vocabulary):
+    from t5pod import objectives
+
+    assert objective in objectives.OBJECTIVES
+    registered = set(seqio.TaskRegistry.names())
+    assert {f"c4_v220_{objective}", f"text_{objective}", f"demo_{objective}"} <= registered
+    (example,) = _examples(f"demo_{objective}", n=1, lengths={"inputs": 64, "targets": 64})
+    assert example["inputs"][-1] == 1 and example["targets"][-1] == 1 and len(example["inputs"]) <= 64
+    if objective in ("bert_style", "mass_style", "deshuffling"):
+        assert len(example["targets"]) == 64 and example["inputs"] != example["targets"]
