@@ -1,5 +1,6 @@
-"""Mixtures: GLUE and SuperGLUE with the reference weights, equal mixing, and multi-task
-pretraining (span corruption with an artificial size plus the supervised tasks, paper §3.7)."""
+"""Mixtures: GLUE and SuperGLUE with the reference weights, equal mixing, multi-task training
+over C4 and every supervised task (paper §3.5.2-3.5.3, with leave-one-out variants), and
+multi-task pretraining with an artificial size for span corruption (§3.7)."""
 
 import seqio
 
@@ -17,6 +18,8 @@ SUPER_GLUE_SIZES = {
     "super_glue_record_v102": 138854, "super_glue_rte_v102": 2490, "super_glue_wic_v102": 5428,
     "super_glue_wsc_v102_simple_eval": 0, "super_glue_axb_v102": 0, "super_glue_axg_v102": 0,
 }
+# Training examples of c4/en:3.0.1: far above any limit K, so its rate is K (paper §3.5.2).
+C4_EXAMPLES = 364_868_892
 # Paper §3.7: the artificial size of the unsupervised task per model size.
 PRETRAINING_SIZES = {"small": 710_000, "base": 2_620_000, "large": 8_660_000, "3B": 33_500_000, "11B": 133_000_000}
 
@@ -39,3 +42,10 @@ def register(*, mixing_rate_limit: float | None = None, mixing_temperature: floa
         raise ValueError(f"MULTITASK_PRETRAINING_SIZE {pretraining_size!r} is not one of {sorted(PRETRAINING_SIZES)}.")
     multitask = {"c4_v220_span_corruption": PRETRAINING_SIZES[pretraining_size], **supervised}
     _add("c4_span_corruption_glue_super_glue_proportional", proportional(multitask))
+    # §3.5.2-3.5.3: the unsupervised task at its real size, mixed with every supervised task.
+    everything = {"c4_v220_span_corruption": C4_EXAMPLES, **supervised}
+    _add("all_equal", mixing.equal_rates(everything))
+    _add("all_proportional", proportional(everything))
+    for task, n in supervised.items():
+        if n:  # leave-one-out: pre-train on everything but this task, then fine-tune on it
+            _add(f"all_proportional_without_{task}", proportional({k: v for k, v in everything.items() if k != task}))

@@ -163,3 +163,42 @@ def test_multitask_pretraining_mixture_sizes():
     with pytest.raises(ValueError, match="MULTITASK_PRETRAINING_SIZE 'huge'"):
         tasks.register_all(pretraining_size="huge")
     tasks.register_all()
+
+
+def _rates(gin_file, bindings=()):
+    ginconf.parse(["tasks.gin", "runs/pretrain.gin", "models/tiny.gin", gin_file], ["MODEL_DIR = '/unused'", *bindings])
+    ginconf.register_tasks()
+    name = ginconf.train_config().mixture_or_task_name
+    mixture = seqio.get_mixture_or_task(name)
+    return name, {task.name: mixture.get_rate(task) for task in mixture.tasks}
+
+
+@pytest.mark.parametrize("k", [16, 17, 18, 19, 20, 21])
+def test_mixing_gin_files_examples_proportional(k):
+    name, rates = _rates(f"mixing/proportional_k{k}.gin")
+    assert name == "all_proportional"
+    assert rates["c4_v220_span_corruption"] == 2 ** k  # C4 is larger than every K
+    assert rates["glue_rte_v002"] == 2490 and rates["glue_mnli_v002"] == min(392702, 2 ** k)
+    assert len([r for r in rates.values() if r > 0]) == 1 + 8 + 9  # C4, 8 GLUE and 9 SuperGLUE training tasks
+    tasks.register_all()
+
+
+@pytest.mark.parametrize("t", [2, 4, 8])
+def test_mixing_gin_files_temperature(t):
+    _, rates = _rates(f"mixing/temperature_t{t}.gin")
+    assert rates["c4_v220_span_corruption"] == pytest.approx((2 ** 21) ** (1 / t))
+    assert rates["super_glue_cb_v102"] == pytest.approx(250 ** (1 / t))
+    tasks.register_all()
+
+
+def test_mixing_gin_files_equal_leave_one_out_and_supervised():
+    _, rates = _rates("mixing/equal.gin")
+    assert set(r for r in rates.values() if r > 0) == {1.0} and rates["super_glue_axb_v102"] == 0
+    name, rates = _rates("mixing/leave_one_out.gin", ["MIXTURE_OR_TASK_NAME = 'all_proportional_without_glue_rte_v002'"])
+    assert "glue_rte_v002" not in rates and rates["super_glue_rte_v102"] == 2490
+    assert rates["c4_v220_span_corruption"] == 2 ** 19
+    _, rates = _rates("mixing/supervised_pretraining.gin")
+    assert "c4_v220_span_corruption" not in rates and rates["glue_qqp_v002"] == 363849  # below K = 2^19
+    _, rates = _rates("mixing/multitask_pretraining.gin")
+    assert rates["c4_v220_span_corruption"] == 2 ** 19 and rates["glue_cola_v002"] == 8551
+    tasks.register_all()
