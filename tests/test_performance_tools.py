@@ -27,6 +27,9 @@ def test_flops_by_hand():
     dense = 6 * ((encoder_layer + cross_kv) * 3 + (decoder_layer + cross_qo + 4 * 10) * 2)
     attention = 12 * 4 * (9 + (4 / 2 + 6))
     assert flops.train_flops_per_example(config, 3, 2) == dense + attention
+    # The decoder-only model: one stack over all 5 tokens, causal attention.
+    lm = dataclasses.replace(config, architecture="decoder_only")
+    assert flops.train_flops_per_example(lm, 3, 2) == 6 * (encoder_layer + 4 * 10) * 5 + 12 * 4 * 25 / 2
 
 
 def _plan(*flags):

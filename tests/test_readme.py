@@ -108,3 +108,47 @@ def test_readme_command_runs(command, fixtures):
     env = dict(os.environ, XLA_FLAGS="")
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+
+
+def study_rows() -> list[tuple[str, str]]:
+    """(paper row, ROW_FLAGS cell) of the README's table of the paper's §3 study."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## The paper's study")[1].split("\n## ")[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ")]
+    return [(row.strip(), flags.strip()) for row, flags in rows if row.strip() != "paper table, row"]
+
+
+def test_study_table_covers_the_paper_tables():
+    tables = {row.split(",")[0].split("–")[0] for row, _ in study_rows()}
+    assert {"2", "3", "4", "5", "6", "7", "10", "11", "12"} <= tables
+
+
+@pytest.mark.parametrize("row,flags", study_rows(), ids=[r for r, _ in study_rows()])
+def test_study_table_flags_parse(row, flags):
+    from t5pod import data, ginconf
+
+    files, bindings = [], ["MODEL_DIR='/unused'"]
+    for segment in re.findall(r"`([^`]*)`", flags.replace("L512", "`--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 512}\"`")):
+        if not segment.startswith("--"):
+            continue  # an alternative value of the flag before it
+        for flag in shlex.split(segment):
+            if flag.startswith("--gin_file="):
+                files.append(flag.split("=", 1)[1])
+            elif flag.startswith("--gin."):
+                bindings.append(flag[len("--gin."):])
+    base = ["tasks.gin", "runs/pretrain.gin"]
+    if "fine-tun" in flags:
+        base = ["tasks.gin", "runs/finetune.gin"]
+        bindings.append("INITIAL_CHECKPOINT_PATH='/unused'")
+    models = [f for f in files if f.startswith("models/")]
+    ginconf.parse([*base, "models/t5_1_0/base.gin", *files], bindings)
+    model, train = ginconf.model_config(), ginconf.train_config()
+    if models:
+        assert model.architecture != "encoder_decoder" or model.num_layers == 6
+    import tasks
+
+    try:
+        ginconf.register_tasks()
+        data.get_task_or_mixture(train.mixture_or_task_name)  # the task or mixture the row names exists
+    finally:
+        tasks.register_all()  # back to the defaults for the tests that follow
