@@ -17,11 +17,9 @@ import numpy as np
 from flax import linen as nn
 
 from t5pod.config import T5Config
-from t5pod.layers import (
-    Embed, RelativePositionBias, RMSNorm, constrain, make_attention_mask, make_causal_mask, normal,
-)
-from t5pod.network import EncoderLayer, _stack, _zero_cache_leaf
-from t5pod.partitioning import BATCH, EMBED, LENGTH, VOCAB
+from t5pod.layers import Embed, RelativePositionBias, RMSNorm, constrain, make_attention_mask, make_causal_mask
+from t5pod.network import EncoderLayer, _stack, _zero_cache_leaf, output_logits
+from t5pod.partitioning import BATCH, EMBED, LENGTH
 
 
 def attention_mask(positions, segment_ids, prefix=None):
@@ -82,13 +80,7 @@ class DecoderOnly(nn.Module):
             y, mask, bias)
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
         y = dropout(y, deterministic=deterministic)
-        if cfg.tie_word_embeddings:
-            logits = embedder.attend(y * cfg.d_model**-0.5)
-        else:
-            kernel = self.param("logits_dense", nn.with_logical_partitioning(normal(cfg.d_model**-0.5), (EMBED, VOCAB)),
-                                (cfg.d_model, cfg.vocab_size), jnp.float32)
-            logits = y @ kernel.astype(dtype)
-        return constrain(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
+        return output_logits(self, cfg, embedder, y)
 
     def _decode_mask(self, tokens, prompt_mask):
         """(query positions, key positions, mask) for the tokens written at the cache's next slots."""

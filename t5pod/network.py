@@ -232,13 +232,19 @@ class Decoder(nn.Module):
                        decode=decode)(y, encoded, self_mask, self_bias, cross_mask)
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
         y = dropout(y, deterministic=deterministic)
-        if cfg.tie_word_embeddings:
-            logits = self.shared_embedding.attend(y * cfg.d_model**-0.5)
-        else:
-            kernel = self.param("logits_dense", nn.with_logical_partitioning(normal(cfg.d_model**-0.5), (EMBED, VOCAB)),
-                                (cfg.d_model, cfg.vocab_size), jnp.float32)
-            logits = y @ kernel.astype(dtype)
-        return constrain(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
+        return output_logits(self, cfg, self.shared_embedding, y)
+
+
+def output_logits(module: nn.Module, cfg: T5Config, embedder: Embed, y):
+    """[batch, length, embed] -> float32 logits [batch, length, vocab]: the tied embedding
+    (scaled by d_model**-0.5, T5 1.0) or module's own `logits_dense` layer (T5 1.1)."""
+    if cfg.tie_word_embeddings:
+        logits = embedder.attend(y * cfg.d_model**-0.5)
+    else:
+        kernel = module.param("logits_dense", nn.with_logical_partitioning(normal(cfg.d_model**-0.5), (EMBED, VOCAB)),
+                              (cfg.d_model, cfg.vocab_size), jnp.float32)
+        logits = y @ kernel.astype(cfg.activation_dtype)
+    return constrain(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
 
 
 class Transformer(nn.Module):
