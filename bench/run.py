@@ -176,13 +176,13 @@ def main():
     import tasks
 
     tasks.register_all()
-    sizes = [("tiny", model("tiny", vocab_size=2176), 32, (128, 32), True)]
+    sizes = [("tiny", model("tiny", vocab_size=2176), 8 if QUICK else 32, (64, 16) if QUICK else (128, 32), True)]
     if not QUICK:
         sizes += [("t5_1_1/small", model("t5_1_1/small"), 4, (128, 32), True),
                   ("base width, 2 layers", model("t5_1_1/base", num_layers=2, num_decoder_layers=2), 8, (128, 32), False)]
     results["train"] = [train_figures(n, c, b, l, peak, ref) for n, c, b, l, ref in sizes]
 
-    layers_big = 4 if QUICK else 24
+    layers_big = 3 if QUICK else 24
     results["compile_s"] = {f"scan_{n}": compile_time(n, True) for n in (2, layers_big)}
     results["compile_s"].update({f"unrolled_{n}": compile_time(n, False) for n in (2, layers_big)})
     results["scan_compile_ratio_24_vs_2"] = results["compile_s"][f"scan_{layers_big}"] / results["compile_s"]["scan_2"]

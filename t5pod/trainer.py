@@ -68,6 +68,8 @@ def validate(config: TrainConfig):
     if (config.batch_size // data_parallel) % config.num_microbatches:
         raise ValueError(f"NUM_MICROBATCHES {config.num_microbatches} does not divide the per-replica batch "
                          f"{config.batch_size // data_parallel}.")
+    if config.trainable not in optimizer.TRAINABLE:
+        raise ValueError(f"Unknown TRAINABLE {config.trainable!r}; use one of {optimizer.TRAINABLE}.")
     if config.train_steps <= 0 or config.log_period <= 0 or config.checkpoint_period <= 0:
         raise ValueError("TRAIN_STEPS, LOG_PERIOD and CHECKPOINT_PERIOD must be positive.")
     return mesh

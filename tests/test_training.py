@@ -156,6 +156,8 @@ def test_bad_mesh_and_batch_are_clear_errors(tmp_path):
         trainer.validate(_config(tmp_path, mesh_shape=(3, 2)))
     with pytest.raises(ValueError, match="BATCH_SIZE 6 is not divisible by the data-parallel mesh size 4"):
         trainer.validate(_config(tmp_path, mesh_shape=(4, 2), batch_size=6))
+    with pytest.raises(ValueError, match="Unknown TRAINABLE 'adapter'"):
+        trainer.validate(_config(tmp_path, trainable="adapter"))
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
