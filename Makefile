@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Test processes: the suite is mostly single-threaded compilation, so one per core pays.
+# Test processes: the suite is mostly single-threaded compilation, so one per core pays; work
+# stealing keeps both busy when a long end-to-end test lands late.
 TEST_WORKERS ?= 2
 
 .PHONY: install install-tpu test test-fast pretrain finetune bench lock clean
@@ -22,11 +23,11 @@ install-tpu: install
 	$(BIN)/pip install --quiet "jax[tpu]==$$(sed -n 's/^jax==//p' requirements.lock)"
 
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Skips the tests marked slow (CI runs them all through `make test`).
 test-fast: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 # Pretrains the tiny model on the embedded demo corpus (gin/demo.gin): no download, CPU is enough.
 # Running it again resumes from the newest checkpoint in runs/demo. Extra flags: PRETRAIN_ARGS=...
