@@ -110,7 +110,7 @@ def fine_tuning_optimizer(make_inner, params, *, trainable: str = "all", unfreez
     if trainable == "adapters":
         if not any("adapter" in _names(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)):
             raise ValueError("TRAINABLE='adapters' but the model has no adapters; set t5pod.T5Config.adapter_dim "
-                             "(e.g. --gin_file=models/adapters.gin).")
+                             "(e.g. --gin_file=finetuning/adapters.gin).")
         labels = jax.tree_util.tree_map_with_path(
             lambda path, _: "train" if is_adapter_or_norm(path) else "frozen", params)
         return optax.multi_transform({"train": make_inner(), "frozen": optax.set_to_zero()}, labels)
