@@ -47,16 +47,13 @@ class EncoderLayer(nn.Module):
 
     def attend(self, x, mask, bias, *, deterministic: bool, decode: bool = False):
         """The self-attention sublayer with its residual."""
-        h = self.pre_attention_layer_norm(x)
-        h = self.attention(h, h, mask, bias, deterministic=deterministic, decode=decode)
-        return x + self.dropout(h, deterministic=deterministic)
+        return _residual_attention(self.pre_attention_layer_norm, self.attention, self.dropout, x, mask, bias,
+                                   deterministic=deterministic, decode=decode)
 
     def feed_forward(self, x, *, deterministic: bool):
         """The feed-forward sublayer (and its adapter) with its residual."""
-        h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=deterministic)
-        if self.adapter is not None:
-            h = h + self.adapter(h, deterministic=deterministic)
-        return x + self.dropout(h, deterministic=deterministic)
+        return _residual_feed_forward(self.pre_mlp_layer_norm, self.mlp, self.adapter, self.dropout, x,
+                                      deterministic=deterministic)
 
     def __call__(self, x, mask, bias):
         x = self.attend(x, mask, bias, deterministic=self.deterministic, decode=self.decode)
@@ -93,20 +90,34 @@ class DecoderLayer(nn.Module):
         if self.shared is not None:
             y = self.shared.attend(y, self_mask, self_bias, deterministic=deterministic, decode=self.decode)
         else:
-            h = self.pre_self_attention_layer_norm(y)
-            h = self.self_attention(h, h, self_mask, self_bias, deterministic=deterministic, decode=self.decode)
-            y = y + self.dropout(h, deterministic=deterministic)
-        h = self.pre_cross_attention_layer_norm(y)
-        h = self.encoder_decoder_attention(h, encoded, cross_mask, None, deterministic=deterministic)
-        y = y + self.dropout(h, deterministic=deterministic)
+            y = _residual_attention(self.pre_self_attention_layer_norm, self.self_attention, self.dropout, y,
+                                    self_mask, self_bias, deterministic=deterministic, decode=self.decode)
+        y = _residual_attention(self.pre_cross_attention_layer_norm, self.encoder_decoder_attention, self.dropout, y,
+                                cross_mask, None, deterministic=deterministic, keys_values=encoded)
         if self.shared is not None:
             y = self.shared.feed_forward(y, deterministic=deterministic)
         else:
-            h = self.mlp(self.pre_mlp_layer_norm(y), deterministic=deterministic)
-            if self.adapter is not None:
-                h = h + self.adapter(h, deterministic=deterministic)
-            y = y + self.dropout(h, deterministic=deterministic)
+            y = _residual_feed_forward(self.pre_mlp_layer_norm, self.mlp, self.adapter, self.dropout, y,
+                                       deterministic=deterministic)
         return constrain(y, (BATCH, LENGTH, EMBED)), None
+
+
+def _residual_attention(norm, attention, dropout, x, mask, bias, *, deterministic: bool, decode: bool = False,
+                        keys_values=None):
+    """x + dropout(attention(norm(x))): self-attention, or cross-attention over keys_values
+    [batch, length_kv, embed]. x [batch, length, embed] -> same."""
+    h = norm(x)
+    h = attention(h, h if keys_values is None else keys_values, mask, bias, deterministic=deterministic,
+                  decode=decode)
+    return x + dropout(h, deterministic=deterministic)
+
+
+def _residual_feed_forward(norm, mlp, adapter, dropout, x, *, deterministic: bool):
+    """x + dropout(mlp(norm(x)) [+ its adapter]). x [batch, length, embed] -> same."""
+    h = mlp(norm(x), deterministic=deterministic)
+    if adapter is not None:
+        h = h + adapter(h, deterministic=deterministic)
+    return x + dropout(h, deterministic=deterministic)
 
 
 def _adapter(cfg: T5Config):
