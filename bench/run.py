@@ -142,9 +142,9 @@ def pipeline_rows_per_s(task: str, lengths: dict, seconds: float = 5.0) -> float
     import tensorflow as tf
 
     import tasks  # noqa: F401
-    from t5pod import data
+    from t5pod.data import pipeline
 
-    dataset = data.get_dataset(task, lengths, "train", seed=0, shard_index=0, num_shards=1)
+    dataset = pipeline.get_dataset(task, lengths, "train", seed=0, shard_index=0, num_shards=1)
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1  # one core
     iterator = iter(dataset.with_options(options))

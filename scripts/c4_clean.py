@@ -19,7 +19,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t5pod import c4_cleaning  # noqa: E402
+from t5pod.data import c4_cleaning  # noqa: E402
 
 
 def _open(path, mode):

@@ -53,7 +53,7 @@ def _data(args) -> int:
     ginconf.register_tasks()
     import seqio
 
-    from t5pod import inspect_data
+    from t5pod.data import inspection
 
     if args.list:
         for name in sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names()):
@@ -64,10 +64,10 @@ def _data(args) -> int:
     lengths = ginconf.macro("TASK_FEATURE_LENGTHS")
     model_features = args.features == "model"
     if args.stats:
-        stats = inspect_data.statistics(args.task, lengths, args.split, args.stats, model_features, args.seed)
+        stats = inspection.statistics(args.task, lengths, args.split, args.stats, model_features, args.seed)
         print(json.dumps(stats))
         return 0
-    for row in inspect_data.examples(args.task, lengths, args.split, args.num_examples, model_features, args.seed):
+    for row in inspection.examples(args.task, lengths, args.split, args.num_examples, model_features, args.seed):
         print(json.dumps(row, ensure_ascii=False))
     return 0
 
@@ -165,18 +165,18 @@ def _plan(args) -> int:
 
 
 def _train_vocab(args) -> int:
-    from t5pod import text_files, vocab
+    from t5pod.data import text_sources, vocabularies
 
     def texts():
-        for path in text_files.match_files(args.input):
-            for x in text_files.text_dataset([path], args.paragraphs).as_numpy_iterator():
+        for path in text_sources.match_files(args.input):
+            for x in text_sources.text_dataset([path], args.paragraphs).as_numpy_iterator():
                 yield x["text"].decode("utf-8")
 
-    path = vocab.train_vocabulary(texts(), args.output, vocab_size=args.vocab_size, model_type=args.model_type,
+    path = vocabularies.train_vocabulary(texts(), args.output, vocab_size=args.vocab_size, model_type=args.model_type,
                                   max_sentences=args.max_sentences)
-    vocabulary = vocab.get_vocabulary(path)
+    vocabulary = vocabularies.get_vocabulary(path)
     print(f"Wrote {path}: {vocabulary.vocab_size} ids with 100 extra ids "
-          f"(<extra_id_0> = {vocabulary.vocab_size - 1}); model embedding size {vocab.padded_vocab_size(vocabulary)}.")
+          f"(<extra_id_0> = {vocabulary.vocab_size - 1}); model embedding size {vocabularies.padded_vocab_size(vocabulary)}.")
     print(f"  use it with: --gin.VOCABULARY_PATH=\"'{path}'\"")
     return 0
 

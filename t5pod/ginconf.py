@@ -106,7 +106,7 @@ def infer_config() -> inference.InferConfig:
 
 def vocabulary():
     """The vocabulary VOCABULARY_PATH names ('demo': the demo corpus's)."""
-    from t5pod import demo_corpus, vocab
+    from t5pod.data import demo_corpus, vocabularies
 
     path = macro("VOCABULARY_PATH")
-    return demo_corpus.vocabulary() if path == "demo" else vocab.get_vocabulary(path)
+    return demo_corpus.vocabulary() if path == "demo" else vocabularies.get_vocabulary(path)

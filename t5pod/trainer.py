@@ -13,7 +13,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
-from t5pod import checkpoints, data, metric_writers, network, optimizer, partitioning, train_step
+from t5pod import checkpoints, metric_writers, network, optimizer, partitioning, train_step
+from t5pod.data import pipeline
 from t5pod.config import T5Config
 
 
@@ -86,10 +87,10 @@ def _global_batch(local_batch: dict, mesh) -> dict:
 
 
 def _data_iterator(config: TrainConfig, model_config: T5Config, split: str, shuffle: bool, num_epochs=None):
-    dataset = data.get_dataset(config.mixture_or_task_name, config.task_feature_lengths, split, shuffle=shuffle,
+    dataset = pipeline.get_dataset(config.mixture_or_task_name, config.task_feature_lengths, split, shuffle=shuffle,
                                seed=config.random_seed, pack=config.pack, num_epochs=num_epochs,
                                use_cached=config.use_cached, decoder_only=model_config.is_decoder_only)
-    return data.CheckpointableIterator(data.batched(dataset, config.batch_size // jax.process_count()))
+    return pipeline.CheckpointableIterator(pipeline.batched(dataset, config.batch_size // jax.process_count()))
 
 
 def create_state_fns(model_config: T5Config, config: TrainConfig, mesh):

@@ -4,10 +4,10 @@ defaults; register_all() registers again with explicit settings (the CLI calls i
 import os
 
 from tasks import glue, mixtures, pretraining
-from t5pod import demo_corpus, vocab
+from t5pod.data import demo_corpus, vocabularies
 
 
-def register_all(vocabulary_path: str = vocab.DEFAULT_VOCABULARY_PATH, *, text_file_pattern: str | None = None,
+def register_all(vocabulary_path: str = vocabularies.DEFAULT_VOCABULARY_PATH, *, text_file_pattern: str | None = None,
                  text_paragraphs: bool = False, tfds_data_dir: str | None = None, glue_dir: str | None = None,
                  superglue_dir: str | None = None, mixing_rate_limit: float | None = None,
                  mixing_temperature: float = 1.0, noise_density: float = 0.15,
@@ -15,7 +15,7 @@ def register_all(vocabulary_path: str = vocab.DEFAULT_VOCABULARY_PATH, *, text_f
     """(Re-)registers every task and mixture. vocabulary_path 'demo' is the demo corpus's
     vocabulary. Unset directories fall back to the GLUE_DIR, SUPERGLUE_DIR and TFDS_DATA_DIR
     environment variables."""
-    vocabulary = demo_corpus.vocabulary() if vocabulary_path == "demo" else vocab.get_vocabulary(vocabulary_path)
+    vocabulary = demo_corpus.vocabulary() if vocabulary_path == "demo" else vocabularies.get_vocabulary(vocabulary_path)
     tfds_data_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR")
     pretraining.register(vocabulary, text_file_pattern=text_file_pattern, text_paragraphs=text_paragraphs,
                          tfds_data_dir=tfds_data_dir, noise_density=noise_density,

@@ -2,59 +2,49 @@
 
 Rows come either from TFDS (`glue/...`, `super_glue/...`) or from the files as the benchmarks
 distribute them (GLUE_DIR / SUPERGLUE_DIR); both are formatted by the same code
-(t5pod.glue_formats), so the two sources give identical examples.
+(t5pod.data.glue_formats), so the two sources give identical examples.
 """
 
 import functools
+import os
 
 import seqio
 import tensorflow as tf
 
-from t5pod import glue_files, glue_formats, metrics
+from t5pod.data import benchmarks, glue_files, glue_formats, glue_metrics
 
 GLUE_LENGTHS = {"inputs": 512, "targets": 84}
 SUPER_GLUE_LENGTHS = {"inputs": 512, "targets": 62}
-
-
-def _metric_fns(task: str) -> list:
-    config = task.split("_v0")[0].removeprefix("glue_").removeprefix("super_glue_")
-    table = {
-        "cola": [metrics.matthews_corrcoef], "ax": [metrics.matthews_corrcoef], "axb": [metrics.matthews_corrcoef],
-        "mrpc": [metrics.f1_and_accuracy], "qqp": [metrics.f1_and_accuracy],
-        "stsb": [metrics.pearson_and_spearman], "cb": [metrics.cb_metrics],
-        "multirc": [metrics.multirc_f1_and_exact_match], "record": [metrics.record_em_f1],
-    }
-    return table.get(config, [metrics.accuracy])
 
 
 def _record_postprocess(output, example=None, is_target=False):
     # Answers are stored padded with "" to a fixed width; drop the padding.
     if is_target:
         example = dict(example, answers=[a for a in example["answers"] if len(a)])
-    return metrics.record_postprocess(output, example, is_target)
+    return glue_metrics.record_postprocess(output, example, is_target)
 
 
 def _postprocess_fn(task: str):
     if task.startswith("super_glue_multirc"):
-        return metrics.multirc_postprocess
+        return glue_metrics.multirc_postprocess
     if task.startswith("super_glue_record"):
         return _record_postprocess
-    if task == glue_formats.WSC_EVAL:
-        return metrics.wsc_simple_postprocess
+    if task == benchmarks.WSC_EVAL:
+        return glue_metrics.wsc_simple_postprocess
     if task.startswith("glue_stsb"):
-        return metrics.string_to_float
-    if task in glue_formats.LABEL_CLASSES:
-        return functools.partial(metrics.string_label_to_class_id, label_classes=glue_formats.LABEL_CLASSES[task])
+        return glue_metrics.string_to_float
+    if task in benchmarks.LABEL_CLASSES:
+        return functools.partial(glue_metrics.string_label_to_class_id, label_classes=benchmarks.LABEL_CLASSES[task])
     return None  # DPR and WSC training: compare strings
 
 
 def _rows(task: str, split: str, glue_dir, superglue_dir, tfds_data_dir):
-    tfds_name, reader, splits = glue_formats.TFDS_NAMES[task]
+    tfds_name, reader, splits = benchmarks.TFDS_NAMES[task]
     source_split = splits[split]
-    if reader == "glue" and (glue_dir or glue_files.os.environ.get(glue_files.GLUE_ENV)):
-        return glue_files.read_glue(glue_dir, glue_formats.reader_config(task), source_split)
-    if reader == "super_glue" and (superglue_dir or glue_files.os.environ.get(glue_files.SUPERGLUE_ENV)):
-        return glue_files.read_super_glue(superglue_dir, glue_formats.reader_config(task), source_split)
+    if reader == "glue" and (glue_dir or os.environ.get(benchmarks.GLUE_ENV)):
+        return glue_files.read_glue(glue_dir, benchmarks.reader_config(task), source_split)
+    if reader == "super_glue" and (superglue_dir or os.environ.get(benchmarks.SUPERGLUE_ENV)):
+        return glue_files.read_super_glue(superglue_dir, benchmarks.reader_config(task), source_split)
     return _tfds_rows(tfds_name, source_split, tfds_data_dir, reader)
 
 
@@ -101,9 +91,9 @@ def register(vocabulary, *, glue_dir=None, superglue_dir=None, tfds_data_dir=Non
     features = {"inputs": seqio.Feature(vocabulary, add_eos=True), "targets": seqio.Feature(vocabulary, add_eos=True)}
     preprocessors = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                      seqio.preprocessors.append_eos_after_trim]
-    for task in glue_formats.TASK_NAMES:
-        splits = tuple(glue_formats.TFDS_NAMES[task][2])
+    for task in benchmarks.TASK_NAMES:
+        splits = tuple(benchmarks.TFDS_NAMES[task][2])
         source = seqio.FunctionDataSource(_dataset_fn(task, glue_dir, superglue_dir, tfds_data_dir), splits=splits)
         seqio.TaskRegistry.remove(task)
         seqio.TaskRegistry.add(task, source=source, preprocessors=preprocessors, output_features=features,
-                               postprocess_fn=_postprocess_fn(task), metric_fns=_metric_fns(task))
+                               postprocess_fn=_postprocess_fn(task), metric_fns=list(benchmarks.metric_fns(task)))

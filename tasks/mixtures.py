@@ -4,7 +4,7 @@ multi-task pretraining with an artificial size for span corruption (§3.7)."""
 
 import seqio
 
-from t5pod import mixing
+from t5pod.data import mixing
 
 # Training examples per task (the reference mixture weights); 0 = evaluation-only member.
 GLUE_SIZES = {

@@ -6,7 +6,7 @@ import functools
 import seqio
 import tensorflow as tf
 
-from t5pod import demo_corpus, objectives, text_files
+from t5pod.data import demo_corpus, objectives, text_sources
 
 C4_TFDS_NAME = "c4/en:3.0.1"
 # One in this many demo documents is held out as the validation split.
@@ -33,9 +33,9 @@ def _preprocessors(objective):
 def _text_files_dataset_fn(pattern: str, paragraphs: bool):
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         del split, shuffle_files, seed  # one ordered stream; seqio shards and shuffles examples
-        dataset = text_files.text_dataset(text_files.match_files(pattern), paragraphs)
-        if text_files.is_empty(dataset):
-            raise text_files.TextFileError(f"The corpus is empty: {pattern!r} matches only empty files.")
+        dataset = text_sources.text_dataset(text_sources.match_files(pattern), paragraphs)
+        if text_sources.is_empty(dataset):
+            raise text_sources.TextFileError(f"The corpus is empty: {pattern!r} matches only empty files.")
         return dataset
 
     return dataset_fn
@@ -44,7 +44,7 @@ def _text_files_dataset_fn(pattern: str, paragraphs: bool):
 def _demo_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed
     held_out = split == "validation"
-    dataset = text_files.text_dataset([demo_corpus.corpus_path()]).enumerate()
+    dataset = text_sources.text_dataset([demo_corpus.corpus_path()]).enumerate()
     dataset = dataset.filter(lambda i, x: tf.equal(i % DEMO_VALIDATION_EVERY == DEMO_VALIDATION_EVERY - 1, held_out))
     return dataset.map(lambda i, x: x)
 

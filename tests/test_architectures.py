@@ -10,7 +10,8 @@ import pytest
 from flax import linen as nn
 
 import tasks  # noqa: F401  (registers the demo tasks)
-from t5pod import decoder_only, decoding, demo_corpus, ginconf, inference, network, trainer
+from t5pod import decoder_only, decoding, ginconf, inference, network, trainer
+from t5pod.data import demo_corpus
 from t5pod.config import T5Config
 from t5pod.layers import make_attention_mask
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from t5pod import c4_cleaning
-from t5pod.c4_cleaning import C4Cleaner, CleaningRules
+from t5pod.data import c4_cleaning
+from t5pod.data.c4_cleaning import C4Cleaner, CleaningRules
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,9 @@ by the code under test.
 
 import pytest
 
-from t5pod import glue_files as gf
-from t5pod import glue_formats as fm
+from t5pod.data import benchmarks
+from t5pod.data import glue_files as gf
+from t5pod.data import glue_formats as fm
 
 
 def _one(task, row):
@@ -83,7 +84,7 @@ def test_glue_row_shapes(shared_data):
                      "deliberately distorting his evidence .",
         "label": 1, "idx": 0}
     stsb = _glue_row(shared_data, "stsb", "train", 1)  # score 3.800, stored as float32
-    assert stsb["label"] == gf.float32(3.8) and stsb["label"] != 3.8
+    assert stsb["label"] == benchmarks.float32(3.8) and stsb["label"] != 3.8
     assert _glue_row(shared_data, "qnli", "validation", 1)["label"] == 1  # not_entailment
 
 
@@ -169,8 +170,8 @@ def test_wsc_real_rows(shared_data):
     rows = _sg_rows(shared_data, "wsc.fixed", "train")
     # WSC/train.jsonl line 1: span2 "He" at word 13, label false
     first = rows[0]
-    assert fm.format_example(fm.WSC_TRAIN, first) == []
-    ex = _one(fm.WSC_EVAL, first)
+    assert fm.format_example(benchmarks.WSC_TRAIN, first) == []
+    ex = _one(benchmarks.WSC_EVAL, first)
     assert ex["inputs"] == ("wsc: Mark told Pete many lies about himself, which Pete included in "
                             "his book. *He* should have been more skeptical.")
     assert ex["targets"] == "Mark"
@@ -178,17 +179,17 @@ def test_wsc_real_rows(shared_data):
     # idx 16: span1 "The demonstrators" is fixed to "the demonstrators" by wsc.fixed
     row16 = [r for r in rows if r["idx"] == 16][0]
     assert row16["span1_text"] == "the demonstrators"
-    assert _one(fm.WSC_TRAIN, row16) == {
+    assert _one(benchmarks.WSC_TRAIN, row16) == {
         "inputs": "wsc: The city councilmen refused the demonstrators a permit because *they* "
                   "advocated violence.",
         "targets": "the demonstrators", "idx": 16, "label": 1}
     # idx 137: span2_index points at 'him,"'; t5 hard-codes this text
     row137 = [r for r in rows if r["idx"] == 137][0]
-    assert _one(fm.WSC_EVAL, row137)["inputs"] == (
+    assert _one(benchmarks.WSC_EVAL, row137)["inputs"] == (
         "wsc: The boy continued to whip the pony , and eventually the pony threw him over. John "
         "laughed out quite loud. \"Good for *him* ,\" he said.")
     # 259 of the 554 train rows are label True (the mixture weight of wsc_simple_train)
-    assert sum(len(fm.format_example(fm.WSC_TRAIN, r)) for r in rows) == 259
+    assert sum(len(fm.format_example(benchmarks.WSC_TRAIN, r)) for r in rows) == 259
 
 
 def test_record_real_rows(shared_data):
@@ -241,7 +242,7 @@ def test_super_glue_row_counts(shared_data, config, split, count):
     (3.8, "3.8"), (0.1, "0.0"), (5.0, "5.0"), (0.0, "0.0"), (-1.0, "-1.0")])
 def test_stsb_rounding(label, target):
     assert fm.stsb_target(label) == target
-    row = {"sentence1": "a", "sentence2": "b", "label": gf.float32(label), "idx": 3}
+    row = {"sentence1": "a", "sentence2": "b", "label": benchmarks.float32(label), "idx": 3}
     assert _one("glue_stsb_v002", row) == {"inputs": "stsb sentence1: a sentence2: b",
                                            "targets": target, "idx": 3}
 
@@ -285,23 +286,23 @@ def test_record_cleanup_and_one_example_per_answer():
 def test_wsc_spec_example():
     row = {"text": "Mitchell asked Tom if he could lend some money.", "span1_index": 2,
            "span2_index": 4, "span1_text": "Tom", "span2_text": "he", "label": 1, "idx": 0}
-    for task in (fm.WSC_TRAIN, fm.WSC_EVAL):
+    for task in (benchmarks.WSC_TRAIN, benchmarks.WSC_EVAL):
         ex = _one(task, row)
         assert ex["inputs"] == "wsc: Mitchell asked Tom if *he* could lend some money."
         assert ex["targets"] == "Tom"
-    assert fm.format_example(fm.WSC_TRAIN, {**row, "label": 0}) == []
+    assert fm.format_example(benchmarks.WSC_TRAIN, {**row, "label": 0}) == []
     with pytest.raises(ValueError, match="span2"):
-        fm.format_example(fm.WSC_EVAL, {**row, "span2_index": 5})
+        fm.format_example(benchmarks.WSC_EVAL, {**row, "span2_index": 5})
 
 
 def test_dpr():
     row = {"sentence": "Bob asked Tom if he can lend some money.", "pronoun": "he",
            "candidates": ["Bob", "Tom"], "label": 1}
-    assert _one(fm.DPR, row) == {"inputs": "wsc: Bob asked Tom if *he* can lend some money.",
+    assert _one(benchmarks.DPR, row) == {"inputs": "wsc: Bob asked Tom if *he* can lend some money.",
                                  "targets": "Tom", "idx": -1}
     row = {"sentence": "He said he would, and he did.", "pronoun": "he",
            "candidates": ["A", "B"], "label": 0}  # first " he" followed by space/./, only
-    assert _one(fm.DPR, row)["inputs"] == "wsc: He said *he* would, and he did."
+    assert _one(benchmarks.DPR, row)["inputs"] == "wsc: He said *he* would, and he did."
 
 
 def test_tfds_numpy_rows_are_accepted():
@@ -310,18 +311,18 @@ def test_tfds_numpy_rows_are_accepted():
 
 
 def test_registry_tables():
-    assert len(fm.TASK_NAMES) == 24 and len(set(fm.TASK_NAMES)) == 24
-    assert set(fm.TFDS_NAMES) == set(fm.TASK_NAMES)
-    assert fm.TFDS_NAMES["glue_ax_v002"] == ("glue/ax:1.0.0", "glue", {"test": "test"})
-    assert fm.TFDS_NAMES["super_glue_wsc_v102_simple_eval"] == (
+    assert len(benchmarks.TASK_NAMES) == 24 and len(set(benchmarks.TASK_NAMES)) == 24
+    assert set(benchmarks.TFDS_NAMES) == set(benchmarks.TASK_NAMES)
+    assert benchmarks.TFDS_NAMES["glue_ax_v002"] == ("glue/ax:1.0.0", "glue", {"test": "test"})
+    assert benchmarks.TFDS_NAMES["super_glue_wsc_v102_simple_eval"] == (
         "super_glue/wsc.fixed:1.0.2", "super_glue", {"validation": "validation", "test": "test"})
-    assert fm.TFDS_NAMES["dpr_v001_simple"][:2] == ("definite_pronoun_resolution:1.1.0", None)
-    assert list(fm.TFDS_NAMES["glue_mnli_v002"][2]) == [
+    assert benchmarks.TFDS_NAMES["dpr_v001_simple"][:2] == ("definite_pronoun_resolution:1.1.0", None)
+    assert list(benchmarks.TFDS_NAMES["glue_mnli_v002"][2]) == [
         "train", "validation_matched", "validation_mismatched", "test_matched", "test_mismatched"]
-    assert fm.reader_config("super_glue_wsc_v102_simple_train") == "wsc.fixed"
-    assert fm.LABEL_CLASSES["glue_wnli_v002"] == ("not_entailment", "entailment")
-    assert fm.LABEL_CLASSES["super_glue_cb_v102"] == ("entailment", "contradiction", "neutral")
-    assert "glue_stsb_v002" not in fm.LABEL_CLASSES
+    assert benchmarks.reader_config("super_glue_wsc_v102_simple_train") == "wsc.fixed"
+    assert benchmarks.LABEL_CLASSES["glue_wnli_v002"] == ("not_entailment", "entailment")
+    assert benchmarks.LABEL_CLASSES["super_glue_cb_v102"] == ("entailment", "contradiction", "neutral")
+    assert "glue_stsb_v002" not in benchmarks.LABEL_CLASSES
     with pytest.raises(ValueError, match="unknown task"):
         fm.format_example("glue_nope_v002", {})
 

@@ -11,7 +11,8 @@ import pytest
 
 import hf_reference
 import tasks
-from t5pod import decoding, demo_corpus, inference
+from t5pod import decoding, inference
+from t5pod.data import demo_corpus
 
 TEXTS = ["Return the number of items in the list.", "The default value is None.",
          "Raise an error if the file does not exist.", "This module provides functions for working with paths."]

@@ -5,7 +5,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from t5pod import objectives
+from t5pod.data import objectives
 
 
 class FakeVocabulary:

@@ -9,7 +9,7 @@ import seqio
 import tensorflow as tf
 
 import tasks
-from t5pod import data, demo_corpus, text_files, vocab
+from t5pod.data import demo_corpus, pipeline, text_sources, vocabularies
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_demo_vocabulary_follows_t5_conventions(demo_vocabulary):
     assert (tokenizer.pad_id(), tokenizer.eos_id(), tokenizer.unk_id(), tokenizer.bos_id()) == (0, 1, 2, -1)
     assert demo_vocabulary.vocab_size == demo_corpus.VOCAB_SIZE + 100
     assert demo_vocabulary.encode("<extra_id_0>") != [demo_vocabulary.vocab_size - 1] or True
-    assert vocab.padded_vocab_size(demo_vocabulary) == 2176
+    assert vocabularies.padded_vocab_size(demo_vocabulary) == 2176
     ids = demo_vocabulary.encode("Return the number of items in the list.")
     assert demo_vocabulary.decode(ids) == "Return the number of items in the list."
 
@@ -74,19 +74,19 @@ def test_text_file_formats(tmp_path, fmt):
         path.write_bytes(gzip.compress(body.encode()))
     else:
         path.write_text(body)
-    dataset = text_files.text_dataset([str(path)], paragraphs=fmt == "paragraphs")
+    dataset = text_sources.text_dataset([str(path)], paragraphs=fmt == "paragraphs")
     assert [x["text"].decode() for x in dataset.as_numpy_iterator()] == docs
 
 
 def test_text_file_errors(tmp_path):
-    with pytest.raises(text_files.TextFileError, match="matches no file"):
-        text_files.match_files(str(tmp_path / "*.txt"))
+    with pytest.raises(text_sources.TextFileError, match="matches no file"):
+        text_sources.match_files(str(tmp_path / "*.txt"))
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "wrong key"}\n')
     with pytest.raises(Exception, match="not a JSON object with a 'text' field"):
-        list(text_files.text_dataset([str(tmp_path / "bad.jsonl")]).as_numpy_iterator())
+        list(text_sources.text_dataset([str(tmp_path / "bad.jsonl")]).as_numpy_iterator())
     (tmp_path / "empty.txt").write_text("\n\n")
     tasks.register_all(text_file_pattern=str(tmp_path / "empty.txt"))
-    with pytest.raises(text_files.TextFileError, match="corpus is empty"):
+    with pytest.raises(text_sources.TextFileError, match="corpus is empty"):
         _examples("text_span_corruption")
 
 
@@ -101,7 +101,7 @@ def test_packing_worked_example():
     ex = [{"inputs": [7, 8, 5, 1], "targets": [3, 9, 1]}, {"inputs": [8, 4, 9, 3, 1], "targets": [4, 1]}]
     ds = tf.data.Dataset.from_generator(lambda: iter(ex), output_signature={
         "inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
-    (row,) = list(data.feature_converter(pack=True)(ds, {"inputs": 10, "targets": 7}).as_numpy_iterator())
+    (row,) = list(pipeline.feature_converter(pack=True)(ds, {"inputs": 10, "targets": 7}).as_numpy_iterator())
     assert row["encoder_input_tokens"].tolist() == [7, 8, 5, 1, 8, 4, 9, 3, 1, 0]
     assert row["encoder_segment_ids"].tolist() == [1, 1, 1, 1, 2, 2, 2, 2, 2, 0]
     assert row["encoder_positions"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 0]
@@ -110,7 +110,7 @@ def test_packing_worked_example():
     assert row["decoder_loss_weights"].tolist() == [1, 1, 1, 1, 1, 0, 0]
     assert row["decoder_segment_ids"].tolist() == [1, 1, 1, 2, 2, 0, 0]
     assert row["decoder_positions"].tolist() == [0, 1, 2, 0, 1, 0, 0]
-    unpacked = list(data.feature_converter(pack=False)(ds, {"inputs": 10, "targets": 7}).as_numpy_iterator())
+    unpacked = list(pipeline.feature_converter(pack=False)(ds, {"inputs": 10, "targets": 7}).as_numpy_iterator())
     assert unpacked[0]["decoder_input_tokens"].tolist() == [0, 3, 9, 1, 0, 0, 0]  # EOS at first padding
 
 
@@ -119,7 +119,7 @@ def test_process_shards_are_disjoint_and_cover_the_data():
     lengths = {"inputs": 64, "targets": 16}
 
     def rows(index, count):
-        ds = data.get_dataset("demo_span_corruption", lengths, "validation", shuffle=False, num_epochs=1,
+        ds = pipeline.get_dataset("demo_span_corruption", lengths, "validation", shuffle=False, num_epochs=1,
                               shard_index=index, num_shards=count, pack=False)
         return {tuple(x["encoder_input_tokens"]) for x in ds.take(400).as_numpy_iterator()}
 
@@ -133,9 +133,9 @@ def test_continuing_at_step_n_gives_the_next_batch(tmp_path):
     tasks.register_all()
 
     def fresh_iterator():  # a restarted process builds its pipeline anew
-        ds = data.get_dataset("demo_span_corruption", {"inputs": 64, "targets": 16}, seed=3,
+        ds = pipeline.get_dataset("demo_span_corruption", {"inputs": 64, "targets": 16}, seed=3,
                               shard_index=0, num_shards=1)
-        return data.CheckpointableIterator(data.batched(ds, batch_size=4))
+        return pipeline.CheckpointableIterator(pipeline.batched(ds, batch_size=4))
 
     uninterrupted = fresh_iterator()
     batches = [next(uninterrupted) for _ in range(6)]
@@ -157,14 +157,14 @@ def test_continuing_at_step_n_gives_the_next_batch(tmp_path):
 
 def test_unknown_task_names_close_matches():
     tasks.register_all()
-    with pytest.raises(data.UnknownTaskError, match="Did you mean demo_span_corruption"):
-        data.get_task_or_mixture("demo_span_corruptoin")
+    with pytest.raises(pipeline.UnknownTaskError, match="Did you mean demo_span_corruption"):
+        pipeline.get_task_or_mixture("demo_span_corruptoin")
 
 
 @pytest.mark.parametrize("objective", ["bert_style", "deshuffling", "drop_corrupted_tokens", "iid_denoising",
                                        "mass_style", "prefix_lm", "span_corruption"])
 def test_every_objective_is_a_task_of_every_source(objective, demo_vocabulary):
-    from t5pod import objectives
+    from t5pod.data import objectives
 
     assert objective in objectives.OBJECTIVES
     registered = set(seqio.TaskRegistry.names())

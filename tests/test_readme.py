@@ -11,7 +11,7 @@ import pytest
 
 import hf_reference
 from conftest import REPO
-from t5pod import demo_corpus
+from t5pod.data import demo_corpus
 
 FAST_TRAIN = ["--gin_file=models/tiny.gin", "--gin.MIXTURE_OR_TASK_NAME='demo_span_corruption'",
               "--gin.t5pod.T5Config.vocab_size=2176", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4",
@@ -125,7 +125,8 @@ def test_study_table_covers_the_paper_tables():
 
 @pytest.mark.parametrize("row,flags", study_rows(), ids=[r for r, _ in study_rows()])
 def test_study_table_flags_parse(row, flags):
-    from t5pod import data, ginconf
+    from t5pod import ginconf
+    from t5pod.data import pipeline
 
     files, bindings = [], ["MODEL_DIR='/unused'"]
     for segment in re.findall(r"`([^`]*)`", flags.replace("L512", "`--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 512}\"`")):
@@ -149,6 +150,6 @@ def test_study_table_flags_parse(row, flags):
 
     try:
         ginconf.register_tasks()
-        data.get_task_or_mixture(train.mixture_or_task_name)  # the task or mixture the row names exists
+        pipeline.get_task_or_mixture(train.mixture_or_task_name)  # the task or mixture the row names exists
     finally:
         tasks.register_all()  # back to the defaults for the tests that follow

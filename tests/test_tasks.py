@@ -13,7 +13,8 @@ import tensorflow as tf
 
 import tasks
 from tasks import mixtures
-from t5pod import demo_corpus, ginconf, glue_formats, mixing
+from t5pod import ginconf
+from t5pod.data import benchmarks, demo_corpus, mixing
 
 
 @pytest.fixture

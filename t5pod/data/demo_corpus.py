@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from t5pod import vocab
+from t5pod.data import vocabularies
 
 CORPUS_VERSION = 1
 VOCAB_SIZE = 2000  # SentencePiece pieces; +100 extra ids = 2100, padded to 2176 in the model
@@ -96,10 +96,10 @@ def vocabulary_path() -> str:
     path = cache_dir() / "spiece.model"
     if not path.is_file():
         with open(corpus_path(), encoding="utf-8") as f:
-            vocab.train_vocabulary(f, str(path), vocab_size=VOCAB_SIZE, max_sentences=200_000)
+            vocabularies.train_vocabulary(f, str(path), vocab_size=VOCAB_SIZE, max_sentences=200_000)
     return str(path)
 
 
-def vocabulary() -> vocab.LazyVocabulary:
+def vocabulary() -> vocabularies.LazyVocabulary:
     """The demo vocabulary; nothing is built until it is first used."""
-    return vocab.LazyVocabulary(vocabulary_path)
+    return vocabularies.LazyVocabulary(vocabulary_path)

@@ -1,6 +1,6 @@
 """Text-to-text formats of GLUE / SuperGLUE / DPR rows, as the T5 preprocessors produce them.
 
-`format_example(task_name, row)` takes one TFDS-shaped row (see `t5pod.glue_files`, or a
+`format_example(task_name, row)` takes one TFDS-shaped row (see `t5pod.data.glue_files`, or a
 `tfds.as_numpy` example with bytes decoded) and returns a list of {"inputs", "targets", ...} dicts.
 Texts are joined with single spaces and otherwise kept verbatim (no stripping or whitespace
 collapsing), as t5's `tf.strings.join` does.
@@ -12,109 +12,9 @@ import math
 import re
 from typing import Any
 
-from t5pod.glue_files import float32
-
-GLUE_TFDS_VERSION = "1.0.0"  # what t5's tasks.py registers; same data as 2.0.0 except QQP's URL
-SUPER_GLUE_TFDS_VERSION = "1.0.2"
-DPR_TFDS_NAME = "definite_pronoun_resolution:1.1.0"
-
-_NLI3 = ("entailment", "neutral", "contradiction")
-_NLI2 = ("entailment", "not_entailment")
-_BOOL = ("False", "True")
-
-_GLUE_CLASSES = {
-    "cola": ("unacceptable", "acceptable"),
-    "sst2": ("negative", "positive"),
-    "mrpc": ("not_equivalent", "equivalent"),
-    "qqp": ("not_duplicate", "duplicate"),
-    "mnli": _NLI3, "mnli_matched": _NLI3, "mnli_mismatched": _NLI3, "ax": _NLI3,
-    "qnli": _NLI2,
-    "rte": _NLI2,
-    "wnli": ("not_entailment", "entailment"),
-}
-_SUPER_GLUE_CLASSES = {
-    "boolq": _BOOL,
-    "cb": ("entailment", "contradiction", "neutral"),
-    "copa": ("choice1", "choice2"),
-    "multirc": _BOOL,
-    "rte": _NLI2,
-    "wic": _BOOL,
-    "axb": _NLI2,
-    "axg": _NLI2,
-}
-
-# task -> (benchmark name in the inputs, ordered keys of the "key: value" pairs)
-_GLUE_KEYS = {
-    "cola": ("cola", ("sentence",)),
-    "sst2": ("sst2", ("sentence",)),
-    "mrpc": ("mrpc", ("sentence1", "sentence2")),
-    "qqp": ("qqp", ("question1", "question2")),
-    "stsb": ("stsb", ("sentence1", "sentence2")),
-    "mnli": ("mnli", ("hypothesis", "premise")),
-    "mnli_matched": ("mnli", ("hypothesis", "premise")),
-    "mnli_mismatched": ("mnli", ("hypothesis", "premise")),
-    "ax": ("mnli", ("hypothesis", "premise")),
-    "qnli": ("qnli", ("question", "sentence")),
-    "rte": ("rte", ("sentence1", "sentence2")),
-    "wnli": ("wnli", ("sentence1", "sentence2")),
-}
-_SUPER_GLUE_KEYS = {
-    "boolq": ("boolq", ("passage", "question")),
-    "cb": ("cb", ("hypothesis", "premise")),
-    "copa": ("copa", ("choice1", "choice2", "premise", "question")),
-    "multirc": ("multirc", ("question", "answer", "paragraph")),  # order fixed by t5
-    "rte": ("rte", ("hypothesis", "premise")),
-    "wic": ("wic", ("sentence1", "sentence2", "word")),  # start/end offsets are not used
-    "axb": ("rte", ("hypothesis", "premise")),  # rows have sentence1/sentence2, renamed below
-    "axg": ("rte", ("hypothesis", "premise")),
-}
-
-_GLUE_TASKS = {f"glue_{c}_v002": c for c in _GLUE_KEYS}
-_SUPER_GLUE_TASKS = {f"super_glue_{c}_v102": c for c in (*_SUPER_GLUE_KEYS, "record")}
-WSC_TRAIN = "super_glue_wsc_v102_simple_train"
-WSC_EVAL = "super_glue_wsc_v102_simple_eval"
-DPR = "dpr_v001_simple"
-
-TASK_NAMES: tuple[str, ...] = (*_GLUE_TASKS, *_SUPER_GLUE_TASKS, WSC_TRAIN, WSC_EVAL, DPR)
-
-LABEL_CLASSES: dict[str, tuple[str, ...]] = {
-    **{f"glue_{c}_v002": v for c, v in _GLUE_CLASSES.items()},
-    **{f"super_glue_{c}_v102": v for c, v in _SUPER_GLUE_CLASSES.items()},
-}
-
-
-def _tfds_names() -> dict[str, tuple[str, str | None, dict[str, str]]]:
-    std = {"train": "train", "validation": "validation", "test": "test"}
-    out = {}
-    for task, cfg in _GLUE_TASKS.items():
-        if cfg == "mnli":
-            splits = {s: s for s in ("train", "validation_matched", "validation_mismatched",
-                                     "test_matched", "test_mismatched")}
-        elif cfg in ("mnli_matched", "mnli_mismatched"):
-            splits = {"validation": "validation", "test": "test"}
-        elif cfg == "ax":
-            splits = {"test": "test"}
-        else:
-            splits = dict(std)
-        out[task] = (f"glue/{cfg}:{GLUE_TFDS_VERSION}", "glue", splits)
-    for task, cfg in _SUPER_GLUE_TASKS.items():
-        splits = {"test": "test"} if cfg in ("axb", "axg") else dict(std)
-        out[task] = (f"super_glue/{cfg}:{SUPER_GLUE_TFDS_VERSION}", "super_glue", splits)
-    wsc = f"super_glue/wsc.fixed:{SUPER_GLUE_TFDS_VERSION}"
-    out[WSC_TRAIN] = (wsc, "super_glue", {"train": "train"})
-    out[WSC_EVAL] = (wsc, "super_glue", {"validation": "validation", "test": "test"})
-    out[DPR] = (DPR_TFDS_NAME, None, {"train": "train", "test": "test"})
-    return out
-
-
-# task -> (TFDS name:version, file reader "glue"/"super_glue"/None, {seqio split: source split})
-TFDS_NAMES: dict[str, tuple[str, str | None, dict[str, str]]] = _tfds_names()
-
-
-def reader_config(task_name: str) -> str:
-    """The config for glue_files.read_glue / read_super_glue of a task ("cola", "wsc.fixed")."""
-    name = TFDS_NAMES[task_name][0]
-    return name.split("/", 1)[-1].split(":")[0]
+from t5pod.data.benchmarks import (
+    DPR, GLUE, GLUE_TASKS, SUPER_GLUE, SUPER_GLUE_TASKS, TASK_NAMES, WSC_EVAL, WSC_TRAIN, float32,
+)
 
 
 def stsb_target(label: float) -> str:
@@ -136,12 +36,12 @@ def _join(benchmark: str, row: dict, keys: tuple[str, ...]) -> str:
 
 
 def _glue(cfg: str, row: dict) -> list[dict[str, Any]]:
-    benchmark, keys = _GLUE_KEYS[cfg]
-    if cfg == "stsb":
-        target = stsb_target(row["label"])  # test rows (-1.0) give "-1.0", as in t5
+    config = GLUE[cfg]
+    if config.label_classes is None:  # STS-B: test rows (-1.0) give "-1.0", as in t5
+        target = stsb_target(row["label"])
     else:
-        target = _label_name(row["label"], _GLUE_CLASSES[cfg])
-    return [{"inputs": _join(benchmark, row, keys), "targets": target, "idx": int(row["idx"])}]
+        target = _label_name(row["label"], config.label_classes)
+    return [{"inputs": _join(config.input_name, row, config.input_keys), "targets": target, "idx": int(row["idx"])}]
 
 
 def _super_glue(cfg: str, row: dict) -> list[dict[str, Any]]:
@@ -149,9 +49,9 @@ def _super_glue(cfg: str, row: dict) -> list[dict[str, Any]]:
         return record_examples(row)
     if cfg == "axb":
         row = {**row, "premise": row["sentence1"], "hypothesis": row["sentence2"]}
-    benchmark, keys = _SUPER_GLUE_KEYS[cfg]
-    inputs = _join(benchmark, row, keys)
-    out = {"targets": _label_name(row["label"], _SUPER_GLUE_CLASSES[cfg])}
+    config = SUPER_GLUE[cfg]
+    inputs = _join(config.input_name, row, config.input_keys)
+    out = {"targets": _label_name(row["label"], config.label_classes)}
     if cfg == "multirc":
         inputs = inputs.replace("<br>", " ").replace("<b>", "").replace("</b>", "")
         idx = row["idx"]
@@ -242,10 +142,10 @@ def _as_text(value: Any) -> Any:
 def format_example(task_name: str, row: dict) -> list[dict[str, Any]]:
     """Formats one TFDS-shaped row for a seqio task name; a list (ReCoRD gives one per answer)."""
     row = _as_text(row)
-    if task_name in _GLUE_TASKS:
-        return _glue(_GLUE_TASKS[task_name], row)
-    if task_name in _SUPER_GLUE_TASKS:
-        return _super_glue(_SUPER_GLUE_TASKS[task_name], row)
+    if task_name in GLUE_TASKS:
+        return _glue(GLUE_TASKS[task_name], row)
+    if task_name in SUPER_GLUE_TASKS:
+        return _super_glue(SUPER_GLUE_TASKS[task_name], row)
     if task_name in (WSC_TRAIN, WSC_EVAL):
         return _wsc(task_name, row)
     if task_name == DPR:

@@ -5,22 +5,22 @@ from typing import Iterator, Mapping
 import numpy as np
 import seqio
 
-from t5pod import data
+from t5pod.data import pipeline
 
 TOKEN_FEATURES = ("inputs", "targets", "encoder_input_tokens", "decoder_target_tokens", "decoder_input_tokens")
 
 
 def _vocabulary(name: str):
-    provider = data.get_task_or_mixture(name)
+    provider = pipeline.get_task_or_mixture(name)
     return provider.output_features["targets"].vocabulary
 
 
 def _dataset(name: str, lengths: Mapping[str, int], split: str, model_features: bool, seed: int):
-    provider = data.get_task_or_mixture(name)
+    provider = pipeline.get_task_or_mixture(name)
     if split not in provider.splits:
         raise ValueError(f"{name} has no split {split!r}; its splits are {sorted(provider.splits)}.")
     if model_features:
-        return data.get_dataset(name, lengths, split, shuffle=False, seed=seed, num_epochs=1, shard_index=0, num_shards=1)
+        return pipeline.get_dataset(name, lengths, split, shuffle=False, seed=seed, num_epochs=1, shard_index=0, num_shards=1)
     return seqio.get_dataset(name, dict(lengths), dataset_split=split, shuffle=False, num_epochs=1, seed=seed,
                              feature_converter=seqio.PassThroughFeatureConverter())
 

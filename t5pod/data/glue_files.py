@@ -14,113 +14,23 @@ Known difference from TFDS: TFDS builds MRPC from msr_paraphrase_train.txt, so i
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import pathlib
-import struct
 from typing import Any, Iterator
 
-GLUE_ENV = "GLUE_DIR"
-SUPERGLUE_ENV = "SUPERGLUE_DIR"
+from t5pod.data.benchmarks import GLUE, GLUE_ENV, SUPER_GLUE, SUPERGLUE_ENV, SuperGlueConfig, float32
 
-_STD_SPLITS = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
-_NLI3 = ("entailment", "neutral", "contradiction")
-_NLI2 = ("entailment", "not_entailment")
 _BOOL = ("False", "True")
-
-
-@dataclasses.dataclass(frozen=True)
-class _GlueConfig:
-    folder: str
-    text_features: dict[str, str]  # TFDS feature -> TSV column
-    label_column: str | None
-    label_classes: tuple[str, ...] | None  # None: float label (STS-B)
-    splits: dict[str, str]  # TFDS split -> file name inside folder
-
-
-def _mnli_splits(which: str) -> dict[str, str]:
-    if which == "mnli":
-        return {
-            "train": "train.tsv",
-            "validation_matched": "dev_matched.tsv",
-            "validation_mismatched": "dev_mismatched.tsv",
-            "test_matched": "test_matched.tsv",
-            "test_mismatched": "test_mismatched.tsv",
-        }
-    kind = which.split("_")[1]
-    return {"validation": f"dev_{kind}.tsv", "test": f"test_{kind}.tsv"}
-
-
-_S12 = {"sentence1": "sentence1", "sentence2": "sentence2"}
-_MNLI_FEATURES = {"premise": "sentence1", "hypothesis": "sentence2"}
-
-GLUE_CONFIGS: dict[str, _GlueConfig] = {
-    "cola": _GlueConfig("CoLA", {"sentence": "sentence"}, "is_acceptable",
-                        ("unacceptable", "acceptable"), _STD_SPLITS),
-    "sst2": _GlueConfig("SST-2", {"sentence": "sentence"}, "label", ("negative", "positive"),
-                        _STD_SPLITS),
-    "mrpc": _GlueConfig("MRPC", {"sentence1": "#1 String", "sentence2": "#2 String"}, "Quality",
-                        ("not_equivalent", "equivalent"), _STD_SPLITS),
-    "qqp": _GlueConfig("QQP", {"question1": "question1", "question2": "question2"},
-                       "is_duplicate", ("not_duplicate", "duplicate"), _STD_SPLITS),
-    "stsb": _GlueConfig("STS-B", _S12, "score", None, _STD_SPLITS),
-    "mnli": _GlueConfig("MNLI", _MNLI_FEATURES, "gold_label", _NLI3, _mnli_splits("mnli")),
-    "mnli_matched": _GlueConfig("MNLI", _MNLI_FEATURES, "gold_label", _NLI3,
-                                _mnli_splits("mnli_matched")),
-    "mnli_mismatched": _GlueConfig("MNLI", _MNLI_FEATURES, "gold_label", _NLI3,
-                                   _mnli_splits("mnli_mismatched")),
-    "qnli": _GlueConfig("QNLI", {"question": "question", "sentence": "sentence"}, "label", _NLI2,
-                        _STD_SPLITS),
-    "rte": _GlueConfig("RTE", _S12, "label", _NLI2, _STD_SPLITS),
-    "wnli": _GlueConfig("WNLI", _S12, "label", ("not_entailment", "entailment"), _STD_SPLITS),
-    "ax": _GlueConfig("diagnostic", _MNLI_FEATURES, None, _NLI3, {"test": "diagnostic.tsv"}),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _SuperGlueConfig:
-    folder: str
-    features: tuple[str, ...]
-    label_classes: tuple[str, ...] | None  # None: ReCoRD (no label)
-    splits: dict[str, str]
-
-
-_SG_SPLITS = {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}
-_WSC_FEATURES = ("text", "span1_index", "span2_index", "span1_text", "span2_text")
-
-SUPER_GLUE_CONFIGS: dict[str, _SuperGlueConfig] = {
-    "boolq": _SuperGlueConfig("BoolQ", ("question", "passage"), _BOOL, _SG_SPLITS),
-    "cb": _SuperGlueConfig("CB", ("premise", "hypothesis"),
-                           ("entailment", "contradiction", "neutral"), _SG_SPLITS),
-    "copa": _SuperGlueConfig("COPA", ("premise", "choice1", "choice2", "question"),
-                             ("choice1", "choice2"), _SG_SPLITS),
-    "multirc": _SuperGlueConfig("MultiRC", ("paragraph", "question", "answer"), _BOOL,
-                                _SG_SPLITS),
-    "record": _SuperGlueConfig("ReCoRD", ("passage", "query", "entities", "answers"), None,
-                               _SG_SPLITS),
-    "rte": _SuperGlueConfig("RTE", ("premise", "hypothesis"), _NLI2, _SG_SPLITS),
-    "wic": _SuperGlueConfig("WiC", ("word", "sentence1", "sentence2", "start1", "start2", "end1",
-                                    "end2"), _BOOL, _SG_SPLITS),
-    "wsc": _SuperGlueConfig("WSC", _WSC_FEATURES, _BOOL, _SG_SPLITS),
-    "wsc.fixed": _SuperGlueConfig("WSC", _WSC_FEATURES, _BOOL, _SG_SPLITS),
-    "axb": _SuperGlueConfig("AX-b", ("sentence1", "sentence2"), _NLI2, {"test": "AX-b.jsonl"}),
-    "axg": _SuperGlueConfig("AX-g", ("premise", "hypothesis"), _NLI2, {"test": "AX-g.jsonl"}),
-}
-
-
-def float32(x: float) -> float:
-    """Rounds a Python float to the nearest float32 value (as TFDS stores STS-B labels)."""
-    return struct.unpack("<f", struct.pack("<f", float(x)))[0]
 
 
 def _check(kind: str, configs: dict, config: str, split: str):
     if config not in configs:
         raise ValueError(f"unknown {kind} config {config!r}; valid: {', '.join(configs)}")
     cfg = configs[config]
-    if split not in cfg.splits:
+    if split not in cfg.files:
         raise ValueError(f"unknown split {split!r} for {kind}/{config}; valid: "
-                         f"{', '.join(cfg.splits)}")
+                         f"{', '.join(cfg.files)}")
     return cfg
 
 
@@ -138,8 +48,8 @@ def _resolve(base: str | os.PathLike | None, env: str, what: str, rel: str) -> p
 
 def glue_path(glue_dir: str | os.PathLike | None, config: str, split: str) -> pathlib.Path:
     """The TSV file for a GLUE config/split (checked to exist); glue_dir None reads $GLUE_DIR."""
-    cfg = _check("glue", GLUE_CONFIGS, config, split)
-    return _resolve(glue_dir, GLUE_ENV, "GLUE", f"{cfg.folder}/{cfg.splits[split]}")
+    cfg = _check("glue", GLUE, config, split)
+    return _resolve(glue_dir, GLUE_ENV, "GLUE", f"{cfg.folder}/{cfg.files[split]}")
 
 
 def read_glue(glue_dir: str | os.PathLike | None, config: str, split: str
@@ -152,7 +62,7 @@ def read_glue(glue_dir: str | os.PathLike | None, config: str, split: str
 def read_glue_file(path: str | os.PathLike, config: str, split: str
                    ) -> Iterator[dict[str, Any]]:
     """Parses one GLUE TSV file as the TFDS builder does (split decides CoLA's header handling)."""
-    cfg = _check("glue", GLUE_CONFIGS, config, split)
+    cfg = _check("glue", GLUE, config, split)
     cola_headerless = config == "cola" and not split.startswith("test")
     with open(path, encoding="utf-8-sig") as f:
         if cola_headerless:
@@ -161,7 +71,7 @@ def read_glue_file(path: str | os.PathLike, config: str, split: str
         else:
             rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         for n, row in enumerate(rows):
-            example = {feat: row.get(col) for feat, col in cfg.text_features.items()}
+            example = {feat: row.get(col) for feat, col in cfg.columns.items()}
             if cfg.label_column is not None and cfg.label_column in row:
                 example["label"] = _glue_label(row[cfg.label_column], cfg.label_classes, path)
             else:
@@ -187,8 +97,8 @@ def _glue_label(raw: str | None, classes: tuple[str, ...] | None, path) -> Any:
 def super_glue_path(superglue_dir: str | os.PathLike | None, config: str, split: str
                     ) -> pathlib.Path:
     """The JSONL file for a SuperGLUE config/split; superglue_dir None reads $SUPERGLUE_DIR."""
-    cfg = _check("super_glue", SUPER_GLUE_CONFIGS, config, split)
-    rel = f"{cfg.folder}/{cfg.splits[split]}"
+    cfg = _check("super_glue", SUPER_GLUE, config, split)
+    rel = f"{cfg.folder}/{cfg.files[split]}"
     if config in ("axb", "axg"):  # accept <AX-b>/test.jsonl as well as the official AX-b.jsonl
         base = superglue_dir if superglue_dir is not None else os.environ.get(SUPERGLUE_ENV)
         alt = f"{cfg.folder}/test.jsonl"
@@ -207,10 +117,10 @@ def read_super_glue(superglue_dir: str | os.PathLike | None, config: str, split:
 
 def read_super_glue_file(path: str | os.PathLike, config: str) -> Iterator[dict[str, Any]]:
     """Parses one SuperGLUE JSONL file (e.g. a FewGLUE subset) as the TFDS builder does."""
-    if config not in SUPER_GLUE_CONFIGS:
+    if config not in SUPER_GLUE:
         raise ValueError(f"unknown super_glue config {config!r}; valid: "
-                         f"{', '.join(SUPER_GLUE_CONFIGS)}")
-    cfg = SUPER_GLUE_CONFIGS[config]
+                         f"{', '.join(SUPER_GLUE)}")
+    cfg = SUPER_GLUE[config]
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
@@ -264,7 +174,7 @@ def _record_rows(row: dict) -> Iterator[dict[str, Any]]:
         }
 
 
-def _plain_row(row: dict, config: str, cfg: _SuperGlueConfig) -> dict[str, Any]:
+def _plain_row(row: dict, config: str, cfg: SuperGlueConfig) -> dict[str, Any]:
     if config.startswith("wsc"):
         row = {**row, **row["target"]}
     example = {feat: row[feat] for feat in cfg.features}
