@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
 from t5pod import flops, ginconf, partitioning, trainer  # noqa: E402
+from t5pod.configs import TrainConfig  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICK = os.environ.get("BENCH_QUICK") == "1"  # the test suite's smoke run
@@ -58,14 +59,14 @@ def _batch(config, batch, lengths):
 
 def t5pod_step(config, batch, lengths):
     """(seconds per step, compile seconds) on one device."""
-    train_config = trainer.TrainConfig(model_dir="/unused", mixture_or_task_name="unused",
+    train_config = TrainConfig(model_dir="/unused", mixture_or_task_name="unused",
                                        task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
                                        train_steps=1, batch_size=batch, mesh_shape=(1, 1))
     mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
-    m, tx, schedule, rules, abstract, shardings, init = trainer.create_state_fns(config, train_config, mesh)
-    with mesh, nn.logical_axis_rules(rules):
-        state = init(jax.random.PRNGKey(0))
-        step = trainer.make_train_step(train_config, m, tx, schedule, shardings, mesh)
+    setup = trainer.create_state(config, train_config, mesh)
+    with mesh, nn.logical_axis_rules(setup.rules):
+        state = setup.init(jax.random.PRNGKey(0))
+        step = trainer.make_train_step(train_config, setup, mesh)
         data = _batch(config, batch, lengths)
         start = time.perf_counter()
         compiled = step.lower(state, data, jax.random.PRNGKey(0)).compile()

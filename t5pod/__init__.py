@@ -1,6 +1,5 @@
 """t5pod: pretrain and fine-tune T5 encoder-decoder models with JAX/Flax."""
 
-from t5pod.config import T5Config
-from t5pod.network import Transformer
+from t5pod.configs import InferConfig, T5Config, TrainConfig
 
-__all__ = ["T5Config", "Transformer"]
+__all__ = ["InferConfig", "T5Config", "TrainConfig"]

@@ -1,18 +1,21 @@
-"""Orbax checkpoints: one step directory per save, holding named items.
+"""Orbax checkpoints and the folder layout they live in.
 
-Items: `params` (the model parameters), `metadata` (JSON: the model architecture, so that a
-directory holding another model is refused instead of silently restored). Training adds
-`opt_state` and the data position under the same step.
+A checkpoint directory holds one folder per step with named items: `params` (the model
+parameters) and `metadata` (JSON: the model architecture, so that a directory holding another
+model is refused instead of silently restored). A training run's MODEL_DIR keeps them under
+MODEL_DIR/checkpoints/<step>/ (adding `opt_state`) with each process's input-stream position
+under MODEL_DIR/data_positions/<step>/process_<i>; a convert-hf OUT_DIR holds the step folders
+directly.
 """
 
 import logging
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
-from t5pod.config import T5Config
+from t5pod.configs import T5Config
 
 
 def _is_remote(path) -> bool:
@@ -25,9 +28,11 @@ def absolute(path: str) -> str:
     return path if _is_remote(path) else os.path.abspath(path)
 
 
-def _isdir(path: str) -> bool:
-    import tensorflow as tf
+CHECKPOINTS_FOLDER = "checkpoints"
+DATA_POSITIONS_FOLDER = "data_positions"
 
+
+def _isdir(path: str) -> bool:
     return tf.io.gfile.isdir(os.fspath(path))
 
 
@@ -53,8 +58,15 @@ def _manager(directory: str, max_to_keep: int | None = None, read_only: bool = F
 
 def checkpoint_root(path: str) -> str:
     """A run's MODEL_DIR keeps its checkpoints under checkpoints/; a converted one holds them directly."""
-    nested = os.path.join(path, "checkpoints")
+    nested = os.path.join(path, CHECKPOINTS_FOLDER)
     return nested if _isdir(nested) else path
+
+
+def latest_run_step(model_dir: str) -> int | None:
+    """The newest step a training run saved in MODEL_DIR/checkpoints (None: nothing to resume)."""
+    if not _isdir(os.path.join(model_dir, CHECKPOINTS_FOLDER)):
+        return None
+    return latest_step(model_dir)
 
 
 def save_params(directory: str, params: Any, config: T5Config, step: int = 0, extra_metadata: dict | None = None):
@@ -126,10 +138,6 @@ def _resolve_step(directory: str, step: int | None) -> int:
     return step
 
 
-def abstract_like(tree: Any) -> Any:
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
-
-
 class TrainCheckpointer:
     """Train-state checkpoints of a run: MODEL_DIR/checkpoints/<step>/ plus the data position.
 
@@ -143,17 +151,14 @@ class TrainCheckpointer:
         self.model_dir = absolute(model_dir)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(os.path.join(self.model_dir, "checkpoints"), options=options)
+        self.manager = ocp.CheckpointManager(os.path.join(self.model_dir, CHECKPOINTS_FOLDER), options=options)
 
-    def data_position(self, step: int, process_index: int) -> str:
-        return os.path.join(self.model_dir, "data_positions", str(step), f"process_{process_index}")
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+    def _data_position(self, step: int, process_index: int) -> str:
+        return os.path.join(self.model_dir, DATA_POSITIONS_FOLDER, str(step), f"process_{process_index}")
 
     def save(self, step: int, state, metadata: dict, data_iterator=None, process_index: int = 0):
         if data_iterator is not None:
-            data_iterator.save(self.data_position(step, process_index))
+            data_iterator.save(self._data_position(step, process_index))
         # Every process takes part; Orbax writes each array shard from the process that holds it.
         self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
@@ -167,10 +172,12 @@ class TrainCheckpointer:
             opt_state=ocp.args.StandardRestore(abstract_state.opt_state), metadata=ocp.args.JsonRestore()))
         return restored["params"], restored["opt_state"], restored["metadata"]
 
-    def _prune_data_positions(self, keep: set):
-        import tensorflow as tf
+    def restore_data_position(self, step: int, data_iterator, process_index: int = 0):
+        """Moves data_iterator to where this process's stream was when `step` was saved."""
+        data_iterator.restore(self._data_position(step, process_index))
 
-        root = os.path.join(self.model_dir, "data_positions")
+    def _prune_data_positions(self, keep: set):
+        root = os.path.join(self.model_dir, DATA_POSITIONS_FOLDER)
         wanted = set(self.manager.all_steps()) | keep
         for name in tf.io.gfile.listdir(root) if _isdir(root) else []:
             name = name.rstrip("/")

@@ -11,6 +11,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
+# Only the configs (no JAX) here: JAX and TensorFlow are imported inside the commands, so that
+# --help answers at once and `plan --num_devices` can set up fake devices before JAX starts.
+from t5pod import configs  # noqa: E402
+
 
 def _add_gin_flags(parser: argparse.ArgumentParser):
     parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
@@ -24,7 +28,7 @@ def _add_multihost_flags(parser: argparse.ArgumentParser):
     group.add_argument("--coordinator_address", help="HOST:PORT of process 0 (GPU clusters, CPU processes)")
     group.add_argument("--num_processes", type=int)
     group.add_argument("--process_id", type=int)
-    group.add_argument("--heartbeat_timeout_s", type=int, default=30,
+    group.add_argument("--heartbeat_timeout_s", type=int, default=configs.DEFAULT_HEARTBEAT_TIMEOUT_S,
                        help="seconds after which a silent process is declared dead and the others stop")
 
 
@@ -151,16 +155,14 @@ def _plan(args) -> int:
                                    f" --xla_force_host_platform_device_count={args.num_devices}")
         os.environ["JAX_PLATFORMS"] = "cpu"
     ginconf = _parse_gin(args)
-    from t5pod import flops, planning
+    from t5pod import planning
 
-    model_config, train_config = ginconf.model_config(), ginconf.train_config()
-    result = planning.plan(model_config, train_config)
-    lengths = train_config.task_feature_lengths
-    per_step = flops.train_flops_per_example(model_config, lengths["inputs"], lengths["targets"]) * train_config.batch_size
+    result = planning.plan(ginconf.model_config(), ginconf.train_config())
     print(planning.format_plan(result, args.hbm_gib))
-    print(f"  step FLOPs        {per_step / 1e12:8.3f} TFLOP (compiled in {result['compile_s']:.1f} s)")
+    print(f"  step FLOPs        {result['model_flops_per_step'] / 1e12:8.3f} TFLOP "
+          f"(compiled in {result['compile_s']:.1f} s)")
     if args.json:
-        print(json.dumps({**result, "step_flops": per_step}))
+        print(json.dumps(result))
     return 0
 
 

@@ -13,12 +13,11 @@ the positions decoder_causal_attention marks and causal elsewhere.
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
-from t5pod.config import T5Config
+from t5pod.configs import T5Config
 from t5pod.layers import Embed, RelativePositionBias, RMSNorm, constrain, make_attention_mask, make_causal_mask
-from t5pod.network import EncoderLayer, _stack, _zero_cache_leaf, output_logits
+from t5pod.network import EncoderLayer, layer_stack, output_logits
 from t5pod.partitioning import BATCH, EMBED, LENGTH
 
 
@@ -76,7 +75,7 @@ class DecoderOnly(nn.Module):
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         y = dropout(embedder(tokens), deterministic=deterministic)
         y = constrain(y, (BATCH, LENGTH, EMBED))
-        y = _stack(EncoderLayer, cfg, cfg.num_layers, 2, "layers", deterministic=deterministic, decode=decode)(
+        y = layer_stack(EncoderLayer, cfg, cfg.num_layers, 2, "layers", deterministic=deterministic, decode=decode)(
             y, mask, bias)
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
         y = dropout(y, deterministic=deterministic)
@@ -102,18 +101,6 @@ class DecoderOnly(nn.Module):
         return query_positions, key_positions, mask & key_valid.value[:, None, None, :]
 
 
-def init_decode_cache(model: DecoderOnly, params, batch: int, length: int):
-    """A zero cache with room for `length` tokens (prompt and generated) per row."""
-
-    def create(params):
-        _, variables = model.apply({"params": params}, jnp.zeros((batch, length), jnp.int32), decode=True,
-                                   mutable=["cache"])
-        return variables["cache"]
-
-    shapes = jax.eval_shape(create, params)
-    return jax.tree_util.tree_map_with_path(lambda path, shape: _zero_cache_leaf(length, path, shape), shapes)
-
-
 def right_aligned_prompts(encoder_input_tokens):
     """The decoder-only prompt of each row: the start token 0, then the inputs (with their EOS).
 
@@ -130,23 +117,3 @@ def right_aligned_prompts(encoder_input_tokens):
     valid = index >= 0
     prompts = jnp.where(valid, jnp.take_along_axis(full, jnp.maximum(index, 0), axis=1), 0)
     return prompts, valid
-
-
-def prefix_lm_features(encoder_input_tokens: np.ndarray, decoder_target_tokens: np.ndarray) -> dict:
-    """Encoder-decoder rows -> the concatenated features, as PrefixLMFeatureConverter makes them.
-
-    [batch, length_in] and [batch, length_out], right-padded with 0 ->
-    decoder_* [batch, length_in + length_out].
-    """
-    batch = encoder_input_tokens.shape[0]
-    length = encoder_input_tokens.shape[1] + decoder_target_tokens.shape[1]
-    out = {k: np.zeros((batch, length), np.int32) for k in
-           ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights", "decoder_causal_attention")}
-    for row, (inputs, targets) in enumerate(zip(encoder_input_tokens, decoder_target_tokens)):
-        inputs, targets = inputs[inputs > 0], targets[targets > 0]
-        tokens = np.concatenate([inputs, targets])
-        out["decoder_target_tokens"][row, :len(tokens)] = tokens
-        out["decoder_input_tokens"][row, 1:len(tokens)] = tokens[:-1]
-        out["decoder_loss_weights"][row, len(inputs):len(tokens)] = 1
-        out["decoder_causal_attention"][row, :len(inputs) + 1] = 1
-    return out

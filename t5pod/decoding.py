@@ -9,7 +9,7 @@ padding and the decoder's start token, 1 is EOS.
 import jax
 import jax.numpy as jnp
 
-from t5pod import network
+from t5pod import models
 
 EOS = 1
 NEG_INF = -1.0e7
@@ -20,42 +20,6 @@ def length_penalty(length, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def start(model, params, encoder_input_tokens, max_decode_length: int):
-    """(step, logits [rows, vocab] for the first target token, cache) for either architecture.
-
-    step(tokens [rows], cache) -> (logits [rows, vocab] for the next token, cache). The cache
-    has room for one step more than max_decode_length, so the loops may always step after
-    choosing a token.
-    """
-    from t5pod import decoder_only
-
-    if isinstance(model, decoder_only.DecoderOnly):
-        prompts, valid = decoder_only.right_aligned_prompts(encoder_input_tokens)
-        cache = decoder_only.init_decode_cache(model, params, prompts.shape[0],
-                                               prompts.shape[1] + max_decode_length)
-        logits, variables = model.apply({"params": params, "cache": cache}, prompts, decode=True, prompt_mask=valid,
-                                        mutable=["cache"])
-
-        def step(tokens, cache):
-            logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], decode=True,
-                                            mutable=["cache"])
-            return logits[:, 0].astype(jnp.float32), variables["cache"]
-
-        return step, logits[:, -1].astype(jnp.float32), variables["cache"]
-
-    encoded = model.apply({"params": params}, encoder_input_tokens, method=network.Transformer.encode)
-    cache = network.init_decode_cache(model, params, encoder_input_tokens, max_decode_length + 1)
-
-    def step(tokens, cache):
-        logits, variables = model.apply({"params": params, "cache": cache}, encoded, encoder_input_tokens,
-                                        tokens[:, None], decode=True, mutable=["cache"],
-                                        method=network.Transformer.decode)
-        return logits[:, 0].astype(jnp.float32), variables["cache"]
-
-    start_tokens = jnp.zeros((encoder_input_tokens.shape[0],), jnp.int32)
-    return (step, *step(start_tokens, cache))
-
-
 def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, rng=None, temperature: float = 0.0,
                   top_k: int = 0):
     """Greedy (temperature 0) or sampled decoding.
@@ -64,7 +28,7 @@ def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, r
     tokens hold the EOS that ended a sequence and zeros after it.
     """
     batch = encoder_input_tokens.shape[0]
-    step, logits, cache = start(model, params, encoder_input_tokens, max_decode_length)
+    step, logits, cache = models.begin_decoding(model, params, encoder_input_tokens, max_decode_length)
     rng = jax.random.PRNGKey(0) if rng is None else rng
 
     def body(state):
@@ -120,7 +84,7 @@ def beam_search(model, params, encoder_input_tokens, max_decode_length: int, bea
     """
     batch, k = encoder_input_tokens.shape[0], beam_size
     repeated_inputs = jnp.repeat(encoder_input_tokens, k, axis=0)
-    step, logits, cache = start(model, params, repeated_inputs, max_decode_length)
+    step, logits, cache = models.begin_decoding(model, params, repeated_inputs, max_decode_length)
     length = max_decode_length
 
     def body(state):

@@ -9,9 +9,7 @@ import os
 
 import jax
 
-# A process that stops answering is declared dead after this long; the others then fail
-# instead of waiting forever in a collective.
-DEFAULT_HEARTBEAT_TIMEOUT_S = 30
+from t5pod.configs import DEFAULT_HEARTBEAT_TIMEOUT_S
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,

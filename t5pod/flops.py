@@ -17,7 +17,12 @@ Decoder-only models (paper §3.2) run every weight on all S = S_in + S_tgt token
 fully visible inputs cost a little more; not counted). Adapters count as feed-forward weights.
 """
 
-from t5pod.config import T5Config
+import time
+
+import jax
+import jax.numpy as jnp
+
+from t5pod.configs import T5Config
 
 
 def train_flops_per_example(config: T5Config, inputs_length: int, targets_length: int) -> float:
@@ -36,3 +41,45 @@ def train_flops_per_example(config: T5Config, inputs_length: int, targets_length
     scores = 12 * inner * (config.num_layers * inputs_length ** 2
                            + config.decoder_layers * (targets_length ** 2 / 2 + inputs_length * targets_length))
     return float(dense + scores)
+
+
+# Dense bfloat16 peak FLOP/s per chip (per GPU), from the vendors' data sheets; MFU is measured
+# against these. Keys are matched against jax.Device.device_kind, longest first.
+PEAK_BF16_FLOPS = {
+    "TPU v2": 45e12 / 2,  # per core; a v2 chip has two
+    "TPU v3": 123e12 / 2,  # per core (JAX's device); 123 TFLOP/s per chip
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,  # Trillium
+    "A100": 312e12,
+    "H100": 989e12,  # SXM; the PCIe card is lower
+    "H200": 989e12,
+}
+_measured_peak: dict[str, float] = {}
+
+
+def peak_flops_per_device(device: jax.Device) -> float:
+    """The device's peak FLOP/s: the table's bfloat16 figure, or (CPU and unknown kinds) one
+    measured here with a float32 matmul that the device runs at its best, once per process."""
+    for kind in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if kind.lower() in device.device_kind.lower():
+            return PEAK_BF16_FLOPS[kind]
+    key = f"{device.platform}:{device.device_kind}"
+    if key not in _measured_peak:
+        _measured_peak[key] = _measure_matmul_flops(device)
+    return _measured_peak[key]
+
+
+def _measure_matmul_flops(device: jax.Device, size: int = 1024, repeats: int = 8) -> float:
+    x = jax.device_put(jnp.ones((size, size), jnp.float32), device)
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(x).block_until_ready()  # compile
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best

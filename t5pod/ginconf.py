@@ -4,14 +4,16 @@ Library code never imports gin; commands call the factories here to get plain ob
 """
 
 import dataclasses
+import difflib
 import os
 from pathlib import Path
 from typing import Sequence
 
 import gin
 
-from t5pod import config as config_lib
-from t5pod import inference, trainer
+import tasks
+from t5pod.configs import InferConfig, T5Config, TrainConfig
+from t5pod.data import demo_corpus, vocabularies
 
 # The gin/ folder of this checkout; always on the search path so `include 'models/...'` works.
 GIN_DIR = str(Path(__file__).resolve().parent.parent / "gin")
@@ -19,14 +21,29 @@ GIN_DIR = str(Path(__file__).resolve().parent.parent / "gin")
 _search_paths: list[str] = []
 
 
-# gin also looks gin files up as Python package resources: with a folder such as runs/ in the
-# working directory, 'runs/pretrain.gin' is taken for a resource of a package `runs` and fails.
-# t5pod finds gin files by path only (the working directory, gin/ and --gin_search_paths).
-gin.config._FILE_READERS[:] = [(reader, exists) for reader, exists in gin.config._FILE_READERS
-                               if getattr(exists, "__module__", "") != "gin.resource_reader"]
+# Macros of earlier releases: naming one is an error that says what replaced it.
+RETIRED_MACROS = {
+    "INPUT_LENGTH": "inference reads its lengths from TASK_FEATURE_LENGTHS, as training does "
+                    "(e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\")",
+    "TARGET_LENGTH": "inference reads its lengths from TASK_FEATURE_LENGTHS, as training does "
+                     "(e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\")",
+}
+# Hints for macros that commands without a training config do not know.
+UNKNOWN_MACRO_HINTS = {"BATCH_SIZE": "the decode batch of infer and eval is INFER_BATCH_SIZE"}
+
+
+def _find_gin_files_by_path_only():
+    """gin also looks gin files up as Python package resources: with a folder such as runs/ in the
+    working directory, 'runs/pretrain.gin' is taken for a resource of a package `runs` and the
+    lookup fails. t5pod finds gin files by path only (the working directory, gin/ and
+    --gin_search_paths); gin offers no public call to drop a reader."""
+    gin.config._FILE_READERS[:] = [(reader, exists) for reader, exists in gin.config._FILE_READERS
+                                   if getattr(exists, "__module__", "") != "gin.resource_reader"]
+
 
 def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_paths: Sequence[str] = ()):
     """Parses gin files and `X=value` bindings, later ones overriding earlier ones."""
+    _find_gin_files_by_path_only()
     gin.clear_config()
     for path in [GIN_DIR, *search_paths]:
         if path not in _search_paths:
@@ -38,15 +55,19 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_pa
                                     f"{GIN_DIR} and --gin_search_paths).")
     gin.parse_config_files_and_bindings(list(gin_files), None, finalize_config=False)
     known_macros = _defined_macros()
+    for name in sorted(known_macros & set(RETIRED_MACROS)):
+        raise ValueError(f"The gin macro {name} was retired: {RETIRED_MACROS[name]}. Remove it from the gin files.")
     for binding in bindings:
         name = binding.split("=", 1)[0].strip()
+        if name in RETIRED_MACROS:
+            raise ValueError(f"--gin.{name} was retired: {RETIRED_MACROS[name]}.")
         # A bare upper-case name is a macro: it must be one the gin files use, or a typo like
         # --gin.TRAIN_STEP=10 would be silently ignored.
         if name.isidentifier() and name.isupper() and known_macros and name not in known_macros:
-            import difflib
-
             close = difflib.get_close_matches(name, sorted(known_macros), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
+            if name in UNKNOWN_MACRO_HINTS:
+                hint = f" Here {UNKNOWN_MACRO_HINTS[name]}."
             raise ValueError(f"Unknown gin macro {name} in --gin.{binding}.{hint}")
         gin.parse_config(binding)
     gin.finalize()
@@ -61,8 +82,6 @@ def _defined_macros() -> set[str]:
 
 def register_tasks(**settings):
     """Registers the seqio tasks and mixtures with the settings gin binds (gin/tasks.gin)."""
-    import tasks
-
     tasks.register_all(**settings)
 
 
@@ -80,7 +99,7 @@ def macro(name: str):
 # The dataclasses gin may bind. Commands get plain (gin-free) instances from the functions below.
 _CONFIGURABLE = {
     cls: gin.external_configurable(cls, name=cls.__name__, module="t5pod")
-    for cls in (config_lib.T5Config, trainer.TrainConfig, inference.InferConfig)
+    for cls in (T5Config, TrainConfig, InferConfig)
 }
 
 
@@ -90,23 +109,21 @@ def _bound(cls):
     return cls(**{f.name: getattr(configured, f.name) for f in dataclasses.fields(cls)})
 
 
-def model_config() -> config_lib.T5Config:
-    return _bound(config_lib.T5Config)
+def model_config() -> T5Config:
+    return _bound(T5Config)
 
 
-def train_config() -> trainer.TrainConfig:
+def train_config() -> TrainConfig:
     """Bound by gin/runs/pretrain.gin (and the run files that include it)."""
-    return _bound(trainer.TrainConfig)
+    return _bound(TrainConfig)
 
 
-def infer_config() -> inference.InferConfig:
+def infer_config() -> InferConfig:
     """Bound by gin/runs/infer.gin."""
-    return _bound(inference.InferConfig)
+    return _bound(InferConfig)
 
 
 def vocabulary():
     """The vocabulary VOCABULARY_PATH names ('demo': the demo corpus's)."""
-    from t5pod.data import demo_corpus, vocabularies
-
     path = macro("VOCABULARY_PATH")
     return demo_corpus.vocabulary() if path == "demo" else vocabularies.get_vocabulary(path)

@@ -3,6 +3,7 @@
 Reads safetensors only: a pickled pytorch_model.bin can run arbitrary code when loaded.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,7 +11,10 @@ import tempfile
 
 import numpy as np
 
-from t5pod.config import FEED_FORWARD_PROJECTIONS, T5Config
+from safetensors import safe_open
+
+from t5pod import checkpoints
+from t5pod.configs import FEED_FORWARD_PROJECTIONS, T5Config
 
 
 class ConversionError(ValueError):
@@ -48,8 +52,6 @@ def read_hf_config(src_dir: str) -> tuple[T5Config, dict]:
 
 def read_safetensors(src_dir: str) -> dict[str, np.ndarray]:
     """All tensors of model.safetensors (or its sharded index) as float32 numpy arrays."""
-    from safetensors import safe_open
-
     single = os.path.join(src_dir, "model.safetensors")
     index = os.path.join(src_dir, "model.safetensors.index.json")
     if os.path.isfile(single):
@@ -117,8 +119,6 @@ def _norm(r: _Reader, name: str, cfg: T5Config) -> dict:
 
 def convert_tensors(tensors: dict[str, np.ndarray], config: T5Config, hf_config: dict) -> tuple[dict, T5Config]:
     """Maps reference tensor names and layouts to t5pod's (unscanned) parameter tree."""
-    import dataclasses
-
     r = _Reader(tensors)
     cfg = config
     relpos = (cfg.relative_attention_num_buckets, cfg.num_heads)
@@ -198,8 +198,6 @@ def convert(src_dir: str, out_dir: str) -> T5Config:
     OUT_DIR must not exist yet (or be empty); everything is written to a temporary sibling first
     and moved into place at the end, so a failed conversion leaves nothing behind.
     """
-    from t5pod import checkpoints
-
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ConversionError(f"{out_dir} already exists and is not empty; choose a new OUT_DIR.")

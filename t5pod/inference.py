@@ -4,7 +4,6 @@ evaluation (predict, postprocess, metrics) of a task or mixture.
 Inputs are batched to a fixed batch size (the last batch padded) so the decoder compiles once.
 """
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -12,33 +11,20 @@ from typing import Iterable, Iterator
 
 import jax
 import numpy as np
+import seqio
 from flax import linen as nn
 
-from t5pod import checkpoints, decoder_only, decoding, network
-from t5pod.config import T5Config
+from t5pod import checkpoints, decoding, models
+from t5pod.configs import InferConfig, T5Config
 
 
 class InferenceError(ValueError):
     pass
 
 
-@dataclasses.dataclass(frozen=True)
-class InferConfig:
-    checkpoint_path: str
-    batch_size: int = 8
-    input_length: int = 512
-    target_length: int = 128  # for scoring: the longest target kept
-    max_decode_length: int = 128
-    beam_size: int = 1  # 1: greedy (or sampling with temperature > 0)
-    alpha: float = 0.6
-    temperature: float = 0.0
-    top_k: int = 0
-    seed: int = 0
-
-
 def load_params(model_config: T5Config, checkpoint_path: str, step: int | None = None):
     """Parameters of a checkpoint (default: the newest), checked against the model config."""
-    abstract = nn.unbox(network.abstract_variables(model_config)["params"])
+    abstract = nn.unbox(models.abstract_variables(model_config)["params"])
     try:
         return checkpoints.restore_params(checkpoint_path, model_config, abstract, step)
     except checkpoints.CheckpointError:
@@ -112,7 +98,7 @@ class Predictor:
 
     def __init__(self, model_config: T5Config, config: InferConfig, vocabulary, params=None):
         self.config, self.vocabulary = config, vocabulary
-        self.model, self.model_config = network.build(model_config), model_config
+        self.model, self.model_config = models.build(model_config), model_config
         self.params = params if params is not None else load_params(model_config, config.checkpoint_path)
         model, c = self.model, config
         if c.beam_size > 1:
@@ -145,12 +131,8 @@ class Predictor:
         pairs = list(zip(input_ids, target_ids))
         out = []
         for chunk, real in _batches(pairs, self.config.batch_size):
-            targets = _pad_rows([t for _, t in chunk], self.config.target_length)
-            batch = {"encoder_input_tokens": _pad_rows([i for i, _ in chunk], self.config.input_length),
-                     "decoder_target_tokens": targets,
-                     "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0)))}
-            if self.model_config.is_decoder_only:
-                batch = decoder_only.prefix_lm_features(batch["encoder_input_tokens"], targets)
+            batch = models.scoring_features(self.model_config, _pad_rows([i for i, _ in chunk], self.config.input_length),
+                                            _pad_rows([t for _, t in chunk], self.config.target_length))
             out += [float(s) for s in np.asarray(self._score(self.params, batch))[:real]]
         return out
 
@@ -168,8 +150,6 @@ def run_file(predictor: Predictor, rows: list[dict], mode: str) -> list[dict]:
 
 def task_rows(name: str, split: str, lengths: dict) -> list[dict]:
     """Examples of a task split as rows with inputs/targets text and token ids (no EOS)."""
-    import seqio
-
     task = seqio.get_mixture_or_task(name)
     dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
     rows = []
@@ -182,8 +162,6 @@ def task_rows(name: str, split: str, lengths: dict) -> list[dict]:
 
 def evaluate(predictor: Predictor, name: str, split: str, lengths: dict) -> dict[str, dict[str, float]]:
     """seqio-style evaluation: predict, postprocess targets and predictions, apply metric_fns."""
-    import seqio
-
     provider = seqio.get_mixture_or_task(name)
     tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
     results = {}

@@ -7,10 +7,10 @@ import json
 import os
 import time
 
+import tensorflow as tf
+
 
 def write_text(path: str, text: str):
-    import tensorflow as tf
-
     tf.io.gfile.makedirs(os.path.dirname(path))
     if tf.io.gfile.exists(path):  # not every filesystem truncates on "w"
         tf.io.gfile.remove(path)
@@ -22,8 +22,6 @@ class _JsonLines:
     """Appends lines to a file; on buckets (no append there) rewrites the whole file each time."""
 
     def __init__(self, path: str):
-        import tensorflow as tf
-
         self.path, self.remote = path, "://" in path
         tf.io.gfile.makedirs(os.path.dirname(path))
         if self.remote:
@@ -53,21 +51,19 @@ class MetricWriter:
             self._jsonl = _JsonLines(os.path.join(model_dir, "metrics.jsonl"))
 
     def _summary_writer(self, split: str):
-        import tensorflow as tf
-
         if split not in self._summary_writers:
             folder = "train" if split == "train" else "eval"
             self._summary_writers[split] = tf.summary.create_file_writer(os.path.join(self.model_dir, folder))
         return self._summary_writers[split]
 
-    def write(self, step: int, metrics: dict, split: str = "train"):
-        """One row: {"step", "split", **metrics} to metrics.jsonl, scalars to TensorBoard."""
+    def write(self, step: int, metrics: dict, split: str = "train", summary: bool = True):
+        """One row: {"step", "split", **metrics} to metrics.jsonl, and (summary) scalars to TensorBoard."""
         if not self.enabled:
             return
-        import tensorflow as tf
-
         row = {"step": step, "split": split, **metrics, "time": round(time.time(), 3)}
         self._jsonl.write(json.dumps(row))
+        if not summary:
+            return
         with self._summary_writer(split).as_default(step=step):
             for key, value in metrics.items():
                 if isinstance(value, (int, float)):

@@ -5,24 +5,21 @@ decoder_input_tokens / decoder_target_tokens [batch, length_out], and for packed
 *_segment_ids and *_positions of the same shapes.
 """
 
-import functools
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from t5pod.config import T5Config
+from t5pod.configs import T5Config
 from t5pod.layers import (
     Embed, MlpBlock, MultiHeadAttention, RelativePositionBias, RMSNorm, constrain,
     make_attention_mask, make_causal_mask, normal,
 )
 from t5pod.partitioning import BATCH, EMBED, LAYERS, LENGTH, VOCAB
 
-REMAT_POLICIES = {
-    "full": None,  # recompute everything in the backward pass
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+
+def _remat_policy(name: str):
+    """The jax.checkpoint policy of configs.REMAT_POLICIES' name ('full': save nothing)."""
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable if name == "save_dots" else None
 
 
 class EncoderLayer(nn.Module):
@@ -132,10 +129,10 @@ def _activation(cfg: T5Config) -> str:
     return "gelu_tanh" if cfg.feed_forward_proj == "gated-gelu" else cfg.activation
 
 
-def _stack(layer_cls, cfg: T5Config, num_layers: int, num_broadcast_args: int, name: str, **attrs):
+def layer_stack(layer_cls, cfg: T5Config, num_layers: int, num_broadcast_args: int, name: str, **attrs):
     """num_layers copies of layer_cls: unrolled as layers_0..N-1, or one scanned `layers` module."""
     if cfg.remat_policy != "none":
-        layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+        layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
         scanned = nn.scan(
             layer_cls,
@@ -186,7 +183,7 @@ class Encoder(nn.Module):
                 x = layer.feed_forward(layer.attend(x, mask, bias, deterministic=deterministic),
                                        deterministic=deterministic)
         else:
-            x = _stack(EncoderLayer, cfg, cfg.num_layers, 2, "layers", deterministic=deterministic)(x, mask, bias)
+            x = layer_stack(EncoderLayer, cfg, cfg.num_layers, 2, "layers", deterministic=deterministic)(x, mask, bias)
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
         return dropout(x, deterministic=deterministic)
 
@@ -239,7 +236,7 @@ class Decoder(nn.Module):
                 layer = DecoderLayer(cfg, deterministic, decode, shared, name=f"layers_{i}")
                 y = layer(y, encoded, self_mask, self_bias, cross_mask)[0]
         else:
-            y = _stack(DecoderLayer, cfg, cfg.decoder_layers, 4, "layers", deterministic=deterministic,
+            y = layer_stack(DecoderLayer, cfg, cfg.decoder_layers, 4, "layers", deterministic=deterministic,
                        decode=decode)(y, encoded, self_mask, self_bias, cross_mask)
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
         y = dropout(y, deterministic=deterministic)
@@ -299,58 +296,6 @@ class Transformer(nn.Module):
                               enable_dropout=enable_dropout)
         return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
                            decoder_segment_ids, decoder_positions, enable_dropout=enable_dropout, decode=decode)
-
-
-def build(config: T5Config) -> nn.Module:
-    """The model for config.architecture: Transformer, or decoder_only.DecoderOnly."""
-    if config.is_decoder_only:
-        from t5pod.decoder_only import DecoderOnly  # it builds on this module's layers
-
-        return DecoderOnly(config)
-    return Transformer(config)
-
-
-def dummy_features(config: T5Config, batch: int = 1, input_length: int = 8, target_length: int = 8) -> dict:
-    """All-ones model inputs of the given task lengths, for init and shape inference."""
-    if config.is_decoder_only:
-        return {"decoder_input_tokens": jnp.ones((batch, input_length + target_length), jnp.int32)}
-    return {"encoder_input_tokens": jnp.ones((batch, input_length), jnp.int32),
-            "decoder_input_tokens": jnp.ones((batch, target_length), jnp.int32)}
-
-
-def abstract_variables(config: T5Config, batch: int = 1, input_length: int = 8, target_length: int = 8) -> Any:
-    """Shapes (and logical-axis boxes) of the parameters, computed without allocating them."""
-    features = dummy_features(config, batch, input_length, target_length)
-    return jax.eval_shape(lambda rng: build(config).init(rng, **features), jax.random.PRNGKey(0))
-
-
-def count_parameters(config: T5Config) -> int:
-    leaves = jax.tree_util.tree_leaves(nn.unbox(abstract_variables(config)["params"]))
-    return sum(int(x.size) for x in leaves)
-
-
-def init_decode_cache(model: Transformer, params, encoder_input_tokens, max_decode_length: int):
-    """A zero decoding cache for [batch, max_decode_length] generation from these inputs."""
-    batch = encoder_input_tokens.shape[0]
-
-    def create(params):
-        encoded = model.apply({"params": params}, encoder_input_tokens, method=Transformer.encode)
-        _, variables = model.apply(
-            {"params": params}, encoded, encoder_input_tokens, jnp.zeros((batch, max_decode_length), jnp.int32),
-            decode=True, mutable=["cache"], method=Transformer.decode)
-        return variables["cache"]
-
-    shapes = jax.eval_shape(create, params)
-    return jax.tree_util.tree_map_with_path(functools.partial(_zero_cache_leaf, max_decode_length), shapes)
-
-
-def _zero_cache_leaf(max_decode_length: int, path, shape):
-    name = getattr(path[-1], "key", None)
-    if name == "key_positions":  # static: the positions of the cache slots
-        return jnp.broadcast_to(jnp.arange(max_decode_length, dtype=shape.dtype), shape.shape)
-    if name == "key_valid":  # slots are valid unless a prompt marks them as padding
-        return jnp.ones(shape.shape, shape.dtype)
-    return jnp.zeros(shape.shape, shape.dtype)
 
 
 def stack_layers(params: dict) -> dict:

@@ -8,11 +8,11 @@ import optax
 SCHEDULES = ("rsqrt", "constant")
 
 
-def learning_rate_schedule(kind: str = "rsqrt", base_learning_rate: float = 1.0, warmup_steps: int = 10_000):
+def learning_rate_schedule(kind: str, base_learning_rate: float, warmup_steps: int = 0):
     """step -> learning rate.
 
-    rsqrt: base / sqrt(max(step, warmup_steps)) (pretraining: 0.01 for the first 10^4 steps);
-    constant: base (fine-tuning: 1e-3).
+    rsqrt: base / sqrt(max(step, warmup_steps)) (the paper's pretraining: base 1, 10^4 warm-up
+    steps, so 0.01 for the first 10^4 steps); constant: base (the paper's fine-tuning: 1e-3).
     """
     if kind == "rsqrt":
         if warmup_steps <= 0:

@@ -43,18 +43,9 @@ STANDARD_RULES: tuple[tuple[str, str | None], ...] = (
 
 # FSDP additionally splits parameters (and so optimizer state) over `data` along `embed`.
 # Activations keep `batch` on `data`: that rule comes first, so `embed` falls back to None.
-FSDP_RULES: tuple[tuple[str, str | None], ...] = (
-    (BATCH, DATA),
-    (VOCAB, MODEL),
-    (MLP, MODEL),
-    (HEADS, MODEL),
-    (KV, None),
-    (EMBED, DATA),
-    (EMBED, None),
-    (LENGTH, None),
-    (RELPOS_BUCKETS, None),
-    (LAYERS, None),
-)
+FSDP_RULES: tuple[tuple[str, str | None], ...] = tuple(
+    rule for logical, mesh_axis in STANDARD_RULES
+    for rule in ([(EMBED, DATA), (EMBED, None)] if logical == EMBED else [(logical, mesh_axis)]))
 
 
 def logical_rules(fsdp: bool = False) -> tuple[tuple[str, str | None], ...]:

@@ -21,7 +21,7 @@ class TrainState:
     opt_state: Any
 
 
-def cross_entropy_with_z_loss(logits, targets, weights, z_loss: float = 1e-4, label_smoothing: float = 0.0):
+def cross_entropy_with_z_loss(logits, targets, weights, z_loss: float, label_smoothing: float = 0.0):
     """Per-token cross entropy and z-loss (z_loss * log(Z)^2), summed over weighted tokens.
 
     logits [batch, length, vocab] float32, targets/weights [batch, length] -> (loss sum, z-loss sum)
@@ -53,7 +53,7 @@ def _loss_sums(params, batch, rng, *, model, z_loss, label_smoothing, enable_dro
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model, optimizer: optax.GradientTransformation,
-               schedule: Callable, z_loss: float = 1e-4, label_smoothing: float = 0.0, num_microbatches: int = 1,
+               schedule: Callable, z_loss: float, label_smoothing: float = 0.0, num_microbatches: int = 1,
                loss_normalizing_factor: float | None = None) -> tuple[TrainState, dict]:
     """One optimizer step. rng is this step's key (the trainer passes fold_in(seed, step)).
 
@@ -89,7 +89,7 @@ def _zero_sums():
     return {"loss_sum": zero, "z_loss_sum": zero, "correct_sum": zero, "weight_sum": zero}
 
 
-def eval_step(params, batch: dict, *, model, z_loss: float = 1e-4) -> dict:
+def eval_step(params, batch: dict, *, model, z_loss: float) -> dict:
     """Teacher-forced loss and accuracy sums on one batch (no dropout)."""
     _, sums = _loss_sums(params, batch, None, model=model, z_loss=z_loss, label_smoothing=0.0, enable_dropout=False)
     return sums

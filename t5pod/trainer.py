@@ -6,6 +6,7 @@ import functools
 import os
 import signal
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -13,48 +14,16 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
-from t5pod import checkpoints, metric_writers, network, optimizer, partitioning, train_step
+import optax
+from jax.experimental import multihost_utils
+
+from t5pod import checkpoints, flops, metric_writers, models, optimizer, partitioning, train_step
+from t5pod.configs import T5Config, TrainConfig
 from t5pod.data import pipeline
-from t5pod.config import T5Config
 
 
 class TrainingError(RuntimeError):
     pass
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs besides the model. Gin binds it from the run macros."""
-
-    model_dir: str
-    mixture_or_task_name: str
-    task_feature_lengths: dict
-    train_steps: int
-    batch_size: int
-    learning_rate: float = 1.0
-    schedule: str = "rsqrt"
-    warmup_steps: int = 10_000
-    checkpoint_period: int = 1000
-    keep_checkpoints: int | None = None
-    log_period: int = 100
-    eval_period: int = 0  # 0: no evaluation during training
-    eval_steps: int = 20
-    eval_split: str = "validation"
-    initial_checkpoint_path: str | None = None
-    mesh_shape: tuple = (-1, 1)
-    fsdp: bool = False
-    random_seed: int = 0
-    z_loss: float = 1e-4
-    label_smoothing: float = 0.0
-    num_microbatches: int = 1
-    loss_normalizing_factor: float | None = None
-    pack: bool = True
-    use_cached: bool = False
-    # Paper §3.5.1 fine-tuning methods: 'adapters' trains only adapters and layer norms;
-    # gradual_unfreezing unfreezes one layer per stack (from the top) in equal episodes.
-    trainable: str = "all"
-    gradual_unfreezing: bool = False
-    async_checkpointing: bool = True
 
 
 def validate(config: TrainConfig):
@@ -76,13 +45,13 @@ def validate(config: TrainConfig):
     return mesh
 
 
-def _batch_sharding(mesh):
+def batch_sharding(mesh):
     return NamedSharding(mesh, PartitionSpec(partitioning.DATA))
 
 
-def _global_batch(local_batch: dict, mesh) -> dict:
+def global_batch(local_batch: dict, mesh) -> dict:
     """The global batch from this process's rows (each process holds batch/process_count rows)."""
-    sharding = _batch_sharding(mesh)
+    sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
@@ -93,13 +62,30 @@ def _data_iterator(config: TrainConfig, model_config: T5Config, split: str, shuf
     return pipeline.CheckpointableIterator(pipeline.batched(dataset, config.batch_size // jax.process_count()))
 
 
-def create_state_fns(model_config: T5Config, config: TrainConfig, mesh):
-    """(abstract state, state shardings, jitted init) without allocating anything."""
-    model = network.build(model_config)
+@dataclasses.dataclass(frozen=True)
+class StateSetup:
+    """A run's model, optimizer and sharded train state, described without allocating anything.
+
+    abstract_state holds jax.ShapeDtypeStruct leaves carrying their shardings; init(rng) builds
+    the state directly in those shardings (never whole on one device).
+    """
+
+    model: nn.Module
+    optimizer: optax.GradientTransformation
+    schedule: Callable
+    rules: tuple
+    abstract_state: train_step.TrainState
+    shardings: train_step.TrainState
+    init: Callable
+
+
+def create_state(model_config: T5Config, config: TrainConfig, mesh) -> StateSetup:
+    """The StateSetup of a run on mesh."""
+    model = models.build(model_config)
     schedule = optimizer.learning_rate_schedule(config.schedule, config.learning_rate, config.warmup_steps)
     rules = partitioning.logical_rules(config.fsdp)
     lengths = config.task_feature_lengths
-    features = network.dummy_features(model_config, 1, lengths["inputs"], lengths["targets"])
+    features = models.dummy_features(model_config, 1, lengths["inputs"], lengths["targets"])
 
     boxed = jax.eval_shape(lambda rng: model.init(rng, **features)["params"], jax.random.PRNGKey(0))
     tx = make_optimizer(config, model_config, schedule, nn.unbox(boxed))
@@ -114,7 +100,7 @@ def create_state_fns(model_config: T5Config, config: TrainConfig, mesh):
         step=partitioning.replicated(mesh), params=param_shardings,
         opt_state=partitioning.optimizer_state_shardings(abstract.opt_state, abstract.params, param_shardings, mesh))
     abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return model, tx, schedule, rules, abstract, shardings, jax.jit(init, out_shardings=shardings)
+    return StateSetup(model, tx, schedule, rules, abstract, shardings, jax.jit(init, out_shardings=shardings))
 
 
 def make_optimizer(config: TrainConfig, model_config: T5Config, schedule, params):
@@ -153,15 +139,53 @@ def _overlay(base, update):
     return {k: _overlay(v, update[k]) if k in update else v for k, v in base.items()}
 
 
-def make_train_step(config: TrainConfig, model, tx, schedule, shardings, mesh):
+def make_train_step(config: TrainConfig, setup: StateSetup, mesh):
     """train_step jitted once with explicit shardings; the state is donated."""
     return jax.jit(
-        functools.partial(train_step.train_step, model=model, optimizer=tx, schedule=schedule,
-                          z_loss=config.z_loss, label_smoothing=config.label_smoothing,
+        functools.partial(train_step.train_step, model=setup.model, optimizer=setup.optimizer,
+                          schedule=setup.schedule, z_loss=config.z_loss, label_smoothing=config.label_smoothing,
                           num_microbatches=config.num_microbatches,
                           loss_normalizing_factor=config.loss_normalizing_factor),
-        in_shardings=(shardings, _batch_sharding(mesh), partitioning.replicated(mesh)),
-        out_shardings=(shardings, partitioning.replicated(mesh)), donate_argnums=(0,))
+        in_shardings=(setup.shardings, batch_sharding(mesh), partitioning.replicated(mesh)),
+        out_shardings=(setup.shardings, partitioning.replicated(mesh)), donate_argnums=(0,))
+
+
+def compile_train_step(config: TrainConfig, model_config: T5Config, setup: StateSetup, mesh) -> tuple:
+    """(the compiled train step, its report) before any data is read.
+
+    The report, per device: argument, output, aliased (donated) and temporary bytes of the
+    compiled program and its peak; the model FLOPs of one step (t5pod.flops, the figure MFU is
+    measured against) and the compiler's own FLOP count; the compile time. Call inside the mesh
+    and logical-rules context.
+    """
+    batch = models.batch_spec(model_config, config.batch_size, config.task_feature_lengths, config.pack)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(mesh)) for k, v in batch.items()}
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioning.replicated(mesh))
+    start = time.time()
+    compiled = make_train_step(config, setup, mesh).lower(setup.abstract_state, batch, rng).compile()
+    compile_s = time.time() - start
+    memory = compiled.memory_analysis()
+    sizes = {key: int(getattr(memory, f"{key}_size_in_bytes", 0)) if memory is not None else 0
+             for key in ("argument", "output", "alias", "temp")}
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost or {}
+    lengths = config.task_feature_lengths
+    report = {
+        "argument_bytes": sizes["argument"], "output_bytes": sizes["output"], "alias_bytes": sizes["alias"],
+        "temp_bytes": sizes["temp"], "peak_bytes": sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"],
+        "model_flops_per_step": flops.train_flops_per_example(model_config, lengths["inputs"], lengths["targets"])
+        * config.batch_size,
+        "compiled_flops_per_device": float(cost.get("flops", 0.0)), "compile_s": compile_s,
+    }
+    return compiled, report
+
+
+def format_step_report(report: dict) -> str:
+    gib = 2 ** 30
+    return (f"Compiled the train step in {report['compile_s']:.1f} s; per device: arguments "
+            f"{report['argument_bytes'] / gib:.3f} GiB, outputs {report['output_bytes'] / gib:.3f} GiB, temporaries "
+            f"{report['temp_bytes'] / gib:.3f} GiB, peak {report['peak_bytes'] / gib:.3f} GiB; "
+            f"{report['model_flops_per_step'] / 1e12:.4g} model TFLOP per step.")
 
 
 class _Preemption:
@@ -180,7 +204,7 @@ class _Preemption:
 
 def _check_model_dir(config: TrainConfig, model_config: T5Config) -> int | None:
     """The step to resume from, refusing a MODEL_DIR that holds another model."""
-    step = checkpoints.latest_step(config.model_dir) if checkpoints._isdir(os.path.join(config.model_dir, "checkpoints")) else None
+    step = checkpoints.latest_run_step(config.model_dir)
     if step is not None:
         _, metadata = checkpoints.read_metadata(config.model_dir, step)
         try:
@@ -203,51 +227,62 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
 
     writer.print(f"Training {config.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
                  f"{jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}.")
-    model, tx, schedule, rules, abstract, shardings, init_fn = create_state_fns(model_config, config, mesh)
+    setup = create_state(model_config, config, mesh)
+    abstract, shardings = setup.abstract_state, setup.shardings
     train_iterator = _data_iterator(config, model_config, "train", shuffle=True)
     checkpointer = checkpoints.TrainCheckpointer(config.model_dir, config.keep_checkpoints, config.async_checkpointing)
     metadata = {"architecture": model_config.checkpoint_fields(), "mixture_or_task_name": config.mixture_or_task_name,
                 "process_count": jax.process_count()}
 
-    with mesh, nn.logical_axis_rules(rules):
+    with mesh, nn.logical_axis_rules(setup.rules):
+        # Compiled before anything is restored or read, so that a step that does not fit fails
+        # first, and its memory and FLOPs are known.
+        step_fn, report = compile_train_step(config, model_config, setup, mesh)
+        peak_flops = flops.peak_flops_per_device(jax.devices()[0]) * jax.device_count()
+        writer.print(format_step_report(report))
         if resume_step is not None:
             params, opt_state, saved = checkpointer.restore(resume_step, abstract)
             state = train_step.TrainState(step=jax.device_put(jnp.asarray(resume_step, jnp.int32), shardings.step),
                                           params=params, opt_state=opt_state)
             if saved.get("process_count", 1) == jax.process_count():
-                train_iterator.restore(checkpointer.data_position(resume_step, jax.process_index()))
+                checkpointer.restore_data_position(resume_step, train_iterator, jax.process_index())
             else:  # each process's shard of the stream changed: the position no longer applies
                 writer.print(f"Warning: the checkpoint was written by {saved.get('process_count')} processes, this "
                              f"run has {jax.process_count()}; the input stream restarts from its seed.")
-            writer.print(f"Resumed from {config.model_dir}/checkpoints/{resume_step} (step {resume_step}).")
+            writer.print(f"Resumed from {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER}/{resume_step} (step {resume_step}).")
         else:
-            state = init_fn(jax.random.PRNGKey(config.random_seed))
+            state = setup.init(jax.random.PRNGKey(config.random_seed))
             if config.initial_checkpoint_path:
                 params = _initial_params(config.initial_checkpoint_path, model_config, state.params, abstract.params)
                 state = state.replace(params=params)
                 writer.print(f"Initialised parameters from {config.initial_checkpoint_path} (optimizer reset).")
 
-        step_fn = make_train_step(config, model, tx, schedule, shardings, mesh)
-        eval_fn = jax.jit(functools.partial(train_step.eval_step, model=model, z_loss=config.z_loss),
-                          in_shardings=(shardings.params, _batch_sharding(mesh)),
+        eval_fn = jax.jit(functools.partial(train_step.eval_step, model=setup.model, z_loss=config.z_loss),
+                          in_shardings=(shardings.params, batch_sharding(mesh)),
                           out_shardings=partitioning.replicated(mesh))
         base_rng = jax.random.PRNGKey(config.random_seed)
         step = first_step = int(jax.device_get(state.step))
+        writer.write(step, report, split="compile", summary=False)
         tokens_per_step = config.batch_size * sum(config.task_feature_lengths.values())
+        replicated = partitioning.replicated(mesh)
 
         preemption = _Preemption()
         last_summary, pending, window_sums = {}, None, None
         window_start, window_steps, run_start = time.time(), 0, time.time()
         try:
             while step < config.train_steps:
-                batch = _global_batch(next(train_iterator), mesh)
-                state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
+                batch = global_batch(next(train_iterator), mesh)
+                rng = jax.device_put(jax.random.fold_in(base_rng, step), replicated)
+                # Everything the step reads is already on the devices: a hidden host<->device copy
+                # in the step or the metric sums is an error, not a silent slowdown.
+                with jax.transfer_guard("disallow"):
+                    state, metrics = step_fn(state, batch, rng)
+                    # Sums over the logging window stay on the device until they are logged.
+                    window_sums = metrics if window_sums is None else _add_sums(window_sums, metrics)
                 # Look at the previous step's metrics while this one runs: no blocking on the device.
                 if pending is not None:
                     _check_finite(pending)
                 pending = (step + 1, metrics)
-                # Sums over the logging window stay on the device until they are logged.
-                window_sums = metrics if window_sums is None else _add_sums(window_sums, metrics)
                 step += 1
                 window_steps += 1
                 if step % config.log_period == 0 or step == config.train_steps or step == 1:
@@ -257,11 +292,12 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                     window_sums = None
                     last_summary["steps_per_s"] = window_steps / elapsed
                     last_summary["tokens_per_s"] = window_steps * tokens_per_step / elapsed
+                    last_summary["mfu"] = report["model_flops_per_step"] * last_summary["steps_per_s"] / peak_flops
                     writer.write(step, last_summary)
                     eta = (config.train_steps - step) / max(last_summary["steps_per_s"], 1e-9)
                     speed = (f"{last_summary['steps_per_s']:.2f} steps/s  {last_summary['tokens_per_s']:.0f} tokens/s  "
-                             f"ETA {metric_writers.format_duration(eta)}") if window_steps < step - first_step else \
-                        "(first steps include compilation)"
+                             f"MFU {last_summary['mfu']:.1%}  ETA {metric_writers.format_duration(eta)}") \
+                        if window_steps < step - first_step else "(first steps include the input pipeline's start-up)"
                     writer.print(f"step {step}/{config.train_steps}  loss {last_summary['loss']:.4f}  "
                                  f"acc {last_summary['accuracy']:.3f}  z_loss {last_summary['z_loss']:.2e}  "
                                  f"lr {last_summary['learning_rate']:.2e}  {speed}")
@@ -297,8 +333,6 @@ def _agree(flag: bool) -> bool:
     """Every process stops together if any was asked to (SIGTERM may reach only some)."""
     if jax.process_count() == 1:
         return flag
-    from jax.experimental import multihost_utils
-
     return bool(np.max(multihost_utils.process_allgather(np.array([flag], np.int32))))
 
 
@@ -316,7 +350,7 @@ def _evaluate(config: TrainConfig, model_config: T5Config, eval_fn, params, mesh
     totals = None
     for _ in range(config.eval_steps):
         try:
-            batch = _global_batch(next(iterator), mesh)
+            batch = global_batch(next(iterator), mesh)
         except StopIteration:
             break
         sums = eval_fn(params, batch)

@@ -49,7 +49,7 @@ def _rows(task: str, split: str, glue_dir, superglue_dir, tfds_data_dir):
 
 
 def _tfds_rows(tfds_name: str, split: str, data_dir, reader):
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # here: it takes seconds to import and only TFDS reads need it
 
     try:
         dataset = tfds.builder(tfds_name, data_dir=data_dir).as_dataset(split=split, shuffle_files=False)

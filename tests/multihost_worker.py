@@ -25,15 +25,15 @@ from test_training import MODEL, _config, _fixed_batch  # noqa: E402
 
 config = _config("/unused", mesh_shape=(4, 2))
 mesh = partitioning.make_mesh((4, 2))
-model, tx, schedule, rules, _, shardings, init = trainer.create_state_fns(MODEL, config, mesh)
+setup = trainer.create_state(MODEL, config, mesh)
 rows = _fixed_batch()
 per_process = len(rows["encoder_input_tokens"]) // num_processes
 local = {k: v[process_id * per_process:(process_id + 1) * per_process] for k, v in rows.items()}
 losses = []
-with mesh, nn.logical_axis_rules(rules):
-    state = init(jax.random.PRNGKey(0))
-    step = trainer.make_train_step(config, model, tx, schedule, shardings, mesh)
-    batch = trainer._global_batch(local, mesh)
+with mesh, nn.logical_axis_rules(setup.rules):
+    state = setup.init(jax.random.PRNGKey(0))
+    step = trainer.make_train_step(config, setup, mesh)
+    batch = trainer.global_batch(local, mesh)
     for i in range(3):
         state, metrics = step(state, batch, jax.random.fold_in(jax.random.PRNGKey(1), i))
         losses.append(train_step.summarize(jax.device_get(metrics))["loss"])

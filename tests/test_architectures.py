@@ -10,9 +10,9 @@ import pytest
 from flax import linen as nn
 
 import tasks  # noqa: F401  (registers the demo tasks)
-from t5pod import decoder_only, decoding, ginconf, inference, network, trainer
+from t5pod import decoder_only, decoding, ginconf, inference, models, network, trainer
+from t5pod.configs import InferConfig, T5Config, TrainConfig
 from t5pod.data import demo_corpus
-from t5pod.config import T5Config
 from t5pod.layers import make_attention_mask
 
 SMALL = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2, dropout_rate=0.0,
@@ -20,8 +20,8 @@ SMALL = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_la
 
 
 def _params(config, seed=0, scale=1.0):
-    model = network.build(config)
-    params = nn.unbox(model.init(jax.random.PRNGKey(seed), **network.dummy_features(config, 1, 8, 8))["params"])
+    model = models.build(config)
+    params = nn.unbox(model.init(jax.random.PRNGKey(seed), **models.dummy_features(config, 1, 8, 8))["params"])
     return model, jax.tree_util.tree_map(lambda x: x * scale, params)
 
 
@@ -91,7 +91,7 @@ def test_cached_decoding_equals_rerunning_the_model(architecture, scan):
 def test_score_of_the_decoder_only_model_sums_target_log_probs():
     config = dataclasses.replace(SMALL, architecture="prefix_lm")
     model, params = _params(config, seed=3)
-    features = decoder_only.prefix_lm_features(np.array([[5, 6, 1, 0]]), np.array([[7, 8, 1]]))
+    features = models.scoring_features(config, np.array([[5, 6, 1, 0]]), np.array([[7, 8, 1]]))
     assert features["decoder_input_tokens"].tolist() == [[0, 5, 6, 1, 7, 8, 0]]
     assert features["decoder_loss_weights"].tolist() == [[0, 0, 0, 1, 1, 1, 0]]
     assert features["decoder_causal_attention"].tolist() == [[1, 1, 1, 1, 0, 0, 0]]
@@ -109,7 +109,7 @@ def test_shared_encoder_decoder_has_one_set_of_layers():
     assert "layers_0" not in params["encoder"]
     d, h, k, f = 32, 4, 8, 48
     self_attention_and_mlp = 4 * d * h * k + 2 * d * f + 2 * d  # attention, relu MLP, two norms
-    assert network.count_parameters(shared) == network.count_parameters(SMALL) - 2 * self_attention_and_mlp
+    assert models.count_parameters(shared) == models.count_parameters(SMALL) - 2 * self_attention_and_mlp
     # The decoder really uses the shared weights: changing them moves the decoder's output even
     # with the encoder's output held fixed.
     inputs, targets = np.array([[5, 6, 7, 1]]), np.array([[0, 9, 10]])
@@ -131,9 +131,9 @@ def test_architecture_gin_files():
         assert ginconf.model_config().architecture == name
     # Table 2: "P" parameters for the shared, half-layer and decoder-only models, 2P for the baseline.
     ginconf.parse(["models/t5_1_0/base.gin", "models/architectures/decoder_only.gin"])
-    lm = network.count_parameters(ginconf.model_config())
-    assert network.count_parameters(half) / lm == pytest.approx(1.0, abs=0.15)
-    assert network.count_parameters(base) / lm == pytest.approx(2.0, abs=0.1)
+    lm = models.count_parameters(ginconf.model_config())
+    assert models.count_parameters(half) / lm == pytest.approx(1.0, abs=0.15)
+    assert models.count_parameters(base) / lm == pytest.approx(2.0, abs=0.1)
 
 
 def test_bad_architecture_settings_are_clear_errors():
@@ -150,15 +150,15 @@ def test_bad_architecture_settings_are_clear_errors():
 def test_each_architecture_trains_sharded_resumes_and_decodes(tmp_path, architecture):
     model_config = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
                             dropout_rate=0.0, architecture=architecture)
-    config = trainer.TrainConfig(
+    config = TrainConfig(
         model_dir=str(tmp_path), mixture_or_task_name="demo_span_corruption",
         task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=2, batch_size=8, checkpoint_period=1,
         log_period=1, mesh_shape=(4, 2), async_checkpointing=False)
     first = trainer.train(config, model_config)
     resumed = trainer.train(dataclasses.replace(config, train_steps=3), model_config)
     assert first["step"] == 2 and resumed["step"] == 3 and np.isfinite(resumed["loss"])
-    predictor = inference.Predictor(model_config, inference.InferConfig(
-        checkpoint_path=str(tmp_path), batch_size=2, input_length=16, max_decode_length=4), demo_corpus.vocabulary())
+    predictor = inference.Predictor(model_config, InferConfig(
+        checkpoint_path=str(tmp_path), batch_size=2, task_feature_lengths={"inputs": 16, "targets": 128}, max_decode_length=4), demo_corpus.vocabulary())
     predictions = predictor.predict_ids([[5, 6, 7], [8, 9]])
     assert len(predictions) == 2 and all(len(p) <= 4 for p in predictions)
     assert predictor.score_ids([[5, 6, 7]], [[10, 11]])[0] < 0

@@ -9,7 +9,7 @@ import pytest
 from flax import linen as nn
 
 import hf_reference
-from t5pod import checkpoints, cli, decoding, ginconf, network
+from t5pod import checkpoints, cli, decoding, ginconf, models, network
 
 
 @pytest.fixture(scope="module", params=sorted(hf_reference.CONFIGS))
@@ -20,7 +20,7 @@ def converted(request, tmp_path_factory):
     ginconf.parse([str(base / "out" / "model.gin")])
     config = ginconf.model_config()
     params = checkpoints.restore_params(str(base / "out"), config,
-                                        nn.unbox(network.abstract_variables(config)["params"]))
+                                        nn.unbox(models.abstract_variables(config)["params"]))
     return hf_model, config, params
 
 

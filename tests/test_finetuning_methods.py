@@ -9,8 +9,8 @@ import pytest
 from flax import linen as nn
 
 import tasks  # noqa: F401  (registers the demo tasks)
-from t5pod import checkpoints, ginconf, network, optimizer, partitioning, trainer
-from t5pod.config import T5Config
+from t5pod import checkpoints, ginconf, models, optimizer, partitioning, trainer
+from t5pod.configs import T5Config, TrainConfig
 
 MODEL = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
                  feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
@@ -27,15 +27,15 @@ def _batch(rows=8, inputs=24, targets=8):
 
 def _train(model_config, steps, mesh_shape=(4, 2), **overrides):
     """Parameters after each of `steps` optimizer steps (index 0: the initial ones), and the state."""
-    config = trainer.TrainConfig(model_dir="/unused", mixture_or_task_name="demo_span_corruption",
+    config = TrainConfig(model_dir="/unused", mixture_or_task_name="demo_span_corruption",
                                  task_feature_lengths={"inputs": 24, "targets": 8}, train_steps=steps, batch_size=8,
                                  learning_rate=1e-2, schedule="constant", mesh_shape=mesh_shape, **overrides)
     mesh = partitioning.make_mesh(mesh_shape)
-    model, tx, schedule, rules, _, shardings, init = trainer.create_state_fns(model_config, config, mesh)
-    with mesh, nn.logical_axis_rules(rules):
-        state = init(jax.random.PRNGKey(0))
-        step = trainer.make_train_step(config, model, tx, schedule, shardings, mesh)
-        batch = jax.device_put(_batch(), trainer._batch_sharding(mesh))
+    setup = trainer.create_state(model_config, config, mesh)
+    with mesh, nn.logical_axis_rules(setup.rules):
+        state = setup.init(jax.random.PRNGKey(0))
+        step = trainer.make_train_step(config, setup, mesh)
+        batch = jax.device_put(_batch(), trainer.batch_sharding(mesh))
         history = [jax.device_get(state.params)]
         for i in range(steps):
             state, _ = step(state, batch, jax.random.PRNGKey(i))
@@ -72,10 +72,10 @@ def test_adapters_train_only_adapters_and_layer_norms():
 
 def test_adapter_shapes_and_residual_placement():
     config = dataclasses.replace(MODEL, adapter_dim=8)
-    params = nn.unbox(network.abstract_variables(config)["params"])
+    params = nn.unbox(models.abstract_variables(config)["params"])
     adapter = params["decoder"]["layers_1"]["adapter"]
     assert (adapter["wi"].shape, adapter["wo"].shape) == ((32, 8), (8, 32))  # dense-ReLU-dense, d_model in and out
-    assert network.count_parameters(config) - network.count_parameters(MODEL) == 4 * 2 * 32 * 8
+    assert models.count_parameters(config) - models.count_parameters(MODEL) == 4 * 2 * 32 * 8
 
 
 def test_gradual_unfreezing_moves_one_more_layer_each_episode():
@@ -99,12 +99,12 @@ def test_layer_depth_of_each_parameter():
 
 
 def test_fine_tuning_method_errors():
-    params = nn.unbox(network.abstract_variables(MODEL)["params"])
+    params = nn.unbox(models.abstract_variables(MODEL)["params"])
     with pytest.raises(ValueError, match="no adapters.*adapter_dim"):
         optimizer.fine_tuning_optimizer(lambda: optimizer.adafactor(1e-3), params, trainable="adapters")
     with pytest.raises(ValueError, match="Unknown TRAINABLE 'adapter'"):
         optimizer.fine_tuning_optimizer(lambda: optimizer.adafactor(1e-3), params, trainable="adapter")
-    scanned = nn.unbox(network.abstract_variables(dataclasses.replace(MODEL, scan_layers=True))["params"])
+    scanned = nn.unbox(models.abstract_variables(dataclasses.replace(MODEL, scan_layers=True))["params"])
     with pytest.raises(ValueError, match="scan_layers = False"):
         optimizer.fine_tuning_optimizer(lambda: optimizer.adafactor(1e-3), scanned, unfreeze_every=5,
                                         num_layers={"encoder": 2, "decoder": 2})
@@ -121,9 +121,9 @@ def test_fine_tuning_gin_files():
 
 @pytest.mark.slow
 def test_adapters_fine_tune_from_a_checkpoint_without_adapters(tmp_path):
-    pretrained = nn.unbox(network.build(MODEL).init(jax.random.PRNGKey(7), **network.dummy_features(MODEL))["params"])
+    pretrained = nn.unbox(models.build(MODEL).init(jax.random.PRNGKey(7), **models.dummy_features(MODEL))["params"])
     checkpoints.save_params(str(tmp_path / "pretrained"), pretrained, MODEL)
-    config = trainer.TrainConfig(
+    config = TrainConfig(
         model_dir=str(tmp_path / "run"), mixture_or_task_name="demo_span_corruption",
         task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=1, batch_size=8, log_period=1,
         checkpoint_period=1, schedule="constant", learning_rate=1e-3, async_checkpointing=False,
@@ -131,7 +131,7 @@ def test_adapters_fine_tune_from_a_checkpoint_without_adapters(tmp_path):
     with_adapters = dataclasses.replace(MODEL, adapter_dim=8)
     trainer.train(config, with_adapters)
     tuned = checkpoints.restore_params(str(tmp_path / "run"), with_adapters,
-                                       nn.unbox(network.abstract_variables(with_adapters)["params"]))
+                                       nn.unbox(models.abstract_variables(with_adapters)["params"]))
     # Frozen weights are the pretrained ones, exactly; the adapters exist and were trained.
     np.testing.assert_array_equal(tuned["encoder"]["layers_0"]["attention"]["query"],
                                   pretrained["encoder"]["layers_0"]["attention"]["query"])

@@ -9,13 +9,13 @@ import pytest
 from flax import linen as nn
 
 import hf_reference
-from t5pod import checkpoints, cli, ginconf, layers, network
+from t5pod import checkpoints, cli, ginconf, layers, models, network
 
 
 def _load_converted(out_dir):
     ginconf.parse([os.path.join(out_dir, "model.gin")])
     config = ginconf.model_config()
-    abstract = nn.unbox(network.abstract_variables(config)["params"])
+    abstract = nn.unbox(models.abstract_variables(config)["params"])
     return config, checkpoints.restore_params(out_dir, config, abstract)
 
 
@@ -129,6 +129,6 @@ def test_restoring_into_another_model_is_refused(tmp_path):
     assert cli.main(["convert-hf", str(tmp_path / "hf"), str(tmp_path / "out")]) == 0
     config, _ = _load_converted(str(tmp_path / "out"))
     other = dataclasses.replace(config, d_ff=128)
-    abstract = nn.unbox(network.abstract_variables(other)["params"])
+    abstract = nn.unbox(models.abstract_variables(other)["params"])
     with pytest.raises(checkpoints.CheckpointError, match="d_ff: checkpoint 64 vs config 128"):
         checkpoints.restore_params(str(tmp_path / "out"), other, abstract)

@@ -11,7 +11,7 @@ import pytest
 
 import hf_reference
 import tasks
-from t5pod import decoding, inference
+from t5pod import decoding, ginconf, inference
 from t5pod.data import demo_corpus
 
 TEXTS = ["Return the number of items in the list.", "The default value is None.",
@@ -143,9 +143,22 @@ def test_tiny_model_learns_sst2_from_scratch(shared_data, tmp_path):
                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 4}", "--gin.TRAIN_STEPS=500",
                 "--gin.BATCH_SIZE=32", "--gin.WARMUP_STEPS=1000", "--gin.DROPOUT_RATE=0.1")
     assert done.returncode == 0, done.stderr[-3000:]
-    done = _run("eval", *common, f"--gin.CHECKPOINT_PATH='{tmp_path}'", "--gin.INPUT_LENGTH=64",
-                "--gin.TARGET_LENGTH=4", "--gin.MAX_DECODE_LENGTH=4", "--gin.BATCH_SIZE=32")
+    done = _run("eval", *common, f"--gin.CHECKPOINT_PATH='{tmp_path}'",
+                "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 4}", "--gin.INFER_BATCH_SIZE=32")
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = [json.loads(line) for line in open(tmp_path / "eval_metrics.jsonl")]
     assert row["task"] == "glue_sst2_v002" and row["examples"] == 872
     assert row["accuracy"] > 62.0  # measured: 68.5 after 500 steps
+
+
+def test_inference_lengths_come_from_task_feature_lengths_and_old_macros_name_their_replacement():
+    ginconf.parse(["tasks.gin", "runs/infer.gin"], ["CHECKPOINT_PATH='/unused'", "INFER_BATCH_SIZE=3",
+                                                    "TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 6}"])
+    config = ginconf.infer_config()
+    assert (config.batch_size, config.input_length, config.target_length, config.max_decode_length) == (3, 32, 6, 6)
+    ginconf.parse(["tasks.gin", "runs/infer.gin"], ["CHECKPOINT_PATH='/unused'", "MAX_DECODE_LENGTH=9"])
+    assert ginconf.infer_config().max_decode_length == 9
+    with pytest.raises(ValueError, match="INPUT_LENGTH was retired: inference reads its lengths from TASK_FEATURE_LENGTHS"):
+        ginconf.parse(["tasks.gin", "runs/infer.gin"], ["INPUT_LENGTH=32"])
+    with pytest.raises(ValueError, match="Unknown gin macro BATCH_SIZE.*decode batch of infer and eval is INFER_BATCH_SIZE"):
+        ginconf.parse(["tasks.gin", "runs/infer.gin"], ["BATCH_SIZE=32"])

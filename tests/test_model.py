@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from t5pod import ginconf, network
-from t5pod.config import T5Config
+from t5pod import ginconf, models, network
+from t5pod.configs import T5Config
 
 TINY = T5Config(vocab_size=96, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2, num_decoder_layers=3,
                 feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
@@ -59,7 +59,7 @@ def test_cached_decoding_equals_full_forward(scan):
     targets = rng.integers(2, 96, size=(2, 30)); targets[:, 0] = 0  # 30 > max_distance: log buckets
     full = np.asarray(model.apply({"params": params}, inputs, targets))
 
-    cache = network.init_decode_cache(model, params, inputs, max_decode_length=30)
+    cache = models.init_decode_cache(model, params, inputs, 30)
     encoded = model.apply({"params": params}, inputs, method=network.Transformer.encode)
 
     @jax.jit
@@ -86,7 +86,7 @@ PUBLISHED = {
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_parameter_counts_match_published(name):
     ginconf.parse([f"models/{name}.gin"])
-    count = network.count_parameters(ginconf.model_config())
+    count = models.count_parameters(ginconf.model_config())
     assert abs(count - PUBLISHED[name]) / PUBLISHED[name] < 0.05, count
 
 
@@ -99,7 +99,7 @@ def test_exact_parameter_counts():
     decoder_layer = 8 * d * d + 2 * d * f + 3 * d
     expected = v * d + 6 * encoder_layer + 6 * decoder_layer + 2 * 8 * 32 + 2 * d
     ginconf.parse(["models/t5_1_0/small.gin"])
-    assert network.count_parameters(ginconf.model_config()) == expected == 60_506_624
+    assert models.count_parameters(ginconf.model_config()) == expected == 60_506_624
 
 
 SHIPPED_GIN = sorted(glob.glob(os.path.join(ginconf.GIN_DIR, "**", "*.gin"), recursive=True))

@@ -73,7 +73,8 @@ def test_train_command_as_two_processes_and_checkpoints_across_process_counts(tm
     outputs = _finish(_train(run, 2, _port(), 4))
     assert "step 4/4" in outputs[0] and "step 4/4" not in outputs[1]  # only process 0 reports
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # one writer
+    assert [(r["split"], r["step"]) for r in rows] == [("compile", 0), ("train", 1), ("train", 2), ("train", 3),
+                                                      ("train", 4)]  # one writer
     assert checkpoints.all_steps(str(run)) == [2, 4]
     assert sorted(os.listdir(run / "data_positions" / "4")) == [
         "process_0.data-00000-of-00001", "process_0.index", "process_1.data-00000-of-00001", "process_1.index"]
@@ -90,7 +91,8 @@ def test_train_command_as_two_processes_and_checkpoints_across_process_counts(tm
 def test_a_dead_process_stops_the_other_with_a_clear_error(tmp_path):
     processes = _train(tmp_path / "run", 2, _port(), 100000, ["--heartbeat_timeout_s=10"])
     deadline = time.time() + 300
-    while not (tmp_path / "run" / "metrics.jsonl").exists() or os.path.getsize(tmp_path / "run" / "metrics.jsonl") == 0:
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    while not metrics.exists() or '"split": "train"' not in metrics.read_text():  # training has started
         assert time.time() < deadline and processes[0].poll() is None
         time.sleep(0.5)
     processes[1].send_signal(signal.SIGKILL)

@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 import tasks
-from t5pod import flops, ginconf, network, trainer
-from t5pod.config import T5Config
+from t5pod import flops, ginconf, models, planning, trainer
+from t5pod.configs import T5Config, TrainConfig
 
 
 def test_flops_of_t5_1_1_base():
@@ -44,7 +46,7 @@ def _plan(*flags):
 @pytest.mark.slow
 def test_plan_reports_per_device_memory():
     ginconf.parse(["models/tiny.gin"])
-    total = network.count_parameters(ginconf.model_config()) * 4
+    total = models.count_parameters(ginconf.model_config()) * 4
     text, replicated = _plan("--gin.MESH_SHAPE=(8, 1)", "--hbm_gib=16")
     assert replicated["devices"] == 8 and replicated["params_bytes"] == total  # data parallel: a full copy each
     assert "fits in 16 GiB" in text and replicated["peak_bytes"] >= total
@@ -60,7 +62,7 @@ def test_bfloat16_training_tracks_float32(tmp_path):
                      feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
     losses = {}
     for dtype in ("float32", "bfloat16"):
-        config = trainer.TrainConfig(
+        config = TrainConfig(
             model_dir=str(tmp_path / dtype), mixture_or_task_name="demo_span_corruption",
             task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=50, batch_size=16, warmup_steps=100,
             log_period=10, checkpoint_period=50, mesh_shape=(-1, 1), async_checkpointing=False)
@@ -83,3 +85,59 @@ def test_bench_quick_run(tmp_path):
     assert tiny["train_tokens_per_s"] > 0 and 0 < tiny["mfu"] < 1 and tiny["reference_speedup"] > 0
     assert results["scan_compile_ratio_24_vs_2"] > 0 and results["pipeline_feed_ratio"]["demo"] > 0
     assert "speedup" in done.stdout and "pipeline_feed_ratio" in done.stdout
+
+
+def _tiny_run_config(tmp_path, **overrides):
+    settings = dict(model_dir=str(tmp_path), mixture_or_task_name="demo_span_corruption",
+                    task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=2, batch_size=8,
+                    mesh_shape=(4, 2), log_period=1, checkpoint_period=2, async_checkpointing=False)
+    return TrainConfig(**{**settings, **overrides})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", ["decoder_only", "prefix_lm"])
+def test_plan_gives_the_memory_of_the_step_that_trains_decoder_only_models(tmp_path, architecture):
+    tasks.register_all()
+    model = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, dropout_rate=0.0,
+                     architecture=architecture)
+    config = _tiny_run_config(tmp_path)
+    planned = planning.plan(model, config)
+    trainer.train(config, model)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    (compiled,) = [r for r in rows if r["split"] == "compile"]
+    for key in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "peak_bytes", "model_flops_per_step"):
+        assert planned[key] == compiled[key], key
+    # By hand: the step reads the state (parameters, optimizer state, the int32 step) and at most the
+    # six PrefixLM features of [2 rows per device, 64 + 16] int32 and the uint32[2] key (jit drops
+    # the arguments a model does not read, e.g. decoder_causal_attention for the plain LM).
+    state_bytes = planned["params_bytes"] + planned["opt_state_bytes"] + 4
+    assert state_bytes < planned["argument_bytes"] <= state_bytes + 6 * 2 * (64 + 16) * 4 + 8
+    # The encoder-decoder features of the same lengths are another program (what plan compiled before).
+    other = planning.plan(dataclasses.replace(model, architecture="encoder_decoder"), config)
+    assert other["argument_bytes"] != planned["argument_bytes"]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2] and all(0 < r["mfu"] < 1 for r in train_rows)
+
+
+@pytest.mark.slow
+def test_the_train_loop_refuses_hidden_host_to_device_copies(tmp_path, monkeypatch):
+    tasks.register_all()
+    model = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, dropout_rate=0.0)
+    # A metric sum that adds a host array copies it to the device on every step.
+    monkeypatch.setattr(trainer, "_add_sums", lambda totals, metrics: {
+        k: v + np.ones((), np.float32) for k, v in metrics.items()})
+    # Steps 2 and 3 share a logging window, so step 3 adds its sums to step 2's.
+    with pytest.raises(jax.errors.JaxRuntimeError, match="Disallowed host-to-device transfer"):
+        trainer.train(_tiny_run_config(tmp_path, train_steps=3, log_period=3), model)
+
+
+def test_peak_flops_table_and_measured_cpu_peak():
+    class Device:
+        platform, device_kind = "gpu", "NVIDIA H100 80GB HBM3"
+
+    assert flops.peak_flops_per_device(Device()) == 989e12
+    Device.device_kind = "TPU v5 lite"
+    assert flops.peak_flops_per_device(Device()) == 197e12
+    cpu = jax.devices("cpu")[0]
+    measured = flops.peak_flops_per_device(cpu)
+    assert 1e8 < measured < 1e13 and flops.peak_flops_per_device(cpu) == measured  # measured once

@@ -87,7 +87,7 @@ def test_readme_command_runs(command, fixtures):
         fast = [f.replace("%s", "'demo'") for f in FAST_TRAIN[1:]] + [f"--gin.MODEL_DIR='{fixtures['@root']}/pretrain'"]
         argv += ["PRETRAIN_ARGS=" + " ".join(shlex.quote(f) for f in fast)]
     elif argv[:2] == ["make", "finetune"]:
-        fast = ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0", "--gin.MAX_DECODE_LENGTH=2",
+        fast = ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0",
                 f"--gin.MODEL_DIR='{fixtures['@root']}/finetune'", "--gin.CHECKPOINT_PERIOD=1"]
         argv += [f"PRETRAINED={fixtures['@pretrained']}", "FINETUNE_ARGS=" + " ".join(shlex.quote(f) for f in fast)]
     elif argv[:4] == ["python", "-m", "t5pod", "train"]:
@@ -98,7 +98,7 @@ def test_readme_command_runs(command, fixtures):
     elif argv[:2] == ["make", "bench"]:
         pytest.skip("the benchmark takes minutes; tests/test_performance_tools.py covers its parts")
     elif argv[:4] in (["python", "-m", "t5pod", "infer"], ["python", "-m", "t5pod", "eval"]):
-        argv += ["--gin.MAX_DECODE_LENGTH=4", "--gin.INPUT_LENGTH=32", "--gin.TARGET_LENGTH=8"]
+        argv += ["--gin.MAX_DECODE_LENGTH=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
     elif argv[:4] == ["python", "-m", "t5pod", "data"]:
         argv += ["--num_examples=1", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
                  f"--gin.VOCABULARY_PATH={vocabulary!r}"]

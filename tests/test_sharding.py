@@ -10,7 +10,7 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from t5pod import network, partitioning
-from t5pod.config import T5Config
+from t5pod.configs import T5Config
 
 CONFIG = T5Config(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
                   feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)

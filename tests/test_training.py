@@ -15,7 +15,7 @@ import pytest
 
 import tasks
 from t5pod import checkpoints, optimizer, partitioning, train_step, trainer
-from t5pod.config import T5Config
+from t5pod.configs import T5Config, TrainConfig
 
 MODEL = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
                  feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1)
@@ -26,7 +26,7 @@ def _config(model_dir, **overrides):
                 task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=6, batch_size=8,
                 learning_rate=1.0, warmup_steps=100, checkpoint_period=3, log_period=1, mesh_shape=(-1, 1),
                 async_checkpointing=False)
-    return trainer.TrainConfig(**{**base, **overrides})
+    return TrainConfig(**{**base, **overrides})
 
 
 def test_rsqrt_and_constant_schedules():
@@ -34,7 +34,7 @@ def test_rsqrt_and_constant_schedules():
     assert [float(rsqrt(s)) for s in (0, 10_000, 40_000)] == pytest.approx([0.01, 0.01, 0.005])
     assert float(optimizer.learning_rate_schedule("constant", 1e-3)(123)) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="Unknown learning-rate schedule 'cosine'"):
-        optimizer.learning_rate_schedule("cosine")
+        optimizer.learning_rate_schedule("cosine", 1.0)
 
 
 def test_adafactor_first_update_by_hand():
@@ -68,13 +68,13 @@ def _fixed_batch(batch=8, inputs=64, targets=16):
 def _one_step(mesh_shape, fsdp=False, num_microbatches=1, model_config=MODEL):
     config = _config("/unused", mesh_shape=mesh_shape, fsdp=fsdp, num_microbatches=num_microbatches)
     mesh = partitioning.make_mesh(mesh_shape, jax.devices()[:int(np.prod(mesh_shape))])  # (1, 1): one device
-    model, tx, schedule, rules, _, shardings, init = trainer.create_state_fns(model_config, config, mesh)
+    setup = trainer.create_state(model_config, config, mesh)
     with mesh, jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
         from flax import linen as nn
-        with nn.logical_axis_rules(rules):
-            state = init(jax.random.PRNGKey(0))
-            step = trainer.make_train_step(config, model, tx, schedule, shardings, mesh)
-            batch = jax.device_put(_fixed_batch(), trainer._batch_sharding(mesh))
+        with nn.logical_axis_rules(setup.rules):
+            state = setup.init(jax.random.PRNGKey(0))
+            step = trainer.make_train_step(config, setup, mesh)
+            batch = jax.device_put(_fixed_batch(), trainer.batch_sharding(mesh))
             state, metrics = step(state, batch, jax.random.PRNGKey(1))
     return jax.device_get(state.params), train_step.summarize(jax.device_get(metrics)), state
 
@@ -113,7 +113,7 @@ def _rows(model_dir, split="train"):
 def _final_params(model_dir, step):
     config = _config(model_dir)
     mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])  # restore everything onto one device
-    abstract = trainer.create_state_fns(MODEL, config, mesh)[4]
+    abstract = trainer.create_state(MODEL, config, mesh).abstract_state
     params, _, _ = checkpoints.TrainCheckpointer(model_dir).restore(step, abstract)
     return jax.device_get(params)
 

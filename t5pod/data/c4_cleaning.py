@@ -30,6 +30,8 @@ import re
 import threading
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
+
 MIN_WORDS_PER_LINE = 3
 MIN_NUM_SENTENCES = 5
 SPAN_SENTENCES = 3
@@ -197,8 +199,6 @@ class _CleanerPerIteration:
         self.lock = threading.Lock()
 
     def start(self):
-        import numpy as np
-
         with self.lock:
             self.next_id += 1
             self.cleaners[self.next_id] = C4Cleaner(self.rules)
@@ -207,8 +207,6 @@ class _CleanerPerIteration:
             return np.int64(self.next_id)
 
     def clean(self, iteration_id, text):
-        import numpy as np
-
         with self.lock:
             cleaner = self.cleaners.get(int(iteration_id))
             if cleaner is None:  # Evicted (more than keep_last live iterators): start afresh.
@@ -225,7 +223,7 @@ def c4_clean_preprocessor(dataset, rules: CleaningRules | None = None, text_key:
     `.repeat()`, starts with an empty span set) and never shared across processes or hosts, so
     sharded pipelines only deduplicate within their shard.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # here, not at the top: the streaming cleaner (scripts/c4_clean.py) starts without TF
 
     state = _CleanerPerIteration(rules or CleaningRules())
 

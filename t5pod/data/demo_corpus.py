@@ -63,8 +63,8 @@ def iter_documents() -> Iterator[str]:
             if len(block.split()) >= MIN_WORDS and re.search(r"[a-z]{3,} [a-z]{3,}", block):
                 yield _clean(block)
     try:
-        from pydoc_data import topics
-    except ImportError:  # some distributions strip pydoc_data
+        from pydoc_data import topics  # here: some distributions strip pydoc_data
+    except ImportError:
         return
     for name in sorted(topics.topics):
         for paragraph in re.split(r"\n\s*\n", topics.topics[name]):

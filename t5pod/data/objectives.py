@@ -2,11 +2,14 @@
 
 Span corruption (T5's pretraining objective) and the other objectives of the paper's §3.3
 (Table 3): prefix language modelling, BERT-style and MASS-style masking, deshuffling, i.i.d.
-corruption replaced by sentinels or dropped. All follow ../shared/reference/t5-data-spec.md section 1: chunk documents, concatenate and split
-them into raw chunks of the length that yields the requested input length, then choose noise
+corruption replaced by sentinels or dropped. All follow the reference T5 implementation: chunk
+documents, concatenate and split them into raw chunks of the length that yields the requested input length, then choose noise
 and replace each noise span (inputs) or each non-noise span (targets) by a unique sentinel.
 """
 
+import functools
+
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -297,8 +300,6 @@ def drop_corrupted_tokens(dataset, sequence_length, output_features, noise_densi
 
 def noise_span_lengths(mask) -> list[int]:
     """Lengths of the runs of True in a 1-D boolean mask (for statistics)."""
-    import numpy as np
-
     mask = np.asarray(mask, bool).astype(np.int8)
     edges = np.diff(np.concatenate([[0], mask, [0]]))
     return list(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
@@ -319,8 +320,6 @@ OBJECTIVES = {
 
 def objective(name: str, noise_density: float = 0.15, mean_noise_span_length: float = 3.0):
     """The preprocessor for an objective name, with the settings it takes bound."""
-    import functools
-
     if name not in OBJECTIVES:
         raise ValueError(f"Unknown objective {name!r}; use one of {sorted(OBJECTIVES)}.")
     function, settings = OBJECTIVES[name]

@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Iterator, Mapping
 
+import jax
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -60,8 +61,6 @@ def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str =
     """
     get_task_or_mixture(name)
     if num_shards is None:
-        import jax
-
         shard_index, num_shards = jax.process_index(), jax.process_count()
     return seqio.get_dataset(
         name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split, shuffle=shuffle,

@@ -5,6 +5,7 @@ import tempfile
 from typing import Callable, Iterable
 
 import seqio
+import sentencepiece as spm
 
 DEFAULT_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 EXTRA_IDS = 100
@@ -64,8 +65,6 @@ def train_vocabulary(texts: Iterable[str], model_path: str, vocab_size: int = 32
 
     texts: documents or lines of text. The file appears only when training succeeded.
     """
-    import sentencepiece as spm
-
     model_path = os.path.abspath(model_path)
     if not model_path.endswith(".model"):
         raise VocabularyError(f"The vocabulary path must end in .model, got {model_path}.")

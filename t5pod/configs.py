@@ -1,9 +1,15 @@
-"""The T5 model configuration: one frozen dataclass, field names as in the reference."""
+"""Every configuration of t5pod as a frozen dataclass: the model (T5Config, field names as in
+the reference), a training run (TrainConfig) and inference (InferConfig).
+
+Gin binds these from one place (t5pod.ginconf); library code takes the plain instances. No JAX
+here, so the configs can be read and checked before any accelerator is touched.
+"""
 
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
 
 # feed_forward_proj values: (gated, activation). 'gated-gelu' is T5 1.1, 'relu' is T5 1.0.
 FEED_FORWARD_PROJECTIONS = {
@@ -13,7 +19,14 @@ FEED_FORWARD_PROJECTIONS = {
     "gated-relu": (True, "relu"),
     "gated-silu": (True, "silu"),
 }
+# A process of a multi-host job that stops answering is declared dead after this long; the
+# others then fail instead of waiting forever in a collective.
+DEFAULT_HEARTBEAT_TIMEOUT_S = 30
+# Gradient checkpointing of each layer: none; full (recompute everything in the backward pass);
+# save_dots (keep the results of matmuls without batch dimensions, recompute the rest).
 REMAT_POLICIES = ("none", "full", "save_dots")
+# Activation and matmul dtypes; parameters stay float32.
+DTYPES = {"float32": np.dtype("float32"), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype("float16")}
 # The architectures of the T5 paper's §3.2 comparison (Figure 4 and Table 2). A "half-layers"
 # encoder-decoder is "encoder_decoder" with num_layers and num_decoder_layers halved.
 ARCHITECTURES = (
@@ -63,8 +76,8 @@ class T5Config:
             )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"Unknown remat_policy {self.remat_policy!r}; use one of {REMAT_POLICIES}.")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"Unknown dtype {self.dtype!r}; use 'float32' or 'bfloat16'.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Unknown dtype {self.dtype!r}; use one of {tuple(DTYPES)}.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"Unknown architecture {self.architecture!r}; use one of {ARCHITECTURES}.")
         if self.architecture == "shared_encoder_decoder":
@@ -100,10 +113,7 @@ class T5Config:
 
     @property
     def activation_dtype(self) -> Any:
-        return jnp.dtype(self.dtype)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return DTYPES[self.dtype]
 
     # Fields that decide parameter shapes; a checkpoint is only compatible when these agree.
     ARCHITECTURE_FIELDS = (
@@ -119,3 +129,75 @@ class T5Config:
         arch = {name: getattr(self, name) for name in self.ARCHITECTURE_FIELDS}
         arch["num_decoder_layers"] = self.decoder_layers
         return arch
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs besides the model. Gin binds it from the run macros."""
+
+    model_dir: str
+    mixture_or_task_name: str
+    task_feature_lengths: dict
+    train_steps: int
+    batch_size: int
+    learning_rate: float = 1.0
+    schedule: str = "rsqrt"
+    warmup_steps: int = 10_000
+    checkpoint_period: int = 1000
+    keep_checkpoints: int | None = None
+    log_period: int = 100
+    eval_period: int = 0  # 0: no evaluation during training
+    eval_steps: int = 20
+    eval_split: str = "validation"
+    initial_checkpoint_path: str | None = None
+    mesh_shape: tuple = (-1, 1)
+    fsdp: bool = False
+    random_seed: int = 0
+    z_loss: float = 1e-4
+    label_smoothing: float = 0.0
+    num_microbatches: int = 1
+    loss_normalizing_factor: float | None = None
+    pack: bool = True
+    use_cached: bool = False
+    # Paper §3.5.1 fine-tuning methods: 'adapters' trains only adapters and layer norms;
+    # gradual_unfreezing unfreezes one layer per stack (from the top) in equal episodes.
+    trainable: str = "all"
+    gradual_unfreezing: bool = False
+    async_checkpointing: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class InferConfig:
+    """Decoding and scoring from a checkpoint. Gin binds it from gin/runs/infer.gin.
+
+    Lengths come from the task's TASK_FEATURE_LENGTHS, as in T5X: inputs are cut to
+    task_feature_lengths['inputs'], scored targets to ['targets'], and decoding runs for
+    max_decode_length tokens (default: the targets length).
+    """
+
+    checkpoint_path: str
+    task_feature_lengths: dict = dataclasses.field(default_factory=lambda: {"inputs": 512, "targets": 128})
+    batch_size: int = 8
+    max_decode_length: int | None = None
+    beam_size: int = 1  # 1: greedy (or sampling with temperature > 0)
+    alpha: float = 0.6
+    temperature: float = 0.0
+    top_k: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        for key in ("inputs", "targets"):
+            if key not in self.task_feature_lengths:
+                raise ValueError(f"TASK_FEATURE_LENGTHS needs an {key!r} length for inference, got "
+                                 f"{self.task_feature_lengths}.")
+        if self.max_decode_length is None:
+            object.__setattr__(self, "max_decode_length", int(self.task_feature_lengths["targets"]))
+
+    @property
+    def input_length(self) -> int:
+        return int(self.task_feature_lengths["inputs"])
+
+    @property
+    def target_length(self) -> int:
+        """The longest target kept for scoring."""
+        return int(self.task_feature_lengths["targets"])

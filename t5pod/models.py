@@ -1,0 +1,169 @@
+"""What differs between the architectures, in one place: which module to build, what a batch of
+features looks like for given lengths, and how decoding starts (the cache and the prompt).
+
+Every other module asks here instead of testing the architecture itself. Encoder-decoder models
+(network.Transformer) read seqio's EncDecFeatureConverter features; the decoder-only LM and
+prefix LM (decoder_only.DecoderOnly) read PrefixLMFeatureConverter's, inputs and targets
+concatenated into one [batch, inputs + targets] row.
+"""
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from t5pod import decoder_only, network
+from t5pod.configs import T5Config
+
+# Training features per architecture: (name, which length), in the feature converter's names.
+_ENCODER_DECODER_FEATURES = (
+    ("encoder_input_tokens", "inputs"), ("encoder_segment_ids", "inputs"), ("encoder_positions", "inputs"),
+    ("decoder_input_tokens", "targets"), ("decoder_target_tokens", "targets"), ("decoder_loss_weights", "targets"),
+    ("decoder_segment_ids", "targets"), ("decoder_positions", "targets"),
+)
+_DECODER_ONLY_FEATURES = (
+    "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
+    "decoder_positions", "decoder_causal_attention",
+)
+_PACKING_FEATURES = ("segment_ids", "positions")
+
+
+def build(config: T5Config) -> nn.Module:
+    """The model for config.architecture: network.Transformer or decoder_only.DecoderOnly."""
+    if config.is_decoder_only:
+        return decoder_only.DecoderOnly(config)
+    return network.Transformer(config)
+
+
+def batch_spec(config: T5Config, batch_size: int, lengths: dict, packed: bool = True) -> dict:
+    """The training batch the feature converter gives, as jax.ShapeDtypeStruct per feature.
+
+    lengths: the task feature lengths {'inputs': n, 'targets': m}. Encoder-decoder features are
+    [batch, n] (encoder_*) and [batch, m] (decoder_*); decoder-only ones [batch, n + m].
+    Unpacked batches have no segment ids or positions.
+    """
+    if config.is_decoder_only:
+        shapes = {name: lengths["inputs"] + lengths["targets"] for name in _DECODER_ONLY_FEATURES}
+    else:
+        shapes = {name: lengths[which] for name, which in _ENCODER_DECODER_FEATURES}
+    if not packed:
+        shapes = {name: n for name, n in shapes.items() if not name.endswith(_PACKING_FEATURES)}
+    return {name: jax.ShapeDtypeStruct((batch_size, n), jnp.int32) for name, n in shapes.items()}
+
+
+def dummy_features(config: T5Config, batch: int = 1, input_length: int = 8, target_length: int = 8) -> dict:
+    """All-ones token inputs of the given task lengths, for init and shape inference."""
+    spec = batch_spec(config, batch, {"inputs": input_length, "targets": target_length})
+    return {name: jnp.ones(s.shape, s.dtype) for name, s in spec.items() if name.endswith("input_tokens")}
+
+
+def abstract_variables(config: T5Config, batch: int = 1, input_length: int = 8, target_length: int = 8) -> Any:
+    """Shapes (and logical-axis boxes) of the variables, computed without allocating them."""
+    features = dummy_features(config, batch, input_length, target_length)
+    return jax.eval_shape(lambda rng: build(config).init(rng, **features), jax.random.PRNGKey(0))
+
+
+def count_parameters(config: T5Config) -> int:
+    leaves = jax.tree_util.tree_leaves(nn.unbox(abstract_variables(config)["params"]))
+    return sum(int(x.size) for x in leaves)
+
+
+def scoring_features(config: T5Config, encoder_input_tokens: np.ndarray, decoder_target_tokens: np.ndarray) -> dict:
+    """Features that score each row's targets given its inputs, as the feature converter lays them.
+
+    [batch, length_in] and [batch, length_out], right-padded with 0 -> encoder-decoder features,
+    or (decoder-only) decoder_* [batch, length_in + length_out] with the loss on the targets.
+    """
+    if not config.is_decoder_only:
+        return {"encoder_input_tokens": encoder_input_tokens, "decoder_target_tokens": decoder_target_tokens,
+                "decoder_input_tokens": np.pad(decoder_target_tokens[:, :-1], ((0, 0), (1, 0)))}
+    batch = encoder_input_tokens.shape[0]
+    length = encoder_input_tokens.shape[1] + decoder_target_tokens.shape[1]
+    out = {k: np.zeros((batch, length), np.int32) for k in
+           ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights", "decoder_causal_attention")}
+    for row, (inputs, targets) in enumerate(zip(encoder_input_tokens, decoder_target_tokens)):
+        inputs, targets = inputs[inputs > 0], targets[targets > 0]
+        tokens = np.concatenate([inputs, targets])
+        out["decoder_target_tokens"][row, :len(tokens)] = tokens
+        out["decoder_input_tokens"][row, 1:len(tokens)] = tokens[:-1]
+        out["decoder_loss_weights"][row, len(inputs):len(tokens)] = 1
+        out["decoder_causal_attention"][row, :len(inputs) + 1] = 1
+    return out
+
+
+def _zero_cache_leaf(length: int, path, shape):
+    name = getattr(path[-1], "key", None)
+    if name == "key_positions":  # static: the positions of the cache slots
+        return jnp.broadcast_to(jnp.arange(length, dtype=shape.dtype), shape.shape)
+    if name == "key_valid":  # slots are valid unless a prompt marks them as padding
+        return jnp.ones(shape.shape, shape.dtype)
+    return jnp.zeros(shape.shape, shape.dtype)
+
+
+def _zero_cache(create: Callable, params, length: int):
+    """A cache shaped like create(params)'s, zero except its static slot positions."""
+    shapes = jax.eval_shape(create, params)
+    return jax.tree_util.tree_map_with_path(functools.partial(_zero_cache_leaf, length), shapes)
+
+
+def init_decode_cache(model: nn.Module, params, encoder_input_tokens, length: int):
+    """A zero cache for decoding `length` target tokens per row of encoder_input_tokens.
+
+    Encoder-decoder: the decoder's self-attention cache [batch, length]. Decoder-only: the prompt
+    (encoder_input_tokens plus the start token) and the targets share the cache.
+    """
+    batch = encoder_input_tokens.shape[0]
+    if isinstance(model, decoder_only.DecoderOnly):
+        length += encoder_input_tokens.shape[1] + 1
+
+        def create(params):
+            _, variables = model.apply({"params": params}, jnp.zeros((batch, length), jnp.int32), decode=True,
+                                       mutable=["cache"])
+            return variables["cache"]
+
+        return _zero_cache(create, params, length)
+
+    def create(params):
+        encoded = model.apply({"params": params}, encoder_input_tokens, method=network.Transformer.encode)
+        _, variables = model.apply(
+            {"params": params}, encoded, encoder_input_tokens, jnp.zeros((batch, length), jnp.int32),
+            decode=True, mutable=["cache"], method=network.Transformer.decode)
+        return variables["cache"]
+
+    return _zero_cache(create, params, length)
+
+
+def begin_decoding(model: nn.Module, params, encoder_input_tokens, max_decode_length: int):
+    """(step, logits [rows, vocab] for the first target token, cache) for any architecture.
+
+    step(tokens [rows], cache) -> (logits [rows, vocab] for the next token, cache). The cache has
+    room for one step more than max_decode_length, so decoding loops may always step after
+    choosing a token. Decoder-only models write the whole prompt to the cache in one pass.
+    """
+    if isinstance(model, decoder_only.DecoderOnly):
+        prompts, valid = decoder_only.right_aligned_prompts(encoder_input_tokens)
+        cache = init_decode_cache(model, params, encoder_input_tokens, max_decode_length)
+        logits, variables = model.apply({"params": params, "cache": cache}, prompts, decode=True, prompt_mask=valid,
+                                        mutable=["cache"])
+
+        def step(tokens, cache):
+            logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], decode=True,
+                                            mutable=["cache"])
+            return logits[:, 0].astype(jnp.float32), variables["cache"]
+
+        return step, logits[:, -1].astype(jnp.float32), variables["cache"]
+
+    encoded = model.apply({"params": params}, encoder_input_tokens, method=network.Transformer.encode)
+    cache = init_decode_cache(model, params, encoder_input_tokens, max_decode_length + 1)
+
+    def step(tokens, cache):
+        logits, variables = model.apply({"params": params, "cache": cache}, encoded, encoder_input_tokens,
+                                        tokens[:, None], decode=True, mutable=["cache"],
+                                        method=network.Transformer.decode)
+        return logits[:, 0].astype(jnp.float32), variables["cache"]
+
+    start_tokens = jnp.zeros((encoder_input_tokens.shape[0],), jnp.int32)
+    return (step, *step(start_tokens, cache))
