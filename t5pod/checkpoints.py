@@ -10,6 +10,7 @@ directly.
 
 import logging
 import os
+import time
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -30,6 +31,7 @@ def absolute(path: str) -> str:
 
 CHECKPOINTS_FOLDER = "checkpoints"
 DATA_POSITIONS_FOLDER = "data_positions"
+BROKEN_FOLDER = "broken_checkpoints"  # checkpoints that could not be read, kept for inspection
 
 
 def _isdir(path: str) -> bool:
@@ -138,6 +140,45 @@ def _resolve_step(directory: str, step: int | None) -> int:
     return step
 
 
+def data_position_path(model_dir: str, step: int, process_index: int) -> str:
+    """Where a process's input-stream position at `step` is saved (a tf.train.Checkpoint prefix)."""
+    return os.path.join(model_dir, DATA_POSITIONS_FOLDER, str(step), f"process_{process_index}")
+
+
+def restore_train_state(model_dir: str, step: int, abstract_state) -> tuple:
+    """(params, opt_state, metadata) of a run's checkpoint, laid out as abstract_state says. Reads only."""
+    with _manager(os.path.join(absolute(model_dir), CHECKPOINTS_FOLDER), read_only=True) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_state.params),
+            opt_state=ocp.args.StandardRestore(abstract_state.opt_state), metadata=ocp.args.JsonRestore()))
+    return restored["params"], restored["opt_state"], restored["metadata"]
+
+
+def restore_data_position(model_dir: str, step: int, data_iterator, process_index: int = 0):
+    """Moves data_iterator to where this process's stream was when `step` was saved."""
+    data_iterator.restore(data_position_path(absolute(model_dir), step, process_index))
+
+
+def describe_read_error(error: BaseException) -> str:
+    """One line about why a checkpoint could not be read, naming the file when the error does."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def move_to_broken(model_dir: str, step: int) -> str:
+    """Moves an unreadable checkpoint (and its data position) out of the run's way; never deletes it."""
+    model_dir = absolute(model_dir)
+    target = os.path.join(model_dir, BROKEN_FOLDER, str(step))
+    if tf.io.gfile.exists(target):
+        target = f"{target}-{int(time.time())}"
+    tf.io.gfile.makedirs(os.path.dirname(target))
+    tf.io.gfile.rename(os.path.join(model_dir, CHECKPOINTS_FOLDER, str(step)), target)
+    positions = os.path.join(model_dir, DATA_POSITIONS_FOLDER, str(step))
+    if _isdir(positions):
+        tf.io.gfile.rename(positions, os.path.join(target, DATA_POSITIONS_FOLDER))
+    return target
+
+
 class TrainCheckpointer:
     """Train-state checkpoints of a run: MODEL_DIR/checkpoints/<step>/ plus the data position.
 
@@ -154,7 +195,7 @@ class TrainCheckpointer:
         self.manager = ocp.CheckpointManager(os.path.join(self.model_dir, CHECKPOINTS_FOLDER), options=options)
 
     def _data_position(self, step: int, process_index: int) -> str:
-        return os.path.join(self.model_dir, DATA_POSITIONS_FOLDER, str(step), f"process_{process_index}")
+        return data_position_path(self.model_dir, step, process_index)
 
     def save(self, step: int, state, metadata: dict, data_iterator=None, process_index: int = 0):
         if data_iterator is not None:
@@ -167,14 +208,7 @@ class TrainCheckpointer:
             self._prune_data_positions(keep={step})
 
     def restore(self, step: int, abstract_state) -> tuple:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_state.params),
-            opt_state=ocp.args.StandardRestore(abstract_state.opt_state), metadata=ocp.args.JsonRestore()))
-        return restored["params"], restored["opt_state"], restored["metadata"]
-
-    def restore_data_position(self, step: int, data_iterator, process_index: int = 0):
-        """Moves data_iterator to where this process's stream was when `step` was saved."""
-        data_iterator.restore(self._data_position(step, process_index))
+        return restore_train_state(self.model_dir, step, abstract_state)
 
     def _prune_data_positions(self, keep: set):
         root = os.path.join(self.model_dir, DATA_POSITIONS_FOLDER)

@@ -32,11 +32,11 @@ def _add_multihost_flags(parser: argparse.ArgumentParser):
                        help="seconds after which a silent process is declared dead and the others stop")
 
 
-def _parse_gin(args, base_files=("tasks.gin",)):
+def _parse_gin(args, base_files=("tasks.gin",), read_directly=()):
     from t5pod import ginconf
 
     search_paths = [p for p in args.gin_search_paths.split(",") if p]
-    ginconf.parse([*base_files, *args.gin_file], args.gin_bindings, search_paths)
+    ginconf.parse([*base_files, *args.gin_file], args.gin_bindings, search_paths, read_directly)
     return ginconf
 
 
@@ -53,7 +53,13 @@ def _convert_hf(args) -> int:
 
 
 def _data(args) -> int:
-    ginconf = _parse_gin(args)
+    if args.num_examples <= 0:
+        raise ValueError(f"--num_examples must be positive, got {args.num_examples}.")
+    if args.stats < 0:
+        raise ValueError(f"--stats must be a positive number of examples (0: show examples), got {args.stats}.")
+    from t5pod import ginconf as gin_layer
+
+    ginconf = _parse_gin(args, read_directly=gin_layer.DATA_COMMAND_MACROS)
     ginconf.register_tasks()
     import seqio
 
@@ -92,8 +98,8 @@ def _train(args) -> int:
     return 0
 
 
-def _predictor(args, base_files):
-    ginconf = _parse_gin(args, base_files)
+def _predictor(args, base_files, read_directly=()):
+    ginconf = _parse_gin(args, base_files, read_directly)
     ginconf.register_tasks()
     from t5pod import inference
 
@@ -105,6 +111,11 @@ def _infer(args) -> int:
         raise ValueError("infer needs either --input_file=IN or --task=NAME (with --split).")
     if not args.output_file:
         raise ValueError("infer needs --output_file=OUT (JSONL).")
+    from t5pod import inference as inference_module
+
+    inference_module.check_output_path(args.output_file)
+    if args.input_file and not os.path.isfile(args.input_file):
+        raise FileNotFoundError(f"Input file {args.input_file} not found.")
     ginconf, inference, predictor = _predictor(args, ("tasks.gin", "runs/infer.gin"))
     if args.task:
         lengths = {"inputs": predictor.config.input_length, "targets": predictor.config.target_length}
@@ -119,7 +130,9 @@ def _infer(args) -> int:
 
 
 def _eval(args) -> int:
-    ginconf, inference, predictor = _predictor(args, ("tasks.gin", "runs/eval.gin"))
+    from t5pod import ginconf as gin_layer
+
+    ginconf, inference, predictor = _predictor(args, ("tasks.gin", "runs/eval.gin"), gin_layer.EVAL_COMMAND_MACROS)
     from t5pod import checkpoints, metric_writers
 
     name, split = ginconf.macro("MIXTURE_OR_TASK_NAME"), ginconf.macro("EVAL_SPLIT")
@@ -141,7 +154,7 @@ def _eval(args) -> int:
             if task not in best or score > best[task][1]:
                 best[task] = (step, score)
     writer.close()
-    inference.write_jsonl_atomically(os.path.join(out_dir, "eval_metrics.jsonl"), rows)
+    inference.append_jsonl(os.path.join(out_dir, "eval_metrics.jsonl"), rows)
     if len(steps) > 1:
         for task, (step, score) in sorted(best.items()):
             print(f"best {task}: step {step} ({score:.2f})")
@@ -167,6 +180,9 @@ def _plan(args) -> int:
 
 
 def _train_vocab(args) -> int:
+    if args.vocab_size <= 0 or args.max_sentences <= 0:
+        raise ValueError(f"--vocab_size must be positive (got {args.vocab_size}), and so must --max_sentences "
+                         f"(got {args.max_sentences}).")
     from t5pod.data import text_sources, vocabularies
 
     def texts():
@@ -249,9 +265,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from t5pod.checkpoints import CheckpointError
     from t5pod.hf_import import ConversionError
     from t5pod.inference import InferenceError
+    from t5pod.run_lock import RunLockError
     from t5pod.trainer import TrainingError
 
-    return (ConversionError, CheckpointError, TrainingError, InferenceError, FileNotFoundError, ValueError)
+    return (ConversionError, CheckpointError, TrainingError, InferenceError, RunLockError, FileNotFoundError,
+            ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,6 +164,29 @@ class TrainConfig:
     trainable: str = "all"
     gradual_unfreezing: bool = False
     async_checkpointing: bool = True
+    # Resuming with another batch size, feature lengths or mixture invalidates the saved input
+    # position; True continues from the checkpoint with the input stream restarted from its seed.
+    restart_data_stream: bool = False
+    # A run holds MODEL_DIR through a lease file; a killed run's lease expires after this long.
+    lease_timeout_s: float = 120.0
+
+    def __post_init__(self):
+        _check_lengths(self.task_feature_lengths, ("inputs", "targets"))
+        _check_positive(self, "train_steps", "batch_size", "checkpoint_period", "log_period", "eval_steps",
+                        "num_microbatches", "lease_timeout_s")
+        _check_positive(self, "learning_rate")
+        _check_not_negative(self, "warmup_steps", "eval_period", "z_loss", "label_smoothing")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise ValueError(f"KEEP_CHECKPOINTS must be at least 1 (None keeps all), got {self.keep_checkpoints}: "
+                             "0 would delete every checkpoint of the run.")
+        if self.label_smoothing >= 1:
+            raise ValueError(f"LABEL_SMOOTHING must be in [0, 1), got {self.label_smoothing}.")
+        if self.loss_normalizing_factor is not None and self.loss_normalizing_factor <= 0:
+            raise ValueError(f"LOSS_NORMALIZING_FACTOR must be positive (or None), got {self.loss_normalizing_factor}.")
+        if len(self.mesh_shape) != 2 or any(int(n) == 0 or int(n) < -1 for n in self.mesh_shape):
+            raise ValueError(f"MESH_SHAPE must be (data, model) with positive sizes or -1, got {self.mesh_shape}.")
+        if not self.model_dir:
+            raise ValueError("MODEL_DIR is empty; set --gin.MODEL_DIR=\"'/path/to/run'\".")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,12 +209,11 @@ class InferConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for key in ("inputs", "targets"):
-            if key not in self.task_feature_lengths:
-                raise ValueError(f"TASK_FEATURE_LENGTHS needs an {key!r} length for inference, got "
-                                 f"{self.task_feature_lengths}.")
+        _check_lengths(self.task_feature_lengths, ("inputs", "targets"))
         if self.max_decode_length is None:
             object.__setattr__(self, "max_decode_length", int(self.task_feature_lengths["targets"]))
+        _check_positive(self, "batch_size", "max_decode_length", "beam_size")
+        _check_not_negative(self, "alpha", "temperature", "top_k")
 
     @property
     def input_length(self) -> int:
@@ -201,3 +223,43 @@ class InferConfig:
     def target_length(self) -> int:
         """The longest target kept for scoring."""
         return int(self.task_feature_lengths["targets"])
+
+
+# Macro names of the fields, for error messages (the run gin files bind each field from its macro).
+_MACROS = {"train_steps": "TRAIN_STEPS", "batch_size": "BATCH_SIZE (INFER_BATCH_SIZE for infer and eval)",
+           "checkpoint_period": "CHECKPOINT_PERIOD", "log_period": "LOG_PERIOD", "eval_steps": "EVAL_STEPS",
+           "num_microbatches": "NUM_MICROBATCHES", "learning_rate": "LEARNING_RATE", "warmup_steps": "WARMUP_STEPS",
+           "eval_period": "EVAL_PERIOD", "z_loss": "Z_LOSS", "label_smoothing": "LABEL_SMOOTHING",
+           "max_decode_length": "MAX_DECODE_LENGTH", "beam_size": "BEAM_SIZE", "alpha": "ALPHA",
+           "temperature": "TEMPERATURE", "top_k": "TOP_K"}
+
+
+def _name(field: str) -> str:
+    return _MACROS.get(field, field)
+
+
+def _check_positive(config, *fields):
+    for field in fields:
+        value = getattr(config, field)
+        if value <= 0:
+            raise ValueError(f"{_name(field)} must be positive, got {value}.")
+
+
+def _check_not_negative(config, *fields):
+    for field in fields:
+        value = getattr(config, field)
+        if value < 0:
+            raise ValueError(f"{_name(field)} must not be negative, got {value}.")
+
+
+def _check_lengths(lengths, keys):
+    if not isinstance(lengths, dict):
+        raise ValueError(f"TASK_FEATURE_LENGTHS must be a dict like {{'inputs': 512, 'targets': 114}}, got {lengths!r}.")
+    for key in keys:
+        if key not in lengths:
+            raise ValueError(f"TASK_FEATURE_LENGTHS needs a {key!r} length, got {lengths}; e.g. "
+                             "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 114}\".")
+    for key, value in lengths.items():
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"TASK_FEATURE_LENGTHS[{key!r}] must be a positive integer, got {value!r}.")
+

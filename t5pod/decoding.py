@@ -20,6 +20,21 @@ def length_penalty(length, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
+def choose_tokens(logits, rng, temperature: float = 0.0, top_k: int = 0):
+    """The next token of each row. logits [rows, vocab] -> ids [rows].
+
+    temperature 0: the most likely token; > 0: a draw from softmax(logits / temperature),
+    restricted to the top_k most likely tokens when top_k > 0.
+    """
+    if temperature <= 0:
+        return jnp.argmax(logits, axis=-1)
+    scaled = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+        scaled = jnp.where(scaled < kth, NEG_INF, scaled)
+    return jax.random.categorical(rng, scaled)
+
+
 def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, rng=None, temperature: float = 0.0,
                   top_k: int = 0):
     """Greedy (temperature 0) or sampled decoding.
@@ -34,14 +49,7 @@ def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, r
     def body(state):
         i, tokens, cache, done, scores, logits = state
         log_probs = jax.nn.log_softmax(logits)
-        if temperature > 0:
-            scaled = logits / temperature
-            if top_k:
-                kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
-                scaled = jnp.where(scaled < kth, NEG_INF, scaled)
-            chosen = jax.random.categorical(jax.random.fold_in(rng, i), scaled)
-        else:
-            chosen = jnp.argmax(logits, axis=-1)
+        chosen = choose_tokens(logits, jax.random.fold_in(rng, i), temperature, top_k)
         chosen = jnp.where(done, 0, chosen).astype(jnp.int32)
         scores = scores + jnp.where(done, 0.0, jnp.take_along_axis(log_probs, chosen[:, None], -1)[:, 0])
         tokens = tokens.at[:, i].set(chosen)
@@ -146,13 +154,12 @@ def score(model, params, batch: dict):
 
 
 def strip_after_eos(ids) -> list[int]:
-    """Token ids up to (not including) the first EOS, without padding."""
+    """Every generated token id before the first EOS (pad ids the model generated included)."""
     out = []
     for token in ids:
         token = int(token)
         if token == EOS:
             break
-        if token != 0:
-            out.append(token)
+        out.append(token)
     return out
 

@@ -8,6 +8,8 @@ On Cloud TPU VMs `jax.distributed.initialize()` finds the slice by itself (--mul
 import os
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from t5pod.configs import DEFAULT_HEARTBEAT_TIMEOUT_S
 
@@ -44,3 +46,10 @@ def is_peer_failure(error: BaseException) -> bool:
     text = f"{type(error).__name__}: {error}".lower()
     return any(word in text for word in ("connection", "heartbeat", "gloo", "coordination", "unavailable",
                                         "peer", "deadline", "barrier", "socket", "closed"))
+
+
+def agree(flag: bool) -> bool:
+    """True on every process when it is True on any (SIGTERM, a refusal may reach only some)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.max(multihost_utils.process_allgather(np.array([flag], np.int32))))

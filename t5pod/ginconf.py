@@ -6,6 +6,7 @@ Library code never imports gin; commands call the factories here to get plain ob
 import dataclasses
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +21,10 @@ GIN_DIR = str(Path(__file__).resolve().parent.parent / "gin")
 
 _search_paths: list[str] = []
 
+
+# Macros that commands read themselves (macro()) rather than through a configurable's binding.
+DATA_COMMAND_MACROS = ("TASK_FEATURE_LENGTHS",)
+EVAL_COMMAND_MACROS = ("MIXTURE_OR_TASK_NAME", "EVAL_SPLIT", "EVAL_OUTPUT_DIR")
 
 # Macros of earlier releases: naming one is an error that says what replaced it.
 RETIRED_MACROS = {
@@ -41,8 +46,13 @@ def _find_gin_files_by_path_only():
                                    if getattr(exists, "__module__", "") != "gin.resource_reader"]
 
 
-def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_paths: Sequence[str] = ()):
-    """Parses gin files and `X=value` bindings, later ones overriding earlier ones."""
+def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_paths: Sequence[str] = (),
+          read_directly: Sequence[str] = ()):
+    """Parses gin files and `X=value` bindings, later ones overriding earlier ones.
+
+    A macro given on the command line must be read by some binding of the gin files, or be one of
+    read_directly (the macros the command reads itself with macro()).
+    """
     _find_gin_files_by_path_only()
     gin.clear_config()
     for path in [GIN_DIR, *search_paths]:
@@ -61,15 +71,21 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_pa
         name = binding.split("=", 1)[0].strip()
         if name in RETIRED_MACROS:
             raise ValueError(f"--gin.{name} was retired: {RETIRED_MACROS[name]}.")
-        # A bare upper-case name is a macro: it must be one the gin files use, or a typo like
-        # --gin.TRAIN_STEP=10 would be silently ignored.
-        if name.isidentifier() and name.isupper() and known_macros and name not in known_macros:
-            close = difflib.get_close_matches(name, sorted(known_macros), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
+        # A bare name is a macro: it must be one the gin files define, or a typo like
+        # --gin.TRAIN_STEP=10 (or --gin.train_steps=10) would be silently ignored.
+        if name.isidentifier() and known_macros and name not in known_macros:
+            by_lower = {macro.lower(): macro for macro in known_macros}
+            close = difflib.get_close_matches(name.lower(), sorted(by_lower), n=3)
+            hint = f" Did you mean {', '.join(by_lower[c] for c in close)}?" if close else ""
             if name in UNKNOWN_MACRO_HINTS:
                 hint = f" Here {UNKNOWN_MACRO_HINTS[name]}."
             raise ValueError(f"Unknown gin macro {name} in --gin.{binding}.{hint}")
         gin.parse_config(binding)
+    referenced = set(re.findall(r"%([A-Za-z_][\w.]*)", gin.config_str())) | set(read_directly)
+    for binding in bindings:
+        name = binding.split("=", 1)[0].strip()
+        if name.isidentifier() and name in known_macros and name not in referenced:
+            raise ValueError(f"--gin.{name} is not used by this command: no setting of its gin files reads %{name}.")
     gin.finalize()
 
 

@@ -11,7 +11,7 @@ import tempfile
 
 import numpy as np
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from t5pod import checkpoints
 from t5pod.configs import FEED_FORWARD_PROJECTIONS, T5Config
@@ -30,8 +30,16 @@ def read_hf_config(src_dir: str) -> tuple[T5Config, dict]:
     path = os.path.join(src_dir, "config.json")
     if not os.path.isfile(path):
         raise ConversionError(f"{src_dir} has no config.json: pass the folder of a Hugging Face T5 checkpoint.")
-    with open(path) as f:
-        hf = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            hf = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{path} is not valid JSON ({error}); re-download the checkpoint's config.json.") from None
+    if not isinstance(hf, dict):
+        raise ConversionError(f"{path} is not a T5 config (a JSON object is expected).")
+    missing = [k for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers") if k not in hf]
+    if missing and "d_model" in hf:
+        raise ConversionError(f"{path} lacks {', '.join(missing)}; it is not a complete T5 config.")
     if hf.get("model_type", "t5") not in ("t5", "mt5", "umt5") or "d_model" not in hf:
         raise ConversionError(f"{path} is not a T5 config (model_type={hf.get('model_type')!r}).")
     projection = hf.get("feed_forward_proj", "relu")
@@ -70,9 +78,13 @@ def read_safetensors(src_dir: str) -> dict[str, np.ndarray]:
         if not os.path.isfile(path):
             raise ConversionError(f"{path}, named in the safetensors index, is missing.")
         # The flax framework reads bfloat16 too; numpy alone cannot.
-        with safe_open(path, framework="flax") as f:
-            for name in f.keys():
-                tensors[name] = np.asarray(f.get_tensor(name), dtype=np.float32)
+        try:
+            with safe_open(path, framework="flax") as f:
+                for name in f.keys():
+                    tensors[name] = np.asarray(f.get_tensor(name), dtype=np.float32)
+        except (OSError, ValueError, SafetensorError) as error:
+            raise ConversionError(f"{path} cannot be read as safetensors ({type(error).__name__}: "
+                                  f"{' '.join(str(error).split())[:200]}); it may be truncated: download it again.") from None
     return tensors
 
 

@@ -16,6 +16,7 @@ from flax import linen as nn
 
 from t5pod import checkpoints, decoding, models
 from t5pod.configs import InferConfig, T5Config
+from t5pod.data import pipeline
 
 
 class InferenceError(ValueError):
@@ -31,8 +32,13 @@ def load_params(model_config: T5Config, checkpoint_path: str, step: int | None =
         raise
     except (ValueError, KeyError) as error:
         raise checkpoints.CheckpointError(
-            f"The checkpoint in {checkpoint_path} does not fit the gin model ({type(error).__name__}: "
-            f"{str(error)[:200]}). Pass the model gin file it was trained with.") from None
+            f"The checkpoint in {checkpoint_path} does not fit the gin model or cannot be read "
+            f"({checkpoints.describe_read_error(error)}). Pass the model gin file it was trained with, or point "
+            "CHECKPOINT_PATH at an intact checkpoint.") from None
+    except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds for a damaged file
+        raise checkpoints.CheckpointError(
+            f"The checkpoint in {checkpoint_path} cannot be read ({checkpoints.describe_read_error(error)}); point "
+            "CHECKPOINT_PATH at an intact checkpoint.") from None
 
 
 def read_input_file(path: str, mode: str) -> list[dict]:
@@ -53,6 +59,10 @@ def read_input_file(path: str, mode: str) -> list[dict]:
                 raise InferenceError(f"{path}:{number}: not valid JSON ({error}).") from None
             if not isinstance(row, dict) or "inputs" not in row:
                 raise InferenceError(f"{path}:{number}: a JSON object with an `inputs` field is needed.")
+            for key in ("inputs", "targets"):
+                if key in row and not isinstance(row[key], str):
+                    raise InferenceError(f"{path}:{number}: `{key}` must be a string, got "
+                                         f"{type(row[key]).__name__} {json.dumps(row[key])[:60]}.")
         else:
             row = {"inputs": line}
         if mode == "score" and "targets" not in row:
@@ -62,6 +72,28 @@ def read_input_file(path: str, mode: str) -> list[dict]:
     if not rows:
         raise InferenceError(f"Input file {path} is empty: nothing to {mode}.")
     return rows
+
+
+def check_output_path(path: str):
+    """Fails before any decoding when `path` cannot become the output file."""
+    if os.path.isdir(path):
+        raise InferenceError(f"--output_file {path} is a directory; name a file inside it.")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".infer-check-"):
+            pass
+    except OSError as error:
+        raise InferenceError(f"--output_file {path} cannot be written ({error.strerror}); choose a writable "
+                             "path.") from None
+
+
+def append_jsonl(path: str, rows: Iterable[dict]):
+    """Appends rows to a JSONL file (creating it): earlier rows are kept."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def write_jsonl_atomically(path: str, rows: Iterable[dict]):
@@ -137,12 +169,25 @@ class Predictor:
         return out
 
 
+def _check_fits(ids: list[list[int]], length: int, feature: str):
+    """Scores are of whole sequences: one that does not fit (with its EOS) is an error, not a cut."""
+    for number, row in enumerate(ids, 1):
+        if len(row) + 1 > length:
+            raise InferenceError(
+                f"Row {number}: its {feature} are {len(row) + 1} tokens with EOS, more than "
+                f"TASK_FEATURE_LENGTHS['{feature}'] = {length}; score with --gin.TASK_FEATURE_LENGTHS set to at "
+                f"least {len(row) + 1} for {feature!r}.")
+
+
 def run_file(predictor: Predictor, rows: list[dict], mode: str) -> list[dict]:
     """Rows in input order with `prediction` and `prediction_ids`, or `score`."""
     vocabulary = predictor.vocabulary
     input_ids = [vocabulary.encode(r["inputs"]) for r in rows]
     if mode == "score":
-        scores = predictor.score_ids(input_ids, [vocabulary.encode(r["targets"]) for r in rows])
+        target_ids = [vocabulary.encode(r["targets"]) for r in rows]
+        _check_fits(input_ids, predictor.config.input_length, "inputs")
+        _check_fits(target_ids, predictor.config.target_length, "targets")
+        scores = predictor.score_ids(input_ids, target_ids)
         return [{**r, "score": s} for r, s in zip(rows, scores)]
     predictions = predictor.predict_ids(input_ids)
     return [{**r, "prediction": vocabulary.decode(p), "prediction_ids": p} for r, p in zip(rows, predictions)]
@@ -150,7 +195,7 @@ def run_file(predictor: Predictor, rows: list[dict], mode: str) -> list[dict]:
 
 def task_rows(name: str, split: str, lengths: dict) -> list[dict]:
     """Examples of a task split as rows with inputs/targets text and token ids (no EOS)."""
-    task = seqio.get_mixture_or_task(name)
+    task = pipeline.get_task_or_mixture(name)
     dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
     rows = []
     for example in dataset.as_numpy_iterator():
@@ -162,7 +207,7 @@ def task_rows(name: str, split: str, lengths: dict) -> list[dict]:
 
 def evaluate(predictor: Predictor, name: str, split: str, lengths: dict) -> dict[str, dict[str, float]]:
     """seqio-style evaluation: predict, postprocess targets and predictions, apply metric_fns."""
-    provider = seqio.get_mixture_or_task(name)
+    provider = pipeline.get_task_or_mixture(name)
     tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
     results = {}
     for task in tasks:

@@ -43,12 +43,20 @@ class _JsonLines:
 
 
 class MetricWriter:
-    def __init__(self, model_dir: str, enabled: bool = True):
+    """create=False defers creating MODEL_DIR and its files until open(): a run prints while it
+    checks its settings and writes nothing until they hold."""
+
+    def __init__(self, model_dir: str, enabled: bool = True, create: bool = True):
         self.enabled = enabled
         self.model_dir = model_dir
         self._summary_writers = {}
-        if enabled:
-            self._jsonl = _JsonLines(os.path.join(model_dir, "metrics.jsonl"))
+        self._jsonl = None
+        if create:
+            self.open()
+
+    def open(self):
+        if self.enabled and self._jsonl is None:
+            self._jsonl = _JsonLines(os.path.join(self.model_dir, "metrics.jsonl"))
 
     def _summary_writer(self, split: str):
         if split not in self._summary_writers:
@@ -75,7 +83,7 @@ class MetricWriter:
             print(message, flush=True)
 
     def close(self):
-        if self.enabled:
+        if self.enabled and self._jsonl is not None:
             self._jsonl.close()
             for writer in self._summary_writers.values():
                 writer.close()

@@ -17,6 +17,7 @@ from flax import linen as nn
 
 from t5pod import decoder_only, network
 from t5pod.configs import T5Config
+from t5pod.data import pipeline
 
 # Training features per architecture: (name, which length), in the feature converter's names.
 _ENCODER_DECODER_FEATURES = (
@@ -36,6 +37,18 @@ def build(config: T5Config) -> nn.Module:
     if config.is_decoder_only:
         return decoder_only.DecoderOnly(config)
     return network.Transformer(config)
+
+
+def feature_converter(config: T5Config, pack: bool = True):
+    """The seqio feature converter whose features the model reads."""
+    return pipeline.feature_converter(pack, decoder_only=config.is_decoder_only)
+
+
+def layers_per_stack(config: T5Config) -> dict[str, int]:
+    """Layers per top-level stack of the parameter tree ("" for the decoder-only models' one stack)."""
+    if config.is_decoder_only:
+        return {"": config.num_layers}
+    return {"encoder": config.num_layers, "decoder": config.decoder_layers, "shared": config.num_layers}
 
 
 def batch_spec(config: T5Config, batch_size: int, lengths: dict, packed: bool = True) -> dict:

@@ -3,7 +3,6 @@ state -> restore -> compile -> loop (log, evaluate, checkpoint, preemption) -> f
 
 import dataclasses
 import functools
-import os
 import signal
 import time
 from typing import Callable
@@ -15,9 +14,12 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
 import optax
+import tensorflow as tf
 from jax.experimental import multihost_utils
 
-from t5pod import checkpoints, flops, metric_writers, models, optimizer, partitioning, train_step
+from t5pod import (
+    checkpoints, distributed, flops, metric_writers, models, optimizer, partitioning, run_dir, run_lock, train_step,
+)
 from t5pod.configs import T5Config, TrainConfig
 from t5pod.data import pipeline
 
@@ -57,8 +59,9 @@ def global_batch(local_batch: dict, mesh) -> dict:
 
 def _data_iterator(config: TrainConfig, model_config: T5Config, split: str, shuffle: bool, num_epochs=None):
     dataset = pipeline.get_dataset(config.mixture_or_task_name, config.task_feature_lengths, split, shuffle=shuffle,
-                               seed=config.random_seed, pack=config.pack, num_epochs=num_epochs,
-                               use_cached=config.use_cached, decoder_only=model_config.is_decoder_only)
+                                   seed=config.random_seed, pack=config.pack, num_epochs=num_epochs,
+                                   use_cached=config.use_cached,
+                                   converter=models.feature_converter(model_config, config.pack))
     return pipeline.CheckpointableIterator(pipeline.batched(dataset, config.batch_size // jax.process_count()))
 
 
@@ -105,11 +108,7 @@ def create_state(model_config: T5Config, config: TrainConfig, mesh) -> StateSetu
 
 def make_optimizer(config: TrainConfig, model_config: T5Config, schedule, params):
     """Adafactor, restricted to the parameters the fine-tuning method trains."""
-    if model_config.is_decoder_only:
-        num_layers = {"": model_config.num_layers}
-    else:
-        num_layers = {"encoder": model_config.num_layers, "decoder": model_config.decoder_layers,
-                      "shared": model_config.num_layers}
+    num_layers = models.layers_per_stack(model_config)
     unfreeze_every = 0
     if config.gradual_unfreezing:
         unfreeze_every = -(-config.train_steps // max(num_layers.values()))  # equal episodes, one per layer
@@ -119,6 +118,17 @@ def make_optimizer(config: TrainConfig, model_config: T5Config, schedule, params
 
 def _initial_params(path: str, model_config: T5Config, params, abstract_params):
     """Pretrained parameters from path; adapters the checkpoint lacks keep their initialisation."""
+    try:
+        return _read_initial_params(path, model_config, params, abstract_params)
+    except checkpoints.CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds for a bad folder
+        raise checkpoints.CheckpointError(
+            f"INITIAL_CHECKPOINT_PATH {path} cannot be read ({checkpoints.describe_read_error(error)}); point it at a "
+            "run's MODEL_DIR or a convert-hf OUT_DIR.") from None
+
+
+def _read_initial_params(path: str, model_config: T5Config, params, abstract_params):
     _, metadata = checkpoints.read_metadata(path)
     if model_config.adapter_dim and not metadata.get("architecture", {}).get("adapter_dim", 0):
         without = dataclasses.replace(model_config, adapter_dim=0)
@@ -202,76 +212,103 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_model_dir(config: TrainConfig, model_config: T5Config) -> int | None:
-    """The step to resume from, refusing a MODEL_DIR that holds another model."""
-    step = checkpoints.latest_run_step(config.model_dir)
-    if step is not None:
-        _, metadata = checkpoints.read_metadata(config.model_dir, step)
-        try:
-            checkpoints.check_architecture(metadata, model_config, config.model_dir)
-        except checkpoints.CheckpointError as error:
-            raise checkpoints.CheckpointError(
-                f"MODEL_DIR {config.model_dir} holds checkpoints of another model; refusing to overwrite or "
-                f"restore them. Use a new MODEL_DIR or the model.gin that matches. ({error})") from None
-    return step
+def _first_batch(iterator, config: TrainConfig) -> dict:
+    """One batch, read before anything is written: a task whose data cannot be read fails here."""
+    try:
+        return next(iterator)
+    except StopIteration:
+        raise TrainingError(f"{config.mixture_or_task_name} gave no full batch of {config.batch_size} examples; "
+                            "check its data files or lower BATCH_SIZE.") from None
+    except (tf.errors.OpError, UnicodeDecodeError) as error:
+        raise TrainingError(f"Reading the first batch of {config.mixture_or_task_name} failed: "
+                            f"{' '.join(str(error).split())[:300]}") from None
 
 
 def train(config: TrainConfig, model_config: T5Config, operative_config: str = "") -> dict:
-    """Trains until config.train_steps (or SIGTERM); returns the last logged train metrics."""
-    mesh = validate(config)
-    resume_step = _check_model_dir(config, model_config)
-    is_writer = jax.process_index() == 0
-    writer = metric_writers.MetricWriter(config.model_dir, enabled=is_writer)
-    if is_writer and operative_config:
-        metric_writers.write_text(os.path.join(config.model_dir, "config.gin"), operative_config)
+    """Trains until config.train_steps (or SIGTERM); returns the last logged train metrics.
 
-    writer.print(f"Training {config.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
-                 f"{jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}.")
+    Everything is checked before the first byte goes to MODEL_DIR: the mesh, the folder, the task
+    and one batch of its data, the compiled step, the checkpoint to resume from or start from. A
+    start that fails leaves MODEL_DIR as it was.
+    """
+    mesh = validate(config)
+    run_dir.check_model_dir(config)
+    is_writer = jax.process_index() == 0
+    writer = metric_writers.MetricWriter(config.model_dir, enabled=is_writer, create=False)
     setup = create_state(model_config, config, mesh)
     abstract, shardings = setup.abstract_state, setup.shardings
     train_iterator = _data_iterator(config, model_config, "train", shuffle=True)
-    checkpointer = checkpoints.TrainCheckpointer(config.model_dir, config.keep_checkpoints, config.async_checkpointing)
+    first_batch = _first_batch(train_iterator, config)
     metadata = {"architecture": model_config.checkpoint_fields(), "mixture_or_task_name": config.mixture_or_task_name,
-                "process_count": jax.process_count()}
+                "process_count": jax.process_count(),
+                "data_settings": run_dir.stream_settings(config)}
 
     with mesh, nn.logical_axis_rules(setup.rules):
-        # Compiled before anything is restored or read, so that a step that does not fit fails
-        # first, and its memory and FLOPs are known.
+        # Compiled before any state exists, so that a step that does not fit fails first.
         step_fn, report = compile_train_step(config, model_config, setup, mesh)
-        peak_flops = flops.peak_flops_per_device(jax.devices()[0]) * jax.device_count()
-        writer.print(format_step_report(report))
+        peak_flops = flops.peak_flops_per_device(jax.local_devices()[0]) * jax.device_count()
+        resume_step, params, opt_state, saved, broken = run_dir.resume_point(config, model_config, abstract, writer)
         if resume_step is not None:
-            params, opt_state, saved = checkpointer.restore(resume_step, abstract)
             state = train_step.TrainState(step=jax.device_put(jnp.asarray(resume_step, jnp.int32), shardings.step),
                                           params=params, opt_state=opt_state)
-            if saved.get("process_count", 1) == jax.process_count():
-                checkpointer.restore_data_position(resume_step, train_iterator, jax.process_index())
-            else:  # each process's shard of the stream changed: the position no longer applies
+            first_batch = None  # the stream continues from the saved position instead
+            if saved.get("process_count", 1) != jax.process_count():  # each process's shard changed
                 writer.print(f"Warning: the checkpoint was written by {saved.get('process_count')} processes, this "
                              f"run has {jax.process_count()}; the input stream restarts from its seed.")
-            writer.print(f"Resumed from {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER}/{resume_step} (step {resume_step}).")
+            elif config.restart_data_stream:
+                writer.print("RESTART_DATA_STREAM=True: the input stream restarts from its seed.")
+            else:
+                run_dir.check_stream_settings(config, saved, resume_step)
+                checkpoints.restore_data_position(config.model_dir, resume_step, train_iterator,
+                                                  jax.process_index())
         else:
             state = setup.init(jax.random.PRNGKey(config.random_seed))
             if config.initial_checkpoint_path:
                 params = _initial_params(config.initial_checkpoint_path, model_config, state.params, abstract.params)
                 state = state.replace(params=params)
+
+        lease = run_lock.RunLease(config.model_dir, config.lease_timeout_s)
+        preemption, checkpointer = _Preemption(), None
+        try:
+            # Everything is checked: from here on the run writes to MODEL_DIR. The other processes
+            # must have read it first, or they could see process 0's first writes.
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices("t5pod: all processes checked MODEL_DIR")
+            if is_writer:
+                lease.acquire()
+                run_dir.write_operative_config(config.model_dir, operative_config, resume_step)
+                for step_number, _ in broken:
+                    writer.print(f"Moved unreadable checkpoint {step_number} to "
+                                 f"{checkpoints.move_to_broken(config.model_dir, step_number)}.")
+            writer.open()
+            checkpointer = checkpoints.TrainCheckpointer(config.model_dir, config.keep_checkpoints,
+                                                         config.async_checkpointing)
+            writer.print(f"Training {config.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
+                         f"{jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}.")
+            writer.print(format_step_report(report))
+            if resume_step is not None:
+                writer.print(f"Resumed from {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER}/{resume_step} "
+                             f"(step {resume_step}).")
+            elif config.initial_checkpoint_path:
                 writer.print(f"Initialised parameters from {config.initial_checkpoint_path} (optimizer reset).")
 
-        eval_fn = jax.jit(functools.partial(train_step.eval_step, model=setup.model, z_loss=config.z_loss),
-                          in_shardings=(shardings.params, batch_sharding(mesh)),
-                          out_shardings=partitioning.replicated(mesh))
-        base_rng = jax.random.PRNGKey(config.random_seed)
-        step = first_step = int(jax.device_get(state.step))
-        writer.write(step, report, split="compile", summary=False)
-        tokens_per_step = config.batch_size * sum(config.task_feature_lengths.values())
-        replicated = partitioning.replicated(mesh)
+            eval_fn = jax.jit(functools.partial(train_step.eval_step, model=setup.model, z_loss=config.z_loss),
+                              in_shardings=(shardings.params, batch_sharding(mesh)),
+                              out_shardings=partitioning.replicated(mesh))
+            base_rng = jax.random.PRNGKey(config.random_seed)
+            step = first_step = int(jax.device_get(state.step))
+            writer.write(step, report, split="compile", summary=False)
+            tokens_per_step = config.batch_size * sum(config.task_feature_lengths.values())
+            replicated = partitioning.replicated(mesh)
 
-        preemption = _Preemption()
-        last_summary, pending, window_sums = {}, None, None
-        window_start, window_steps, run_start = time.time(), 0, time.time()
-        try:
+            last_summary, pending, window_sums = {}, None, None
+            window_start, window_steps, run_start = time.time(), 0, time.time()
             while step < config.train_steps:
-                batch = global_batch(next(train_iterator), mesh)
+                if first_batch is not None:
+                    local_batch, first_batch = first_batch, None
+                else:
+                    local_batch = next(train_iterator)
+                batch = global_batch(local_batch, mesh)
                 rng = jax.device_put(jax.random.fold_in(base_rng, step), replicated)
                 # Everything the step reads is already on the devices: a hidden host<->device copy
                 # in the step or the metric sums is an error, not a silent slowdown.
@@ -304,7 +341,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                     window_start, window_steps = time.time(), 0
                 if config.eval_period and step % config.eval_period == 0:
                     _evaluate(config, model_config, eval_fn, state.params, mesh, writer, step)
-                stopping = _agree(preemption.requested)
+                stopping = distributed.agree(preemption.requested)
                 if step % config.checkpoint_period == 0 or step == config.train_steps or stopping:
                     checkpointer.save(step, state, metadata, train_iterator, jax.process_index())
                 if stopping:
@@ -314,8 +351,10 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                     break
         finally:
             preemption.restore()
-            checkpointer.close()
+            if checkpointer is not None:
+                checkpointer.close()
             writer.close()
+            lease.release()
         total = time.time() - run_start
         writer.print(f"Done at step {step} in {metric_writers.format_duration(total)}. Checkpoints: "
                      f"{config.model_dir}/checkpoints; metrics: {config.model_dir}/metrics.jsonl; "
@@ -327,13 +366,6 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
 def _add_sums(totals: dict, metrics: dict) -> dict:
     # learning_rate and grad_norm are reported for the window's last step, the sums over all.
     return {k: totals[k] + v if k.endswith("_sum") else v for k, v in metrics.items()}
-
-
-def _agree(flag: bool) -> bool:
-    """Every process stops together if any was asked to (SIGTERM may reach only some)."""
-    if jax.process_count() == 1:
-        return flag
-    return bool(np.max(multihost_utils.process_allgather(np.array([flag], np.int32))))
 
 
 def _check_finite(pending):

@@ -23,8 +23,42 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# A few rows of each GLUE / SuperGLUE file (the first ones, and the rows tests name), committed so
+# that parsing and metric tests run on a clean clone; tests/data/benchmarks/README.md names the sources.
+BENCHMARK_ROWS = REPO / "tests" / "data" / "benchmarks"
+
+
+@pytest.fixture
+def benchmark_rows():
+    return BENCHMARK_ROWS
+
+
 @pytest.fixture
 def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def pretrained_demo_run(tmp_path_factory):
+    """One `make pretrain`-style run (the demo model, 2 steps) shared by every test of the run.
+
+    xdist workers share it too: the first builds it under a file lock, the others wait and reuse.
+    """
+    import fcntl
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.getbasetemp().parent  # common to all workers of one pytest run
+    run = root / "pretrained_demo_run"
+    with open(root / "pretrained_demo_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run / "checkpoints").is_dir():
+            done = subprocess.run(
+                [sys.executable, "-m", "t5pod", "train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{run}'",
+                 "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+                 "--gin.LOG_PERIOD=1", "--gin.EVAL_PERIOD=0"],
+                capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=600, cwd=REPO)
+            assert done.returncode == 0, done.stderr[-3000:]
+    return run

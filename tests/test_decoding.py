@@ -103,6 +103,16 @@ def test_beam_scores_are_sorted_penalised_log_likelihoods(converted, scan):
             batch = {"encoder_input_tokens": inputs[row:row + 1], "decoder_target_tokens": target_row,
                      "decoder_input_tokens": np.pad(target_row[:, :-1], ((0, 0), (1, 0)))}
             log_likelihood = float(decoding.score(model, params, batch)[0])
-            expected = log_likelihood / decoding.length_penalty(len(target) if ended else 10, 0.6)
+            length = len(target) if ended else 10
+            expected = log_likelihood / ((5 + length) / 6) ** 0.6  # the T5/GNMT length penalty, alpha 0.6
             assert scores[row, beam] == pytest.approx(expected, rel=1e-4, abs=1e-4)
     assert checked >= 6
+    # The penalty itself, by hand: ((5 + 1) / 6)^0.6 = 1 and ((5 + 7) / 6)^0.6 = 2^0.6.
+    assert float(decoding.length_penalty(1, 0.6)) == pytest.approx(1.0)
+    assert float(decoding.length_penalty(7, 0.6)) == pytest.approx(1.515716566510398)
+
+
+def test_prediction_ids_keep_every_generated_id_before_eos():
+    # Pad ids (0) the model generated before EOS are part of its output, as in the reference.
+    assert decoding.strip_after_eos([5, 0, 7, 1, 0, 0]) == [5, 0, 7]
+    assert decoding.strip_after_eos([1, 5]) == [] and decoding.strip_after_eos([4, 4]) == [4, 4]

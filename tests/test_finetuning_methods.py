@@ -56,6 +56,7 @@ def _all_paths(params) -> set[str]:
     return {"/".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
 
 
+@pytest.mark.slow
 def test_adapters_train_only_adapters_and_layer_norms():
     config = dataclasses.replace(MODEL, adapter_dim=8)
     history, state = _train(config, 2, trainable="adapters")
@@ -78,6 +79,7 @@ def test_adapter_shapes_and_residual_placement():
     assert models.count_parameters(config) - models.count_parameters(MODEL) == 4 * 2 * 32 * 8
 
 
+@pytest.mark.slow
 def test_gradual_unfreezing_moves_one_more_layer_each_episode():
     history, _ = _train(MODEL, 4, gradual_unfreezing=True)  # 2 layers per stack: episodes of 2 steps
     paths = _all_paths(history[0])

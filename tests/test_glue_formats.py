@@ -17,13 +17,13 @@ def _one(task, row):
     return out[0]
 
 
-def _glue_row(shared_data, config, split, n=0):
-    rows = list(gf.read_glue(shared_data / "glue", config, split))
+def _glue_row(data, config, split, n=0):
+    rows = list(gf.read_glue(data / "glue", config, split))
     return rows[n]
 
 
-def _sg_rows(shared_data, config, split):
-    return list(gf.read_super_glue(shared_data / "superglue", config, split))
+def _sg_rows(data, config, split):
+    return list(gf.read_super_glue(data / "superglue", config, split))
 
 
 # ---------------------------------------------------------------- GLUE, real rows
@@ -68,24 +68,24 @@ GLUE_CASES = [
 
 
 @pytest.mark.parametrize("config,split,n,inputs,targets", GLUE_CASES)
-def test_glue_real_rows(shared_data, config, split, n, inputs, targets):
-    ex = _one(f"glue_{config}_v002", _glue_row(shared_data, config, split, n))
+def test_glue_real_rows(benchmark_rows, config, split, n, inputs, targets):
+    ex = _one(f"glue_{config}_v002", _glue_row(benchmark_rows, config, split, n))
     assert ex["inputs"] == inputs
     assert ex["targets"] == targets
     assert ex["idx"] == n
 
 
-def test_glue_row_shapes(shared_data):
-    row = _glue_row(shared_data, "mrpc", "train")
+def test_glue_row_shapes(benchmark_rows):
+    row = _glue_row(benchmark_rows, "mrpc", "train")
     assert row == {
         "sentence1": "Amrozi accused his brother , whom he called \" the witness \" , of "
                      "deliberately distorting his evidence .",
         "sentence2": "Referring to him as only \" the witness \" , Amrozi accused his brother of "
                      "deliberately distorting his evidence .",
         "label": 1, "idx": 0}
-    stsb = _glue_row(shared_data, "stsb", "train", 1)  # score 3.800, stored as float32
+    stsb = _glue_row(benchmark_rows, "stsb", "train", 1)  # score 3.800, stored as float32
     assert stsb["label"] == benchmarks.float32(3.8) and stsb["label"] != 3.8
-    assert _glue_row(shared_data, "qnli", "validation", 1)["label"] == 1  # not_entailment
+    assert _glue_row(benchmark_rows, "qnli", "validation", 1)["label"] == 1  # not_entailment
 
 
 @pytest.mark.parametrize("config,split,count", [
@@ -101,9 +101,9 @@ def test_glue_row_counts(shared_data, config, split, count):
 
 # ----------------------------------------------------------- SuperGLUE, real rows
 
-def test_boolq_real_row(shared_data):
+def test_boolq_real_row(benchmark_rows):
     # BoolQ/val.jsonl line 2645: idx 2644, label true
-    row = [r for r in _sg_rows(shared_data, "boolq", "validation") if r["idx"] == 2644][0]
+    row = [r for r in _sg_rows(benchmark_rows, "boolq", "validation") if r["idx"] == 2644][0]
     ex = _one("super_glue_boolq_v102", row)
     assert ex["inputs"] == ("boolq passage: The Punisher (season 2) -- The season is set for "
                             "release in 2019. question: are they going to make a punisher season 2")
@@ -111,43 +111,42 @@ def test_boolq_real_row(shared_data):
     assert ex["idx"] == 2644
 
 
-def test_cb_copa_rte_wic_real_rows(shared_data):
-    cb = _one("super_glue_cb_v102", _sg_rows(shared_data, "cb", "validation")[0])
+def test_cb_copa_rte_wic_real_rows(benchmark_rows):
+    cb = _one("super_glue_cb_v102", _sg_rows(benchmark_rows, "cb", "validation")[0])
     assert cb["inputs"] == (
         "cb hypothesis: Valence was helping premise: Valence the void-brain, Valence the virtuous "
         "valet. Why couldn't the figger choose his own portion of titanic anatomy to shaft? Did he "
         "think he was helping?")
     assert cb["targets"] == "contradiction"
 
-    copa = _one("super_glue_copa_v102", _sg_rows(shared_data, "copa", "validation")[0])
+    copa = _one("super_glue_copa_v102", _sg_rows(benchmark_rows, "copa", "validation")[0])
     assert copa["inputs"] == (
         "copa choice1: The toilet filled with water. choice2: Water flowed from the spout. "
         "premise: The man turned on the faucet. question: effect")
     assert copa["targets"] == "choice2"
 
-    rte = _one("super_glue_rte_v102", _sg_rows(shared_data, "rte", "validation")[0])
+    rte = _one("super_glue_rte_v102", _sg_rows(benchmark_rows, "rte", "validation")[0])
     assert rte["inputs"] == (
         "rte hypothesis: Christopher Reeve had an accident. premise: Dana Reeve, the widow of the "
         "actor Christopher Reeve, has died of lung cancer at age 44, according to the Christopher "
         "Reeve Foundation.")
     assert rte["targets"] == "not_entailment"
 
-    wic = _one("super_glue_wic_v102", _sg_rows(shared_data, "wic", "validation")[0])
+    wic = _one("super_glue_wic_v102", _sg_rows(benchmark_rows, "wic", "validation")[0])
     assert wic["inputs"] == (
         "wic sentence1: An emerging professional class. sentence2: Apologizing for losing your "
         "temper, even though you were badly provoked, showed real class. word: class")
     assert wic["targets"] == "False"
 
-    cb_train = _one("super_glue_cb_v102", _sg_rows(shared_data, "cb", "train")[0])
+    cb_train = _one("super_glue_cb_v102", _sg_rows(benchmark_rows, "cb", "train")[0])
     assert cb_train["inputs"] == (
         "cb hypothesis: the language was peeled down premise: It was a complex language. Not "
         "written down but handed down. One might say it was peeled down.")
     assert cb_train["targets"] == "entailment"
 
 
-def test_multirc_real_row(shared_data):
-    rows = _sg_rows(shared_data, "multirc", "validation")
-    assert len(rows) == 4848  # answer options in MultiRC val
+def test_multirc_real_row(benchmark_rows):
+    rows = _sg_rows(benchmark_rows, "multirc", "validation")
     # MultiRC/val.jsonl line 37: paragraph 36, question 422, answer 2134 (label 1)
     row = [r for r in rows if r["idx"] == {"paragraph": 36, "question": 422, "answer": 2134}][0]
     assert row["answer"] == "Yes,she recovered" and row["label"] == 1
@@ -166,8 +165,8 @@ def test_multirc_real_row(shared_data):
     assert ex["group"] == "36-422"
 
 
-def test_wsc_real_rows(shared_data):
-    rows = _sg_rows(shared_data, "wsc.fixed", "train")
+def test_wsc_real_rows(benchmark_rows):
+    rows = _sg_rows(benchmark_rows, "wsc.fixed", "train")
     # WSC/train.jsonl line 1: span2 "He" at word 13, label false
     first = rows[0]
     assert fm.format_example(benchmarks.WSC_TRAIN, first) == []
@@ -188,14 +187,18 @@ def test_wsc_real_rows(shared_data):
     assert _one(benchmarks.WSC_EVAL, row137)["inputs"] == (
         "wsc: The boy continued to whip the pony , and eventually the pony threw him over. John "
         "laughed out quite loud. \"Good for *him* ,\" he said.")
+
+
+def test_wsc_simple_train_keeps_the_true_rows(shared_data):
+    rows = _sg_rows(shared_data, "wsc.fixed", "train")
     # 259 of the 554 train rows are label True (the mixture weight of wsc_simple_train)
     assert sum(len(fm.format_example(benchmarks.WSC_TRAIN, r)) for r in rows) == 259
 
 
-def test_record_real_rows(shared_data):
-    path = shared_data / "superglue" / "ReCoRD" / "fewglue_dev32.jsonl"
+def test_record_real_rows(benchmark_rows):
+    path = benchmark_rows / "superglue" / "ReCoRD" / "fewglue_dev32.jsonl"
     rows = list(gf.read_super_glue_file(path, "record"))
-    assert len(rows) == 32
+    assert len(rows) == 12  # the first 12 lines of FewGLUE's ReCoRD dev32, one query each
     # Line 1: query 19617 has answers Benazir Bhutto (twice) and Bhutto -> two examples.
     first = fm.format_example("super_glue_record_v102", rows[0])
     assert [e["targets"] for e in first] == ["Benazir Bhutto", "Bhutto"]
@@ -230,7 +233,8 @@ def test_record_real_rows(shared_data):
 @pytest.mark.parametrize("config,split,count", [
     ("boolq", "validation", 3270), ("cb", "train", 250), ("cb", "validation", 56),
     ("copa", "validation", 100), ("rte", "train", 2490), ("rte", "validation", 277),
-    ("wic", "validation", 638), ("wsc", "train", 554), ("wsc", "validation", 104)])
+    ("wic", "validation", 638), ("wsc", "train", 554), ("wsc", "validation", 104),
+    ("multirc", "validation", 4848)])  # MultiRC: answer options
 def test_super_glue_row_counts(shared_data, config, split, count):
     assert len(_sg_rows(shared_data, config, split)) == count
 

@@ -80,23 +80,6 @@ def test_score_equals_reference(converted):
         assert row["score"] == pytest.approx(want, rel=1e-3)
 
 
-@pytest.mark.slow
-def test_bad_input_is_one_clear_error(converted, tmp_path):
-    _, base = converted
-    out = tmp_path / "out.jsonl"
-    out.write_text("precious earlier results\n")
-    cases = [("", "is empty"), ('{"text": "no inputs"}\n', "`inputs` field"),
-             ('{"inputs": "no targets"}\n', "needs a `targets` field")]
-    for content, message in cases:
-        (tmp_path / "in.jsonl").write_text(content)
-        done = _run("infer", f"--gin_file={base / 'out' / 'model.gin'}", f"--gin.CHECKPOINT_PATH='{base / 'out'}'",
-                    f"--input_file={tmp_path / 'in.jsonl'}", f"--output_file={out}", "--mode=score")
-        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
-    done = _run("infer", f"--gin_file={base / 'out' / 'model.gin'}", "--gin.t5pod.T5Config.d_ff=40",
-                f"--gin.CHECKPOINT_PATH='{base / 'out'}'", f"--input_file={base / 'inputs.jsonl'}",
-                f"--output_file={out}")
-    assert done.returncode == 2 and "different model" in done.stderr and "d_ff" in done.stderr, done.stderr
-    assert out.read_text() == "precious earlier results\n"  # never replaced by a half-written file
 
 
 class FixedPredictor:
@@ -111,8 +94,8 @@ class FixedPredictor:
         return [self.vocabulary.encode(p) for p in self.predictions]
 
 
-def test_eval_metrics_from_fixed_predictions(shared_data):
-    tasks.register_all("demo", glue_dir=str(shared_data / "glue"), superglue_dir=str(shared_data / "superglue"))
+def test_eval_metrics_from_fixed_predictions(benchmark_rows):
+    tasks.register_all("demo", glue_dir=str(benchmark_rows / "glue"), superglue_dir=str(benchmark_rows / "superglue"))
     lengths = {"inputs": 128, "targets": 8}
     rows = inference.task_rows("glue_sst2_v002", "validation", lengths)
     gold = [r["targets_pretokenized"].decode() for r in rows]
@@ -162,3 +145,54 @@ def test_inference_lengths_come_from_task_feature_lengths_and_old_macros_name_th
         ginconf.parse(["tasks.gin", "runs/infer.gin"], ["INPUT_LENGTH=32"])
     with pytest.raises(ValueError, match="Unknown gin macro BATCH_SIZE.*decode batch of infer and eval is INFER_BATCH_SIZE"):
         ginconf.parse(["tasks.gin", "runs/infer.gin"], ["BATCH_SIZE=32"])
+
+
+@pytest.mark.slow
+def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(benchmark_rows, tmp_path, capsys):
+    """On the committed SST-2 rows: a short fine-tuning run evaluates as it trains; `eval
+    --all_checkpoints` appends one row per checkpoint; `infer --task` and plain text agree with it."""
+    from t5pod import cli
+    from t5pod.data import pipeline
+
+    common = ["--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176", "--gin.VOCABULARY_PATH='demo'",
+              f"--gin.GLUE_DIR='{benchmark_rows / 'glue'}'", "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'",
+              "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 4}"]
+    run = tmp_path / "run"
+    assert cli.main(["train", "--gin_file=runs/finetune.gin", *common, f"--gin.MODEL_DIR='{run}'",
+                     "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=8",
+                     "--gin.CHECKPOINT_PERIOD=2", "--gin.EVAL_PERIOD=2", "--gin.EVAL_STEPS=1",
+                     "--gin.LOG_PERIOD=1"]) == 0
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    evaluated = [r for r in rows if r["split"] == "validation"]
+    assert [r["step"] for r in evaluated] == [2, 4] and all(0 < r["loss"] < 20 for r in evaluated)
+    # EVAL_STEPS=1: one batch of 8 packed validation rows; its target tokens counted independently.
+    tasks.register_all("demo", glue_dir=str(benchmark_rows / "glue"))
+    first = next(pipeline.batched(pipeline.get_dataset("glue_sst2_v002", {"inputs": 64, "targets": 4}, "validation",
+                                                       shuffle=False, num_epochs=1, shard_index=0, num_shards=1),
+                                  8).as_numpy_iterator())
+    assert evaluated[0]["target_tokens"] == int(np.count_nonzero(first["decoder_loss_weights"]))
+
+    evaluate = ["eval", *common, f"--gin.CHECKPOINT_PATH='{run}'", "--gin.INFER_BATCH_SIZE=8"]
+    capsys.readouterr()
+    assert cli.main([*evaluate, "--all_checkpoints"]) == 0
+    out = capsys.readouterr().out
+    metrics = [json.loads(line) for line in open(run / "eval_metrics.jsonl")]
+    assert [(m["step"], m["examples"]) for m in metrics] == [(2, 24), (4, 24)]
+    best = max(metrics, key=lambda m: m["accuracy"])  # ties: the first, as eval reports it
+    assert f"best glue_sst2_v002: step {best['step']} ({best['accuracy']:.2f})" in out
+    assert cli.main(evaluate) == 0  # the newest only, appended: earlier rows are kept
+    metrics = [json.loads(line) for line in open(run / "eval_metrics.jsonl")]
+    assert [m["step"] for m in metrics] == [2, 4, 4] and metrics[2] == metrics[1]
+
+    # infer reads no MIXTURE_OR_TASK_NAME (it names the task with --task), so it is not passed.
+    infer = ["infer", *[flag for flag in common if "MIXTURE_OR_TASK_NAME" not in flag],
+             f"--gin.CHECKPOINT_PATH='{run}'", "--gin.INFER_BATCH_SIZE=8"]
+    assert cli.main([*infer, "--task=glue_sst2_v002", "--split=validation", f"--output_file={tmp_path / 't.jsonl'}"]) == 0
+    predicted = [json.loads(line) for line in open(tmp_path / "t.jsonl")]
+    assert len(predicted) == 24 and all(set(r) >= {"inputs", "targets", "prediction"} for r in predicted)
+    accuracy = 100 * np.mean([r["prediction"] == r["targets"] for r in predicted])
+    assert accuracy == pytest.approx(metrics[-1]["accuracy"])
+    (tmp_path / "plain.txt").write_text("".join(r["inputs"] + "\n" for r in predicted[:5]))
+    assert cli.main([*infer, f"--input_file={tmp_path / 'plain.txt'}", f"--output_file={tmp_path / 'p.jsonl'}"]) == 0
+    plain = [json.loads(line) for line in open(tmp_path / "p.jsonl")]
+    assert [(r["inputs"], r["prediction"]) for r in plain] == [(r["inputs"], r["prediction"]) for r in predicted[:5]]

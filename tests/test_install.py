@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import hf_reference
 from conftest import REPO
 
@@ -40,6 +42,7 @@ def test_installed_versions_are_the_pinned_ones():
     assert not wrong, "run `make install`: " + "; ".join(wrong)
 
 
+@pytest.mark.slow
 def test_convert_hf_command_end_to_end(tmp_path):
     hf_reference.make_checkpoint("t5_1_1", str(tmp_path / "hf"))
     env = dict(os.environ, XLA_FLAGS="")

@@ -3,6 +3,7 @@
 import dataclasses
 import glob
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from conftest import REPO
 from t5pod import ginconf, models, network
 from t5pod.configs import T5Config
 
@@ -90,6 +92,33 @@ def test_parameter_counts_match_published(name):
     assert abs(count - PUBLISHED[name]) / PUBLISHED[name] < 0.05, count
 
 
+def _readme_size_rows():
+    """(gin file, d_model, d_ff, heads, d_kv, enc layers, dec layers, stated count) from README.md."""
+    text = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| `models/([\w/]+)\.gin`[^|]*\| (\d+) \| (\d+) \| (\d+) × (\d+) \| (\d+)/(\d+) \| ([\d.]+[MB]) \|$",
+                      text, flags=re.M)
+    return [(name, *map(int, numbers), stated) for name, *numbers, stated in rows]
+
+
+def test_parameter_counts_are_exactly_the_readme_table():
+    rows = _readme_size_rows()
+    assert len(rows) == 11
+    for name, d, f, heads, kv, enc, dec, stated in rows:
+        v, inner = 32128, heads * kv
+        if name.startswith("t5_1_0"):  # ReLU feed-forward (wi, wo), output layer tied to the embedding
+            embeddings, mlp = v * d, 2 * d * f
+        else:  # gated GELU (wi_0, wi_1, wo), a separate output layer
+            embeddings, mlp = 2 * v * d, 3 * d * f
+        # q,k,v,o and norms per layer (the decoder has cross-attention and a third norm), one
+        # relative-position table (32 buckets x heads) per stack, two final norms.
+        expected = embeddings + enc * (4 * d * inner + mlp + 2 * d) + dec * (8 * d * inner + mlp + 3 * d) \
+            + 2 * 32 * heads + 2 * d
+        ginconf.parse([f"models/{name}.gin"])
+        assert models.count_parameters(ginconf.model_config()) == expected, name
+        shown = f"{expected / 1e9:.2f}B" if expected >= 1e9 else f"{expected / 1e6:.1f}M"
+        assert stated == shown, (name, stated, shown)
+
+
 def test_exact_parameter_counts():
     # Hand count for T5 1.0 small: embedding 32128*512, 6 encoder layers of q,k,v,o (4*512*512)
     # + wi,wo (2*512*2048) + 2 norms, 6 decoder layers with a second attention and a third norm,
@@ -117,7 +146,8 @@ def test_every_shipped_gin_file_parses(path):
     bindings = []
     for _ in range(5):
         try:
-            ginconf.parse(["tasks.gin", *base, path], bindings)
+            ginconf.parse(["tasks.gin", *base, path], bindings,
+                          read_directly=ginconf.DATA_COMMAND_MACROS + ginconf.EVAL_COMMAND_MACROS)
             break
         except ValueError as error:
             match = re.search(r"(\w+)/macro.value set to `%gin.REQUIRED`", str(error))
@@ -147,6 +177,7 @@ def test_bad_config_values_are_errors():
         T5Config(remat_policy="some")
 
 
+@pytest.mark.slow
 def test_bfloat16_activations_keep_float32_params_and_logits():
     config = dataclasses.replace(TINY, dtype="bfloat16")
     params = _init(config)

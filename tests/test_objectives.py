@@ -245,3 +245,41 @@ def test_reconstruction_objectives_need_targets_as_long_as_inputs():
     dataset = tf.data.Dataset.from_tensors({"targets": tf.range(3, 50)})
     with pytest.raises(ValueError, match="bert_style objective's target is the original text"):
         objectives.bert_style(dataset, {"inputs": 64, "targets": 16}, _features())
+
+
+# By hand: each objective applied to tokens 10..21 with a noise mask chosen here (tokens 12, 13
+# and 17 are noise; the prefix LM's mask is the suffix from token 18). Sentinels count down from
+# vocab_size - 1 = 99; each run of noise (inputs) or of kept tokens (targets) becomes one.
+HAND_TOKENS = list(range(10, 22))
+HAND_NOISE = [i in (2, 3, 7) for i in range(12)]
+HAND_PREFIX_NOISE = [i >= 8 for i in range(12)]
+HAND_OUTPUTS = {
+    "span_corruption": ([10, 11, 99, 14, 15, 16, 98, 18, 19, 20, 21], [99, 12, 13, 98, 17, 97]),
+    "iid_denoising": ([10, 11, 99, 14, 15, 16, 98, 18, 19, 20, 21], [99, 12, 13, 98, 17, 97]),
+    "drop_corrupted_tokens": ([10, 11, 14, 15, 16, 18, 19, 20, 21], [12, 13, 17]),
+    "mass_style": ([10, 11, 99, 99, 14, 15, 16, 99, 18, 19, 20, 21], HAND_TOKENS),
+    "prefix_lm": (list(range(10, 18)), [18, 19, 20, 21]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(objectives.OBJECTIVES))
+def test_each_objective_on_a_hand_chosen_mask(name, monkeypatch):
+    def fixed(mask):
+        return lambda length, *args, **kwargs: tf.constant(mask)[:length]
+
+    for mask_fn in ("random_spans_noise_mask", "iid_noise_mask"):
+        monkeypatch.setattr(objectives, mask_fn, fixed(HAND_NOISE))
+    monkeypatch.setattr(objectives, "random_prefix_noise_mask", fixed(HAND_PREFIX_NOISE))
+    ((inputs, targets),) = _run_objective(name, HAND_TOKENS, noise_density=0.25, mean_noise_span_length=2.0)
+    if name in HAND_OUTPUTS:
+        assert (inputs, targets) == HAND_OUTPUTS[name]
+        return
+    # The random replacements: targets are the tokens; only noise positions may change.
+    assert targets == HAND_TOKENS and len(inputs) == len(HAND_TOKENS)
+    assert [t for t, noise in zip(inputs, HAND_NOISE) if not noise] == [t for t, noise in zip(HAND_TOKENS, HAND_NOISE)
+                                                                        if not noise]
+    noisy = [t for t, noise in zip(inputs, HAND_NOISE) if noise]
+    if name == "deshuffling":  # the noise tokens permuted among their own positions
+        assert sorted(noisy) == [12, 13, 17]
+    else:  # bert_style: each noise token is the mask token 99, a random id in [3, 100), or itself
+        assert name == "bert_style" and all(3 <= t < 100 for t in noisy)

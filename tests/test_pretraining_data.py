@@ -29,7 +29,9 @@ def test_demo_vocabulary_follows_t5_conventions(demo_vocabulary):
     tokenizer = demo_vocabulary.tokenizer
     assert (tokenizer.pad_id(), tokenizer.eos_id(), tokenizer.unk_id(), tokenizer.bos_id()) == (0, 1, 2, -1)
     assert demo_vocabulary.vocab_size == demo_corpus.VOCAB_SIZE + 100
-    assert demo_vocabulary.encode("<extra_id_0>") != [demo_vocabulary.vocab_size - 1] or True
+    # Sentinels count down from the last id, as in T5's vocabulary (<extra_id_0> = 32099 there).
+    assert demo_vocabulary.encode("<extra_id_0>") == [demo_vocabulary.vocab_size - 1] == [2099]
+    assert demo_vocabulary.decode([demo_vocabulary.vocab_size - 100]) == "<extra_id_99>"
     assert vocabularies.padded_vocab_size(demo_vocabulary) == 2176
     ids = demo_vocabulary.encode("Return the number of items in the list.")
     assert demo_vocabulary.decode(ids) == "Return the number of items in the list."
@@ -129,6 +131,7 @@ def test_process_shards_are_disjoint_and_cover_the_data():
     assert len(first | second) >= 0.9 * len(whole)  # chunk boundaries differ per shard stream
 
 
+@pytest.mark.slow
 def test_continuing_at_step_n_gives_the_next_batch(tmp_path):
     tasks.register_all()
 

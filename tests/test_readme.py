@@ -44,7 +44,7 @@ def _python(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def fixtures(tmp_path_factory):
+def fixtures(tmp_path_factory, pretrained_demo_run):
     import json
     import shutil
 
@@ -53,9 +53,6 @@ def fixtures(tmp_path_factory):
     hf_reference.make_checkpoint("t5_1_0", str(root / "t5-small"), vocab_size=2176)
     shutil.copy(demo_corpus.vocabulary_path(), root / "t5-small" / "spiece.model")
     assert _python("convert-hf", str(root / "t5-small"), str(root / "converted")).returncode == 0
-    # A two-step `make pretrain` run for `make finetune` to start from.
-    fast = [f.replace("%s", "'demo'") for f in FAST_TRAIN[1:]]
-    assert _python("train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{root / 'demo'}'", *fast).returncode == 0
     books = root / "books"
     books.mkdir()
     (books / "a.txt").write_text(open(demo_corpus.corpus_path(), encoding="utf-8").read()[:200_000])
@@ -67,7 +64,7 @@ def fixtures(tmp_path_factory):
         "/data/books/*.txt": str(books / "*.txt"), "/data/vocab/spiece.model": str(root / "vocab" / "spiece.model"),
         "/data/glue": str(REPO.parent / "shared" / "data" / "glue"), "/tmp/run": str(root / "run"),
         "--vocab_size=32000": "--vocab_size=500", "--input_file=inputs.jsonl": f"--input_file={root / 'inputs.jsonl'}",
-        "--output_file=": f"--output_file={root}/", "@pretrained": str(root / "demo"), "@root": str(root),
+        "--output_file=": f"--output_file={root}/", "@pretrained": str(pretrained_demo_run), "@root": str(root),
     }
 
 

@@ -14,14 +14,14 @@ import tensorflow as tf
 import tasks
 from tasks import mixtures
 from t5pod import ginconf
-from t5pod.data import benchmarks, demo_corpus, mixing
+from t5pod.data import demo_corpus, mixing
 
 
 @pytest.fixture
-def local_benchmarks(shared_data):
-    tasks.register_all(demo_corpus.vocabulary_path(), glue_dir=str(shared_data / "glue"),
-                       superglue_dir=str(shared_data / "superglue"))
-    yield shared_data
+def local_benchmarks(benchmark_rows):
+    tasks.register_all(demo_corpus.vocabulary_path(), glue_dir=str(benchmark_rows / "glue"),
+                       superglue_dir=str(benchmark_rows / "superglue"))
+    yield benchmark_rows
     tasks.register_all()
 
 
@@ -34,7 +34,7 @@ def test_task_metrics_are_perfect_on_gold_predictions(local_benchmarks, task, sp
     provider = seqio.get_mixture_or_task(task)
     lengths = {"inputs": 512, "targets": 84}
     examples = list(provider.get_dataset(lengths, split=split, shuffle=False).as_numpy_iterator())
-    assert len(examples) > 40
+    assert len(examples) >= 20
     vocabulary = provider.output_features["targets"].vocabulary
     first = examples[0]
     decoded = " ".join(vocabulary.decode(first["inputs"].tolist()).split())  # may be cut at 512 tokens
@@ -137,11 +137,7 @@ def test_data_command_end_to_end():
     assert stats["noise"]["density"] == pytest.approx(0.15, abs=0.005)
     assert stats["noise"]["mean_span_length"] == pytest.approx(3.0, abs=0.1)
 
-    done = _run("data", "--task=demo_span_corruptoin")
-    assert done.returncode == 2 and "Did you mean demo_span_corruption" in done.stderr
-    assert "Traceback" not in done.stderr
-    done = _run("data", "--task=demo_span_corruption", "--gin.NOT_A_MACRO_BINDING.x=1")
-    assert done.returncode == 2 and "NOT_A_MACRO_BINDING" in done.stderr
+    # Bad input to `data` is in tests/test_bad_inputs.py.
 
 
 @pytest.mark.slow

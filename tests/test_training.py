@@ -84,6 +84,7 @@ def single_device_step():
     return _one_step((1, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape,fsdp", [((4, 2), False), ((8, 1), False), ((4, 2), True)])
 def test_sharded_steps_equal_one_device(single_device_step, mesh_shape, fsdp):
     want_params, want_metrics, _ = single_device_step
@@ -96,6 +97,7 @@ def test_sharded_steps_equal_one_device(single_device_step, mesh_shape, fsdp):
     assert wi.sharding.spec == expected
 
 
+@pytest.mark.slow
 def test_microbatches_give_the_same_step():
     no_dropout = dataclasses.replace(MODEL, dropout_rate=0.0)  # microbatches draw their own dropout masks
     want_params, want_metrics, _ = _one_step((1, 1), model_config=no_dropout)
@@ -110,57 +112,45 @@ def _rows(model_dir, split="train"):
         return [r for r in map(json.loads, f) if r["split"] == split]
 
 
-def _final_params(model_dir, step):
-    config = _config(model_dir)
-    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])  # restore everything onto one device
-    abstract = trainer.create_state(MODEL, config, mesh).abstract_state
-    params, _, _ = checkpoints.TrainCheckpointer(model_dir).restore(step, abstract)
-    return jax.device_get(params)
 
 
-@pytest.mark.slow
-def test_resume_is_bit_exact(tmp_path):
-    tasks.register_all()
-    trainer.train(_config(tmp_path / "straight"), MODEL)
-    trainer.train(_config(tmp_path / "resumed", train_steps=3), MODEL)
-    trainer.train(_config(tmp_path / "resumed"), MODEL)
-    straight, resumed = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
-    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bit-identical
-    assert len({r["loss"] for r in straight}) == 6
-    for a, b in zip(jax.tree_util.tree_leaves(_final_params(tmp_path / "straight", 6)),
-                    jax.tree_util.tree_leaves(_final_params(tmp_path / "resumed", 6))):
-        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
 def test_restore_onto_another_mesh(tmp_path):
     tasks.register_all()
-    trainer.train(_config(tmp_path / "run", train_steps=3, mesh_shape=(4, 2)), MODEL)
-    summary = trainer.train(_config(tmp_path / "run", train_steps=4, mesh_shape=(2, 4)), MODEL)
-    assert summary["step"] == 4 and np.isfinite(summary["loss"])
+    no_dropout = dataclasses.replace(MODEL, dropout_rate=0.0)  # dropout masks follow the mesh's layout
+    trainer.train(_config(tmp_path / "straight", train_steps=5, mesh_shape=(4, 2)), no_dropout)
+    trainer.train(_config(tmp_path / "run", train_steps=3, mesh_shape=(4, 2)), no_dropout)
+    summary = trainer.train(_config(tmp_path / "run", train_steps=5, mesh_shape=(2, 4)), no_dropout)
+    assert summary["step"] == 5
+    straight = {r["step"]: r["loss"] for r in _rows(tmp_path / "straight")}
+    moved = {r["step"]: r["loss"] for r in _rows(tmp_path / "run")}
+    assert sorted(moved) == [1, 2, 3, 4, 5]
+    # The same parameters and batches on another layout: equal up to the order of float sums.
+    np.testing.assert_allclose([moved[s] for s in range(1, 6)], [straight[s] for s in range(1, 6)], rtol=1e-5)
 
 
-def test_another_models_directory_is_refused(tmp_path):
+def test_another_models_directory_is_refused(pretrained_demo_run):
     tasks.register_all()
-    trainer.train(_config(tmp_path / "run", train_steps=1, checkpoint_period=1), MODEL)
-    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
-    other = dataclasses.replace(MODEL, d_ff=128)
+    before = sorted(os.listdir(pretrained_demo_run / "checkpoints"))
+    # The shared run holds the demo's tiny model (d_model 128, d_ff 256); MODEL is another.
     with pytest.raises(checkpoints.CheckpointError, match="holds checkpoints of another model.*d_ff"):
-        trainer.train(_config(tmp_path / "run", train_steps=2), other)
-    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before
+        trainer.train(_config(pretrained_demo_run, train_steps=4), MODEL)
+    assert sorted(os.listdir(pretrained_demo_run / "checkpoints")) == before
 
 
-def test_bad_mesh_and_batch_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="does not divide the 8 available devices"):
-        trainer.validate(_config(tmp_path, mesh_shape=(3, 2)))
-    with pytest.raises(ValueError, match="BATCH_SIZE 6 is not divisible by the data-parallel mesh size 4"):
-        trainer.validate(_config(tmp_path, mesh_shape=(4, 2), batch_size=6))
-    with pytest.raises(ValueError, match="Unknown TRAINABLE 'adapter'"):
-        trainer.validate(_config(tmp_path, trainable="adapter"))
-    assert not (tmp_path / "metrics.jsonl").exists()
+def test_bad_mesh_and_batch_are_clear_errors_before_anything_is_written(tmp_path):
+    for overrides, message in [({"mesh_shape": (3, 2)}, "does not divide the 8 available devices"),
+                               ({"mesh_shape": (4, 2), "batch_size": 6},
+                                "BATCH_SIZE 6 is not divisible by the data-parallel mesh size 4"),
+                               ({"trainable": "adapter"}, "Unknown TRAINABLE 'adapter'")]:
+        with pytest.raises(ValueError, match=message):
+            trainer.train(_config(tmp_path / "run", **overrides), MODEL)
+        assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_step(tmp_path):
     tasks.register_all()
     # A NaN learning rate makes the first update NaN, so the second step's loss is NaN.
@@ -176,17 +166,6 @@ def _cli(model_dir, *flags, env_extra=None):
     return command, env
 
 
-def test_gin_typos_fail_before_anything_is_written(tmp_path):
-    for flag, name in [("--gin.TRAIN_STEPZ=5", "TRAIN_STEPZ"), ("--gin.t5pod.TrainConfig.bogus=1", "bogus"),
-                       ("--gin.t5pod.NoSuchThing.x=1", "NoSuchThing")]:
-        command, env = _cli(tmp_path / "run", flag)
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 2, done.stderr
-        assert name in done.stderr and "Traceback" not in done.stderr
-        assert not (tmp_path / "run").exists()
-    command, env = _cli(tmp_path / "run", "--gin.TRAIN_STEPZ=5")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert "Did you mean TRAIN_STEPS" in done.stderr
 
 
 def _wait_for(predicate, process, timeout=240):
@@ -213,18 +192,3 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     reached = _rows(tmp_path / "run")[-1]["step"]
     assert checkpoints.latest_step(str(tmp_path / "run")) == reached
 
-
-@pytest.mark.slow
-def test_kill_during_saves_leaves_a_resumable_run(tmp_path):
-    command, env = _cli(tmp_path / "run", "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=1",
-                        "--gin.LOG_PERIOD=1", "--gin.KEEP_CHECKPOINTS=2")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    _wait_for(lambda: (checkpoints.latest_step(str(tmp_path / "run")) or 0) >= 4, process)
-    process.kill()  # SIGKILL, most likely during one of the back-to-back saves
-    process.communicate()
-    latest = checkpoints.latest_step(str(tmp_path / "run"))
-    command, env = _cli(tmp_path / "run", f"--gin.TRAIN_STEPS={latest + 2}", "--gin.LOG_PERIOD=1")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"Resumed from {tmp_path / 'run'}/checkpoints/{latest}" in done.stdout
-    assert checkpoints.latest_step(str(tmp_path / "run")) == latest + 2

@@ -54,10 +54,11 @@ def feature_converter(pack: bool = True, decoder_only: bool = False) -> seqio.Fe
 def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str = "train", *,
                 shuffle: bool = True, seed: int | None = 0, pack: bool = True, num_epochs: int | None = None,
                 shard_index: int | None = None, num_shards: int | None = None,
-                use_cached: bool = False, decoder_only: bool = False) -> tf.data.Dataset:
+                use_cached: bool = False, converter: seqio.FeatureConverter | None = None) -> tf.data.Dataset:
     """Model features ([length] int32 each) of this process's shard of a task or mixture.
 
     Without shard arguments the shard is this JAX process's. num_epochs=None repeats forever.
+    converter: the model's feature converter (t5pod.models.feature_converter); default encoder-decoder.
     """
     get_task_or_mixture(name)
     if num_shards is None:
@@ -65,7 +66,8 @@ def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str =
     return seqio.get_dataset(
         name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split, shuffle=shuffle,
         num_epochs=num_epochs, shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-        use_cached=use_cached, seed=seed, feature_converter=feature_converter(pack, decoder_only))
+        use_cached=use_cached, seed=seed,
+        feature_converter=converter or feature_converter(pack))
 
 
 def batched(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

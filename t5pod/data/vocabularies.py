@@ -1,6 +1,7 @@
 """SentencePiece vocabularies with T5's conventions (pad 0, eos 1, unk 2, no bos, 100 extra ids)."""
 
 import os
+import shutil
 import tempfile
 from typing import Callable, Iterable
 
@@ -68,8 +69,9 @@ def train_vocabulary(texts: Iterable[str], model_path: str, vocab_size: int = 32
     model_path = os.path.abspath(model_path)
     if not model_path.endswith(".model"):
         raise VocabularyError(f"The vocabulary path must end in .model, got {model_path}.")
-    os.makedirs(os.path.dirname(model_path), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(model_path)) as work:
+    # The corpus and the model are made in a temporary folder: nothing appears at model_path's
+    # folder unless training succeeds.
+    with tempfile.TemporaryDirectory() as work:
         corpus = os.path.join(work, "corpus.txt")
         lines = 0
         with open(corpus, "w", encoding="utf-8") as f:
@@ -87,6 +89,7 @@ def train_vocabulary(texts: Iterable[str], model_path: str, vocab_size: int = 32
             character_coverage=character_coverage, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
             input_sentence_size=max_sentences, shuffle_input_sentence=True,
             num_threads=os.cpu_count() or 1, minloglevel=2, hard_vocab_limit=False)
-        os.replace(prefix + ".model", model_path)
-        os.replace(prefix + ".vocab", model_path[: -len(".model")] + ".vocab")
+        os.makedirs(os.path.dirname(model_path), exist_ok=True)
+        shutil.move(prefix + ".vocab", model_path[: -len(".model")] + ".vocab")
+        shutil.move(prefix + ".model", model_path)
     return model_path

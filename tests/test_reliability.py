@@ -1,0 +1,198 @@
+"""No fault loses a run: one run per MODEL_DIR, unreadable checkpoints skipped and kept, resumes
+that change the input stream refused, kill -9 at random moments, and sampling's distribution."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tasks
+from t5pod import checkpoints, decoding, partitioning, run_dir, run_lock, trainer
+from t5pod.configs import T5Config, TrainConfig
+
+MODEL = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, dropout_rate=0.0)
+
+
+def _config(model_dir, **overrides):
+    base = dict(model_dir=str(model_dir), mixture_or_task_name="demo_span_corruption",
+                task_feature_lengths={"inputs": 32, "targets": 8}, train_steps=6, batch_size=8,
+                warmup_steps=100, checkpoint_period=2, log_period=1, async_checkpointing=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+def _rows(model_dir, split="train"):
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["split"] == split]
+
+
+def _losses(model_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _rows(model_dir)}  # a re-run step keeps its last row
+
+
+def _truncate_arrays(step_dir):
+    for dirpath, _, files in os.walk(os.path.join(step_dir, "params")):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if os.path.getsize(path) > 64 and not name.endswith(("json", "_METADATA")) and "manifest" not in name:
+                open(path, "r+b").truncate(32)
+
+
+@pytest.mark.slow
+def test_unreadable_checkpoint_is_named_kept_and_the_run_resumes_from_the_one_before(tmp_path, capsys):
+    tasks.register_all()
+    trainer.train(_config(tmp_path / "straight"), MODEL)
+    trainer.train(_config(tmp_path / "run", train_steps=4), MODEL)
+    _truncate_arrays(tmp_path / "run" / "checkpoints" / "4")
+    capsys.readouterr()
+    trainer.train(_config(tmp_path / "run"), MODEL)
+    out = capsys.readouterr().out
+    assert "checkpoint 4 in" in out and "cannot be read" in out and "resumes from step 2" in out
+    assert "Resumed from" in out and "/checkpoints/2 (step 2)" in out
+    # Kept, out of the run's way; the run went on from step 2 exactly as an uninterrupted one.
+    assert (tmp_path / "run" / "broken_checkpoints" / "4" / "params").is_dir()
+    assert checkpoints.all_steps(str(tmp_path / "run")) == [2, 4, 6]  # step 4 trained and saved again
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
+    assert len(set(_losses(tmp_path / "straight").values())) == 6
+    # Bit for bit: the resumed run's final parameters are the uninterrupted run's.
+    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
+    abstract = trainer.create_state(MODEL, _config(tmp_path / "run"), mesh).abstract_state
+    for a, b in zip(jax.tree_util.tree_leaves(checkpoints.restore_train_state(str(tmp_path / "run"), 6, abstract)[0]),
+                    jax.tree_util.tree_leaves(checkpoints.restore_train_state(str(tmp_path / "straight"), 6, abstract)[0])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_a_resume_keeps_the_previous_config_and_refuses_a_changed_stream(tmp_path):
+    tasks.register_all()
+    trainer.train(_config(tmp_path / "run", train_steps=2), MODEL, operative_config="# first\n")
+    before = sorted(os.listdir(tmp_path / "run"))
+    for change, named in [({"batch_size": 16}, "BATCH_SIZE 8 -> 16"),
+                          ({"task_feature_lengths": {"inputs": 32, "targets": 16}}, "TASK_FEATURE_LENGTHS"),
+                          ({"mixture_or_task_name": "demo_iid_denoising"}, "MIXTURE_OR_TASK_NAME")]:
+        with pytest.raises(run_dir.RunDirError, match=f"{named}.*RESTART_DATA_STREAM=True"):
+            trainer.train(_config(tmp_path / "run", train_steps=4, **change), MODEL)
+        assert sorted(os.listdir(tmp_path / "run")) == before
+    summary = trainer.train(_config(tmp_path / "run", train_steps=4, batch_size=16, restart_data_stream=True), MODEL,
+                            operative_config="# second\n")
+    assert summary["step"] == 4
+    assert (tmp_path / "run" / "config.gin").read_text() == "# second\n"
+    assert (tmp_path / "run" / "config-2.gin").read_text() == "# first\n"
+
+
+@pytest.mark.slow
+def test_keep_checkpoints_prunes_old_steps_and_their_data_positions(tmp_path):
+    tasks.register_all()
+    trainer.train(_config(tmp_path / "run", train_steps=5, checkpoint_period=1, keep_checkpoints=2), MODEL)
+    assert checkpoints.all_steps(str(tmp_path / "run")) == [4, 5]
+    assert sorted(os.listdir(tmp_path / "run" / "data_positions")) == ["4", "5"]
+
+
+def test_a_live_lease_refuses_and_an_expired_or_dead_one_is_taken_over(tmp_path):
+    now = time.time()
+    lease = {"owner": "x", "host": "elsewhere", "pid": 1, "started": now - 100, "heartbeat": now - 10, "timeout_s": 60}
+    (tmp_path / run_lock.LEASE_FILE).write_text(json.dumps(lease))
+    with pytest.raises(run_lock.RunLockError, match="in use by another run \\(host elsewhere, pid 1"):
+        run_lock.RunLease(str(tmp_path), 60).acquire()
+    lease["heartbeat"] = now - 61  # its owner stopped beating more than its timeout ago
+    (tmp_path / run_lock.LEASE_FILE).write_text(json.dumps(lease))
+    taken = run_lock.RunLease(str(tmp_path), 60).acquire()
+    assert taken.taken_over["owner"] == "x" and run_lock.read_lease(str(tmp_path))["owner"] == taken.owner
+    taken.release()
+    assert not (tmp_path / run_lock.LEASE_FILE).exists()
+    # A lease of a process of this host that no longer exists is free at once.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lease.update(host=socket.gethostname(), pid=dead.pid, heartbeat=time.time())
+    (tmp_path / run_lock.LEASE_FILE).write_text(json.dumps(lease))
+    assert not run_lock.is_live(lease)
+    run_lock.RunLease(str(tmp_path), 60).acquire().release()
+
+
+def _cli(model_dir, *flags):
+    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+    return [sys.executable, "-m", "t5pod", "train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{model_dir}'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0",
+            "--gin.LOG_PERIOD=1", *flags], env
+
+
+def _wait_for_training(model_dir, process, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(os.path.join(model_dir, "metrics.jsonl")) and _rows(model_dir):
+            return
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.1)
+    raise AssertionError("training did not start")
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_model_dir_is_refused_naming_the_first(tmp_path):
+    command, env = _cli(tmp_path / "run", "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=100000")
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        _wait_for_training(tmp_path / "run", first)
+        second = subprocess.run(_cli(tmp_path / "run", "--gin.TRAIN_STEPS=3")[0], capture_output=True, text=True,
+                                env=env, timeout=300)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"is in use by another run (host {socket.gethostname()}, pid {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr and first.poll() is None
+    finally:
+        first.kill()
+        first.communicate()
+    # Killed: its lease names a process that is gone, so a new run may take over at once.
+    lease = run_lock.read_lease(str(tmp_path / "run"))
+    assert lease["pid"] == first.pid and not run_lock.is_live(lease)
+    assert run_lock.refusal(str(tmp_path / "run"), 120) is None
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_leaves_a_run_that_resumes_and_finishes_as_an_uninterrupted_one(tmp_path):
+    steps = 30
+    flags = [f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=1", "--gin.KEEP_CHECKPOINTS=2"]
+    command, env = _cli(tmp_path / "straight", *flags)
+    assert subprocess.run(command, capture_output=True, env=env, timeout=600).returncode == 0
+    chooser = random.Random(1234)
+    kills = 0
+    while kills < 5:
+        command, env = _cli(tmp_path / "run", *flags)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        if kills:  # the first kill lands before training starts (start-up, compilation)
+            _wait_for_training(tmp_path / "run", process)
+        # Every step saves, so a moment in the loop is often mid-save or mid-prune.
+        time.sleep(chooser.uniform(0.0, 1.5) if kills else chooser.uniform(1.0, 4.0))
+        if process.poll() is not None:  # finished before the kill: nothing left to test
+            break
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        kills += 1
+    command, env = _cli(tmp_path / "run", *flags)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert kills == 5
+    assert checkpoints.latest_step(str(tmp_path / "run")) == steps
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
+
+
+def test_sampling_draws_from_the_tempered_and_truncated_distribution():
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = jnp.asarray(np.broadcast_to(np.log(probs), (40_000, 4)), jnp.float32)
+
+    def frequencies(temperature, top_k):
+        ids = np.asarray(decoding.choose_tokens(logits, jax.random.PRNGKey(0), temperature, top_k))
+        return np.bincount(ids, minlength=4) / len(ids)
+
+    # Temperature T draws from p^(1/T) / sum(p^(1/T)); top-k renormalises the k most likely.
+    np.testing.assert_allclose(frequencies(1.0, 0), probs, atol=0.01)
+    squared = probs ** 2 / np.sum(probs ** 2)  # T = 0.5: [0.676, 0.243, 0.061, 0.007]
+    np.testing.assert_allclose(frequencies(0.5, 0), squared, atol=0.01)
+    np.testing.assert_allclose(frequencies(1.0, 2), [0.625, 0.375, 0, 0], atol=0.01)
+    assert frequencies(0.0, 0).tolist() == [1.0, 0.0, 0.0, 0.0]  # temperature 0 is greedy
