@@ -156,7 +156,7 @@ def test_a_second_run_on_the_same_model_dir_is_refused_naming_the_first(tmp_path
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_a_run_that_resumes_and_finishes_as_an_uninterrupted_one(tmp_path):
-    steps = 30
+    steps = 24  # more than five kills' windows (at most 1.2 s, about 3 steps/s) can reach
     flags = [f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=1", "--gin.KEEP_CHECKPOINTS=2"]
     command, env = _cli(tmp_path / "straight", *flags)
     assert subprocess.run(command, capture_output=True, env=env, timeout=600).returncode == 0
@@ -168,7 +168,7 @@ def test_sigkill_at_random_moments_leaves_a_run_that_resumes_and_finishes_as_an_
         if kills:  # the first kill lands before training starts (start-up, compilation)
             _wait_for_training(tmp_path / "run", process)
         # Every step saves, so a moment in the loop is often mid-save or mid-prune.
-        time.sleep(chooser.uniform(0.0, 1.5) if kills else chooser.uniform(1.0, 4.0))
+        time.sleep(chooser.uniform(0.0, 1.2) if kills else chooser.uniform(1.0, 4.0))
         if process.poll() is not None:  # finished before the kill: nothing left to test
             break
         process.send_signal(signal.SIGKILL)

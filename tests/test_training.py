@@ -120,15 +120,15 @@ def _rows(model_dir, split="train"):
 def test_restore_onto_another_mesh(tmp_path):
     tasks.register_all()
     no_dropout = dataclasses.replace(MODEL, dropout_rate=0.0)  # dropout masks follow the mesh's layout
-    trainer.train(_config(tmp_path / "straight", train_steps=5, mesh_shape=(4, 2)), no_dropout)
+    trainer.train(_config(tmp_path / "straight", train_steps=4, mesh_shape=(4, 2)), no_dropout)
     trainer.train(_config(tmp_path / "run", train_steps=3, mesh_shape=(4, 2)), no_dropout)
-    summary = trainer.train(_config(tmp_path / "run", train_steps=5, mesh_shape=(2, 4)), no_dropout)
-    assert summary["step"] == 5
+    summary = trainer.train(_config(tmp_path / "run", train_steps=4, mesh_shape=(2, 4)), no_dropout)
+    assert summary["step"] == 4
     straight = {r["step"]: r["loss"] for r in _rows(tmp_path / "straight")}
     moved = {r["step"]: r["loss"] for r in _rows(tmp_path / "run")}
-    assert sorted(moved) == [1, 2, 3, 4, 5]
+    assert sorted(moved) == [1, 2, 3, 4] and len(set(straight.values())) == 4
     # The same parameters and batches on another layout: equal up to the order of float sums.
-    np.testing.assert_allclose([moved[s] for s in range(1, 6)], [straight[s] for s in range(1, 6)], rtol=1e-5)
+    np.testing.assert_allclose([moved[s] for s in range(1, 5)], [straight[s] for s in range(1, 5)], rtol=1e-5)
 
 
 def test_another_models_directory_is_refused(pretrained_demo_run):
