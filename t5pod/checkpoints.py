@@ -64,11 +64,14 @@ def checkpoint_root(path: str) -> str:
     return nested if _isdir(nested) else path
 
 
-def latest_run_step(model_dir: str) -> int | None:
-    """The newest step a training run saved in MODEL_DIR/checkpoints (None: nothing to resume)."""
+def run_steps(model_dir: str) -> list[int]:
+    """The steps a training run saved in MODEL_DIR/checkpoints, oldest first ([]: nothing to resume).
+
+    Unlike all_steps, a converted checkpoint's folder (steps without checkpoints/) is not a run's.
+    """
     if not _isdir(os.path.join(model_dir, CHECKPOINTS_FOLDER)):
-        return None
-    return latest_step(model_dir)
+        return []
+    return all_steps(model_dir)
 
 
 def save_params(directory: str, params: Any, config: T5Config, step: int = 0, extra_metadata: dict | None = None):

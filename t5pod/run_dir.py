@@ -60,8 +60,7 @@ def resume_point(config: TrainConfig, model_config: T5Config, abstract, writer) 
     """(step, params, opt_state, metadata, broken steps) of the newest readable checkpoint, or
     (None, ...) for a new run. Reads only; refuses another model's checkpoints."""
     broken = []
-    for step in sorted(checkpoints.all_steps(config.model_dir) if checkpoints.latest_run_step(config.model_dir)
-                       is not None else [], reverse=True):
+    for step in reversed(checkpoints.run_steps(config.model_dir)):
         try:
             _, metadata = checkpoints.read_metadata(config.model_dir, step)
         except Exception as error:  # noqa: BLE001 - any read failure of a saved step means "broken"

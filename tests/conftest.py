@@ -36,6 +36,8 @@ def benchmark_rows():
 @pytest.fixture
 def shared_data():
     if not SHARED_DATA.is_dir():
+        # Only full-file counts and long learning runs use it; parsing and metric tests read
+        # BENCHMARK_ROWS, which every clone has.
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
 
