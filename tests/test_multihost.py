@@ -100,7 +100,9 @@ def test_a_dead_process_stops_the_other_with_a_clear_error(tmp_path):
     output, _ = processes[0].communicate(timeout=120)
     assert processes[0].returncode not in (0, None)
     assert time.time() - killed_at < 60
-    # Either a collective fails first (t5pod's message) or JAX's coordination service notices the
-    # missing heartbeats first and terminates the process with its own message.
+    # Whichever notices first stops the process: a failed collective (t5pod's message), JAX's
+    # coordination service (missing heartbeats), or gloo itself when the peer died mid-transfer
+    # (a C++ abort no Python code can turn into a message).
     assert ("another process of this multi-host job stopped" in output
-            or "This most likely indicates that another task died" in output), output[-3000:]
+            or "This most likely indicates that another task died" in output
+            or "Received data size doesn't match expected size" in output), output[-3000:]
