@@ -5,6 +5,7 @@ Commands that read tasks take gin flags in T5X conventions: --gin_file=F (repeat
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -98,12 +99,11 @@ def _train(args) -> int:
     return 0
 
 
-def _predictor(args, base_files, read_directly=()):
-    ginconf = _parse_gin(args, base_files, read_directly)
-    ginconf.register_tasks()
-    from t5pod import inference
+def _join(args):
+    from t5pod import distributed
 
-    return ginconf, inference, inference.Predictor(ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary())
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, args.multihost,
+                           args.heartbeat_timeout_s)
 
 
 def _infer(args) -> int:
@@ -111,53 +111,117 @@ def _infer(args) -> int:
         raise ValueError("infer needs either --input_file=IN or --task=NAME (with --split).")
     if not args.output_file:
         raise ValueError("infer needs --output_file=OUT (JSONL).")
-    from t5pod import inference as inference_module
-
-    inference_module.check_output_path(args.output_file)
     if args.input_file and not os.path.isfile(args.input_file):
         raise FileNotFoundError(f"Input file {args.input_file} not found.")
-    ginconf, inference, predictor = _predictor(args, ("tasks.gin", "runs/infer.gin"))
+    _join(args)
+    ginconf = _parse_gin(args, ("tasks.gin", "runs/infer.gin"))
+    ginconf.register_tasks()
+    import jax
+
+    from t5pod import checkpoints, distributed, infer_io, inference
+
+    model_config, config, vocabulary = ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary()
+    source = os.path.abspath(args.input_file) if args.input_file else f"{args.task}:{args.split}"
+    settings = {"input": source, "mode": args.mode, "checkpoint_path": checkpoints.absolute(config.checkpoint_path),
+                "checkpoint_step": checkpoints.latest_step(config.checkpoint_path), "model": model_config.checkpoint_fields(),
+                **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("checkpoint_path", "mesh_shape", "fsdp")}}
+    output = infer_io.ResumableOutput(args.output_file, settings)
+
+    def check_output() -> int:
+        infer_io.check_output_path(args.output_file)
+        return output.rows_done(config.batch_size)
+
+    done = distributed.checked_by_first(check_output)  # before anything is restored or decoded
+    predictor = inference.Predictor(model_config, config, vocabulary)
     if args.task:
-        lengths = {"inputs": predictor.config.input_length, "targets": predictor.config.target_length}
-        rows = [{"inputs": r["inputs_pretokenized"].decode(), "targets": r["targets_pretokenized"].decode()}
-                for r in inference.task_rows(args.task, args.split, lengths)]
+        lengths = {"inputs": config.input_length, "targets": config.target_length}
+        from t5pod import evaluation
+
+        rows = ({"inputs": r["inputs_pretokenized"].decode(), "targets": r["targets_pretokenized"].decode(),
+                 "_ids": r["input_ids"], "_where": f"{args.task} {args.split} example {i + 1}"}
+                for i, r in enumerate(evaluation.task_examples(args.task, args.split, lengths)))
+        total = evaluation.task_size(args.task, args.split)
     else:
-        rows = inference.read_input_file(args.input_file, args.mode)
-    results = inference.run_file(predictor, rows, args.mode)
-    inference.write_jsonl_atomically(args.output_file, results)
-    print(f"Wrote {len(results)} {'scores' if args.mode == 'score' else 'predictions'} to {args.output_file}")
+        rows, total = infer_io.input_rows(args.input_file, args.mode), infer_io.count_rows(args.input_file)
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        output.open()
+        if done:
+            print(f"Continuing {output.partial}: its first {done} rows are kept.", flush=True)
+    progress = infer_io.Progress(total, done, enabled=is_writer)
+    for number, batch in infer_io.batches(rows, config.batch_size, skip=done):
+        results = _infer_batch(predictor, batch, number, args.mode)
+        if is_writer:
+            output.write(results)
+        progress.update(len(batch))
+    if is_writer:
+        output.finish()
+        progress.done(f"Wrote {progress.rows} {'scores' if args.mode == 'score' else 'predictions'} to "
+                      f"{args.output_file}")
     return 0
+
+
+def _infer_batch(predictor, batch: list[dict], number: int, mode: str) -> list[dict]:
+    """Output rows for one batch of input rows; this process encodes only the rows it owns."""
+    from t5pod import distributed, inference
+
+    encode, owned = predictor.vocabulary.encode, [predictor.owns(i) for i in range(len(batch))]
+    input_ids = [(r.get("_ids") or encode(r["inputs"])) if mine else None for r, mine in zip(batch, owned)]
+    clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in batch]
+    if mode == "predict":
+        predictions = predictor.predict_batch(input_ids, number)
+        return [{**r, "prediction": predictor.vocabulary.decode(p), "prediction_ids": p}
+                for r, p in zip(clean, predictions)]
+    refusal = None
+    target_ids = [encode(r["targets"]) if mine else None for r, mine in zip(batch, owned)]
+    try:
+        for row, ids, targets, mine in zip(batch, input_ids, target_ids, owned):
+            if mine:
+                where = f"{row['_where']}"
+                inference.check_fits(ids, predictor.config.input_length, "inputs", where)
+                inference.check_fits(targets, predictor.config.target_length, "targets", where)
+    except inference.InferenceError as error:
+        refusal = error
+    if distributed.agree(refusal is not None):  # a row refused on one process stops them all
+        raise refusal or inference.InferenceError("another process refused a row of this batch; its error says which.")
+    scores = predictor.score_batch(input_ids, target_ids)
+    return [{**r, "score": s} for r, s in zip(clean, scores)]
 
 
 def _eval(args) -> int:
     from t5pod import ginconf as gin_layer
 
-    ginconf, inference, predictor = _predictor(args, ("tasks.gin", "runs/eval.gin"), gin_layer.EVAL_COMMAND_MACROS)
-    from t5pod import checkpoints, metric_writers
+    _join(args)
+    ginconf = _parse_gin(args, ("tasks.gin", "runs/eval.gin"), gin_layer.EVAL_COMMAND_MACROS)
+    ginconf.register_tasks()
+    import jax
 
+    from t5pod import checkpoints, evaluation, infer_io, inference, metric_writers
+
+    config = ginconf.infer_config()
     name, split = ginconf.macro("MIXTURE_OR_TASK_NAME"), ginconf.macro("EVAL_SPLIT")
-    lengths = {"inputs": predictor.config.input_length, "targets": predictor.config.target_length}
-    out_dir = ginconf.macro("EVAL_OUTPUT_DIR") or predictor.config.checkpoint_path
-    newest = checkpoints.latest_step(predictor.config.checkpoint_path) or 0
-    steps = checkpoints.all_steps(predictor.config.checkpoint_path) if args.all_checkpoints else [newest]
-    writer, rows, best = metric_writers.MetricWriter(out_dir), [], {}
+    if not evaluation.tasks_with_metrics(name, split):
+        raise evaluation.EvaluationError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
+    predictor = inference.Predictor(ginconf.model_config(), config, ginconf.vocabulary())
+    lengths = {"inputs": config.input_length, "targets": config.target_length}
+    out_dir = ginconf.macro("EVAL_OUTPUT_DIR") or config.checkpoint_path
+    newest = checkpoints.latest_step(config.checkpoint_path) or 0
+    steps = checkpoints.all_steps(config.checkpoint_path) if args.all_checkpoints else [newest]
+    is_writer = jax.process_index() == 0
+    writer, rows = metric_writers.MetricWriter(out_dir, enabled=is_writer), []
     loaded = newest  # the Predictor starts with the newest checkpoint
     for step in steps:
         if step != loaded:
             predictor.load_step(step)
             loaded = step
-        for task, metrics in inference.evaluate(predictor, name, split, lengths).items():
-            writer.write(step, {f"{task}/{k}": v for k, v in metrics.items()}, split=split)
-            print(f"{task} ({split}, step {step}): " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        for task, metrics in evaluation.run(predictor, name, split, lengths, step, out_dir, writer).items():
             rows.append({"step": step, "split": split, "task": task, **metrics})
-            score = next(iter(metrics.values()))  # the task's first metric decides the best checkpoint
-            if task not in best or score > best[task][1]:
-                best[task] = (step, score)
     writer.close()
-    inference.append_jsonl(os.path.join(out_dir, "eval_metrics.jsonl"), rows)
+    if is_writer:
+        infer_io.append_jsonl(os.path.join(out_dir, "eval_metrics.jsonl"), rows)
     if len(steps) > 1:
-        for task, (step, score) in sorted(best.items()):
-            print(f"best {task}: step {step} ({score:.2f})")
+        for task, (step, metric, score) in sorted(evaluation.best_steps(out_dir, sorted({r["task"] for r in rows})).items()):
+            writer.print(f"best {task}: step {step} ({metric} {score:.2f})")
     return 0
 
 
@@ -170,7 +234,12 @@ def _plan(args) -> int:
     ginconf = _parse_gin(args)
     from t5pod import planning
 
-    result = planning.plan(ginconf.model_config(), ginconf.train_config())
+    train_config = ginconf.train_config()
+    decode = configs.InferConfig(
+        checkpoint_path="", task_feature_lengths=train_config.task_feature_lengths, batch_size=train_config.batch_size,
+        max_decode_length=args.max_decode_length, beam_size=args.beam_size, mesh_shape=train_config.mesh_shape,
+        fsdp=train_config.fsdp)
+    result = planning.plan(ginconf.model_config(), train_config, decode)
     print(planning.format_plan(result, args.hbm_gib))
     print(f"  step FLOPs        {result['model_flops_per_step'] / 1e12:8.3f} TFLOP "
           f"(compiled in {result['compile_s']:.1f} s)")
@@ -232,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--num_devices", type=int, help="fake this many CPU devices (e.g. the pod slice's chips)")
     plan.add_argument("--hbm_gib", type=float, help="memory per device to check against (TPU v3: 16)")
     plan.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    plan.add_argument("--beam_size", type=int, default=1, help="decoding: beams per row (BATCH_SIZE rows)")
+    plan.add_argument("--max_decode_length", type=int, help="decoding: tokens per row (default: the targets length)")
     plan.set_defaults(run=_plan)
 
     infer = commands.add_parser("infer", help="Predict or score inputs from a file or a task split.")
@@ -241,12 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--split", default="validation")
     infer.add_argument("--output_file", help="JSONL, one object per input, in input order")
     infer.add_argument("--mode", choices=("predict", "score"), default="predict")
+    _add_multihost_flags(infer)
     infer.set_defaults(run=_infer)
 
     evaluate = commands.add_parser("eval", help="Evaluate a checkpoint on a task or mixture (seqio metrics).")
     _add_gin_flags(evaluate)
     evaluate.add_argument("--all_checkpoints", action="store_true",
                           help="evaluate every checkpoint in CHECKPOINT_PATH and report the best per task")
+    _add_multihost_flags(evaluate)
     evaluate.set_defaults(run=_eval)
 
     train_vocab = commands.add_parser("train-vocab", help="Train a SentencePiece vocabulary (T5 conventions).")

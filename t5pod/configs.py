@@ -169,6 +169,10 @@ class TrainConfig:
     restart_data_stream: bool = False
     # A run holds MODEL_DIR through a lease file; a killed run's lease expires after this long.
     lease_timeout_s: float = 120.0
+    # At each eval_period, also decode the evaluation split of every task with metrics (greedy,
+    # targets-length tokens) and report the task's metrics, as T5X's inference evaluation does.
+    inference_eval: bool = False
+    inference_eval_examples: int | None = None  # per task; None: the whole split
 
     def __post_init__(self):
         _check_lengths(self.task_feature_lengths, ("inputs", "targets"))
@@ -183,8 +187,10 @@ class TrainConfig:
             raise ValueError(f"LABEL_SMOOTHING must be in [0, 1), got {self.label_smoothing}.")
         if self.loss_normalizing_factor is not None and self.loss_normalizing_factor <= 0:
             raise ValueError(f"LOSS_NORMALIZING_FACTOR must be positive (or None), got {self.loss_normalizing_factor}.")
-        if len(self.mesh_shape) != 2 or any(int(n) == 0 or int(n) < -1 for n in self.mesh_shape):
-            raise ValueError(f"MESH_SHAPE must be (data, model) with positive sizes or -1, got {self.mesh_shape}.")
+        _check_mesh_shape(self.mesh_shape)
+        if self.inference_eval_examples is not None and self.inference_eval_examples < 1:
+            raise ValueError(f"INFERENCE_EVAL_EXAMPLES must be positive (None: the whole split), got "
+                             f"{self.inference_eval_examples}.")
         if not self.model_dir:
             raise ValueError("MODEL_DIR is empty; set --gin.MODEL_DIR=\"'/path/to/run'\".")
 
@@ -207,9 +213,12 @@ class InferConfig:
     temperature: float = 0.0
     top_k: int = 0
     seed: int = 0
+    mesh_shape: tuple = (-1, 1)  # (data, model), as for training: the decode batch is split over data
+    fsdp: bool = False
 
     def __post_init__(self):
         _check_lengths(self.task_feature_lengths, ("inputs", "targets"))
+        _check_mesh_shape(self.mesh_shape)
         if self.max_decode_length is None:
             object.__setattr__(self, "max_decode_length", int(self.task_feature_lengths["targets"]))
         _check_positive(self, "batch_size", "max_decode_length", "beam_size")
@@ -236,6 +245,11 @@ _MACROS = {"train_steps": "TRAIN_STEPS", "batch_size": "BATCH_SIZE (INFER_BATCH_
 
 def _name(field: str) -> str:
     return _MACROS.get(field, field)
+
+
+def _check_mesh_shape(mesh_shape):
+    if len(mesh_shape) != 2 or any(int(n) == 0 or int(n) < -1 for n in mesh_shape):
+        raise ValueError(f"MESH_SHAPE must be (data, model) with positive sizes or -1, got {mesh_shape}.")
 
 
 def _check_positive(config, *fields):

@@ -53,3 +53,24 @@ def agree(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
     return bool(np.max(multihost_utils.process_allgather(np.array([flag], np.int32))))
+
+
+def checked_by_first(check) -> int:
+    """Runs check() (-> a non-negative int) on process 0 only, and gives every process its result.
+
+    A refusal (ValueError, OSError) is raised on process 0 with its own message and on the others
+    as a pointer to it, so that no process is left waiting in a collective.
+    """
+    value, error = 0, None
+    if jax.process_index() == 0:
+        try:
+            value = int(check())
+        except (ValueError, OSError) as refusal:
+            value, error = -1, refusal
+    if jax.process_count() > 1:
+        value = int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))
+    if error is not None:
+        raise error
+    if value < 0:
+        raise ValueError("process 0 refused to start; its error message says why.")
+    return value

@@ -1,33 +1,35 @@
-"""Inference from a checkpoint: predictions or scores for a file or a task split, and seqio-style
-evaluation (predict, postprocess, metrics) of a task or mixture.
+"""Decoding and scoring on the device mesh, from a checkpoint or from a training run's parameters.
 
-Inputs are batched to a fixed batch size (the last batch padded) so the decoder compiles once.
+The parameters are restored straight into their shardings on the (data, model) mesh, laid out
+by the same logical-axis rules as in training, and are never gathered onto one device. A decode
+batch of INFER_BATCH_SIZE rows is split over `data`; each process supplies only the rows its
+devices hold (`owns`) and every process gets all the batch's results back. Greedy, sampling,
+beam search and scoring are each one jitted program.
 """
 
-import json
-import os
-import tempfile
-from typing import Iterable, Iterator
+import dataclasses
+import time
+from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-import seqio
 from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec
 
-from t5pod import checkpoints, decoding, models
+from t5pod import checkpoints, decoding, models, partitioning
 from t5pod.configs import InferConfig, T5Config
-from t5pod.data import pipeline
 
 
 class InferenceError(ValueError):
     pass
 
 
-def load_params(model_config: T5Config, checkpoint_path: str, step: int | None = None):
-    """Parameters of a checkpoint (default: the newest), checked against the model config."""
-    abstract = nn.unbox(models.abstract_variables(model_config)["params"])
+def load_params(model_config: T5Config, checkpoint_path: str, abstract_params, step: int | None = None):
+    """Parameters of a checkpoint (default: the newest), checked against the model config and
+    restored into abstract_params's shardings."""
     try:
-        return checkpoints.restore_params(checkpoint_path, model_config, abstract, step)
+        return checkpoints.restore_params(checkpoint_path, model_config, abstract_params, step)
     except checkpoints.CheckpointError:
         raise
     except (ValueError, KeyError) as error:
@@ -41,190 +43,183 @@ def load_params(model_config: T5Config, checkpoint_path: str, step: int | None =
             "CHECKPOINT_PATH at an intact checkpoint.") from None
 
 
-def read_input_file(path: str, mode: str) -> list[dict]:
-    """JSONL objects with `inputs` (and `targets` for score), or plain text lines (predict only)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Input file {path} not found.")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f]
-    is_jsonl = path.endswith((".jsonl", ".json")) or (lines and lines[0].lstrip().startswith("{"))
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if is_jsonl:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InferenceError(f"{path}:{number}: not valid JSON ({error}).") from None
-            if not isinstance(row, dict) or "inputs" not in row:
-                raise InferenceError(f"{path}:{number}: a JSON object with an `inputs` field is needed.")
-            for key in ("inputs", "targets"):
-                if key in row and not isinstance(row[key], str):
-                    raise InferenceError(f"{path}:{number}: `{key}` must be a string, got "
-                                         f"{type(row[key]).__name__} {json.dumps(row[key])[:60]}.")
-        else:
-            row = {"inputs": line}
-        if mode == "score" and "targets" not in row:
-            raise InferenceError(f"{path}:{number}: --mode=score needs a `targets` field on every line "
-                                 "(JSONL: {\"inputs\": ..., \"targets\": ...}).")
-        rows.append(row)
-    if not rows:
-        raise InferenceError(f"Input file {path} is empty: nothing to {mode}.")
-    return rows
-
-
-def check_output_path(path: str):
-    """Fails before any decoding when `path` cannot become the output file."""
-    if os.path.isdir(path):
-        raise InferenceError(f"--output_file {path} is a directory; name a file inside it.")
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".infer-check-"):
-            pass
-    except OSError as error:
-        raise InferenceError(f"--output_file {path} cannot be written ({error.strerror}); choose a writable "
-                             "path.") from None
-
-
-def append_jsonl(path: str, rows: Iterable[dict]):
-    """Appends rows to a JSONL file (creating it): earlier rows are kept."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def write_jsonl_atomically(path: str, rows: Iterable[dict]):
-    """Writes to a temporary file beside `path` and renames it: a failure never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=directory, prefix=".infer-", delete=False)
-    try:
-        with handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
-
-
-def _pad_rows(ids: list[list[int]], length: int) -> np.ndarray:
+def _pad_rows(ids: Sequence[Sequence[int]], length: int) -> np.ndarray:
+    """Token rows (without EOS) cut to length - 1, each closed by EOS, right-padded with 0."""
     out = np.zeros((len(ids), length), np.int32)
     for i, row in enumerate(ids):
-        row = row[:length - 1] + [decoding.EOS] if len(row) >= length else row + [decoding.EOS]
+        row = list(row[:length - 1]) + [decoding.EOS]
         out[i, :len(row)] = row
     return out
 
 
-def _batches(items: list, batch_size: int) -> Iterator[tuple[list, int]]:
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        yield chunk + [chunk[-1]] * (batch_size - len(chunk)), len(chunk)
+def _decode_function(model, config: InferConfig):
+    """(params, encoder_input_tokens [batch, length_in], rng) -> (tokens [batch, decode], scores [batch])."""
+    c = config
+    if c.beam_size > 1:
+        def decode(params, inputs, rng):
+            tokens, scores = decoding.beam_search(model, params, inputs, c.max_decode_length, c.beam_size, c.alpha)
+            return tokens[:, 0], scores[:, 0]
+        return decode
+    return lambda params, inputs, rng: decoding.sample_decode(model, params, inputs, c.max_decode_length, rng,
+                                                             c.temperature, c.top_k)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshLayout:
+    """Where parameters and decode batches live on a mesh."""
+
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    abstract_params: object  # jax.ShapeDtypeStruct leaves carrying their shardings
+    param_shardings: object
+    rows: NamedSharding  # a batch's leading axis split over `data`
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return partitioning.replicated(self.mesh)
+
+
+def mesh_layout(model_config: T5Config, mesh, fsdp: bool) -> MeshLayout:
+    rules = partitioning.logical_rules(fsdp)
+    boxed = models.abstract_variables(model_config)["params"]
+    shardings = nn.unbox(partitioning.param_shardings(boxed, mesh, rules))
+    abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                      nn.unbox(boxed), shardings)
+    partitioning.check_divisible(abstract, shardings, mesh)
+    return MeshLayout(mesh, rules, abstract, shardings, NamedSharding(mesh, PartitionSpec(partitioning.DATA)))
+
+
+def _check_batch(batch_size: int, mesh):
+    data = mesh.shape[partitioning.DATA]
+    if batch_size % data:
+        raise ValueError(f"INFER_BATCH_SIZE {batch_size} is not divisible by the data-parallel mesh size {data} "
+                         f"(MESH_SHAPE {tuple(mesh.shape.values())}); use a multiple of {data}.")
+
+
+def local_rows(rows: NamedSharding, batch_size: int) -> tuple[int, int]:
+    """[start, stop) of the batch rows this process's devices hold (all rows when data is 1)."""
+    indices = rows.addressable_devices_indices_map((batch_size,)).values()
+    starts = sorted({index[0].indices(batch_size)[:2] for index in indices})
+    start, stop = starts[0][0], starts[-1][1]
+    if sum(b - a for a, b in starts) != stop - start:
+        raise InferenceError("This process's rows of the decode batch are not contiguous; use a mesh whose data "
+                             "axis is ordered by process (partitioning.make_mesh).")
+    return start, stop
 
 
 class Predictor:
-    """A model, its parameters and compiled decode/score functions for one InferConfig."""
+    """A model, its sharded parameters and compiled decode/score programs for one InferConfig.
 
-    def __init__(self, model_config: T5Config, config: InferConfig, vocabulary, params=None):
-        self.config, self.vocabulary = config, vocabulary
-        self.model, self.model_config = models.build(model_config), model_config
-        self.params = params if params is not None else load_params(model_config, config.checkpoint_path)
-        model, c = self.model, config
-        if c.beam_size > 1:
-            self._decode = jax.jit(lambda p, x, rng: jax.tree_util.tree_map(
-                lambda a: a[:, 0], decoding.beam_search(model, p, x, c.max_decode_length, c.beam_size, c.alpha)))
-        else:
-            self._decode = jax.jit(lambda p, x, rng: decoding.sample_decode(
-                model, p, x, c.max_decode_length, rng, c.temperature, c.top_k))
-        self._score = jax.jit(lambda p, batch: decoding.score(model, p, batch))
+    params: a training run's parameters, already laid out on `mesh` (in-training evaluation);
+    by default the checkpoint at config.checkpoint_path is restored onto config's mesh.
+    """
+
+    def __init__(self, model_config: T5Config, config: InferConfig, vocabulary, mesh=None, params=None):
+        self.config, self.vocabulary, self.model_config = config, vocabulary, model_config
+        self.model = models.build(model_config)
+        mesh = mesh if mesh is not None else partitioning.make_mesh(config.mesh_shape)
+        _check_batch(config.batch_size, mesh)
+        self.layout = mesh_layout(model_config, mesh, config.fsdp)
+        self.params = params if params is not None else load_params(
+            model_config, config.checkpoint_path, self.layout.abstract_params)
+        self.local_rows = local_rows(self.layout.rows, config.batch_size)
+        layout, model = self.layout, self.model
+        self._decode = jax.jit(_decode_function(model, config),
+                               in_shardings=(layout.param_shardings, layout.rows, layout.replicated),
+                               out_shardings=layout.replicated)
+        self._score = jax.jit(lambda params, batch: decoding.score(model, params, batch),
+                              in_shardings=(layout.param_shardings, layout.rows), out_shardings=layout.replicated)
 
     def load_step(self, step: int):
         """Switches to another checkpoint of the same run (no recompilation)."""
-        self.params = load_params(self.model_config, self.config.checkpoint_path, step)
+        self.params = load_params(self.model_config, self.config.checkpoint_path, self.layout.abstract_params, step)
 
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return _pad_rows([self.vocabulary.encode(t) for t in texts], self.config.input_length)
+    def owns(self, index: int) -> bool:
+        """Whether this process encodes row `index` of the input (rows are dealt out in batches)."""
+        start, stop = self.local_rows
+        return start <= index % self.config.batch_size < stop
 
-    def predict_ids(self, input_ids: list[list[int]]) -> list[list[int]]:
-        """Token ids (without EOS) predicted for each input's token ids (without EOS)."""
-        out = []
-        rng = jax.random.PRNGKey(self.config.seed)
-        for number, (chunk, real) in enumerate(_batches(input_ids, self.config.batch_size)):
-            tokens, _ = self._decode(self.params, _pad_rows(chunk, self.config.input_length),
-                                     jax.random.fold_in(rng, number))
-            out += [decoding.strip_after_eos(row) for row in np.asarray(tokens)[:real]]
-        return out
+    def _local(self, rows: list, length: int) -> np.ndarray:
+        """This process's share of a batch of token rows (None: another process's row), padded."""
+        rows = list(rows) + [None] * (self.config.batch_size - len(rows))
+        start, stop = self.local_rows
+        return _pad_rows([r or [] for r in rows[start:stop]], length)
 
-    def score_ids(self, input_ids: list[list[int]], target_ids: list[list[int]]) -> list[float]:
-        """Log-likelihood of each target (EOS included) given its input."""
-        pairs = list(zip(input_ids, target_ids))
-        out = []
-        for chunk, real in _batches(pairs, self.config.batch_size):
-            batch = models.scoring_features(self.model_config, _pad_rows([i for i, _ in chunk], self.config.input_length),
-                                            _pad_rows([t for _, t in chunk], self.config.target_length))
-            out += [float(s) for s in np.asarray(self._score(self.params, batch))[:real]]
-        return out
+    def _global(self, local: np.ndarray):
+        return jax.make_array_from_process_local_data(self.layout.rows, local,
+                                                      (self.config.batch_size,) + local.shape[1:])
+
+    def _run(self, function, *args):
+        with self.layout.mesh, nn.logical_axis_rules(self.layout.rules):
+            return function(*args)
+
+    def decode_batch(self, input_ids: list, number: int = 0) -> tuple[list[list[int]], list[float]]:
+        """(token ids without EOS, scores) for up to INFER_BATCH_SIZE rows of input ids (without EOS;
+        None for rows this process does not own). A score is the log-likelihood of the tokens
+        (beam search: divided by the length penalty). `number` varies the sampling seed."""
+        rng = jax.device_put(jax.random.fold_in(jax.random.PRNGKey(self.config.seed), number), self.layout.replicated)
+        inputs = self._global(self._local(input_ids, self.config.input_length))
+        tokens, scores = self._run(self._decode, self.params, inputs, rng)
+        rows = len(input_ids)
+        return ([decoding.strip_after_eos(row) for row in _host(tokens)[:rows]],
+                [float(s) for s in _host(scores)[:rows]])
+
+    def predict_batch(self, input_ids: list, number: int = 0) -> list[list[int]]:
+        return self.decode_batch(input_ids, number)[0]
+
+    def score_batch(self, input_ids: list, target_ids: list) -> list[float]:
+        """Log-likelihood of each target (EOS included) given its input; None for others' rows."""
+        features = models.scoring_features(self.model_config, self._local(input_ids, self.config.input_length),
+                                           self._local(target_ids, self.config.target_length))
+        batch = {k: self._global(v) for k, v in features.items()}
+        return [float(s) for s in _host(self._run(self._score, self.params, batch))[:len(input_ids)]]
+
+    def predict_ids(self, input_ids: list) -> list[list[int]]:
+        """predict_batch over any number of rows, in order."""
+        size = self.config.batch_size
+        return [p for number, start in enumerate(range(0, len(input_ids), size))
+                for p in self.predict_batch(input_ids[start:start + size], number)]
+
+    def score_ids(self, input_ids: list, target_ids: list) -> list[float]:
+        size = self.config.batch_size
+        return [s for start in range(0, len(input_ids), size)
+                for s in self.score_batch(input_ids[start:start + size], target_ids[start:start + size])]
 
 
-def _check_fits(ids: list[list[int]], length: int, feature: str):
+def _host(array) -> np.ndarray:
+    """A replicated result as a host array (every process holds a full copy)."""
+    return np.asarray(array.addressable_data(0))
+
+
+def check_fits(ids: Sequence[int], length: int, feature: str, where: str):
     """Scores are of whole sequences: one that does not fit (with its EOS) is an error, not a cut."""
-    for number, row in enumerate(ids, 1):
-        if len(row) + 1 > length:
-            raise InferenceError(
-                f"Row {number}: its {feature} are {len(row) + 1} tokens with EOS, more than "
-                f"TASK_FEATURE_LENGTHS['{feature}'] = {length}; score with --gin.TASK_FEATURE_LENGTHS set to at "
-                f"least {len(row) + 1} for {feature!r}.")
+    if len(ids) + 1 > length:
+        raise InferenceError(
+            f"{where}: its {feature} are {len(ids) + 1} tokens with EOS, more than TASK_FEATURE_LENGTHS['{feature}'] = "
+            f"{length}; score with --gin.TASK_FEATURE_LENGTHS set to at least {len(ids) + 1} for {feature!r}.")
 
 
-def run_file(predictor: Predictor, rows: list[dict], mode: str) -> list[dict]:
-    """Rows in input order with `prediction` and `prediction_ids`, or `score`."""
-    vocabulary = predictor.vocabulary
-    input_ids = [vocabulary.encode(r["inputs"]) for r in rows]
-    if mode == "score":
-        target_ids = [vocabulary.encode(r["targets"]) for r in rows]
-        _check_fits(input_ids, predictor.config.input_length, "inputs")
-        _check_fits(target_ids, predictor.config.target_length, "targets")
-        scores = predictor.score_ids(input_ids, target_ids)
-        return [{**r, "score": s} for r, s in zip(rows, scores)]
-    predictions = predictor.predict_ids(input_ids)
-    return [{**r, "prediction": vocabulary.decode(p), "prediction_ids": p} for r, p in zip(rows, predictions)]
-
-
-def task_rows(name: str, split: str, lengths: dict) -> list[dict]:
-    """Examples of a task split as rows with inputs/targets text and token ids (no EOS)."""
-    task = pipeline.get_task_or_mixture(name)
-    dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
-    rows = []
-    for example in dataset.as_numpy_iterator():
-        row = {k: v for k, v in example.items()}
-        row["input_ids"] = [int(t) for t in example["inputs"] if t not in (0, decoding.EOS)]
-        rows.append(row)
-    return rows
-
-
-def evaluate(predictor: Predictor, name: str, split: str, lengths: dict) -> dict[str, dict[str, float]]:
-    """seqio-style evaluation: predict, postprocess targets and predictions, apply metric_fns."""
-    provider = pipeline.get_task_or_mixture(name)
-    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-    results = {}
-    for task in tasks:
-        if not task.metric_fns or split not in task.splits:
-            continue
-        rows = task_rows(task.name, split, lengths)
-        predictions = predictor.predict_ids([r["input_ids"] for r in rows])
-        decode = predictor.vocabulary.decode
-        postprocess = task.postprocess_fn or (lambda output, example=None, is_target=False: output)
-        targets = [postprocess(r["targets_pretokenized"].decode("utf-8"), example=r, is_target=True) for r in rows]
-        outputs = [postprocess(decode(p), example=r, is_target=False) for p, r in zip(predictions, rows)]
-        metrics = {}
-        for metric_fn in task.metric_fns:
-            metrics.update({k: float(v) for k, v in metric_fn(targets, outputs).items()})
-        metrics["examples"] = len(rows)
-        results[task.name] = metrics
-    if not results:
-        raise InferenceError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
-    return results
-
+def decode_memory(model_config: T5Config, config: InferConfig, mesh) -> dict:
+    """Per-device bytes of the compiled decode program for config's batch, lengths and beam size,
+    compiled against abstract parameters (nothing is allocated): parameters, arguments, outputs,
+    temporaries (the key/value cache and logits) and the peak."""
+    layout = mesh_layout(model_config, mesh, config.fsdp)
+    _check_batch(config.batch_size, mesh)
+    decode = jax.jit(_decode_function(models.build(model_config), config),
+                     in_shardings=(layout.param_shardings, layout.rows, layout.replicated),
+                     out_shardings=layout.replicated)
+    inputs = jax.ShapeDtypeStruct((config.batch_size, config.input_length), jnp.int32, sharding=layout.rows)
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=layout.replicated)
+    start = time.time()
+    with mesh, nn.logical_axis_rules(layout.rules):
+        compiled = decode.lower(layout.abstract_params, inputs, rng).compile()
+    memory = compiled.memory_analysis()
+    sizes = {key: int(getattr(memory, f"{key}_size_in_bytes", 0)) if memory is not None else 0
+             for key in ("argument", "output", "alias", "temp")}
+    params = sum(int(np.prod(leaf.sharding.shard_shape(leaf.shape))) * jnp.dtype(leaf.dtype).itemsize
+                 for leaf in jax.tree_util.tree_leaves(layout.abstract_params))
+    return {"decode_params_bytes": params, "decode_argument_bytes": sizes["argument"],
+            "decode_output_bytes": sizes["output"], "decode_temp_bytes": sizes["temp"],
+            "decode_peak_bytes": sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"],
+            "decode_batch_size": config.batch_size, "decode_length": config.max_decode_length,
+            "decode_beam_size": config.beam_size, "decode_compile_s": time.time() - start}

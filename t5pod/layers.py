@@ -192,9 +192,10 @@ class MultiHeadAttention(nn.Module):
         if not initialized:
             return key, value
         # One token per call, or a prompt of several at once (decoder-only prefill).
-        index = cache_index.value
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
+        # The cache [batch, length, heads, kv] is laid out like the keys: rows over data, heads over model.
+        index, axes = cache_index.value, (BATCH, LENGTH, HEADS, KV)
+        cached_key.value = constrain(jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0)), axes)
+        cached_value.value = constrain(jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0)), axes)
         cache_index.value = index + key.shape[1]
         return cached_key.value, cached_value.value
 

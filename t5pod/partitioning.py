@@ -133,3 +133,17 @@ def optimizer_state_shardings(abstract_opt_state, abstract_params, param_shardin
         return replicated(mesh)
 
     return jax.tree_util.tree_map_with_path(sharding_for, abstract_opt_state)
+
+
+def check_divisible(abstract_tree, shardings_tree, mesh: Mesh, what: str = "parameter"):
+    """A clear error when a mesh axis does not divide the array dimension it shards."""
+    leaves = jax.tree_util.tree_leaves_with_path(abstract_tree)
+    for (path, leaf), sharding in zip(leaves, jax.tree_util.tree_leaves(shardings_tree)):
+        for size, axes in zip(leaf.shape, sharding.spec):
+            for axis in (axes,) if isinstance(axes, str) else (axes or ()):
+                if size % mesh.shape[axis]:
+                    name = "/".join(str(getattr(k, "key", k)) for k in path)
+                    raise ValueError(
+                        f"MESH_SHAPE {tuple(mesh.shape.values())}: the {mesh.shape[axis]}-way `{axis}` axis does not "
+                        f"divide {what} {name} (a dimension of {size}, shape {tuple(leaf.shape)}). Choose a `{axis}` "
+                        f"size that divides {size}.")

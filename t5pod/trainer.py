@@ -18,9 +18,10 @@ import tensorflow as tf
 from jax.experimental import multihost_utils
 
 from t5pod import (
-    checkpoints, distributed, flops, metric_writers, models, optimizer, partitioning, run_dir, run_lock, train_step,
+    checkpoints, distributed, evaluation, flops, inference, metric_writers, models, optimizer, partitioning, run_dir,
+    run_lock, train_step,
 )
-from t5pod.configs import T5Config, TrainConfig
+from t5pod.configs import InferConfig, T5Config, TrainConfig
 from t5pod.data import pipeline
 
 
@@ -232,6 +233,10 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
     start that fails leaves MODEL_DIR as it was.
     """
     mesh = validate(config)
+    if config.inference_eval and config.eval_period and not evaluation.tasks_with_metrics(
+            config.mixture_or_task_name, config.eval_split):
+        raise ValueError(f"INFERENCE_EVAL=True, but no task of {config.mixture_or_task_name} has metrics and a "
+                         f"{config.eval_split!r} split; set --gin.INFERENCE_EVAL=False (loss-only evaluation).")
     run_dir.check_model_dir(config)
     is_writer = jax.process_index() == 0
     writer = metric_writers.MetricWriter(config.model_dir, enabled=is_writer, create=False)
@@ -301,7 +306,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
             tokens_per_step = config.batch_size * sum(config.task_feature_lengths.values())
             replicated = partitioning.replicated(mesh)
 
-            last_summary, pending, window_sums = {}, None, None
+            last_summary, pending, window_sums, predictor = {}, None, None, None
             window_start, window_steps, run_start = time.time(), 0, time.time()
             while step < config.train_steps:
                 if first_batch is not None:
@@ -341,6 +346,12 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                     window_start, window_steps = time.time(), 0
                 if config.eval_period and step % config.eval_period == 0:
                     _evaluate(config, model_config, eval_fn, state.params, mesh, writer, step)
+                    if config.inference_eval:
+                        predictor = predictor or _training_predictor(config, model_config, mesh, state.params)
+                        predictor.params = state.params
+                        evaluation.run(predictor, config.mixture_or_task_name, config.eval_split,
+                                       config.task_feature_lengths, step, config.model_dir, writer,
+                                       config.inference_eval_examples)
                 stopping = distributed.agree(preemption.requested)
                 if step % config.checkpoint_period == 0 or step == config.train_steps or stopping:
                     checkpointer.save(step, state, metadata, train_iterator, jax.process_index())
@@ -374,6 +385,13 @@ def _check_finite(pending):
     if not np.isfinite(loss):
         raise TrainingError(f"The loss became {loss} at step {step}; stopping. The last good checkpoint is kept; "
                             "lower LEARNING_RATE or check the data.")
+
+
+def _training_predictor(config: TrainConfig, model_config: T5Config, mesh, params) -> inference.Predictor:
+    """Greedy decoding of the evaluation split on the training mesh, with the training batch size."""
+    infer_config = InferConfig(checkpoint_path=config.model_dir, task_feature_lengths=config.task_feature_lengths,
+                               batch_size=config.batch_size, mesh_shape=config.mesh_shape, fsdp=config.fsdp)
+    return inference.Predictor(model_config, infer_config, vocabulary=None, mesh=mesh, params=params)
 
 
 def _evaluate(config: TrainConfig, model_config: T5Config, eval_fn, params, mesh, writer, step: int):

@@ -11,7 +11,7 @@ import pytest
 
 import hf_reference
 import tasks
-from t5pod import decoding, ginconf, inference
+from t5pod import decoding, evaluation, ginconf
 from t5pod.data import demo_corpus
 
 TEXTS = ["Return the number of items in the list.", "The default value is None.",
@@ -89,6 +89,9 @@ class FixedPredictor:
         self.vocabulary = demo_corpus.vocabulary()
         self.predictions = predictions
 
+    def owns(self, index):
+        return True
+
     def predict_ids(self, input_ids):
         assert len(input_ids) == len(self.predictions)
         return [self.vocabulary.encode(p) for p in self.predictions]
@@ -97,16 +100,16 @@ class FixedPredictor:
 def test_eval_metrics_from_fixed_predictions(benchmark_rows):
     tasks.register_all("demo", glue_dir=str(benchmark_rows / "glue"), superglue_dir=str(benchmark_rows / "superglue"))
     lengths = {"inputs": 128, "targets": 8}
-    rows = inference.task_rows("glue_sst2_v002", "validation", lengths)
+    rows = evaluation.task_rows("glue_sst2_v002", "validation", lengths)
     gold = [r["targets_pretokenized"].decode() for r in rows]
     flipped = {"positive": "negative", "negative": "positive"}
     predictions = [g if i % 4 else flipped[g] for i, g in enumerate(gold)]  # every 4th wrong
-    result = inference.evaluate(FixedPredictor(predictions), "glue_sst2_v002", "validation", lengths)
+    result = evaluation.evaluate(FixedPredictor(predictions), "glue_sst2_v002", "validation", lengths)
     assert result["glue_sst2_v002"]["accuracy"] == pytest.approx(100 * (1 - np.ceil(len(gold) / 4) / len(gold)))
 
-    rows = inference.task_rows("glue_stsb_v002", "validation", lengths)
+    rows = evaluation.task_rows("glue_stsb_v002", "validation", lengths)
     gold = [float(r["targets_pretokenized"].decode()) for r in rows]
-    result = inference.evaluate(FixedPredictor([f"{5 - g:.1f}" for g in gold]), "glue_stsb_v002", "validation",
+    result = evaluation.evaluate(FixedPredictor([f"{5 - g:.1f}" for g in gold]), "glue_stsb_v002", "validation",
                                 lengths)
     assert result["glue_stsb_v002"]["pearson_corrcoef"] == pytest.approx(-100.0)
     tasks.register_all()
@@ -172,14 +175,31 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
                                   8).as_numpy_iterator())
     assert evaluated[0]["target_tokens"] == int(np.count_nonzero(first["decoder_loss_weights"]))
 
+    # Inference evaluation while training (runs/finetune.gin turns it on): predictions per step and
+    # a metrics line per step, the metric recomputed here from the predictions.
+    folder = run / "inference_eval"
+    trained = {step: [json.loads(line) for line in open(folder / f"glue_sst2_v002-{step}.jsonl")] for step in (2, 4)}
+    lines = [json.loads(line) for line in open(folder / "glue_sst2_v002-metrics.jsonl")]
+    assert [line["step"] for line in lines] == [2, 4] and all(len(rows) == 24 for rows in trained.values())
+    for line in lines:
+        rows = trained[line["step"]]
+        assert line["accuracy"] == pytest.approx(100 * np.mean([r["prediction"] == r["targets"] for r in rows]))
+    assert [r["glue_sst2_v002/accuracy"] for r in map(json.loads, open(run / "metrics.jsonl"))
+            if r["split"] == "inference_eval"] == [line["accuracy"] for line in lines]
+
     evaluate = ["eval", *common, f"--gin.CHECKPOINT_PATH='{run}'", "--gin.INFER_BATCH_SIZE=8"]
     capsys.readouterr()
     assert cli.main([*evaluate, "--all_checkpoints"]) == 0
     out = capsys.readouterr().out
     metrics = [json.loads(line) for line in open(run / "eval_metrics.jsonl")]
     assert [(m["step"], m["examples"]) for m in metrics] == [(2, 24), (4, 24)]
-    best = max(metrics, key=lambda m: m["accuracy"])  # ties: the first, as eval reports it
-    assert f"best glue_sst2_v002: step {best['step']} ({best['accuracy']:.2f})" in out
+    # eval of the same checkpoints predicts what training did; its files are new, the old ones kept.
+    for step in (2, 4):
+        assert [json.loads(line) for line in open(folder / f"glue_sst2_v002-{step}.1.jsonl")] == trained[step]
+    lines = [json.loads(line) for line in open(folder / "glue_sst2_v002-metrics.jsonl")]
+    assert [line["step"] for line in lines] == [2, 4, 2, 4] and lines[2:] == lines[:2]
+    best = max(lines, key=lambda m: m["accuracy"])  # ties: the first
+    assert f"best glue_sst2_v002: step {best['step']} (accuracy {best['accuracy']:.2f})" in out
     assert cli.main(evaluate) == 0  # the newest only, appended: earlier rows are kept
     metrics = [json.loads(line) for line in open(run / "eval_metrics.jsonl")]
     assert [m["step"] for m in metrics] == [2, 4, 4] and metrics[2] == metrics[1]

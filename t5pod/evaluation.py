@@ -1,0 +1,143 @@
+"""seqio-style evaluation on the mesh: decode a task's split, postprocess targets and predictions,
+apply the task's metric functions, and write T5X's inference_eval files.
+
+Used by `eval` (for the checkpoints it is given) and by training at each EVAL_PERIOD with
+INFERENCE_EVAL set. Files under OUT_DIR/inference_eval/, written by process 0:
+  <task>-<step>.jsonl     inputs, targets and prediction per example (a second evaluation of the
+                          same step goes to <task>-<step>.<n>.jsonl: nothing is overwritten)
+  <task>-metrics.jsonl    one line per evaluation: {"step": ..., metric: value, ...}
+"""
+
+import itertools
+import json
+import os
+from typing import Iterator
+
+import jax
+import seqio
+
+from t5pod import decoding
+from t5pod.data import pipeline
+
+INFERENCE_EVAL_FOLDER = "inference_eval"
+
+
+class EvaluationError(ValueError):
+    pass
+
+
+def task_examples(name: str, split: str, lengths: dict) -> Iterator[dict]:
+    """A task split's examples in order, streamed, with input token ids (no EOS) added."""
+    task = pipeline.get_task_or_mixture(name)
+    dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
+    for example in dataset.as_numpy_iterator():
+        row = dict(example)
+        row["input_ids"] = [int(t) for t in example["inputs"] if t not in (0, decoding.EOS)]
+        yield row
+
+
+def task_size(name: str, split: str) -> int | None:
+    """Examples in a task split when seqio knows without reading it (None otherwise)."""
+    try:
+        return pipeline.get_task_or_mixture(name).num_input_examples(split)
+    except (ValueError, KeyError, NotImplementedError, AttributeError):
+        return None
+
+
+def task_rows(name: str, split: str, lengths: dict, max_examples: int | None = None) -> list[dict]:
+    """The first max_examples (default: all) examples of a task split, with input token ids."""
+    return list(itertools.islice(task_examples(name, split, lengths), max_examples))
+
+
+def tasks_with_metrics(name: str, split: str) -> list[seqio.Task]:
+    """The tasks of a task or mixture that have metric functions and the split."""
+    provider = pipeline.get_task_or_mixture(name)
+    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+    return [task for task in tasks if task.metric_fns and split in task.splits]
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def evaluate_task(predictor, task: seqio.Task, split: str, lengths: dict,
+                  max_examples: int | None = None) -> tuple[dict, list[dict]]:
+    """(metrics, one record per example: inputs, targets, prediction) of one task's split."""
+    rows = task_rows(task.name, split, lengths, max_examples)
+    input_ids = [r["input_ids"] if predictor.owns(i) else None for i, r in enumerate(rows)]
+    vocabulary = task.output_features["targets"].vocabulary
+    predictions = [vocabulary.decode(p) for p in predictor.predict_ids(input_ids)]
+    postprocess = task.postprocess_fn or (lambda output, example=None, is_target=False: output)
+    targets = [postprocess(_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows]
+    outputs = [postprocess(p, example=r, is_target=False) for p, r in zip(predictions, rows)]
+    metrics = {}
+    for metric_fn in task.metric_fns:
+        metrics.update({k: float(v) for k, v in metric_fn(targets, outputs).items()})
+    metrics["examples"] = len(rows)
+    records = [{"inputs": _text(r.get("inputs_pretokenized", b"")), "targets": _text(r["targets_pretokenized"]),
+                "prediction": p} for r, p in zip(rows, predictions)]
+    return metrics, records
+
+
+def evaluate(predictor, name: str, split: str, lengths: dict, max_examples: int | None = None) -> dict:
+    """{task: metrics} for every task of `name` with metrics and the split."""
+    tasks = tasks_with_metrics(name, split)
+    if not tasks:
+        raise EvaluationError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
+    return {task.name: evaluate_task(predictor, task, split, lengths, max_examples)[0] for task in tasks}
+
+
+def _free_name(folder: str, task: str, step: int) -> str:
+    path = os.path.join(folder, f"{task}-{step}.jsonl")
+    number = 1
+    while os.path.exists(path):
+        path = os.path.join(folder, f"{task}-{step}.{number}.jsonl")
+        number += 1
+    return path
+
+
+def write_inference_eval(out_dir: str, task: str, step: int, metrics: dict, records: list[dict]) -> str:
+    """Writes the step's predictions and appends its metrics line; returns the predictions' path."""
+    folder = os.path.join(out_dir, INFERENCE_EVAL_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    path = _free_name(folder, task, step)
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with open(os.path.join(folder, f"{task}-metrics.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+    return path
+
+
+def run(predictor, name: str, split: str, lengths: dict, step: int, out_dir: str, writer,
+        max_examples: int | None = None) -> dict:
+    """Evaluates every task of `name` with metrics at `step`: inference_eval files, metrics.jsonl
+    rows (split "inference_eval") and TensorBoard scalars inference_eval/<task>/<metric>, a console
+    line per task. Every process decodes its share; process 0 writes. Returns {task: metrics}."""
+    tasks = tasks_with_metrics(name, split)
+    if not tasks:
+        raise EvaluationError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
+    results = {}
+    for task in tasks:
+        metrics, records = evaluate_task(predictor, task, split, lengths, max_examples)
+        if jax.process_index() == 0:
+            write_inference_eval(out_dir, task.name, step, metrics, records)
+        writer.write(step, {f"{task.name}/{k}": v for k, v in metrics.items()}, split=INFERENCE_EVAL_FOLDER)
+        writer.print(f"{task.name} ({split}, step {step}): " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        results[task.name] = metrics
+    return results
+
+
+def best_steps(out_dir: str, task_names: list[str]) -> dict[str, tuple[int, str, float]]:
+    """{task: (step, metric, value)} with the highest first metric in the task's metrics file (every
+    evaluation recorded there, in training or by `eval`; ties go to the earliest)."""
+    best = {}
+    for task in task_names:
+        path = os.path.join(out_dir, INFERENCE_EVAL_FOLDER, f"{task}-metrics.jsonl")
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                metric = next(k for k in row if k != "step")
+                if task not in best or row[metric] > best[task][2]:
+                    best[task] = (row["step"], metric, row[metric])
+    return best
