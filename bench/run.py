@@ -8,6 +8,9 @@ Prints a table and writes bench/results.json. Figures (see issue 7 for the goals
   scan_compile_ratio      train-step compile time, 24 layers over 2, with and without scan
   pipeline_feed_ratio     span-corruption rows/s on one core over rows/s the train step consumes
   xxl_peak_bytes          T5 1.1 XXL per-device peak on 64 fake devices (data 8, model 8)
+  decode_speedup          greedy tokens/s of the Predictor (`infer`) over transformers' `generate`
+                          (PyTorch, cache on), same weights, batch and lengths, measured alternately
+                          (bench/decoding.py)
 """
 
 import dataclasses
@@ -26,6 +29,8 @@ import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
 from t5pod import flops, ginconf, partitioning, trainer  # noqa: E402
+
+from decoding import decode_figures  # noqa: E402  (bench/decoding.py)
 from t5pod.configs import TrainConfig  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -182,6 +187,8 @@ def main():
         sizes += [("t5_1_1/small", model("t5_1_1/small"), 4, (128, 32), True),
                   ("base width, 2 layers", model("t5_1_1/base", num_layers=2, num_decoder_layers=2), 8, (128, 32), False)]
     results["train"] = [train_figures(n, c, b, l, peak, ref) for n, c, b, l, ref in sizes]
+    results["decode"] = [decode_figures("tiny", model("tiny", vocab_size=2176), 8, 32, 8, 2)] if QUICK else [
+        decode_figures(name, model(name), batch, 128, 32, 3) for name, batch in (("t5_1_1/small", 8), ("t5_1_1/small", 32))]
 
     layers_big = 3 if QUICK else 24
     results["compile_s"] = {f"scan_{n}": compile_time(n, True) for n in (2, layers_big)}
@@ -217,6 +224,10 @@ def print_table(r):
         print(f"{row['config']:24} {row['batch']:5d} {str(tuple(row['lengths'])):>9} {row['step_s']:8.3f} "
               f"{row['train_tokens_per_s']:9.0f} {row['mfu']:6.3f} {row.get('reference_tokens_per_s', float('nan')):9.0f} "
               f"{row.get('reference_speedup', float('nan')):7.2f}")
+    for row in r["decode"]:
+        print(f"greedy decoding {row['config']}, batch {row['batch']}, {row['input_length']} -> {row['decode_length']} "
+              f"tokens: {row['decode_tokens_per_s']:.0f} tokens/s vs generate {row['reference_tokens_per_s']:.0f} "
+              f"(decode_speedup {row['decode_speedup']:.2f}; same predictions {row['same_predictions']})")
     print("compile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["compile_s"].items()))
     print(f"scan_compile_ratio_24_vs_2 {r['scan_compile_ratio_24_vs_2']:.2f} "
           f"(unrolled: {r['unrolled_compile_ratio_24_vs_2']:.2f})")

@@ -158,30 +158,51 @@ class MultiHeadAttention(nn.Module):
         return kernel.astype(self.dtype)
 
     @nn.compact
-    def __call__(self, inputs_q, inputs_kv, mask, bias=None, *, deterministic: bool, decode: bool = False):
+    def __call__(self, inputs_q, inputs_kv, mask, bias=None, *, deterministic: bool, decode: bool = False,
+                 decode_cross: bool = False):
         e, h, d = inputs_q.shape[-1], self.num_heads, self.d_kv
         qkv_axes = (EMBED, HEADS, KV)
         query = jnp.einsum("bqe,ehd->bqhd", inputs_q, self._kernel("query", (e, h, d), qkv_axes, (e * d) ** -0.5))
-        key = jnp.einsum("bke,ehd->bkhd", inputs_kv, self._kernel("key", (e, h, d), qkv_axes, e**-0.5))
-        value = jnp.einsum("bke,ehd->bkhd", inputs_kv, self._kernel("value", (e, h, d), qkv_axes, e**-0.5))
         query = constrain(query, (BATCH, LENGTH, HEADS, KV))
-        key = constrain(key, (BATCH, LENGTH, HEADS, KV))
-        value = constrain(value, (BATCH, LENGTH, HEADS, KV))
+        key_kernel = self._kernel("key", (e, h, d), qkv_axes, e**-0.5)
+        value_kernel = self._kernel("value", (e, h, d), qkv_axes, e**-0.5)
 
+        def project(x):
+            """[batch, kv_length, embed] -> keys and values [batch, heads, kv_length, kv]: heads ahead of
+            positions, the layout the score and output products read (no transpose per decode step)."""
+            key = jnp.einsum("bke,ehd->bhkd", x, key_kernel)
+            value = jnp.einsum("bke,ehd->bhkd", x, value_kernel)
+            return constrain(key, (BATCH, HEADS, LENGTH, KV)), constrain(value, (BATCH, HEADS, LENGTH, KV))
+
+        if decode_cross:
+            key, value = self._cross_cache(project, inputs_kv)
+        else:
+            key, value = project(inputs_kv)
         if decode:
             key, value = self._update_cache(key, value)
 
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+        scores = jnp.einsum("bqhd,bhkd->bhqk", query, key).astype(jnp.float32)
         if bias is not None:
             scores = scores + bias.astype(jnp.float32)
         if mask is not None:
             scores = jnp.where(mask, scores, MASK_VALUE)
         weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        out = jnp.einsum("bhqk,bhkd->bqhd", weights, value)
         out = constrain(out, (BATCH, LENGTH, HEADS, KV))
         out = jnp.einsum("bqhd,hde->bqe", out, self._kernel("out", (h, d, e), (HEADS, KV, EMBED), (h * d) ** -0.5))
         return constrain(out, (BATCH, LENGTH, EMBED))
+
+    def _cross_cache(self, project, inputs_kv):
+        """Cross-attention keys and values while decoding: the encoder output does not change, so
+        the cache-creating pass projects them once (models.init_decode_cache keeps them) and every
+        decoding step reads them."""
+        if not self.has_variable("cache", "cross_key"):
+            key, value = project(inputs_kv)
+            self.variable("cache", "cross_key", lambda: key)
+            self.variable("cache", "cross_value", lambda: value)
+            return key, value
+        return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
 
     def _update_cache(self, key, value):
         """On the cache-creating pass, allocate zeros; afterwards write one position per call."""
@@ -192,11 +213,11 @@ class MultiHeadAttention(nn.Module):
         if not initialized:
             return key, value
         # One token per call, or a prompt of several at once (decoder-only prefill).
-        # The cache [batch, length, heads, kv] is laid out like the keys: rows over data, heads over model.
-        index, axes = cache_index.value, (BATCH, LENGTH, HEADS, KV)
-        cached_key.value = constrain(jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0)), axes)
-        cached_value.value = constrain(jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0)), axes)
-        cache_index.value = index + key.shape[1]
+        # The cache [batch, heads, length, kv] is laid out like the keys: rows over data, heads over model.
+        index, axes = cache_index.value, (BATCH, HEADS, LENGTH, KV)
+        cached_key.value = constrain(jax.lax.dynamic_update_slice(cached_key.value, key, (0, 0, index, 0)), axes)
+        cached_value.value = constrain(jax.lax.dynamic_update_slice(cached_value.value, value, (0, 0, index, 0)), axes)
+        cache_index.value = index + key.shape[2]
         return cached_key.value, cached_value.value
 
 

@@ -13,7 +13,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax
 from flax import linen as nn
+from flax import traverse_util
 
 from t5pod import decoder_only, network
 from t5pod.configs import T5Config
@@ -107,23 +109,25 @@ def scoring_features(config: T5Config, encoder_input_tokens: np.ndarray, decoder
     return out
 
 
-def _zero_cache_leaf(length: int, path, shape):
+def _initial_cache_leaf(length: int, path, value):
     name = getattr(path[-1], "key", None)
+    if name in ("cross_key", "cross_value"):  # the encoder output's projections, made once
+        return value
     if name == "key_positions":  # static: the positions of the cache slots
-        return jnp.broadcast_to(jnp.arange(length, dtype=shape.dtype), shape.shape)
+        return jnp.broadcast_to(jnp.arange(length, dtype=value.dtype), value.shape)
     if name == "key_valid":  # slots are valid unless a prompt marks them as padding
-        return jnp.ones(shape.shape, shape.dtype)
-    return jnp.zeros(shape.shape, shape.dtype)
+        return jnp.ones(value.shape, value.dtype)
+    return jnp.zeros(value.shape, value.dtype)
 
 
-def _zero_cache(create: Callable, params, length: int):
-    """A cache shaped like create(params)'s, zero except its static slot positions."""
-    shapes = jax.eval_shape(create, params)
-    return jax.tree_util.tree_map_with_path(functools.partial(_zero_cache_leaf, length), shapes)
+def _initial_cache(create: Callable, params, length: int):
+    """create(params)'s cache with its self-attention slots zeroed; cross-attention keys and
+    values as computed. Under jit, only the cross-attention projections of the pass remain."""
+    return jax.tree_util.tree_map_with_path(functools.partial(_initial_cache_leaf, length), create(params))
 
 
 def init_decode_cache(model: nn.Module, params, encoder_input_tokens, length: int):
-    """A zero cache for decoding `length` target tokens per row of encoder_input_tokens.
+    """The cache for decoding `length` target tokens per row of encoder_input_tokens.
 
     Encoder-decoder: the decoder's self-attention cache [batch, length]. Decoder-only: the prompt
     (encoder_input_tokens plus the start token) and the targets share the cache.
@@ -137,7 +141,7 @@ def init_decode_cache(model: nn.Module, params, encoder_input_tokens, length: in
                                        mutable=["cache"])
             return variables["cache"]
 
-        return _zero_cache(create, params, length)
+        return _initial_cache(create, params, length)
 
     def create(params):
         encoded = model.apply({"params": params}, encoder_input_tokens, method=network.Transformer.encode)
@@ -146,7 +150,22 @@ def init_decode_cache(model: nn.Module, params, encoder_input_tokens, length: in
             decode=True, mutable=["cache"], method=network.Transformer.decode)
         return variables["cache"]
 
-    return _zero_cache(create, params, length)
+    return _initial_cache(create, params, length)
+
+
+_CROSS_CACHE = ("cross_key", "cross_value")
+
+
+def _split_cross(cache) -> tuple[dict, dict]:
+    """(the cross-attention keys and values, the rest of the cache), as two nested dicts."""
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(cache))
+    cross = {k: v for k, v in flat.items() if k[-1] in _CROSS_CACHE}
+    rest = {k: v for k, v in flat.items() if k[-1] not in _CROSS_CACHE}
+    return traverse_util.unflatten_dict(cross), traverse_util.unflatten_dict(rest)
+
+
+def _merge(cache: dict, cross: dict) -> dict:
+    return traverse_util.unflatten_dict({**traverse_util.flatten_dict(cache), **traverse_util.flatten_dict(cross)})
 
 
 def begin_decoding(model: nn.Module, params, encoder_input_tokens, max_decode_length: int):
@@ -170,13 +189,15 @@ def begin_decoding(model: nn.Module, params, encoder_input_tokens, max_decode_le
         return step, logits[:, -1].astype(jnp.float32), variables["cache"]
 
     encoded = model.apply({"params": params}, encoder_input_tokens, method=network.Transformer.encode)
-    cache = init_decode_cache(model, params, encoder_input_tokens, max_decode_length + 1)
+    cross, cache = _split_cross(init_decode_cache(model, params, encoder_input_tokens, max_decode_length + 1))
 
+    # The cross-attention keys and values stay out of the loop's state: they never change, and a
+    # decoding loop (beam search: reordering rows) then never copies them.
     def step(tokens, cache):
-        logits, variables = model.apply({"params": params, "cache": cache}, encoded, encoder_input_tokens,
-                                        tokens[:, None], decode=True, mutable=["cache"],
+        logits, variables = model.apply({"params": params, "cache": _merge(cache, cross)}, encoded,
+                                        encoder_input_tokens, tokens[:, None], decode=True, mutable=["cache"],
                                         method=network.Transformer.decode)
-        return logits[:, 0].astype(jnp.float32), variables["cache"]
+        return logits[:, 0].astype(jnp.float32), _split_cross(variables["cache"])[1]
 
     start_tokens = jnp.zeros((encoder_input_tokens.shape[0],), jnp.int32)
     return (step, *step(start_tokens, cache))

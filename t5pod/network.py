@@ -90,7 +90,8 @@ class DecoderLayer(nn.Module):
             y = _residual_attention(self.pre_self_attention_layer_norm, self.self_attention, self.dropout, y,
                                     self_mask, self_bias, deterministic=deterministic, decode=self.decode)
         y = _residual_attention(self.pre_cross_attention_layer_norm, self.encoder_decoder_attention, self.dropout, y,
-                                cross_mask, None, deterministic=deterministic, keys_values=encoded)
+                                cross_mask, None, deterministic=deterministic, keys_values=encoded,
+                                decode_cross=self.decode)
         if self.shared is not None:
             y = self.shared.feed_forward(y, deterministic=deterministic)
         else:
@@ -100,12 +101,13 @@ class DecoderLayer(nn.Module):
 
 
 def _residual_attention(norm, attention, dropout, x, mask, bias, *, deterministic: bool, decode: bool = False,
-                        keys_values=None):
+                        keys_values=None, decode_cross: bool = False):
     """x + dropout(attention(norm(x))): self-attention, or cross-attention over keys_values
-    [batch, length_kv, embed]. x [batch, length, embed] -> same."""
+    [batch, length_kv, embed] (decode_cross: their projections cached while decoding).
+    x [batch, length, embed] -> same."""
     h = norm(x)
     h = attention(h, h if keys_values is None else keys_values, mask, bias, deterministic=deterministic,
-                  decode=decode)
+                  decode=decode, decode_cross=decode_cross)
     return x + dropout(h, deterministic=deterministic)
 
 

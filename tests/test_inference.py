@@ -216,3 +216,47 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
     assert cli.main([*infer, f"--input_file={tmp_path / 'plain.txt'}", f"--output_file={tmp_path / 'p.jsonl'}"]) == 0
     plain = [json.loads(line) for line in open(tmp_path / "p.jsonl")]
     assert [(r["inputs"], r["prediction"]) for r in plain] == [(r["inputs"], r["prediction"]) for r in predicted[:5]]
+
+
+def _infer_process(run, rows_file, output, *flags):
+    command = [sys.executable, "-m", "t5pod", "infer", "--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176",
+               "--gin.VOCABULARY_PATH='demo'", f"--gin.CHECKPOINT_PATH='{run}'", f"--input_file={rows_file}",
+               f"--output_file={output}", "--gin.INFER_BATCH_SIZE=8",
+               "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", *flags]
+    return subprocess.Popen(command, env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_infer_continues_where_it_stopped(pretrained_demo_run, tmp_path):
+    """Sampled decoding (each batch has its own seed): kill -9 midway, rerun, and the file equals an
+    uninterrupted run's; a rerun with other settings is refused and the partial file kept."""
+    import signal
+    import time
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"inputs": f"{TEXTS[i % 4]} ({i})", "id": i}) + "\n" for i in range(500)))
+    sampled = ["--gin.TEMPERATURE=1.0", "--gin.RANDOM_SEED=3"]
+    straight = _infer_process(pretrained_demo_run, rows, tmp_path / "straight.jsonl", *sampled)
+    killed = _infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", *sampled)
+    partial = tmp_path / "out.jsonl.partial"
+    deadline = time.time() + 300
+    while not (partial.exists() and partial.read_text().count("\n") >= 40):
+        assert killed.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    written = partial.read_text().count("\n")
+    assert 40 <= written < 500 and not (tmp_path / "out.jsonl").exists()
+    other = _infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", "--gin.TEMPERATURE=0.5")
+    output = other.communicate(timeout=300)[0]
+    assert other.returncode == 2 and "temperature: 1.0 then, 0.5 now" in output, output[-2000:]
+    assert partial.read_text().count("\n") >= written  # kept
+    resumed = _infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", *sampled)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0 and "Continuing" in output, output[-2000:]
+    assert straight.communicate(timeout=300)[0] and straight.returncode == 0
+    result = (tmp_path / "out.jsonl").read_text()
+    assert result == (tmp_path / "straight.jsonl").read_text()
+    assert [json.loads(line)["id"] for line in result.splitlines()] == list(range(500))
+    assert not partial.exists() and not (tmp_path / "out.jsonl.partial.json").exists()

@@ -106,3 +106,41 @@ def test_a_dead_process_stops_the_other_with_a_clear_error(tmp_path):
     assert ("another process of this multi-host job stopped" in output
             or "This most likely indicates that another task died" in output
             or "Received data size doesn't match expected size" in output), output[-3000:]
+
+
+def _command(kind, num_processes, port, process_id, *flags):
+    base = [sys.executable, "-m", "t5pod", kind, "--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176",
+            "--gin.VOCABULARY_PATH='demo'", "--gin.INFER_BATCH_SIZE=8", "--gin.MESH_SHAPE=(4, 2)",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}", *flags]
+    if num_processes == 1:
+        return subprocess.Popen(base, env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=REPO)
+    return subprocess.Popen(base + [f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                                    f"--process_id={process_id}"], env=_env(4), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_infer_and_eval_as_two_processes_equal_one_process(pretrained_demo_run, benchmark_rows, tmp_path):
+    """Each process encodes its half of every batch; process 0 writes the same files as one process."""
+    rows = tmp_path / "rows.txt"
+    rows.write_text("".join(f"sentence number {i} of the test <extra_id_0> here\n" for i in range(21)))  # 3 batches
+    for kind, flags in (
+            ("infer", [f"--gin.CHECKPOINT_PATH='{pretrained_demo_run}'", f"--input_file={rows}"]),
+            ("eval", [f"--gin.CHECKPOINT_PATH='{pretrained_demo_run}'", f"--gin.GLUE_DIR='{benchmark_rows / 'glue'}'",
+                      "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'"])):
+        out = {n: tmp_path / f"{kind}{n}" for n in (1, 2)}
+        where = {n: [f"--output_file={out[n]}.jsonl"] if kind == "infer" else [f"--gin.EVAL_OUTPUT_DIR='{out[n]}'"]
+                 for n in (1, 2)}
+        port = _port()
+        processes = [_command(kind, 2, port, i, *flags, *where[2]) for i in range(2)]
+        _finish([_command(kind, 1, None, 0, *flags, *where[1])])
+        _finish(processes)
+        if kind == "infer":
+            one, two = (open(f"{out[n]}.jsonl").read() for n in (1, 2))
+            assert len(one.splitlines()) == 21 and two == one
+        else:
+            for name in ("glue_sst2_v002-2.jsonl", "glue_sst2_v002-metrics.jsonl"):
+                one, two = ((out[n] / "inference_eval" / name).read_text() for n in (1, 2))
+                assert two == one and one
+            assert len((out[1] / "inference_eval" / "glue_sst2_v002-2.jsonl").read_text().splitlines()) == 24
