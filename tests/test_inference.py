@@ -106,6 +106,9 @@ def test_eval_metrics_from_fixed_predictions(benchmark_rows):
     predictions = [g if i % 4 else flipped[g] for i, g in enumerate(gold)]  # every 4th wrong
     result = evaluation.evaluate(FixedPredictor(predictions), "glue_sst2_v002", "validation", lengths)
     assert result["glue_sst2_v002"]["accuracy"] == pytest.approx(100 * (1 - np.ceil(len(gold) / 4) / len(gold)))
+    # INFERENCE_EVAL_EXAMPLES: the first 6 examples only (2 of them flipped).
+    result = evaluation.evaluate(FixedPredictor(predictions[:6]), "glue_sst2_v002", "validation", lengths, 6)
+    assert result["glue_sst2_v002"]["examples"] == 6 and result["glue_sst2_v002"]["accuracy"] == pytest.approx(400 / 6)
 
     rows = evaluation.task_rows("glue_stsb_v002", "validation", lengths)
     gold = [float(r["targets_pretokenized"].decode()) for r in rows]

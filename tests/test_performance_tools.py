@@ -50,8 +50,13 @@ def test_plan_reports_per_device_memory():
     text, replicated = _plan("--gin.MESH_SHAPE=(8, 1)", "--hbm_gib=16")
     assert replicated["devices"] == 8 and replicated["params_bytes"] == total  # data parallel: a full copy each
     assert "fits in 16 GiB" in text and replicated["peak_bytes"] >= total
+    # Decoding: the same parameter layout, BATCH_SIZE rows x the targets length, a full copy each.
+    assert replicated["decode_params_bytes"] == total and replicated["decode_peak_bytes"] >= total
+    assert (replicated["decode_batch_size"], replicated["decode_length"], replicated["decode_beam_size"]) == (16, 16, 1)
+    assert "decoding 16 rows x 16 tokens" in text
     text, split = _plan("--gin.MESH_SHAPE=(2, 4)", "--gin.FSDP=True", "--hbm_gib=0.000001")
     assert split["params_bytes"] < total / 4  # model axis 4 and FSDP over data 2
+    assert split["decode_params_bytes"] == split["params_bytes"]
     assert "does NOT fit" in text
 
 
