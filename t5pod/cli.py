@@ -113,12 +113,17 @@ def _infer(args) -> int:
         raise ValueError("infer needs --output_file=OUT (JSONL).")
     if args.input_file and not os.path.isfile(args.input_file):
         raise FileNotFoundError(f"Input file {args.input_file} not found.")
+    from t5pod import infer_io
+
+    total = infer_io.count_rows(args.input_file) if args.input_file else None
+    if total == 0:
+        raise ValueError(f"Input file {args.input_file} is empty: nothing to {args.mode}.")
     _join(args)
     ginconf = _parse_gin(args, ("tasks.gin", "runs/infer.gin"))
     ginconf.register_tasks()
     import jax
 
-    from t5pod import checkpoints, distributed, infer_io, inference
+    from t5pod import checkpoints, distributed, inference
 
     model_config, config, vocabulary = ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary()
     source = os.path.abspath(args.input_file) if args.input_file else f"{args.task}:{args.split}"
@@ -142,12 +147,10 @@ def _infer(args) -> int:
                 for i, r in enumerate(evaluation.task_examples(args.task, args.split, lengths)))
         total = evaluation.task_size(args.task, args.split)
     else:
-        rows, total = infer_io.input_rows(args.input_file, args.mode), infer_io.count_rows(args.input_file)
+        rows = infer_io.input_rows(args.input_file, args.mode)
     is_writer = jax.process_index() == 0
-    if is_writer:
-        output.open()
-        if done:
-            print(f"Continuing {output.partial}: its first {done} rows are kept.", flush=True)
+    if is_writer and done:
+        print(f"Continuing {output.partial}: its first {done} rows are kept.", flush=True)
     progress = infer_io.Progress(total, done, enabled=is_writer)
     for number, batch in infer_io.batches(rows, config.batch_size, skip=done):
         results = _infer_batch(predictor, batch, number, args.mode)
@@ -167,7 +170,7 @@ def _infer_batch(predictor, batch: list[dict], number: int, mode: str) -> list[d
 
     encode, owned = predictor.vocabulary.encode, [predictor.owns(i) for i in range(len(batch))]
     input_ids = [(r.get("_ids") or encode(r["inputs"])) if mine else None for r, mine in zip(batch, owned)]
-    clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in batch]
+    clean = [{k: v for k, v in r.items() if k not in ("_ids", "_where")} for r in batch]
     if mode == "predict":
         predictions = predictor.predict_batch(input_ids, number)
         return [{**r, "prediction": predictor.vocabulary.decode(p), "prediction_ids": p}
@@ -177,9 +180,8 @@ def _infer_batch(predictor, batch: list[dict], number: int, mode: str) -> list[d
     try:
         for row, ids, targets, mine in zip(batch, input_ids, target_ids, owned):
             if mine:
-                where = f"{row['_where']}"
-                inference.check_fits(ids, predictor.config.input_length, "inputs", where)
-                inference.check_fits(targets, predictor.config.target_length, "targets", where)
+                inference.check_fits(ids, predictor.config.input_length, "inputs", row["_where"])
+                inference.check_fits(targets, predictor.config.target_length, "targets", row["_where"])
     except inference.InferenceError as error:
         refusal = error
     if distributed.agree(refusal is not None):  # a row refused on one process stops them all

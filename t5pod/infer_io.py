@@ -127,18 +127,24 @@ class ResumableOutput:
             f.truncate(sum(len(line) + 1 for line in lines[:keep]))
         return keep
 
-    def open(self):
+    def _open(self):
         with open(self.settings_path, "w", encoding="utf-8") as f:
             json.dump(self.settings, f)
         self._file = open(self.partial, "a", encoding="utf-8")
 
     def write(self, rows: Iterable[dict]):
+        """Appends a finished batch. The files appear with the first one: a run refused while
+        reading or checking its first batch leaves nothing behind."""
+        if self._file is None:
+            self._open()
         for row in rows:
             self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def finish(self):
+        if self._file is None:  # nothing was left to do: every row was written before
+            self._open()
         self._file.close()
         os.replace(self.partial, self.path)
         os.remove(self.settings_path)

@@ -170,8 +170,8 @@ class MultiHeadAttention(nn.Module):
         def project(x):
             """[batch, kv_length, embed] -> keys and values [batch, heads, kv_length, kv]: heads ahead of
             positions, the layout the score and output products read (no transpose per decode step)."""
-            key = jnp.einsum("bke,ehd->bhkd", x, key_kernel)
-            value = jnp.einsum("bke,ehd->bhkd", x, value_kernel)
+            key = jnp.swapaxes(jnp.einsum("bke,ehd->bkhd", x, key_kernel), 1, 2)
+            value = jnp.swapaxes(jnp.einsum("bke,ehd->bkhd", x, value_kernel), 1, 2)
             return constrain(key, (BATCH, HEADS, LENGTH, KV)), constrain(value, (BATCH, HEADS, LENGTH, KV))
 
         if decode_cross:

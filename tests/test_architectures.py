@@ -163,7 +163,7 @@ def test_each_architecture_trains_sharded_resumes_and_decodes(tmp_path, architec
     assert resumed["loss"] == straight["loss"]  # the resumed step 3 is the uninterrupted run's, bit for bit
     predictor = inference.Predictor(model_config, InferConfig(
         checkpoint_path=str(tmp_path / "run"), batch_size=2, task_feature_lengths={"inputs": 16, "targets": 128},
-        max_decode_length=4), demo_corpus.vocabulary())
+        max_decode_length=4, mesh_shape=(2, 4)), demo_corpus.vocabulary())
     predictions = predictor.predict_ids([[5, 6, 7], [8, 9]])
     assert len(predictions) == 2 and all(len(p) <= 4 for p in predictions)
     assert predictor.score_ids([[5, 6, 7]], [[10, 11]])[0] < 0

@@ -18,7 +18,8 @@ MODELS = {
     "decoder_only": dataclasses.replace(BASE, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                                         architecture="decoder_only"),
 }
-MESHES = [((1, 8), False), ((2, 4), False), ((2, 4), True), ((8, 1), True)]
+MESHES = {1: [((1, 8), False), ((2, 4), False), ((2, 4), True), ((8, 1), True)],  # by beam size
+          4: [((1, 8), False), ((2, 4), True)]}
 LENGTHS = {"inputs": 16, "targets": 8}
 
 
@@ -66,7 +67,7 @@ def test_decoding_on_meshes_equals_one_device(saved_model, beam_size):
     rows = _inputs(12)  # two batches of 8, the second padded
     want_ids, want_scores = _one_device(config, params, rows, beam_size)
     assert len({tuple(ids) for ids in want_ids}) > 6  # varied predictions, not one repeated token
-    for mesh_shape, fsdp in MESHES:
+    for mesh_shape, fsdp in MESHES[beam_size]:
         infer_config = InferConfig(checkpoint_path=path, task_feature_lengths=LENGTHS, batch_size=8,
                                    beam_size=beam_size, mesh_shape=mesh_shape, fsdp=fsdp)
         predictor = inference.Predictor(config, infer_config, vocabulary=None)
