@@ -64,3 +64,9 @@ def pretrained_demo_run(tmp_path_factory):
                 capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=600, cwd=REPO)
             assert done.returncode == 0, done.stderr[-3000:]
     return run
+
+
+def pytest_collection_modifyitems(items):
+    """The long end-to-end tests (marked slow) run first, so that the workers finish together on
+    short ones instead of one worker running a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from t5pod import checkpoints
+from t5pod import checkpoints, cli
 
 HERE = os.path.dirname(__file__)
 
@@ -108,16 +108,18 @@ def test_a_dead_process_stops_the_other_with_a_clear_error(tmp_path):
             or "Received data size doesn't match expected size" in output), output[-3000:]
 
 
+def _command_flags(kind, *flags):
+    return [kind, "--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176", "--gin.VOCABULARY_PATH='demo'",
+            "--gin.INFER_BATCH_SIZE=8", "--gin.MESH_SHAPE=(4, 2)", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+            *flags]
+
+
 def _command(kind, num_processes, port, process_id, *flags):
-    base = [sys.executable, "-m", "t5pod", kind, "--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176",
-            "--gin.VOCABULARY_PATH='demo'", "--gin.INFER_BATCH_SIZE=8", "--gin.MESH_SHAPE=(4, 2)",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}", *flags]
-    if num_processes == 1:
-        return subprocess.Popen(base, env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                cwd=REPO)
-    return subprocess.Popen(base + [f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                                    f"--process_id={process_id}"], env=_env(4), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    """One of num_processes (2) processes of a multi-host infer or eval, 4 devices each."""
+    command = [sys.executable, "-m", "t5pod", *_command_flags(kind, *flags), f"--coordinator_address=localhost:{port}",
+               f"--num_processes={num_processes}", f"--process_id={process_id}"]
+    return subprocess.Popen(command, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO)
 
 
 @pytest.mark.slow
@@ -134,7 +136,8 @@ def test_infer_and_eval_as_two_processes_equal_one_process(pretrained_demo_run, 
                  for n in (1, 2)}
         port = _port()
         processes = [_command(kind, 2, port, i, *flags, *where[2]) for i in range(2)]
-        _finish([_command(kind, 1, None, 0, *flags, *where[1])])
+        # One process with 8 devices: this test process itself (conftest fakes 8 CPU devices).
+        assert cli.main(_command_flags(kind, *flags, *where[1])) == 0
         _finish(processes)
         if kind == "infer":
             one, two = (open(f"{out[n]}.jsonl").read() for n in (1, 2))
