@@ -221,7 +221,7 @@ def _eval(args) -> int:
     writer.close()
     if is_writer:
         infer_io.append_jsonl(os.path.join(out_dir, "eval_metrics.jsonl"), rows)
-    if len(steps) > 1:
+    if len(steps) > 1 and is_writer:  # the files are process 0's
         for task, (step, metric, score) in sorted(evaluation.best_steps(out_dir, sorted({r["task"] for r in rows})).items()):
             writer.print(f"best {task}: step {step} ({metric} {score:.2f})")
     return 0
