@@ -220,17 +220,19 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
     assert [(r["inputs"], r["prediction"]) for r in plain] == [(r["inputs"], r["prediction"]) for r in predicted[:5]]
 
 
-def _infer_process(run, rows_file, output, *flags):
-    command = [sys.executable, "-m", "t5pod", "infer", "--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176",
-               "--gin.VOCABULARY_PATH='demo'", f"--gin.CHECKPOINT_PATH='{run}'", f"--input_file={rows_file}",
-               f"--output_file={output}", "--gin.INFER_BATCH_SIZE=8",
-               "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", *flags]
-    return subprocess.Popen(command, env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.PIPE,
+def _infer_process(run, rows_file, output, *flags, argv_only=False):
+    argv = ["infer", "--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176",
+            "--gin.VOCABULARY_PATH='demo'", f"--gin.CHECKPOINT_PATH='{run}'", f"--input_file={rows_file}",
+            f"--output_file={output}", "--gin.INFER_BATCH_SIZE=8",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", *flags]
+    if argv_only:
+        return argv
+    return subprocess.Popen([sys.executable, "-m", "t5pod", *argv], env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
-def test_a_killed_infer_continues_where_it_stopped(pretrained_demo_run, tmp_path):
+def test_a_killed_infer_continues_where_it_stopped(pretrained_demo_run, tmp_path, capsys):
     """Sampled decoding (each batch has its own seed): kill -9 midway, rerun, and the file equals an
     uninterrupted run's; a rerun with other settings is refused and the partial file kept."""
     import signal
@@ -250,9 +252,12 @@ def test_a_killed_infer_continues_where_it_stopped(pretrained_demo_run, tmp_path
     killed.wait()
     written = partial.read_text().count("\n")
     assert 40 <= written < 500 and not (tmp_path / "out.jsonl").exists()
-    other = _infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", "--gin.TEMPERATURE=0.5")
-    output = other.communicate(timeout=300)[0]
-    assert other.returncode == 2 and "temperature: 1.0 then, 0.5 now" in output, output[-2000:]
+    # Another setting: refused before the checkpoint is read (so it can run in this process).
+    from t5pod import cli
+
+    assert cli.main(_infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", "--gin.TEMPERATURE=0.5",
+                                   argv_only=True)) == 2
+    assert "temperature: 1.0 then, 0.5 now" in capsys.readouterr().err
     assert partial.read_text().count("\n") >= written  # kept
     resumed = _infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", *sampled)
     output = resumed.communicate(timeout=300)[0]
