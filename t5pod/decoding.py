@@ -46,24 +46,30 @@ def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, r
     step, logits, cache = models.begin_decoding(model, params, encoder_input_tokens, max_decode_length)
     rng = jax.random.PRNGKey(0) if rng is None else rng
 
-    def body(state):
-        i, tokens, cache, done, scores, logits = state
+    def choose(i, tokens, done, scores, logits):
+        """Writes position i's token; rows already done get padding."""
         log_probs = jax.nn.log_softmax(logits)
         chosen = choose_tokens(logits, jax.random.fold_in(rng, i), temperature, top_k)
         chosen = jnp.where(done, 0, chosen).astype(jnp.int32)
         scores = scores + jnp.where(done, 0.0, jnp.take_along_axis(log_probs, chosen[:, None], -1)[:, 0])
-        tokens = tokens.at[:, i].set(chosen)
+        return chosen, tokens.at[:, i].set(chosen), done | (chosen == EOS), scores
+
+    def body(state):
+        i, tokens, cache, done, scores, logits = state
+        chosen, tokens, done, scores = choose(i, tokens, done, scores, logits)
         logits, cache = step(chosen, cache)
-        return i + 1, tokens, cache, done | (chosen == EOS), scores, logits
+        return i + 1, tokens, cache, done, scores, logits
 
     def cond(state):
         i, _, _, done, _, _ = state
-        return (i < max_decode_length) & ~jnp.all(done)
+        return (i < max_decode_length - 1) & ~jnp.all(done)
 
     tokens = jnp.zeros((batch, max_decode_length), jnp.int32)
     init = (jnp.zeros((), jnp.int32), tokens, cache, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32),
             logits)
-    _, tokens, _, _, scores, _ = jax.lax.while_loop(cond, body, init)
+    # The last position is chosen after the loop: no decoder step runs for logits nobody reads.
+    i, tokens, _, done, scores, logits = jax.lax.while_loop(cond, body, init)
+    _, tokens, _, scores = choose(i, tokens, done, scores, logits)
     return tokens, scores
 
 

@@ -190,7 +190,10 @@ class MultiHeadAttention(nn.Module):
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bhkd->bqhd", weights, value)
         out = constrain(out, (BATCH, LENGTH, HEADS, KV))
-        out = jnp.einsum("bqhd,hde->bqe", out, self._kernel("out", (h, d, e), (HEADS, KV, EMBED), (h * d) ** -0.5))
+        # One contraction over heads*kv: with two contracting axes XLA on CPU transposes the kernel
+        # on every decoding step.
+        out_kernel = self._kernel("out", (h, d, e), (HEADS, KV, EMBED), (h * d) ** -0.5)
+        out = jnp.dot(out.reshape(out.shape[:2] + (h * d,)), out_kernel.reshape(h * d, e))
         return constrain(out, (BATCH, LENGTH, EMBED))
 
     def _cross_cache(self, project, inputs_kv):
