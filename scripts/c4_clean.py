@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Clean text with the C4 heuristics of the T5 paper (see t5pod/c4_cleaning.py) and write JSONL.
+"""Clean text as C4 was cleaned (t5pod/data/c4_cleaning.py) and write JSONL.
 
 Input files (a glob pattern, read in sorted order): `*.jsonl` / `*.json` with a `text` field per line,
 anything else plain text with one document per line (so each such page is a single line); `.gz` means
 gzip. Output: one {"text": ...} object per kept page (gzip if it ends in .gz), written to a temporary
 file next to it and renamed at the end. The counts are printed as one JSON line. E.g.
   python scripts/c4_clean.py --input='/data/crawl/*.jsonl.gz' --output=/data/c4/clean.jsonl \
-      --bad_words=/data/badwords_en.txt --english_only
+      --bad_words=/data/badwords_en.txt
 """
 
 import argparse
@@ -50,9 +50,9 @@ def main(argv=None):
     parser.add_argument("--input", required=True, help="file pattern (plain text or .jsonl, optionally .gz)")
     parser.add_argument("--output", required=True, help="output .jsonl (or .jsonl.gz) file")
     parser.add_argument("--bad_words", help="text file, one bad word or phrase per line (default: rule off)")
-    parser.add_argument("--english_only", action="store_true",
-                        help="keep pages passing a crude English heuristic (a stand-in for langdetect)")
-    parser.add_argument("--no_dedup", action="store_true", help="skip three-sentence span dedup")
+    parser.add_argument("--language", choices=c4_cleaning.LANGUAGE_FILTERS, default="langdetect",
+                        help="English filter: langdetect >= 0.99 as C4 (default), a fast stop-word heuristic, or off")
+    parser.add_argument("--no_dedup", action="store_true", help="skip line dedup")
     args = parser.parse_args(argv)
 
     paths = sorted(glob.glob(args.input))
@@ -62,8 +62,7 @@ def main(argv=None):
         bad_words = c4_cleaning.load_bad_words(args.bad_words) if args.bad_words else frozenset()
     except FileNotFoundError as error:
         parser.error(str(error))
-    rules = c4_cleaning.CleaningRules(bad_words=bad_words, english_only=args.english_only,
-                                      dedup=not args.no_dedup)
+    rules = c4_cleaning.CleaningRules(bad_words=bad_words, language=args.language, dedup=not args.no_dedup)
     cleaner = c4_cleaning.C4Cleaner(rules)
 
     out_dir = os.path.dirname(os.path.abspath(args.output))

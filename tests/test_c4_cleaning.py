@@ -13,95 +13,152 @@ from t5pod.data.c4_cleaning import C4Cleaner, CleaningRules
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-# Rules: terminal punctuation, >= 3 words, javascript; a bare closing quote is not terminal.
+LONG_WORD = "x" * 1001
+# Line rules in C4's order; each expected line worked out by hand from c4_utils.clean_page's rules.
 RULES_PAGE = "\n".join([
-    "Home",
+    "Home",                                                          # no end mark
     "The quick brown fox jumps over the lazy dog. It was a sunny day.",
-    "Please enable JavaScript to view this page.",
-    "Short one.",
-    'He wrote "hello world"',
-    'She said "the weather is fine." Then she left.',
-    "   ",
+    "Please enable JavaScript to view this page.",                   # javascript
+    "Short line here.",                                              # 3 words
+    'He wrote to them "hello world"',                                # a closing quote is an end mark
+    "Our site uses cookies to improve your experience.",             # policy
+    "See the full list of the items below...",                       # ellipsis
+    "   ",                                                           # blank: no end mark
     "  Did the dog care about that at all? Nobody really knows!  ",
-    "Read more",
+    "The war began in 1914.[3] It ended in 1918.[citation needed]",  # citations removed
+    f"A very long word {LONG_WORD} is in this line.",                # word over 1000 characters
 ])
 RULES_PAGE_CLEAN = "\n".join([
     "The quick brown fox jumps over the lazy dog. It was a sunny day.",
-    'She said "the weather is fine." Then she left.',
+    'He wrote to them "hello world"',
     "Did the dog care about that at all? Nobody really knows!",
+    "The war began in 1914. It ended in 1918.",
 ])
-FILLER = "One more line is here. Two more lines are here. Three more lines are here."
-LOREM = "Lorem Ipsum dolor sit amet is common.\n" + FILLER + "\nFour lines. Five lines now."
-BRACE = "This page has some code in it.\nfunction f() { return 1; }\n" + FILLER + "\nFour lines. Five lines."
-BAD = "My cat was being a Heck  No today.\n" + FILLER + "\nIt sat there. It did not move."
-NOT_BAD = "The heckler sat on the mat. It did not move at all.\nA heck-less day went by in the sun."
-NOT_BAD += "\nWe were all very happy. The end came soon."
-FEW = "This page is rather short. It has four sentences.\nThat is one fewer than needed. Sad but true!\nBye"
-SPAN = "Alpha one is here. Beta two is here. Gamma three is here."
-FIRST = f"{SPAN}\nThe first page goes on. It has more to say."
-SECOND = f"A second page starts here. It is new. It is fresh.\n{SPAN}\nDelta four is here. Epsilon five is here!"
-SECOND_CLEAN = "A second page starts here. It is new. It is fresh.\nDelta four is here. Epsilon five is here!"
-GERMAN = ("Der Hund lief schnell über die Straße. Die Katze schlief.\nWir gingen nach Hause. Es regnete stark.\n"
-          "Morgen fahren wir weg. Übermorgen kommen wir zurück.")
-PAGES = [RULES_PAGE, LOREM, BRACE, BAD, NOT_BAD, FEW, FIRST, SECOND, FIRST]
-EXPECTED = [RULES_PAGE_CLEAN, NOT_BAD, FIRST, SECOND_CLEAN]
+
+
+def filler(tag: str) -> str:
+    """A line of three sentences that no other page repeats (so line dedup leaves it alone)."""
+    return f"The {tag} page goes on right here. It has a second sentence too. And it has a third one."
+
+
+FILLER = filler("boundary")
+# "lorem ipsum" and "{" drop the page only in a line that passed the earlier line rules.
+LOREM = "Lorem ipsum dolor sit amet, consectetur adipiscing.\n" + filler("lorem")
+LOREM_SHORT = "Lorem ipsum\n" + filler("short lorem")
+BRACE = "function f() { return 1; } is a function.\n" + filler("brace")
+BRACE_SHORT = "if (x) { y }\n" + filler("short brace")
+TWO_SENTENCES = "This page is rather short in the end. It has only two sentences in it."
+THREE_SENTENCES = TWO_SENTENCES + "\nHere is the third one, which is enough."
+BAD = "My cat was being a heck no kind of cat today.\n" + filler("bad")
+NOT_BAD = "The heckler sat on the mat all day.\n" + filler("good")
+FIRST = "Alpha one is here and now. Beta two is here and now.\nGamma three is here and now, at last."
+# Its second line repeats FIRST's last one but for case and the spaces around it.
+SECOND = ("A second page starts right here. It is new and fresh.\n  GAMMA three is here and now, at last.  \n"
+          "Delta four is here and now. Epsilon five is here and now!")
+SECOND_CLEAN = "A second page starts right here. It is new and fresh.\nDelta four is here and now. Epsilon five is here and now!"
+ENGLISH = ("The river runs quietly through the old town every spring. Children play along its banks while "
+           "their parents talk about the weather.\nIn the evening the streets fill with people who walk "
+           "home slowly from work. It is a calm and friendly place to live.")
+GERMAN = ("Der Hund lief am Morgen schnell über die breite Straße. Die Katze schlief noch lange im Haus.\n"
+          "Wir gingen danach gemeinsam nach Hause zurück. Es regnete den ganzen Tag sehr stark.")
+PAGES = [RULES_PAGE, LOREM, LOREM_SHORT, BRACE, BRACE_SHORT, TWO_SENTENCES, THREE_SENTENCES, BAD, NOT_BAD,
+         FIRST, SECOND, FIRST]
+EXPECTED = [RULES_PAGE_CLEAN, filler("short lorem"), filler("short brace"), THREE_SENTENCES, NOT_BAD, FIRST,
+            SECOND_CLEAN]
 BAD_WORDS = frozenset({"heck no", "darn"})
+OFF = dict(language="off")
 EXPECTED_COUNTS = {
-    "pages_in": 9, "pages_out": 4,
-    "pages_dropped_lorem_ipsum": 1, "pages_dropped_curly_brace": 1, "pages_dropped_bad_words": 1,
-    "pages_dropped_too_few_sentences": 1, "pages_dropped_language": 0, "pages_dropped_dedup": 1,
-    "lines_dropped_no_terminal_punct": 4, "lines_dropped_too_short": 1, "lines_dropped_javascript": 1,
-    # SECOND's SPAN line, then the repeated FIRST's two lines.
-    "lines_dropped_dedup": 3,
+    "pages_in": 12, "pages_out": 7,
+    "pages_dropped_lorem_ipsum": 1, "pages_dropped_curly_brace": 1, "pages_dropped_too_few_sentences": 1,
+    "pages_dropped_duplicate": 1, "pages_dropped_language": 0, "pages_dropped_bad_words": 1,
+    # RULES_PAGE: Home, the ellipsis and the blank line; then "Lorem ipsum" and "if (x) { y }".
+    "lines_dropped_too_long_word": 1, "lines_dropped_no_endmark": 5, "lines_dropped_too_short": 1,
+    "lines_dropped_javascript": 1, "lines_dropped_policy": 1,
+    # SECOND's Gamma line, then both lines of the repeated FIRST.
+    "lines_dropped_duplicate": 3,
 }
 
 
 def test_every_rule_exact_output_and_counts():
-    cleaner = C4Cleaner(CleaningRules(bad_words=BAD_WORDS))
-    assert [cleaner.clean(p) for p in PAGES] == [
-        RULES_PAGE_CLEAN, None, None, None, NOT_BAD, None, FIRST, SECOND_CLEAN, None]
+    cleaner = C4Cleaner(CleaningRules(bad_words=BAD_WORDS, **OFF))
+    outputs = [cleaner.clean(p) for p in PAGES]
+    assert [o for o in outputs if o is not None] == EXPECTED
     assert cleaner.counts == EXPECTED_COUNTS
     dropped = sum(v for k, v in cleaner.counts.items() if k.startswith("pages_dropped_"))
     assert cleaner.counts["pages_in"] == cleaner.counts["pages_out"] + dropped
 
 
-def test_clean_pages_streams_and_dedup_switch():
-    cleaner = C4Cleaner(CleaningRules(bad_words=BAD_WORDS))
-    assert list(c4_cleaning.clean_pages(iter(PAGES), cleaner=cleaner)) == EXPECTED
-    assert cleaner.counts == EXPECTED_COUNTS
-    no_dedup = list(c4_cleaning.clean_pages(PAGES, CleaningRules(dedup=False)))
-    assert no_dedup == [RULES_PAGE_CLEAN, BAD, NOT_BAD, FIRST, SECOND, FIRST]
+def test_same_lines_as_tfds_clean_page(monkeypatch):
+    """The code that built C4, on the same pages; its NLTK sentence model needs a download, so both
+    count sentences with t5pod's splitter."""
+    c4_utils = pytest.importorskip("tensorflow_datasets.text.c4_utils")
+    monkeypatch.setattr(c4_utils, "_get_sentences", c4_cleaning.split_sentences)
+    clean_page = c4_utils.get_clean_page_fn()
+    pages = PAGES + [ENGLISH, GERMAN, "Five words in this line.\nFour words here now.\nA B C D E.\nOne. Two. Three."]
+    for page in pages:
+        theirs = [p.text for p in clean_page(c4_utils.PageFeatures(text=page), counter_inc_fn=lambda *a: None)]
+        lines = C4Cleaner(CleaningRules(**OFF)).clean_page(page)
+        assert theirs == ([] if lines is None else ["\n".join(lines).strip()]), page[:40]
 
 
-def test_dedup_within_a_page_keeps_first_occurrence():
-    page = f"{SPAN}\nSomething else is here. And more.\n{SPAN}"
-    cleaner = C4Cleaner(CleaningRules())
-    assert cleaner.clean(page) == f"{SPAN}\nSomething else is here. And more."
-    assert cleaner.counts["lines_dropped_dedup"] == 1
-    # Spans count only once emitted intact: R loses its Q line to dedup, is then too short and dropped,
-    # so its SPAN does not block FIRST.
-    q_line = "Q one is here. Q two is here. Q three is here."
-    cleaner = C4Cleaner(CleaningRules())
-    assert cleaner.clean(f"{q_line}\nQ four is here. Q five is here.") is not None
-    assert cleaner.clean(f"{q_line}\n{SPAN}") is None
+@pytest.mark.parametrize("rule, below, at", [
+    ("words per line", "Four words are here.", "Five words are here now."),
+    ("word length", "Word " + "y" * 1001 + " is too long here.", "Word " + "y" * 1000 + " is long enough here."),
+])
+def test_line_rule_boundaries(rule, below, at):
+    rules = CleaningRules(dedup=False, **OFF)
+    page = lambda line: f"{line}\n{FILLER}"  # noqa: E731
+    assert C4Cleaner(rules).clean(page(below)) == FILLER
+    assert C4Cleaner(rules).clean(page(at)) == f"{at}\n{FILLER}"
+
+
+def test_sentence_boundary_and_thresholds_checked():
+    rules = CleaningRules(dedup=False, **OFF)
+    assert C4Cleaner(rules).clean(TWO_SENTENCES) is None
+    assert C4Cleaner(rules).clean(THREE_SENTENCES) == THREE_SENTENCES
+    for bad in (dict(min_words_per_line=0), dict(min_num_sentences=-1), dict(english_min_probability=1.5),
+                dict(language="klingon")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CleaningRules(**bad)
+
+
+def test_line_dedup_across_and_within_pages():
+    cleaner = C4Cleaner(CleaningRules(**OFF))
     assert cleaner.clean(FIRST) == FIRST
-    assert cleaner.counts["pages_dropped_dedup"] == 1 and cleaner.counts["lines_dropped_dedup"] == 1
+    assert cleaner.clean(SECOND) == SECOND_CLEAN
+    assert cleaner.clean(FIRST) is None  # every line a repeat
+    # FIRST's first line goes; one sentence is left, under 3: the page goes too.
+    assert cleaner.clean("Alpha one is here and now. Beta two is here and now.\nA brand new line is here, finally.") is None
+    within = ("Some line is right here, once. And it is here.\nAnother line is also right here.\n"
+              "some line is right here, once. And it is here.")
+    assert cleaner.clean(within) == within.rsplit("\n", 1)[0]  # the repeat goes; 3 sentences are left
+    assert cleaner.counts["lines_dropped_duplicate"] == 1 + 2 + 1 + 1
+    assert cleaner.counts["pages_dropped_duplicate"] == 2
+    no_dedup = list(c4_cleaning.clean_pages([FIRST, FIRST], CleaningRules(dedup=False, **OFF)))
+    assert no_dedup == [FIRST, FIRST]
 
 
-def test_english_only_and_custom_language_filter():
-    cleaner = C4Cleaner(CleaningRules(english_only=True))
-    assert [cleaner.clean(p) for p in (GERMAN, RULES_PAGE)] == [None, RULES_PAGE_CLEAN]
+def test_language_filters():
+    cleaner = C4Cleaner(CleaningRules())  # langdetect, >= 0.99 English: C4's filter
+    assert [cleaner.clean(p) for p in (GERMAN, ENGLISH)] == [None, ENGLISH]
     assert cleaner.counts["pages_dropped_language"] == 1
-    assert C4Cleaner(CleaningRules()).clean(GERMAN) == GERMAN  # Off by default.
-    rules = CleaningRules(language_filter=lambda text: "fox" not in text)
-    assert list(c4_cleaning.clean_pages([RULES_PAGE, FIRST], rules)) == [FIRST]
+    fast = C4Cleaner(CleaningRules(language="stopwords"))
+    assert [fast.clean(p) for p in (GERMAN, ENGLISH)] == [None, ENGLISH]
+    assert C4Cleaner(CleaningRules(**OFF)).clean(GERMAN) == GERMAN
+    rules = CleaningRules(language_filter=lambda text: "river" not in text)
+    assert list(c4_cleaning.clean_pages([ENGLISH, FIRST], rules)) == [FIRST]
 
 
-def test_sentence_splitter_and_thresholds():
+def test_bad_words_flanked_by_non_word_characters():
+    cleaner = C4Cleaner(CleaningRules(bad_words=BAD_WORDS, dedup=False, **OFF))
+    assert cleaner.clean(BAD) is None and cleaner.clean(NOT_BAD) == NOT_BAD
+    assert cleaner.clean("Darn, it rained all day here.\n" + FILLER) is None
+    assert cleaner.counts["pages_dropped_bad_words"] == 2
+
+
+def test_sentence_splitter():
     assert c4_cleaning.split_sentences('He said "Go." Then left! Why? Pi is 3.14 now.') == [
         'He said "Go."', "Then left!", "Why?", "Pi is 3.14 now."]
-    rules = CleaningRules(min_words_per_line=1, min_num_sentences=1, dedup=False)
-    assert C4Cleaner(rules).clean("Yes.\nNo\nMaybe!") == "Yes.\nMaybe!"
 
 
 def test_load_bad_words(tmp_path):
@@ -115,13 +172,14 @@ def test_load_bad_words(tmp_path):
 def test_preprocessor_on_tf_dataset():
     tf = pytest.importorskip("tensorflow")
     dataset = tf.data.Dataset.from_tensor_slices({"text": PAGES, "id": list(range(len(PAGES)))})
-    rules = CleaningRules(bad_words=BAD_WORDS)
+    rules = CleaningRules(bad_words=BAD_WORDS, **OFF)
     cleaned = c4_cleaning.c4_clean_preprocessor(dataset, rules)
-    expected = [(t.encode(), i) for t, i in zip(EXPECTED, [0, 4, 6, 7])]
+    kept = [0, 2, 4, 6, 8, 9, 10]
+    expected = [(t.encode(), i) for t, i in zip(EXPECTED, kept)]
     for _ in range(2):  # Each iteration starts with an empty dedup state.
         assert [(ex["text"], ex["id"]) for ex in cleaned.as_numpy_iterator()] == expected
     repeated = [ex["id"] for ex in cleaned.repeat(2).as_numpy_iterator()]
-    assert repeated == [0, 4, 6, 7] * 2
+    assert repeated == kept * 2
     assert cleaned.element_spec["text"].shape == []
 
 
@@ -136,7 +194,7 @@ def test_script_end_to_end(tmp_path):
     output = tmp_path / "out" / "clean.jsonl"
     result = subprocess.run(
         [sys.executable, "scripts/c4_clean.py", f"--input={tmp_path}/part-*.jsonl.gz", f"--output={output}",
-         f"--bad_words={tmp_path}/bad.txt"], cwd=REPO, capture_output=True, text=True, timeout=60)
+         f"--bad_words={tmp_path}/bad.txt", "--language=off"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == EXPECTED_COUNTS
     lines = output.read_text(encoding="utf-8").splitlines()
@@ -150,12 +208,12 @@ def test_script_plain_text_flags_and_missing_bad_words(tmp_path):
         import c4_clean
     finally:
         sys.path.remove(str(REPO / "scripts"))
-    (tmp_path / "docs.txt").write_text(f"{SPAN} Delta four is here. Epsilon five is here.\n{SPAN} Six. Seven.\n"
-                                       f"{GERMAN.replace(chr(10), ' ')}\n", encoding="utf-8")
+    one_line = lambda page: page.replace("\n", " ")  # noqa: E731 - plain text: a document per line
+    (tmp_path / "docs.txt").write_text("\n".join(map(one_line, [FIRST, GERMAN, FIRST])) + "\n", encoding="utf-8")
     output = tmp_path / "clean.jsonl"
-    assert c4_clean.main([f"--input={tmp_path}/*.txt", f"--output={output}", "--no_dedup", "--english_only"]) == 0
+    assert c4_clean.main([f"--input={tmp_path}/*.txt", f"--output={output}", "--no_dedup", "--language=stopwords"]) == 0
     texts = [json.loads(line)["text"] for line in output.read_text(encoding="utf-8").splitlines()]
-    assert texts == [f"{SPAN} Delta four is here. Epsilon five is here.", f"{SPAN} Six. Seven."]
+    assert texts == [one_line(FIRST)] * 2
 
     output.unlink()
     result = subprocess.run(

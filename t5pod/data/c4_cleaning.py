@@ -1,25 +1,32 @@
-"""The C4 cleaning heuristics of the T5 paper (Raffel et al. 2020, section 2.2), streaming.
+"""C4's cleaning, rule for rule and constant for constant as the code that built C4 (TensorFlow
+Datasets' `c4_utils.clean_page`, `remove_duplicate_text`, `detect_english` and the bad-words filter),
+streaming one page at a time.
 
-Order of the rules for one page (each dropped page or line is counted under the first rule that fires):
+For one page, in this order (a dropped page or line is counted under the first rule that fires):
 
-1. Page rules on the raw page text: "lorem ipsum" (case-insensitive), a curly brace "{", then any
-   bad word (whole word or phrase, case-insensitive; an empty list turns the rule off).
-2. Line rules, each stripped line in turn (blank lines are skipped and not counted): keep a line only
-   if it ends in terminal punctuation, has >= min_words_per_line whitespace-separated words and does
-   not mention "javascript" (case-insensitive). Terminal punctuation is ".", "!", "?", or a closing
-   quote (" or a right double quote) right after one of those; a bare quote does not count (the tfds
-   reference accepts any line ending in '"').
-3. Fewer than min_num_sentences sentences left: page dropped. Sentences come from `split_sentences`:
-   a sentence ends at ".", "!" or "?" (optionally plus one closing quote or bracket) before whitespace;
-   a line's end always ends a sentence. So "e.g. this" splits too; no external tokenizer.
-4. Language filter on the cleaned text (if any; see `looks_english`).
-5. Dedup of three-sentence spans: the spans are the windows of three consecutive sentences of the
-   cleaned page (case- and whitespace-normalized, hashed). A line is dropped when a span *ending* in it
-   was already emitted (earlier in the stream, or in an earlier kept line of the same page); a span is
-   recorded only once it is emitted intact (all its lines kept, page emitted). If dedup leaves fewer
-   than min_num_sentences sentences, the page is dropped (pages_dropped_dedup).
+1. Line rules, each stripped line in turn (`clean_page`):
+   - a word (whitespace-separated) longer than 1000 characters: line dropped (too_long_word);
+   - Wikipedia-style citations ("[12]", "[]", "[edit]", "[citation needed]") are removed from the line;
+   - the line must end in ".", "?", "!" or '"' and not in "...": else dropped (no_endmark);
+   - fewer than 5 words: dropped (too_short);
+   - "lorem ipsum" (case-insensitive) in a line that got this far: page dropped (lorem_ipsum);
+   - "javascript" (case-insensitive): line dropped (javascript);
+   - "{" in a line that got this far: page dropped (curly_brace);
+   - a cookie or policy phrase ("terms of use", "privacy policy", "cookie policy", "uses cookies",
+     "use of cookies", "use cookies"): line dropped (policy).
+   Fewer than 3 sentences in the kept lines: page dropped (too_few_sentences).
+2. Line dedup (`remove_duplicate_text`): a line (stripped, lower-cased) seen before in the stream, on
+   an earlier page or earlier on this page, is dropped (duplicate). The page is then dropped if
+   nothing or fewer than 3 sentences are left (pages_dropped_duplicate). C4 keeps each line on one
+   page chosen by a hash of the URL; a stream keeps its first occurrence.
+3. Language (`detect_english`): langdetect (seeded, as C4) must name English with probability >= 0.99
+   (language). `language="stopwords"` swaps in a fast stop-word heuristic instead; "off" skips it.
+4. Bad words: a listed word or phrase flanked by non-word characters in the lower-cased page: page
+   dropped (bad_words). C4 used the "List of Dirty, Naughty, Obscene, and Otherwise Bad Words".
 
-Line counts include lines of pages that a later rule drops. State is per `C4Cleaner` object.
+Sentences are counted by `split_sentences` (C4 used NLTK's punkt model, which needs a download): a
+sentence ends at ".", "!" or "?" (optionally plus one closing quote or bracket) before whitespace,
+and at the end of a line.
 """
 
 import collections
@@ -32,14 +39,20 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-MIN_WORDS_PER_LINE = 3
-MIN_NUM_SENTENCES = 5
-SPAN_SENTENCES = 3
+MIN_WORDS_PER_LINE = 5
+MIN_NUM_SENTENCES = 3
+MAX_WORD_LENGTH = 1000
+END_MARKS = (".", "?", "!", '"')
+ELLIPSIS = "..."
+POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+                     "use cookies")
+CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
+ENGLISH_MIN_PROBABILITY = 0.99
+LANGUAGE_FILTERS = ("langdetect", "stopwords", "off")
 
-PAGE_RULES = ("lorem_ipsum", "curly_brace", "bad_words", "too_few_sentences", "language", "dedup")
-LINE_RULES = ("no_terminal_punct", "too_short", "javascript", "dedup")
+PAGE_RULES = ("lorem_ipsum", "curly_brace", "too_few_sentences", "duplicate", "language", "bad_words")
+LINE_RULES = ("too_long_word", "no_endmark", "too_short", "javascript", "policy", "duplicate")
 
-_TERMINAL = re.compile(r"[.!?][\"\u201d]?$")
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'\u201d\u2019)\]]))\s+")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _STOP_WORDS = frozenset(
@@ -50,15 +63,27 @@ _STOP_WORDS = frozenset(
 
 @dataclasses.dataclass
 class CleaningRules:
-    """Thresholds and switches. `language_filter(text) -> bool` overrides the english_only heuristic."""
+    """C4's constants by default. `language_filter(text) -> bool` overrides `language`."""
 
     min_words_per_line: int = MIN_WORDS_PER_LINE
     min_num_sentences: int = MIN_NUM_SENTENCES
-    bad_words: frozenset = frozenset()
-    english_only: bool = False
-    english_stop_word_ratio: float = 0.2
+    max_word_length: int = MAX_WORD_LENGTH
     dedup: bool = True
+    language: str = "langdetect"
+    english_min_probability: float = ENGLISH_MIN_PROBABILITY
+    english_stop_word_ratio: float = 0.2
+    bad_words: frozenset = frozenset()
     language_filter: Callable[[str], bool] | None = None
+
+    def __post_init__(self):
+        for name in ("min_words_per_line", "min_num_sentences", "max_word_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CleaningRules.{name} is {getattr(self, name)}; it must be at least 1.")
+        if self.language not in LANGUAGE_FILTERS:
+            raise ValueError(f"CleaningRules.language is {self.language!r}; use one of {', '.join(LANGUAGE_FILTERS)}.")
+        for name in ("english_min_probability", "english_stop_word_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"CleaningRules.{name} is {getattr(self, name)}; it must be in (0, 1].")
 
 
 def load_bad_words(path: str) -> frozenset:
@@ -77,8 +102,12 @@ def split_sentences(line: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(line) if s.strip()]
 
 
+def count_sentences(text: str) -> int:
+    return sum(len(split_sentences(line)) for line in text.splitlines())
+
+
 def looks_english(text: str, stop_word_ratio: float = 0.2, ascii_ratio: float = 0.9) -> bool:
-    """Crude stand-in for langdetect: letters mostly ASCII and enough common English stop words."""
+    """The fast heuristic: letters mostly ASCII and enough common English stop words."""
     letters = [c for c in text if c.isalpha()]
     if not letters or sum(c.isascii() for c in letters) < ascii_ratio * len(letters):
         return False
@@ -86,28 +115,44 @@ def looks_english(text: str, stop_word_ratio: float = 0.2, ascii_ratio: float = 
     return bool(words) and sum(w in _STOP_WORDS for w in words) >= stop_word_ratio * len(words)
 
 
+_langdetect_lock = threading.Lock()  # langdetect's seeded factory is global state
+
+
+def langdetect_english(text: str, min_probability: float = ENGLISH_MIN_PROBABILITY) -> bool:
+    """C4's English filter: langdetect's best guess is "en" with probability >= min_probability."""
+    import langdetect  # here: only this filter needs it
+
+    with _langdetect_lock:
+        langdetect.DetectorFactory.seed = 0  # deterministic, as C4
+        try:
+            predictions = langdetect.detect_langs(text)
+        except langdetect.lang_detect_exception.LangDetectException:
+            return False
+    return bool(predictions) and predictions[0].lang == "en" and predictions[0].prob >= min_probability
+
+
 def _bad_words_regex(words: frozenset):
     if not words:
         return None
-    alternatives = [r"\s+".join(map(re.escape, w.split())) for w in sorted(words, key=len, reverse=True)]
-    return re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
+    return re.compile(r"(?:\W|^)({})(?:\W|$)".format("|".join(re.escape(w) for w in sorted(words))))
 
 
-def _span_hash(sentences: list[str]) -> bytes:
-    joined = "\n".join(" ".join(s.lower().split()) for s in sentences)
-    return hashlib.blake2b(joined.encode("utf-8"), digest_size=8).digest()
+def _line_hash(line: str) -> bytes:
+    return hashlib.md5(line.strip().lower().encode("utf-8")).digest()
 
 
 class C4Cleaner:
-    """Cleans pages one at a time; `counts` accumulates, the dedup span set lives in the object."""
+    """Cleans pages one at a time; `counts` accumulates, the dedup line set lives in the object."""
 
     def __init__(self, rules: CleaningRules | None = None):
         self.rules = rules or CleaningRules()
         self._bad_words = _bad_words_regex(frozenset(w.lower() for w in self.rules.bad_words))
         self._language_filter = self.rules.language_filter
-        if self._language_filter is None and self.rules.english_only:
-            ratio = self.rules.english_stop_word_ratio
-            self._language_filter = lambda text: looks_english(text, ratio)
+        if self._language_filter is None and self.rules.language == "langdetect":
+            self._language_filter = functools.partial(langdetect_english,
+                                                      min_probability=self.rules.english_min_probability)
+        elif self._language_filter is None and self.rules.language == "stopwords":
+            self._language_filter = functools.partial(looks_english, stop_word_ratio=self.rules.english_stop_word_ratio)
         self._seen: set[bytes] = set()
         self.counts = {"pages_in": 0, "pages_out": 0}
         self.counts.update({f"pages_dropped_{r}": 0 for r in PAGE_RULES})
@@ -116,67 +161,71 @@ class C4Cleaner:
     def _drop_page(self, rule: str) -> None:
         self.counts[f"pages_dropped_{rule}"] += 1
 
-    def _line_rule(self, line: str) -> str | None:
-        if not _TERMINAL.search(line):
-            return "no_terminal_punct"
-        if len(line.split()) < self.rules.min_words_per_line:
-            return "too_short"
-        if "javascript" in line.lower():
-            return "javascript"
-        return None
+    def _drop_line(self, rule: str) -> None:
+        self.counts[f"lines_dropped_{rule}"] += 1
+
+    def clean_page(self, text: str) -> list[str] | None:
+        """Step 1: the kept lines, or None (page dropped)."""
+        r = self.rules
+        kept, sentences = [], 0
+        for line in text.splitlines():
+            line = line.strip()
+            if any(len(word) > r.max_word_length for word in line.split()):
+                self._drop_line("too_long_word")
+                continue
+            line = CITATION.sub("", line)
+            if not line.endswith(END_MARKS) or line.endswith(ELLIPSIS):
+                self._drop_line("no_endmark")
+                continue
+            if len(line.split()) < r.min_words_per_line:
+                self._drop_line("too_short")
+                continue
+            lower = line.lower()
+            if "lorem ipsum" in lower:
+                return self._drop_page("lorem_ipsum")
+            if "javascript" in lower:
+                self._drop_line("javascript")
+                continue
+            if "{" in line:
+                return self._drop_page("curly_brace")
+            if any(p in lower for p in POLICY_SUBSTRINGS):
+                self._drop_line("policy")
+                continue
+            sentences += len(split_sentences(line))
+            kept.append(line)
+        if sentences < r.min_num_sentences:
+            return self._drop_page("too_few_sentences")
+        return kept
+
+    def _dedup(self, lines: list[str]) -> list[str] | None:
+        """Step 2: lines not seen before in the stream (nor earlier on the page)."""
+        kept = []
+        for line in lines:
+            digest = _line_hash(line)
+            if digest in self._seen:
+                self._drop_line("duplicate")
+                continue
+            self._seen.add(digest)
+            kept.append(line)
+        if not kept or count_sentences("\n".join(kept)) < self.rules.min_num_sentences:
+            return self._drop_page("duplicate")
+        return kept
 
     def clean(self, text: str) -> str | None:
         """The cleaned page (kept lines joined by newlines), or None when the page is dropped."""
         self.counts["pages_in"] += 1
-        lower = text.lower()
-        if "lorem ipsum" in lower:
-            return self._drop_page("lorem_ipsum")
-        if "{" in text:
-            return self._drop_page("curly_brace")
-        if self._bad_words is not None and self._bad_words.search(text):
-            return self._drop_page("bad_words")
-        lines = []
-        for line in text.splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            rule = self._line_rule(line)
-            if rule is None:
-                lines.append(line)
-            else:
-                self.counts[f"lines_dropped_{rule}"] += 1
-        sentences = [split_sentences(line) for line in lines]
-        if sum(map(len, sentences)) < self.rules.min_num_sentences:
-            return self._drop_page("too_few_sentences")
-        if self._language_filter is not None and not self._language_filter("\n".join(lines)):
+        lines = self.clean_page(text)
+        if lines is not None and self.rules.dedup:
+            lines = self._dedup(lines)
+        if lines is None:
+            return None
+        cleaned = "\n".join(lines).strip()
+        if self._language_filter is not None and not self._language_filter(cleaned):
             return self._drop_page("language")
-        new_spans: set[bytes] = set()
-        if self.rules.dedup:
-            keep = self._dedup(sentences, new_spans)
-            lines = [line for line, k in zip(lines, keep) if k]
-            if sum(len(s) for s, k in zip(sentences, keep) if k) < self.rules.min_num_sentences:
-                return self._drop_page("dedup")
-        self._seen |= new_spans
+        if self._bad_words is not None and self._bad_words.search(cleaned.lower()):
+            return self._drop_page("bad_words")
         self.counts["pages_out"] += 1
-        return "\n".join(lines)
-
-    def _dedup(self, sentences: list[list[str]], new_spans: set[bytes]) -> list[bool]:
-        """Which lines to keep; fills new_spans with the spans the page adds if it is emitted."""
-        flat = [(i, s) for i, line in enumerate(sentences) for s in line]
-        spans_by_line: list[list[tuple[int, bytes]]] = [[] for _ in sentences]
-        for end in range(SPAN_SENTENCES - 1, len(flat)):
-            start = end - SPAN_SENTENCES + 1
-            spans_by_line[flat[end][0]].append((start, _span_hash([s for _, s in flat[start:end + 1]])))
-        keep = [True] * len(sentences)
-        for line_index, spans in enumerate(spans_by_line):
-            if any(h in self._seen or h in new_spans for _, h in spans):
-                keep[line_index] = False
-                self.counts["lines_dropped_dedup"] += 1
-                continue
-            for start, h in spans:  # Record only spans whose lines are all kept.
-                if all(keep[flat[j][0]] for j in range(start, start + SPAN_SENTENCES)):
-                    new_spans.add(h)
-        return keep
+        return cleaned
 
 
 def clean_pages(texts: Iterable[str], rules: CleaningRules | None = None,
