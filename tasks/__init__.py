@@ -8,7 +8,8 @@ from t5pod.data import demo_corpus, vocabularies
 
 
 def register_all(vocabulary_path: str = vocabularies.DEFAULT_VOCABULARY_PATH, *, text_file_pattern: str | None = None,
-                 text_paragraphs: bool = False, tfds_data_dir: str | None = None, glue_dir: str | None = None,
+                 text_paragraphs: bool = False, text_validation_file_pattern: str | None = None,
+                 text_validation_fraction: float = 0.01, tfds_data_dir: str | None = None, glue_dir: str | None = None,
                  superglue_dir: str | None = None, mixing_rate_limit: float | None = None,
                  mixing_temperature: float = 1.0, noise_density: float = 0.15,
                  mean_noise_span_length: float = 3.0, pretraining_size: str = "small"):
@@ -18,6 +19,8 @@ def register_all(vocabulary_path: str = vocabularies.DEFAULT_VOCABULARY_PATH, *,
     vocabulary = demo_corpus.vocabulary() if vocabulary_path == "demo" else vocabularies.get_vocabulary(vocabulary_path)
     tfds_data_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR")
     pretraining.register(vocabulary, text_file_pattern=text_file_pattern, text_paragraphs=text_paragraphs,
+                         text_validation_file_pattern=text_validation_file_pattern,
+                         text_validation_fraction=text_validation_fraction,
                          tfds_data_dir=tfds_data_dir, noise_density=noise_density,
                          mean_noise_span_length=mean_noise_span_length)
     glue.register(vocabulary, glue_dir=glue_dir, superglue_dir=superglue_dir, tfds_data_dir=tfds_data_dir)

@@ -30,17 +30,6 @@ def _preprocessors(objective):
     ]
 
 
-def _text_files_dataset_fn(pattern: str, paragraphs: bool):
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del split, shuffle_files, seed  # one ordered stream; seqio shards and shuffles examples
-        dataset = text_sources.text_dataset(text_sources.match_files(pattern), paragraphs)
-        if text_sources.is_empty(dataset):
-            raise text_sources.TextFileError(f"The corpus is empty: {pattern!r} matches only empty files.")
-        return dataset
-
-    return dataset_fn
-
-
 def _demo_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     del shuffle_files, seed
     held_out = split == "validation"
@@ -50,12 +39,13 @@ def _demo_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -
 
 
 def register(vocabulary, *, text_file_pattern: str | None = None, text_paragraphs: bool = False,
+             text_validation_file_pattern: str | None = None, text_validation_fraction: float = 0.01,
              tfds_data_dir: str | None = None, noise_density: float = 0.15, mean_noise_span_length: float = 3.0):
     """Tasks `<source>_<objective>` for the sources c4_v220, text and demo and every objective of
     t5pod.objectives.OBJECTIVES, e.g. c4_v220_span_corruption or demo_bert_style."""
     c4 = seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME, tfds_data_dir=tfds_data_dir)
-    text = seqio.FunctionDataSource(_text_files_dataset_fn(text_file_pattern or "", text_paragraphs),
-                                    splits=("train",))
+    text = text_sources.TextFileSource(text_file_pattern or "", text_validation_file_pattern, text_paragraphs,
+                                       text_validation_fraction)
     demo = seqio.FunctionDataSource(_demo_dataset_fn, splits=("train", "validation"))
     for name in objectives.OBJECTIVES:
         objective = objectives.objective(name, noise_density, mean_noise_span_length)

@@ -2,6 +2,11 @@
 
 import gzip
 import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -90,6 +95,101 @@ def test_text_file_errors(tmp_path):
     tasks.register_all(text_file_pattern=str(tmp_path / "empty.txt"))
     with pytest.raises(text_sources.TextFileError, match="corpus is empty"):
         _examples("text_span_corruption")
+
+
+def _corpus(folder: pathlib.Path, files: int, docs_per_file: int = 5) -> list[str]:
+    texts = []
+    for f in range(files):
+        docs = [f"Document {d} of file {f}, with some words." for d in range(docs_per_file)]
+        (folder / f"part-{f}.txt").write_text("\n".join(docs) + "\n")
+        texts += docs
+    return texts
+
+
+def _shard_in_processes(pattern: str, num_shards: int, folder: pathlib.Path) -> list[dict]:
+    env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=str(pathlib.Path(__file__).resolve().parent.parent))
+    worker = str(pathlib.Path(__file__).with_name("text_shard_worker.py"))
+    runs = [subprocess.Popen([sys.executable, worker, pattern, str(i), str(num_shards), str(folder / f"opened-{i}")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for i in range(num_shards)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-2000:] for _, err in outputs]
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+
+
+def test_each_process_reads_only_its_own_files(tmp_path):
+    """2 real processes over 4 files: each opens its 2 files, and together they get the
+    single-process stream's documents, each once."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = _corpus(corpus, files=4)
+    whole = text_sources.TextFileSource(str(corpus / "*.txt"), validation_fraction=0.01)
+    train = [x["text"].decode() for x in whole.get_dataset("train", shuffle=False).as_numpy_iterator()]
+    held = [t for t in texts if bool(text_sources.held_out(tf.constant(t), 0.01))]
+    assert sorted(train) == sorted(set(texts) - set(held))
+    first, second = _shard_in_processes(str(corpus / "*.txt"), 2, tmp_path)
+    assert first["opened"] == [str(corpus / "part-0.txt"), str(corpus / "part-2.txt")]
+    assert second["opened"] == [str(corpus / "part-1.txt"), str(corpus / "part-3.txt")]
+    assert sorted(first["texts"] + second["texts"]) == sorted(train)
+    assert all(" of file 0," in t or " of file 2," in t for t in first["texts"])
+
+
+def test_fewer_files_than_processes_shards_examples_and_says_so(tmp_path, caplog):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = _corpus(corpus, files=1, docs_per_file=8)
+    tasks.register_all(vocabulary_path="demo", text_file_pattern=str(corpus / "*.txt"))
+    with caplog.at_level(logging.WARNING):
+        for index in (0, 1):
+            pipeline.get_dataset("text_span_corruption", {"inputs": 32, "targets": 8}, shard_index=index, num_shards=2)
+    said = [r.getMessage() for r in caplog.records if "reads all of them" in r.getMessage()]
+    assert said == ["text_span_corruption: 1 file(s) for 2 processes, so every process reads all of them and keeps "
+                    "1/2 of the examples. Split the data into at least 2 files for each process to read only its own."]
+    probe = seqio.Task("text_probe", source=text_sources.TextFileSource(str(corpus / "*.txt")), preprocessors=[],
+                       output_features={"text": seqio.Feature(seqio.PassThroughVocabulary(1), dtype=tf.string, rank=0)})
+    shards = [[x["text"].decode() for x in probe.get_dataset(
+        None, "train", shuffle=False, shard_info=seqio.ShardInfo(i, 2)).as_numpy_iterator()] for i in (0, 1)]
+    held = {t for t in texts if bool(text_sources.held_out(tf.constant(t), 0.01))}
+    assert shards[0] == [t for t in texts if t not in held][0::2]
+    assert shards[1] == [t for t in texts if t not in held][1::2]
+
+
+def test_text_validation_split_by_hash_or_by_files(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = _corpus(corpus, files=2, docs_per_file=20)
+
+    def read(source, split):
+        return [x["text"].decode() for x in source.get_dataset(split, shuffle=False).as_numpy_iterator()]
+
+    halves = text_sources.TextFileSource(str(corpus / "*.txt"), validation_fraction=0.5)
+    train, validation = read(halves, "train"), read(halves, "validation")
+    assert train and validation and not set(train) & set(validation) and sorted(train + validation) == sorted(texts)
+    # The hash is FarmHash's fingerprint: the same document is held out on every host and run.
+    assert set(validation) == {t for t in texts if tf.strings.to_hash_bucket_fast(t, 1_000_000).numpy() < 500_000}
+    by_file = text_sources.TextFileSource(str(corpus / "part-0.txt"), str(corpus / "part-1.txt"))
+    assert read(by_file, "validation") == texts[20:] and read(by_file, "train") == texts[:20]
+    with pytest.raises(text_sources.TextFileError, match="TEXT_VALIDATION_FRACTION is 0"):
+        text_sources.TextFileSource(str(corpus / "*.txt"), validation_fraction=0)
+
+
+def test_text_to_tfrecord_script_keeps_every_document(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    docs = [f"Document {i}, with \"quotes\" and a newline\nin it." for i in range(7)]
+    for f, part in enumerate((docs[:4], docs[4:])):
+        (corpus / f"part-{f}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
+    script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "text_to_tfrecord.py"
+    command = [sys.executable, str(script), f"--input={corpus}/*.jsonl", f"--output_dir={tmp_path}/out", "--num_shards=3"]
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=120)
+    assert done.returncode == 0, done.stderr
+    shards = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in shards] == [f"text-0000{i}-of-00003.tfrecord" for i in range(3)]
+    read = [[x["text"].decode() for x in text_sources.text_dataset([str(p)]).as_numpy_iterator()] for p in shards]
+    assert read == [docs[0::3], docs[1::3], docs[2::3]]
+    again = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=120)
+    assert again.returncode == 2 and "already holds" in again.stderr
+    assert sorted((tmp_path / "out").iterdir()) == shards
 
 
 def test_text_span_corruption_reads_shared_books(shared_data):

@@ -63,11 +63,36 @@ def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str =
     get_task_or_mixture(name)
     if num_shards is None:
         shard_index, num_shards = jax.process_index(), jax.process_count()
+    if not use_cached:
+        _say_when_every_process_reads_everything(name, split, num_shards)
     return seqio.get_dataset(
         name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split, shuffle=shuffle,
         num_epochs=num_epochs, shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
         use_cached=use_cached, seed=seed,
         feature_converter=converter or feature_converter(pack))
+
+
+_said_once: set = set()
+
+
+def _say_when_every_process_reads_everything(name: str, split: str, num_shards: int):
+    """seqio gives each process its own files when a source has at least as many files as there
+    are processes; otherwise every process reads every file and keeps 1/num_shards of the examples.
+    Said once per task and split, since it costs each host the whole corpus's reading."""
+    if num_shards < 2:
+        return
+    for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
+        source = task.source
+        if source.supports_arbitrary_sharding or (task.name, split) in _said_once:
+            continue
+        if split not in source.splits:
+            continue
+        files = len(source.list_shards(split))
+        if files < num_shards:
+            _said_once.add((task.name, split))
+            logging.warning("%s: %d file(s) for %d processes, so every process reads all of them and keeps "
+                            "1/%d of the examples. Split the data into at least %d files for each process to "
+                            "read only its own.", task.name, files, num_shards, num_shards, num_shards)
 
 
 def batched(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

@@ -3,11 +3,13 @@
 Formats, by file name: `*.jsonl` / `*.json` (one JSON object per line with a `text` field),
 `*.tfrecord*` (tf.Example with a bytes feature `text`), anything else plain text with one
 document per line, or per blank-line-separated block when paragraphs=True. A `.gz` suffix
-means gzip.
+means gzip. JSON is parsed in Python; scripts/text_to_tfrecord.py converts a corpus once to TFRecord
+shards, which TensorFlow reads natively.
 """
 
 import json
 
+import seqio
 import tensorflow as tf
 
 
@@ -68,20 +70,79 @@ def file_dataset(path, kind: str, paragraphs: bool = False, gzipped: bool = Fals
     return _paragraphs(lines) if paragraphs else lines
 
 
+def check_one_format(files: list[str]) -> tuple[str, bool]:
+    """(format, gzipped) shared by all the files."""
+    kind, gzipped = file_format(files[0]), files[0].endswith(".gz")
+    mixed = [f for f in files if (file_format(f), f.endswith(".gz")) != (kind, gzipped)]
+    if mixed:
+        raise TextFileError(f"TEXT_FILE_PATTERN mixes file formats: {files[0]} and {mixed[0]}; use one format.")
+    return kind, gzipped
+
+
+def documents(path, kind: str, paragraphs: bool = False, gzipped: bool = False) -> tf.data.Dataset:
+    """The non-empty documents (scalar strings) of one file."""
+    docs = file_dataset(path, kind, paragraphs, gzipped)
+    return docs.filter(lambda text: tf.strings.length(tf.strings.strip(text)) > 0)
+
+
 def text_dataset(files: list[str], paragraphs: bool = False) -> tf.data.Dataset:
     """{"text": string} for every non-empty document of the files, in order.
 
     The files must share one format (that of the first). Built from tf.data ops only, so the
     iterator position can be checkpointed.
     """
-    kind, gzipped = file_format(files[0]), files[0].endswith(".gz")
-    mixed = [f for f in files if (file_format(f), f.endswith(".gz")) != (kind, gzipped)]
-    if mixed:
-        raise TextFileError(f"TEXT_FILE_PATTERN mixes file formats: {files[0]} and {mixed[0]}; use one format.")
-    documents = tf.data.Dataset.from_tensor_slices(files).flat_map(
-        lambda path: file_dataset(path, kind, paragraphs, gzipped))
-    documents = documents.filter(lambda text: tf.strings.length(tf.strings.strip(text)) > 0)
-    return documents.map(lambda text: {"text": text})
+    kind, gzipped = check_one_format(files)
+    docs = tf.data.Dataset.from_tensor_slices(files).flat_map(lambda path: documents(path, kind, paragraphs, gzipped))
+    return docs.map(lambda text: {"text": text})
+
+
+def held_out(text: tf.Tensor, fraction: float) -> tf.Tensor:
+    """Whether a document belongs to the held-out validation split: a stable hash of its text
+    (FarmHash fingerprint, the same on every host and run) falls in the first `fraction`."""
+    return tf.strings.to_hash_bucket_fast(text, 1_000_000) < int(round(fraction * 1_000_000))
+
+
+class TextFileSource(seqio.FileDataSource):
+    """Documents of local (or gfile-reachable) text files as a seqio source with a train and a
+    validation split.
+
+    Files are the unit of sharding: seqio hands each process (ShardInfo) its own files when there
+    are at least as many files as processes, and otherwise reads everything and keeps every n-th
+    example (pipeline.get_dataset says so). The validation split is validation_pattern's files,
+    or, without one, the documents that `held_out` picks at validation_fraction (train then
+    skips them).
+    """
+
+    def __init__(self, pattern: str, validation_pattern: str | None = None, paragraphs: bool = False,
+                 validation_fraction: float = 0.01):
+        if not 0 < validation_fraction < 1:
+            raise TextFileError(f"TEXT_VALIDATION_FRACTION is {validation_fraction}; it must be between 0 and 1.")
+        self.pattern, self.validation_pattern = pattern, validation_pattern
+        self.paragraphs, self.validation_fraction = paragraphs, validation_fraction
+        super().__init__(read_file_fn=None, split_to_filepattern={"train": pattern,
+                                                                  "validation": validation_pattern or pattern})
+
+    def list_shards(self, split: str) -> list[str]:
+        return match_files(self._split_to_filepattern[split])
+
+    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                    shard_info: seqio.ShardInfo | None = None, **unused) -> tf.data.Dataset:
+        files = self.list_shards(split)
+        kind, gzipped = check_one_format(files)
+        paths = tf.data.Dataset.from_tensor_slices(files)
+        if shard_info:  # seqio passes it only when there are at least as many files as shards
+            paths = paths.shard(shard_info.num_shards, shard_info.index)
+        if shuffle:
+            paths = paths.shuffle(len(files), seed=seed)
+        docs = paths.interleave(lambda path: documents(path, kind, self.paragraphs, gzipped),
+                                cycle_length=min(16, len(files)), block_length=16,
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if not self.validation_pattern:
+            in_validation = split == "validation"
+            docs = docs.filter(lambda text: tf.equal(held_out(text, self.validation_fraction), in_validation))
+        if split == "train" and is_empty(docs):
+            raise TextFileError(f"The corpus is empty: {self.pattern!r} matches only empty files.")
+        return docs.map(lambda text: {"text": text})
 
 
 def is_empty(dataset: tf.data.Dataset) -> bool:
