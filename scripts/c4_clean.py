@@ -45,6 +45,24 @@ def read_documents(paths):
                                      f"({type(error).__name__}: {error})") from None
 
 
+def _rules(parser, args) -> c4_cleaning.CleaningRules:
+    try:
+        bad_words = c4_cleaning.load_bad_words(args.bad_words) if args.bad_words else frozenset()
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    return c4_cleaning.CleaningRules(bad_words=bad_words, language=args.language, dedup=not args.no_dedup)
+
+
+def _run_beam(parser, args, beam_args) -> int:
+    from t5pod.data import c4_beam
+
+    name = args.input[:-3] if args.input.endswith(".gz") else args.input
+    counts = c4_beam.run(args.input, args.output, _rules(parser, args), beam_args,
+                         is_json=name.endswith((".jsonl", ".json")))
+    print(json.dumps(counts, sort_keys=True), flush=True)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True, help="file pattern (plain text or .jsonl, optionally .gz)")
@@ -53,16 +71,19 @@ def main(argv=None):
     parser.add_argument("--language", choices=c4_cleaning.LANGUAGE_FILTERS, default="langdetect",
                         help="English filter: langdetect >= 0.99 as C4 (default), a fast stop-word heuristic, or off")
     parser.add_argument("--no_dedup", action="store_true", help="skip line dedup")
-    args = parser.parse_args(argv)
+    parser.add_argument("--beam", action="store_true",
+                        help="run as an Apache Beam pipeline (DirectRunner, or Beam's flags, e.g. --runner=DataflowRunner); "
+                             "--output is then a prefix of output-NNNNN-of-MMMMM.jsonl shards")
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and not args.beam:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam's flags go with --beam)")
+    if args.beam:
+        return _run_beam(parser, args, beam_args)
 
     paths = sorted(glob.glob(args.input))
     if not paths:
         parser.error(f"--input {args.input!r} matches no file")
-    try:
-        bad_words = c4_cleaning.load_bad_words(args.bad_words) if args.bad_words else frozenset()
-    except FileNotFoundError as error:
-        parser.error(str(error))
-    rules = c4_cleaning.CleaningRules(bad_words=bad_words, language=args.language, dedup=not args.no_dedup)
+    rules = _rules(parser, args)
     cleaner = c4_cleaning.C4Cleaner(rules)
 
     out_dir = os.path.dirname(os.path.abspath(args.output))

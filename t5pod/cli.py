@@ -20,6 +20,8 @@ from t5pod import configs  # noqa: E402
 def _add_gin_flags(parser: argparse.ArgumentParser):
     parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
     parser.add_argument("--gin_search_paths", default="", help="comma-separated folders for gin includes")
+    parser.add_argument("--seqio_additional_cache_dirs", default="", metavar="DIR[,DIR]",
+                        help="folders with seqio task caches (`t5pod cache-tasks`), read when USE_CACHED_TASKS=True")
 
 
 def _add_multihost_flags(parser: argparse.ArgumentParser):
@@ -37,7 +39,11 @@ def _parse_gin(args, base_files=("tasks.gin",), read_directly=()):
     from t5pod import ginconf
 
     search_paths = [p for p in args.gin_search_paths.split(",") if p]
-    ginconf.parse([*base_files, *args.gin_file], args.gin_bindings, search_paths, read_directly)
+    bindings = list(args.gin_bindings)
+    cache_dirs = [d for d in args.seqio_additional_cache_dirs.split(",") if d]
+    if cache_dirs:
+        bindings.append(f"CACHE_DIRS = {cache_dirs!r}")
+    ginconf.parse([*base_files, *args.gin_file], bindings, search_paths, read_directly)
     return ginconf
 
 
@@ -72,14 +78,34 @@ def _data(args) -> int:
         return 0
     if not args.task:
         raise ValueError("data needs --task=NAME (a task or mixture; --list shows them).")
-    lengths = ginconf.macro("TASK_FEATURE_LENGTHS")
+    lengths, use_cached = ginconf.macro("TASK_FEATURE_LENGTHS"), ginconf.macro("USE_CACHED_TASKS")
     model_features = args.features == "model"
     if args.stats:
-        stats = inspection.statistics(args.task, lengths, args.split, args.stats, model_features, args.seed)
+        stats = inspection.statistics(args.task, lengths, args.split, args.stats, model_features, args.seed, use_cached)
         print(json.dumps(stats))
         return 0
-    for row in inspection.examples(args.task, lengths, args.split, args.num_examples, model_features, args.seed):
+    for row in inspection.examples(args.task, lengths, args.split, args.num_examples, model_features, args.seed,
+                                   use_cached):
         print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def _cache_tasks(args) -> int:
+    ginconf = _parse_gin(args)
+    ginconf.register_tasks()
+    import functools
+
+    import tasks
+    from t5pod.data import caching
+
+    names = [n for n in args.tasks.split(",") if n]
+    if not names:
+        raise ValueError("cache-tasks needs --tasks=NAME[,NAME] (tasks or mixtures; `t5pod data --list` shows them).")
+    setup = functools.partial(tasks.register_all, **ginconf.task_settings())
+    folders = caching.cache_tasks(names, args.output_cache_dir, args.beam_args, setup)
+    for folder in folders:
+        print(f"Cached {folder}")
+    print(f"  use it with: --gin.USE_CACHED_TASKS=True --seqio_additional_cache_dirs={args.output_cache_dir}")
     return 0
 
 
@@ -293,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--list", action="store_true", help="list the registered tasks and mixtures")
     data.set_defaults(run=_data)
 
+    cache = commands.add_parser(
+        "cache-tasks", help="Preprocess tasks once into seqio caches with Apache Beam (DirectRunner here; "
+                            "Beam's flags, e.g. --runner=DataflowRunner --project=P, pass through).")
+    _add_gin_flags(cache)
+    cache.add_argument("--tasks", required=True, help="comma-separated tasks or mixtures")
+    cache.add_argument("--output_cache_dir", required=True, help="folder for the caches (gs:// works)")
+    cache.set_defaults(run=_cache_tasks)
+
     train = commands.add_parser("train", help="Train (pretrain or fine-tune) with gin-configured settings.")
     _add_gin_flags(train)
     _add_multihost_flags(train)
@@ -338,12 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can fix from the message alone: printed as one line, no traceback."""
     from t5pod.checkpoints import CheckpointError
+    from t5pod.data.caching import CacheError
     from t5pod.hf_import import ConversionError
     from t5pod.inference import InferenceError
     from t5pod.run_lock import RunLockError
     from t5pod.trainer import TrainingError
 
-    return (ConversionError, CheckpointError, TrainingError, InferenceError, RunLockError, FileNotFoundError,
+    return (ConversionError, CheckpointError, CacheError, TrainingError, InferenceError, RunLockError, FileNotFoundError,
             ValueError)
 
 
@@ -352,7 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     # --gin.NAME=VALUE flags become gin bindings; argparse sees the rest.
     bindings = [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
     parser = build_parser()
-    args = parser.parse_args([a for a in argv if not a.startswith("--gin.")])
+    args, unknown = parser.parse_known_args([a for a in argv if not a.startswith("--gin.")])
+    if unknown and args.command != "cache-tasks":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.beam_args = unknown  # cache-tasks hands Beam's own flags to Beam
     if bindings and not hasattr(args, "gin_file"):
         parser.error(f"{args.command} takes no gin flags")
     args.gin_bindings = bindings

@@ -23,7 +23,7 @@ _search_paths: list[str] = []
 
 
 # Macros that commands read themselves (macro()) rather than through a configurable's binding.
-DATA_COMMAND_MACROS = ("TASK_FEATURE_LENGTHS",)
+DATA_COMMAND_MACROS = ("TASK_FEATURE_LENGTHS", "USE_CACHED_TASKS")
 EVAL_COMMAND_MACROS = ("MIXTURE_OR_TASK_NAME", "EVAL_SPLIT", "EVAL_OUTPUT_DIR")
 
 # Macros of earlier releases: naming one is an error that says what replaced it.
@@ -96,9 +96,21 @@ def _defined_macros() -> set[str]:
             if line and not line.startswith((" ", "#")) and "=" in line and "." not in line.split("=")[0]}
 
 
-def register_tasks(**settings):
-    """Registers the seqio tasks and mixtures with the settings gin binds (gin/tasks.gin)."""
+def register_tasks(cache_dirs=(), **settings):
+    """Registers the seqio tasks and mixtures with the settings gin binds (gin/tasks.gin); seqio
+    looks for task caches (USE_CACHED_TASKS=True) in cache_dirs."""
+    import seqio
+
+    seqio.set_global_cache_dirs(list(cache_dirs or ()))
     tasks.register_all(**settings)
+
+
+def task_settings() -> dict:
+    """The settings register_tasks gets from gin, cache_dirs aside (cache-tasks hands them to Beam's
+    workers, which register the tasks again)."""
+    settings = dict(gin.get_bindings("t5pod.register_tasks"))
+    settings.pop("cache_dirs", None)
+    return settings
 
 
 register_tasks = gin.external_configurable(register_tasks, name="register_tasks", module="t5pod")

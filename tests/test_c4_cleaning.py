@@ -222,3 +222,29 @@ def test_script_plain_text_flags_and_missing_bad_words(tmp_path):
     assert result.returncode == 2
     assert "nope.txt" in result.stderr and "does not exist" in result.stderr
     assert not output.exists()
+
+
+def test_beam_pipeline_keeps_what_the_streaming_cleaner_keeps(tmp_path, capsys):
+    """The Beam pipeline (DirectRunner) on the same pages. Beam keeps a repeated line on the page
+    whose url hashes lowest, the stream on its first page: the first FIRST gets the lowest hash."""
+    import hashlib
+
+    def md5(url):
+        return hashlib.md5(url.encode()).hexdigest()
+
+    urls = [f"https://example.com/{i}" for i in range(len(PAGES))]
+    urls[9] = next(u for u in (f"https://example.com/first-{k}" for k in range(1000))
+                   if md5(u) < min(md5(urls[10]), md5(urls[11])))
+    (tmp_path / "crawl.jsonl").write_text("".join(json.dumps({"url": u, "text": p}) + "\n" for u, p in zip(urls, PAGES)))
+    (tmp_path / "bad.txt").write_text("heck no\ndarn\n")
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import c4_clean
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    assert c4_clean.main([f"--input={tmp_path}/crawl.jsonl", f"--output={tmp_path}/out/clean", "--beam",
+                          f"--bad_words={tmp_path}/bad.txt", "--language=off", "--direct_num_workers=1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == EXPECTED_COUNTS
+    outputs = sorted((tmp_path / "out").glob("clean-*.jsonl"))
+    texts = [json.loads(line)["text"] for path in outputs for line in path.read_text().splitlines()]
+    assert sorted(texts) == sorted(EXPECTED)

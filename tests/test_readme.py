@@ -33,7 +33,7 @@ def readme_commands() -> list[str]:
 def test_readme_has_commands():
     commands = readme_commands()
     assert any(c.startswith("make pretrain") for c in commands) and any(c.startswith("make finetune") for c in commands)
-    for command in ("train", "data", "infer", "eval", "convert-hf", "train-vocab", "plan"):
+    for command in ("train", "data", "infer", "eval", "convert-hf", "train-vocab", "plan", "cache-tasks"):
         assert any(c.startswith(f"python -m t5pod {command} ") for c in commands), command
 
 
@@ -65,6 +65,7 @@ def fixtures(tmp_path_factory, pretrained_demo_run):
         # The full GLUE files when ../shared has them, else the rows committed for tests.
         "/data/glue": str(REPO.parent / "shared" / "data" / "glue" if (REPO.parent / "shared" / "data" / "glue").is_dir()
                           else BENCHMARK_ROWS / "glue"), "/tmp/run": str(root / "run"),
+        "/tmp/t5pod-cache": str(root / "cache"),
         "--vocab_size=32000": "--vocab_size=500", "--input_file=inputs.jsonl": f"--input_file={root / 'inputs.jsonl'}",
         "--output_file=": f"--output_file={root}/", "@pretrained": str(pretrained_demo_run), "@root": str(root),
     }
@@ -99,6 +100,8 @@ def test_readme_command_runs(command, fixtures):
         pytest.skip("the benchmark takes minutes; tests/test_performance_tools.py covers its parts")
     elif argv[:4] in (["python", "-m", "t5pod", "infer"], ["python", "-m", "t5pod", "eval"]):
         argv += ["--gin.MAX_DECODE_LENGTH=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
+    elif argv[:4] == ["python", "-m", "t5pod", "cache-tasks"]:
+        argv += [f"--gin.VOCABULARY_PATH={vocabulary!r}"]
     elif argv[:4] == ["python", "-m", "t5pod", "data"]:
         argv += ["--num_examples=1", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
                  f"--gin.VOCABULARY_PATH={vocabulary!r}"]

@@ -137,7 +137,13 @@ def _bad_words_regex(words: frozenset):
     return re.compile(r"(?:\W|^)({})(?:\W|$)".format("|".join(re.escape(w) for w in sorted(words))))
 
 
-def _line_hash(line: str) -> bytes:
+def empty_counts() -> dict[str, int]:
+    """Pages in and out, and the pages and lines each rule dropped."""
+    return {"pages_in": 0, "pages_out": 0, **{f"pages_dropped_{r}": 0 for r in PAGE_RULES},
+            **{f"lines_dropped_{r}": 0 for r in LINE_RULES}}
+
+
+def line_hash(line: str) -> bytes:
     return hashlib.md5(line.strip().lower().encode("utf-8")).digest()
 
 
@@ -154,9 +160,7 @@ class C4Cleaner:
         elif self._language_filter is None and self.rules.language == "stopwords":
             self._language_filter = functools.partial(looks_english, stop_word_ratio=self.rules.english_stop_word_ratio)
         self._seen: set[bytes] = set()
-        self.counts = {"pages_in": 0, "pages_out": 0}
-        self.counts.update({f"pages_dropped_{r}": 0 for r in PAGE_RULES})
-        self.counts.update({f"lines_dropped_{r}": 0 for r in LINE_RULES})
+        self.counts = empty_counts()
 
     def _drop_page(self, rule: str) -> None:
         self.counts[f"pages_dropped_{rule}"] += 1
@@ -201,15 +205,29 @@ class C4Cleaner:
         """Step 2: lines not seen before in the stream (nor earlier on the page)."""
         kept = []
         for line in lines:
-            digest = _line_hash(line)
+            digest = line_hash(line)
             if digest in self._seen:
                 self._drop_line("duplicate")
                 continue
             self._seen.add(digest)
             kept.append(line)
+        return self.enough_after_dedup(kept)
+
+    def enough_after_dedup(self, kept: list[str]) -> list[str] | None:
         if not kept or count_sentences("\n".join(kept)) < self.rules.min_num_sentences:
             return self._drop_page("duplicate")
         return kept
+
+    def keep(self, cleaned: str) -> bool:
+        """Steps 3 and 4 on a cleaned page: the language filter, then the bad words."""
+        if self._language_filter is not None and not self._language_filter(cleaned):
+            self._drop_page("language")
+            return False
+        if self._bad_words is not None and self._bad_words.search(cleaned.lower()):
+            self._drop_page("bad_words")
+            return False
+        self.counts["pages_out"] += 1
+        return True
 
     def clean(self, text: str) -> str | None:
         """The cleaned page (kept lines joined by newlines), or None when the page is dropped."""
@@ -220,12 +238,7 @@ class C4Cleaner:
         if lines is None:
             return None
         cleaned = "\n".join(lines).strip()
-        if self._language_filter is not None and not self._language_filter(cleaned):
-            return self._drop_page("language")
-        if self._bad_words is not None and self._bad_words.search(cleaned.lower()):
-            return self._drop_page("bad_words")
-        self.counts["pages_out"] += 1
-        return cleaned
+        return cleaned if self.keep(cleaned) else None
 
 
 def clean_pages(texts: Iterable[str], rules: CleaningRules | None = None,

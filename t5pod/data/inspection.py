@@ -15,21 +15,23 @@ def _vocabulary(name: str):
     return provider.output_features["targets"].vocabulary
 
 
-def _dataset(name: str, lengths: Mapping[str, int], split: str, model_features: bool, seed: int):
+def _dataset(name: str, lengths: Mapping[str, int], split: str, model_features: bool, seed: int,
+             use_cached: bool = False):
     provider = pipeline.get_task_or_mixture(name)
     if split not in provider.splits:
         raise ValueError(f"{name} has no split {split!r}; its splits are {sorted(provider.splits)}.")
     if model_features:
-        return pipeline.get_dataset(name, lengths, split, shuffle=False, seed=seed, num_epochs=1, shard_index=0, num_shards=1)
+        return pipeline.get_dataset(name, lengths, split, shuffle=False, seed=seed, num_epochs=1, shard_index=0,
+                                    num_shards=1, use_cached=use_cached)
     return seqio.get_dataset(name, dict(lengths), dataset_split=split, shuffle=False, num_epochs=1, seed=seed,
-                             feature_converter=seqio.PassThroughFeatureConverter())
+                             feature_converter=seqio.PassThroughFeatureConverter(), use_cached=use_cached)
 
 
 def examples(name: str, lengths: Mapping[str, int], split: str = "train", num_examples: int = 3,
-             model_features: bool = False, seed: int = 0) -> Iterator[dict]:
+             model_features: bool = False, seed: int = 0, use_cached: bool = False) -> Iterator[dict]:
     """Each example as {feature: {"ids": [...], "text": "..."}} (text only for token features)."""
     vocabulary = _vocabulary(name)
-    for example in _dataset(name, lengths, split, model_features, seed).take(num_examples).as_numpy_iterator():
+    for example in _dataset(name, lengths, split, model_features, seed, use_cached).take(num_examples).as_numpy_iterator():
         row = {}
         for key, value in example.items():
             if isinstance(value, bytes):
@@ -51,11 +53,11 @@ def _count_spans(ids: list[int], first_sentinel: int) -> int:
 
 
 def statistics(name: str, lengths: Mapping[str, int], split: str = "train", num_examples: int = 1000,
-               model_features: bool = False, seed: int = 0) -> dict:
+               model_features: bool = False, seed: int = 0, use_cached: bool = False) -> dict:
     """Lengths, padding, packing efficiency and (for denoising tasks) noise statistics."""
     vocabulary = _vocabulary(name)
     first_sentinel = vocabulary.vocab_size - 1
-    rows = list(_dataset(name, lengths, split, model_features, seed).take(num_examples).as_numpy_iterator())
+    rows = list(_dataset(name, lengths, split, model_features, seed, use_cached).take(num_examples).as_numpy_iterator())
     if not rows:
         raise ValueError(f"{name}/{split} produced no examples.")
     stats: dict = {"task": name, "split": split, "examples": len(rows), "feature_lengths": dict(lengths)}
