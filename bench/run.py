@@ -8,6 +8,8 @@ Prints a table and writes bench/results.json. Figures (see issue 7 for the goals
   scan_compile_ratio      train-step compile time, 24 layers over 2, with and without scan
   pipeline_feed_ratio     span-corruption rows/s on one core over rows/s the train step consumes
   xxl_peak_bytes          T5 1.1 XXL per-device peak on 64 fake devices (data 8, model 8)
+  data_feed               span corruption 512/114 (32k vocabulary): rows/s on one core, and the
+                          cores a TPU v3-8 host needs to feed T5 1.1 base at 50% MFU
   decode_speedup          greedy tokens/s of the Predictor (`infer`) over transformers' `generate`
                           (PyTorch, cache on), same weights, batch and lengths, measured alternately
                           (bench/decoding.py)
@@ -162,6 +164,35 @@ def pipeline_rows_per_s(task: str, lengths: dict, seconds: float = 5.0) -> float
     return count / (time.perf_counter() - start)
 
 
+SHARED_TEXT = os.path.join(os.path.dirname(HERE), "..", "shared", "data", "pretrain", "gutenberg")
+V3_8_HOST = {"chips": 4, "peak_flops": 123e12, "vcpus": 96}  # TPU v3-8: 4 chips x 123 TFLOP/s bf16
+
+
+def data_feed(seconds: float) -> dict:
+    """Span corruption at 512/114 with a 32k-piece vocabulary trained on the shared books: packed
+    rows per second on one core, and the cores a TPU v3-8 host needs to feed T5 1.1 base at 50% MFU."""
+    import glob
+
+    import tasks
+    from t5pod.data import text_sources, vocabularies
+
+    files = sorted(glob.glob(os.path.join(SHARED_TEXT, "*.txt")))
+    if not files:
+        return {"skipped": f"no text at {SHARED_TEXT}"}
+    vocabulary = os.path.join(os.path.expanduser("~/.cache/t5pod/bench"), "gutenberg-32k", "spiece.model")
+    if not os.path.exists(vocabulary):  # trained once (a few minutes), then reused
+        texts = (x["text"].decode("utf-8") for x in text_sources.text_dataset(files).as_numpy_iterator())
+        vocabularies.train_vocabulary(texts, vocabulary, vocab_size=32000)
+    tasks.register_all(vocabulary_path=vocabulary, text_file_pattern=os.path.join(SHARED_TEXT, "*.txt"))
+    rows_per_core = pipeline_rows_per_s("text_span_corruption", {"inputs": 512, "targets": 114}, seconds)
+    base = model("t5_1_1/base")
+    per_example = flops.train_flops_per_example(base, 512, 114)
+    needed = V3_8_HOST["chips"] * V3_8_HOST["peak_flops"] * 0.5 / per_example
+    return {"vocabulary_pieces": 32000, "rows_per_s_one_core": rows_per_core,
+            "t5_1_1_base_train_flops_per_row": per_example, "v3_8_rows_per_s_at_50pct_mfu": needed,
+            "v3_8_cores_needed": needed / rows_per_core, "v3_8_vcpus": V3_8_HOST["vcpus"]}
+
+
 def xxl_plan(remat: str, fsdp: bool) -> dict:
     flags = ["--gin_file=runs/pretrain.gin", "--gin_file=models/t5_1_1/xxl.gin", "--gin.MODEL_DIR='/unused'",
              "--gin.MESH_SHAPE=(8, 8)", "--gin.BATCH_SIZE=64", f"--gin.FSDP={fsdp}",
@@ -205,6 +236,7 @@ def main():
         small = results["train"][1]
         small_rows = pipeline_rows_per_s("demo_span_corruption", {"inputs": 128, "targets": 32}, 5)
         results["pipeline_feed_ratio"]["small"] = small_rows / (small["batch"] / small["step_s"])
+        results["data_feed"] = data_feed(20)
         results["xxl_peak_bytes"] = {
             "no remat, no FSDP": xxl_plan("none", False),
             "remat full": xxl_plan("full", False),
@@ -233,6 +265,11 @@ def print_table(r):
     print(f"scan_compile_ratio_24_vs_2 {r['scan_compile_ratio_24_vs_2']:.2f} "
           f"(unrolled: {r.get('unrolled_compile_ratio_24_vs_2', float('nan')):.2f})")
     print("pipeline_feed_ratio " + ", ".join(f"{k} {v:.1f}" for k, v in r["pipeline_feed_ratio"].items()))
+    feed = r.get("data_feed", {})
+    if "rows_per_s_one_core" in feed:
+        print(f"span corruption 512/114, 32k vocabulary: {feed['rows_per_s_one_core']:.1f} rows/s on one core; "
+              f"a TPU v3-8 host feeding T5 1.1 base at 50% MFU needs {feed['v3_8_rows_per_s_at_50pct_mfu']:.0f} rows/s "
+              f"= {feed['v3_8_cores_needed']:.1f} of its {feed['v3_8_vcpus']} vCPUs")
     for name, plan in r.get("xxl_peak_bytes", {}).items():
         peak = plan.get("peak_bytes")
         print(f"T5 1.1 XXL on 64 devices (8x8), {name}: " +

@@ -242,7 +242,8 @@ def _eval(args) -> int:
         if step != loaded:
             predictor.load_step(step)
             loaded = step
-        for task, metrics in evaluation.run(predictor, name, split, lengths, step, out_dir, writer).items():
+        for task, metrics in evaluation.run(predictor, name, split, lengths, step, out_dir, writer,
+                                            use_cached=ginconf.macro("USE_CACHED_TASKS")).items():
             rows.append({"step": step, "split": split, "task": task, **metrics})
     writer.close()
     if is_writer:

@@ -26,10 +26,11 @@ class EvaluationError(ValueError):
     pass
 
 
-def task_examples(name: str, split: str, lengths: dict) -> Iterator[dict]:
-    """A task split's examples in order, streamed, with input token ids (no EOS) added."""
+def task_examples(name: str, split: str, lengths: dict, use_cached: bool = False) -> Iterator[dict]:
+    """A task split's examples in order, streamed, with input token ids (no EOS) added; use_cached:
+    read the task's seqio cache."""
     task = pipeline.get_task_or_mixture(name)
-    dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1)
+    dataset = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1, use_cached=use_cached)
     for example in dataset.as_numpy_iterator():
         row = dict(example)
         row["input_ids"] = [int(t) for t in example["inputs"] if t not in (0, decoding.EOS)]
@@ -44,9 +45,10 @@ def task_size(name: str, split: str) -> int | None:
         return None
 
 
-def task_rows(name: str, split: str, lengths: dict, max_examples: int | None = None) -> list[dict]:
+def task_rows(name: str, split: str, lengths: dict, max_examples: int | None = None,
+              use_cached: bool = False) -> list[dict]:
     """The first max_examples (default: all) examples of a task split, with input token ids."""
-    return list(itertools.islice(task_examples(name, split, lengths), max_examples))
+    return list(itertools.islice(task_examples(name, split, lengths, use_cached), max_examples))
 
 
 def tasks_with_metrics(name: str, split: str) -> list[seqio.Task]:
@@ -60,10 +62,10 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def evaluate_task(predictor, task: seqio.Task, split: str, lengths: dict,
-                  max_examples: int | None = None) -> tuple[dict, list[dict]]:
+def evaluate_task(predictor, task: seqio.Task, split: str, lengths: dict, max_examples: int | None = None,
+                  use_cached: bool = False) -> tuple[dict, list[dict]]:
     """(metrics, one record per example: inputs, targets, prediction) of one task's split."""
-    rows = task_rows(task.name, split, lengths, max_examples)
+    rows = task_rows(task.name, split, lengths, max_examples, use_cached)
     input_ids = [r["input_ids"] if predictor.owns(i) else None for i, r in enumerate(rows)]
     vocabulary = task.output_features["targets"].vocabulary
     predictions = [vocabulary.decode(p) for p in predictor.predict_ids(input_ids)]
@@ -79,12 +81,13 @@ def evaluate_task(predictor, task: seqio.Task, split: str, lengths: dict,
     return metrics, records
 
 
-def evaluate(predictor, name: str, split: str, lengths: dict, max_examples: int | None = None) -> dict:
+def evaluate(predictor, name: str, split: str, lengths: dict, max_examples: int | None = None,
+             use_cached: bool = False) -> dict:
     """{task: metrics} for every task of `name` with metrics and the split."""
     tasks = tasks_with_metrics(name, split)
     if not tasks:
         raise EvaluationError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
-    return {task.name: evaluate_task(predictor, task, split, lengths, max_examples)[0] for task in tasks}
+    return {task.name: evaluate_task(predictor, task, split, lengths, max_examples, use_cached)[0] for task in tasks}
 
 
 def _free_name(folder: str, task: str, step: int) -> str:
@@ -110,7 +113,7 @@ def write_inference_eval(out_dir: str, task: str, step: int, metrics: dict, reco
 
 
 def run(predictor, name: str, split: str, lengths: dict, step: int, out_dir: str, writer,
-        max_examples: int | None = None) -> dict:
+        max_examples: int | None = None, use_cached: bool = False) -> dict:
     """Evaluates every task of `name` with metrics at `step`: inference_eval files, metrics.jsonl
     rows (split "inference_eval") and TensorBoard scalars inference_eval/<task>/<metric>, a console
     line per task. Every process decodes its share; process 0 writes. Returns {task: metrics}."""
@@ -119,7 +122,7 @@ def run(predictor, name: str, split: str, lengths: dict, step: int, out_dir: str
         raise EvaluationError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
     results = {}
     for task in tasks:
-        metrics, records = evaluate_task(predictor, task, split, lengths, max_examples)
+        metrics, records = evaluate_task(predictor, task, split, lengths, max_examples, use_cached)
         if jax.process_index() == 0:
             write_inference_eval(out_dir, task.name, step, metrics, records)
         writer.write(step, {f"{task.name}/{k}": v for k, v in metrics.items()}, split=INFERENCE_EVAL_FOLDER)

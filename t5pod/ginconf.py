@@ -24,7 +24,7 @@ _search_paths: list[str] = []
 
 # Macros that commands read themselves (macro()) rather than through a configurable's binding.
 DATA_COMMAND_MACROS = ("TASK_FEATURE_LENGTHS", "USE_CACHED_TASKS")
-EVAL_COMMAND_MACROS = ("MIXTURE_OR_TASK_NAME", "EVAL_SPLIT", "EVAL_OUTPUT_DIR")
+EVAL_COMMAND_MACROS = ("MIXTURE_OR_TASK_NAME", "EVAL_SPLIT", "EVAL_OUTPUT_DIR", "USE_CACHED_TASKS")
 
 # Macros of earlier releases: naming one is an error that says what replaced it.
 RETIRED_MACROS = {

@@ -351,7 +351,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                         predictor.params = state.params
                         evaluation.run(predictor, config.mixture_or_task_name, config.eval_split,
                                        config.task_feature_lengths, step, config.model_dir, writer,
-                                       config.inference_eval_examples)
+                                       config.inference_eval_examples, config.use_cached)
                 stopping = distributed.agree(preemption.requested)
                 if step % config.checkpoint_period == 0 or step == config.train_steps or stopping:
                     checkpointer.save(step, state, metadata, train_iterator, jax.process_index())

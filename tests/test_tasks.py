@@ -199,3 +199,14 @@ def test_mixing_gin_files_equal_leave_one_out_and_supervised():
     _, rates = _rates("mixing/multitask_pretraining.gin")
     assert rates["c4_v220_span_corruption"] == 2 ** 19 and rates["glue_cola_v002"] == 8551
     tasks.register_all()
+
+
+def test_data_stats_report_packing_and_speed():
+    tasks.register_all()
+    from t5pod.data import inspection
+
+    stats = inspection.statistics("demo_span_corruption", {"inputs": 64, "targets": 16}, "train", 40,
+                                  model_features=True)
+    assert stats["examples"] == 40 and 0.5 < stats["packing_efficiency"] <= 1
+    # Non-padding tokens per packed row = packing efficiency x the row's 64 + 16 token slots.
+    assert stats["tokens_per_s"] / stats["examples_per_s"] == pytest.approx(stats["packing_efficiency"] * 80, rel=0.01)

@@ -1,5 +1,6 @@
 """What a task or mixture produces: examples as JSON and statistics (`python -m t5pod data`)."""
 
+import time
 from typing import Iterator, Mapping
 
 import numpy as np
@@ -54,13 +55,22 @@ def _count_spans(ids: list[int], first_sentinel: int) -> int:
 
 def statistics(name: str, lengths: Mapping[str, int], split: str = "train", num_examples: int = 1000,
                model_features: bool = False, seed: int = 0, use_cached: bool = False) -> dict:
-    """Lengths, padding, packing efficiency and (for denoising tasks) noise statistics."""
+    """Lengths, padding, packing efficiency (model features: the non-padding fraction of the token
+    slots), examples and non-padding tokens per second, and (denoising tasks) noise statistics.
+    With model features an example is a packed row."""
     vocabulary = _vocabulary(name)
     first_sentinel = vocabulary.vocab_size - 1
-    rows = list(_dataset(name, lengths, split, model_features, seed, use_cached).take(num_examples).as_numpy_iterator())
+    dataset = _dataset(name, lengths, split, model_features, seed, use_cached).take(num_examples)
+    start = time.perf_counter()  # reading and preprocessing, the pipeline built above
+    rows = list(dataset.as_numpy_iterator())
+    seconds = time.perf_counter() - start
     if not rows:
         raise ValueError(f"{name}/{split} produced no examples.")
     stats: dict = {"task": name, "split": split, "examples": len(rows), "feature_lengths": dict(lengths)}
+    token_keys = ("encoder_input_tokens", "decoder_target_tokens") if model_features else ("inputs", "targets")
+    tokens = sum(int(np.count_nonzero(r[k])) for r in rows for k in token_keys if k in r)
+    stats["examples_per_s"] = round(len(rows) / seconds, 1)
+    stats["tokens_per_s"] = round(tokens / seconds, 1)  # non-padding tokens
     if model_features:
         for key in ("encoder_input_tokens", "decoder_target_tokens"):
             filled = np.mean([np.count_nonzero(r[key]) / r[key].size for r in rows])
