@@ -58,8 +58,21 @@ def _manager(directory: str, max_to_keep: int | None = None, read_only: bool = F
     return ocp.CheckpointManager(absolute(directory), options=options)
 
 
+def named_step(path: str) -> int | None:
+    """N when path is one checkpoint's folder (MODEL_DIR/checkpoints/N, or N of a converted
+    checkpoint), as T5X users name a checkpoint; None for a folder of checkpoints."""
+    name = os.path.basename(os.path.normpath(path))
+    exists = tf.io.gfile.exists if _is_remote(path) else os.path.exists
+    if name.isdigit() and exists(os.path.join(path, "_CHECKPOINT_METADATA")):
+        return int(name)
+    return None
+
+
 def checkpoint_root(path: str) -> str:
-    """A run's MODEL_DIR keeps its checkpoints under checkpoints/; a converted one holds them directly."""
+    """A run's MODEL_DIR keeps its checkpoints under checkpoints/; a converted one holds them directly;
+    a path naming one checkpoint (…/N) belongs to its parent."""
+    if named_step(path) is not None:
+        return os.path.dirname(os.path.normpath(path))
     nested = os.path.join(path, CHECKPOINTS_FOLDER)
     return nested if _isdir(nested) else path
 
@@ -84,6 +97,9 @@ def save_params(directory: str, params: Any, config: T5Config, step: int = 0, ex
 
 
 def latest_step(directory: str) -> int | None:
+    """The newest checkpoint's step (the named one when directory names a checkpoint)."""
+    if named_step(directory) is not None:
+        return named_step(directory)
     directory = checkpoint_root(directory)
     if not _isdir(directory):
         return None
@@ -92,6 +108,8 @@ def latest_step(directory: str) -> int | None:
 
 
 def all_steps(directory: str) -> list[int]:
+    if named_step(directory) is not None:
+        return [named_step(directory)]
     directory = checkpoint_root(directory)
     if not _isdir(directory):
         return []
@@ -100,7 +118,8 @@ def all_steps(directory: str) -> list[int]:
 
 
 def read_metadata(directory: str, step: int | None = None) -> tuple[int, dict]:
-    """(step, metadata) of the given or newest complete checkpoint in directory."""
+    """(step, metadata) of the given, named (…/N) or newest complete checkpoint in directory."""
+    step = named_step(directory) if step is None else step
     directory = checkpoint_root(directory)
     step = _resolve_step(directory, step)
     with _manager(directory, read_only=True) as manager:
@@ -126,7 +145,7 @@ def restore_params(directory: str, config: T5Config, abstract_params: Any, step:
 
     abstract_params: a pytree of jax.ShapeDtypeStruct (with .sharding for a sharded restore).
     """
-    step, metadata = read_metadata(directory, step)
+    step, metadata = read_metadata(directory, step)  # a path naming one checkpoint gives its step
     check_architecture(metadata, config, directory)
     with _manager(checkpoint_root(directory), read_only=True) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))

@@ -19,6 +19,9 @@ from t5pod import configs  # noqa: E402
 
 def _add_gin_flags(parser: argparse.ArgumentParser):
     parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    parser.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING",
+                        help="a gin binding or macro, T5X style (repeatable): --gin_bindings='TRAIN_STEPS = 100'; "
+                             "the same as --gin.TRAIN_STEPS=100")
     parser.add_argument("--gin_search_paths", default="", help="comma-separated folders for gin includes")
     parser.add_argument("--seqio_additional_cache_dirs", default="", metavar="DIR[,DIR]",
                         help="folders with seqio task caches (`t5pod cache-tasks`), read when USE_CACHED_TASKS=True")
@@ -373,13 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can fix from the message alone: printed as one line, no traceback."""
     from t5pod.checkpoints import CheckpointError
-    from t5pod.data.caching import CacheError
     from t5pod.hf_import import ConversionError
     from t5pod.inference import InferenceError
     from t5pod.run_lock import RunLockError
     from t5pod.trainer import TrainingError
 
-    return (ConversionError, CheckpointError, CacheError, TrainingError, InferenceError, RunLockError, FileNotFoundError,
+    return (ConversionError, CheckpointError, TrainingError, InferenceError, RunLockError, FileNotFoundError,
             ValueError)
 
 
@@ -394,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     args.beam_args = unknown  # cache-tasks hands Beam's own flags to Beam
     if bindings and not hasattr(args, "gin_file"):
         parser.error(f"{args.command} takes no gin flags")
-    args.gin_bindings = bindings
+    args.gin_bindings = [*(getattr(args, "gin_bindings", None) or []), *bindings]
     try:
         return args.run(args)
     except _user_errors() as error:

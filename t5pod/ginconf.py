@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 import gin
+import seqio
 
 import tasks
 from t5pod.configs import InferConfig, T5Config, TrainConfig
@@ -32,6 +33,30 @@ RETIRED_MACROS = {
                     "(e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\")",
     "TARGET_LENGTH": "inference reads its lengths from TASK_FEATURE_LENGTHS, as training does "
                      "(e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\")",
+}
+# T5X bindings with a t5pod equivalent: a binding of the left name sets the macro on the right.
+T5X_BINDINGS = {
+    "utils.SaveCheckpointConfig.period": "CHECKPOINT_PERIOD",
+    "utils.SaveCheckpointConfig.keep": "KEEP_CHECKPOINTS",
+    "trainer.Trainer.num_microbatches": "NUM_MICROBATCHES",
+    "utils.create_learning_rate_scheduler.base_learning_rate": "LEARNING_RATE",
+    "utils.create_learning_rate_scheduler.warmup_steps": "WARMUP_STEPS",
+    "train.eval_period": "EVAL_PERIOD",
+    "train.total_steps": "TRAIN_STEPS",
+    "train.random_seed": "RANDOM_SEED",
+}
+# T5X bindings that mean something else here: naming one is an error that says what to set.
+T5X_REFUSED = {
+    "partitioning.PjitPartitioner.num_partitions":
+        "t5pod's mesh is MESH_SHAPE = (data, model); T5X's num_partitions is the model axis, e.g. "
+        "--gin.MESH_SHAPE=\"(-1, 8)\" for num_partitions = 8",
+    "partitioning.PjitPartitioner.model_parallel_submesh": "set MESH_SHAPE = (data, model) instead",
+    "utils.create_learning_rate_scheduler.factors":
+        "set LEARNING_RATE_SCHEDULE ('rsqrt': T5X's 'constant * rsqrt_decay'; 'constant') and WARMUP_STEPS",
+    "TRAIN_STEPS_RELATIVE": "TRAIN_STEPS counts the steps of this run (fine-tuning counts its own steps "
+                            "from 0, unlike T5X's total that includes pre-training); set --gin.TRAIN_STEPS",
+    "LOSS_NORMALIZING_FACTOR": "t5pod reports and optimizes the per-token mean loss; there is no factor to set",
+    "INFER_OUTPUT_DIR": "infer writes the file named by --output_file=OUT",
 }
 # Hints for macros that commands without a training config do not know.
 UNKNOWN_MACRO_HINTS = {"BATCH_SIZE": "the decode batch of infer and eval is INFER_BATCH_SIZE"}
@@ -69,6 +94,11 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_pa
         raise ValueError(f"The gin macro {name} was retired: {RETIRED_MACROS[name]}. Remove it from the gin files.")
     for binding in bindings:
         name = binding.split("=", 1)[0].strip()
+        if name in T5X_REFUSED:
+            raise ValueError(f"{name} is a T5X setting without a t5pod twin: {T5X_REFUSED[name]}.")
+        if name in T5X_BINDINGS:  # T5X muscle memory: the same setting under t5pod's macro
+            binding = f"{T5X_BINDINGS[name]} = {binding.split('=', 1)[1].strip()}"
+            name = T5X_BINDINGS[name]
         if name in RETIRED_MACROS:
             raise ValueError(f"--gin.{name} was retired: {RETIRED_MACROS[name]}.")
         # A bare name is a macro: it must be one the gin files define, or a typo like
@@ -99,8 +129,6 @@ def _defined_macros() -> set[str]:
 def register_tasks(cache_dirs=(), **settings):
     """Registers the seqio tasks and mixtures with the settings gin binds (gin/tasks.gin); seqio
     looks for task caches (USE_CACHED_TASKS=True) in cache_dirs."""
-    import seqio
-
     seqio.set_global_cache_dirs(list(cache_dirs or ()))
     tasks.register_all(**settings)
 

@@ -12,6 +12,8 @@ import hashlib
 import json
 from typing import Iterator, Sequence
 
+import apache_beam as beam
+
 from t5pod.data import c4_cleaning
 
 
@@ -38,8 +40,6 @@ class _Cleaner:
         self.cleaner = None
 
     def _counted(self, step, *args):
-        import apache_beam as beam
-
         if self.cleaner is None:
             self.cleaner = c4_cleaning.C4Cleaner(self.rules)
         before = dict(self.cleaner.counts)
@@ -88,8 +88,6 @@ class _Cleaner:
 
 def build(root, input_pattern: str, output_prefix: str, rules: c4_cleaning.CleaningRules, is_json: bool):
     """Adds the cleaning to a Beam pipeline: reads input_pattern, writes output_prefix-*.jsonl."""
-    import apache_beam as beam
-
     cleaner = _Cleaner(rules)
     pages = (root | "read" >> beam.io.ReadFromText(input_pattern)
              | "parse" >> beam.FlatMap(parse, is_json)
@@ -112,8 +110,6 @@ def build(root, input_pattern: str, output_prefix: str, rules: c4_cleaning.Clean
 def run(input_pattern: str, output_prefix: str, rules: c4_cleaning.CleaningRules, beam_args: Sequence[str] = (),
         is_json: bool = True) -> dict:
     """Runs the pipeline (DirectRunner unless beam_args name a runner); returns the rules' counts."""
-    import apache_beam as beam
-
     root = beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(list(beam_args)))
     build(root, input_pattern, output_prefix, rules, is_json)
     result = root.run()

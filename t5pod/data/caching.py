@@ -10,8 +10,12 @@ OUTPUT_CACHE_DIR/<task dir>/{<split>.tfrecord-*, info.<split>.json, stats.<split
 import os
 from typing import Callable, Sequence
 
+import apache_beam as beam
 import seqio
 import tensorflow as tf
+from seqio import beam_utils
+
+from t5pod.data import pipeline
 
 
 class CacheError(ValueError):
@@ -20,8 +24,6 @@ class CacheError(ValueError):
 
 def tasks_to_cache(names: Sequence[str]) -> list[seqio.Task]:
     """The tasks named (a mixture stands for its tasks), each checked to be cacheable."""
-    from t5pod.data import pipeline
-
     found = []
     for name in names:
         for task in seqio.get_subtasks(pipeline.get_task_or_mixture(name)):
@@ -41,9 +43,6 @@ def cache_tasks(names: Sequence[str], output_cache_dir: str, beam_args: Sequence
     --temp_location=gs://...); without --runner, Beam's DirectRunner runs here. setup_fn runs on
     each worker before it reads a task: it registers the tasks with this run's settings.
     """
-    import apache_beam as beam
-    from seqio import beam_utils
-
     tasks = tasks_to_cache(names)
     folders = [os.path.join(output_cache_dir, seqio.get_task_dir_from_name(task.name)) for task in tasks]
     for folder in folders:
