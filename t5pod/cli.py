@@ -27,6 +27,19 @@ def _add_gin_flags(parser: argparse.ArgumentParser):
                         help="folders with seqio task caches (`t5pod cache-tasks`), read when USE_CACHED_TASKS=True")
 
 
+def _macro_help(*gin_files: str, example: str) -> str:
+    """The run macros of gin files (gin/…) with their defaults and comments, for --help."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "gin"
+    lines = [f"run macros (defaults from {folder}; set with --gin.NAME=VALUE or --gin_bindings='NAME = VALUE'):"]
+    for name in gin_files:
+        for line in (folder / name).read_text().splitlines():
+            if line and line[0].isupper() and "=" in line and "." not in line.split("=")[0]:
+                lines.append("  " + line)
+    return "\n".join(lines + ["", "example:", "  " + example])
+
+
 def _add_multihost_flags(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("multi-host (jax.distributed)")
     group.add_argument("--multihost", action="store_true",
@@ -59,6 +72,36 @@ def _convert_hf(args) -> int:
           f"heads={config.num_heads} feed_forward_proj={config.feed_forward_proj} "
           f"tie_word_embeddings={config.tie_word_embeddings}")
     print(f"  use it with: --gin_file={args.out_dir}/model.gin --gin.CHECKPOINT_PATH=\"'{args.out_dir}'\"")
+    return 0
+
+
+def _export_hf(args) -> int:
+    from t5pod import checkpoints, hf_export
+
+    # The model's gin: a converted checkpoint's model.gin, or a training run's operative config.gin.
+    folder = os.path.normpath(args.checkpoint_dir)
+    if checkpoints.named_step(folder) is not None:
+        folder = os.path.dirname(folder)
+    if os.path.basename(folder) == checkpoints.CHECKPOINTS_FOLDER:
+        folder = os.path.dirname(folder)
+    found = [p for p in (os.path.join(folder, "model.gin"), os.path.join(folder, "config.gin")) if os.path.isfile(p)]
+    if not args.gin_file and not found:
+        raise FileNotFoundError(f"No model.gin or config.gin next to {args.checkpoint_dir}; pass the model's gin file "
+                                "with --gin_file=...")
+    args.gin_file = args.gin_file or found[:1]
+    ginconf = _parse_gin(args, base_files=())
+    config = ginconf.model_config()
+    try:
+        vocabulary = ginconf.macro("VOCABULARY_PATH")
+    except ValueError:
+        vocabulary = None
+    if vocabulary == "demo":
+        from t5pod.data import demo_corpus
+
+        vocabulary = demo_corpus.vocabulary_path()
+    step = hf_export.export(args.checkpoint_dir, args.out_dir, config, vocabulary)
+    print(f"Exported step {step} of {args.checkpoint_dir} -> {args.out_dir}")
+    print(f"  load it with: transformers.T5ForConditionalGeneration.from_pretrained({args.out_dir!r})")
     return 0
 
 
@@ -311,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the Orbax checkpoint and model.gin")
     convert.set_defaults(run=_convert_hf)
 
+    export = commands.add_parser(
+        "export-hf", help="Write a Hugging Face T5 folder (config.json, model.safetensors, spiece.model) from a checkpoint.")
+    _add_gin_flags(export)
+    export.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR",
+                        help="a run's MODEL_DIR, a converted checkpoint, or one checkpoint (…/checkpoints/N)")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the Hugging Face files")
+    export.set_defaults(run=_export_hf)
+
     data = commands.add_parser("data", help="Show what a task or mixture produces, or its statistics.")
     _add_gin_flags(data)
     data.add_argument("--task", help="task or mixture name")
@@ -331,7 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--output_cache_dir", required=True, help="folder for the caches (gs:// works)")
     cache.set_defaults(run=_cache_tasks)
 
-    train = commands.add_parser("train", help="Train (pretrain or fine-tune) with gin-configured settings.")
+    train = commands.add_parser(
+        "train", help="Train (pretrain or fine-tune) with gin-configured settings.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_macro_help(
+            "runs/pretrain.gin", "tasks.gin", example="python -m t5pod train --gin_file=runs/pretrain.gin "
+            "--gin_file=models/t5_1_1/base.gin --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=1000"))
     _add_gin_flags(train)
     _add_multihost_flags(train)
     train.set_defaults(run=_train)
@@ -345,7 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max_decode_length", type=int, help="decoding: tokens per row (default: the targets length)")
     plan.set_defaults(run=_plan)
 
-    infer = commands.add_parser("infer", help="Predict or score inputs from a file or a task split.")
+    infer = commands.add_parser(
+        "infer", help="Predict or score inputs from a file or a task split.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_macro_help(
+            "runs/infer.gin", example="python -m t5pod infer --gin_file=/tmp/run/config.gin "
+            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --input_file=in.jsonl --output_file=out.jsonl"))
     _add_gin_flags(infer)
     infer.add_argument("--input_file", help="JSONL with `inputs` (and `targets` for score), or text lines")
     infer.add_argument("--task", help="read the inputs from this task instead")
@@ -355,7 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_multihost_flags(infer)
     infer.set_defaults(run=_infer)
 
-    evaluate = commands.add_parser("eval", help="Evaluate a checkpoint on a task or mixture (seqio metrics).")
+    evaluate = commands.add_parser(
+        "eval", help="Evaluate a checkpoint on a task or mixture (seqio metrics).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_macro_help(
+            "runs/eval.gin", "runs/infer.gin", example="python -m t5pod eval --gin_file=/tmp/run/config.gin "
+            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --gin.MIXTURE_OR_TASK_NAME=\"'glue_sst2_v002'\""))
     _add_gin_flags(evaluate)
     evaluate.add_argument("--all_checkpoints", action="store_true",
                           help="evaluate every checkpoint in CHECKPOINT_PATH and report the best per task")

@@ -68,3 +68,15 @@ def test_a_checkpoint_path_may_name_one_step(tmp_path):
     run = tmp_path / "7"
     checkpoints.save_params(str(run / "checkpoints"), saved[3], config, 3)
     assert checkpoints.named_step(str(run)) is None and checkpoints.latest_step(str(run)) == 3
+
+
+@pytest.mark.parametrize("command, macros", [("train", ["TRAIN_STEPS = 524288", "BATCH_SIZE", "TASK_FEATURE_LENGTHS"]),
+                                             ("infer", ["INFER_BATCH_SIZE = 8", "BEAM_SIZE = 1"]),
+                                             ("eval", ["EVAL_SPLIT = 'validation'", "CHECKPOINT_PATH"])])
+def test_help_lists_the_run_macros_with_defaults_and_an_example(command, macros, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert all(m in text for m in macros), text[-1500:]
+    assert "example:" in text and f"python -m t5pod {command} " in text

@@ -1,0 +1,127 @@
+"""Export of t5pod checkpoints to Hugging Face T5 folders (config.json, model.safetensors and the
+SentencePiece model), the inverse of hf_import: transformers' T5ForConditionalGeneration loads them.
+
+Parameters are restored into host memory (the CPU device), never onto an accelerator, so a model
+trained on a slice exports from any one of its hosts.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+from safetensors.numpy import save_file
+
+from t5pod import checkpoints, inference, partitioning
+from t5pod.configs import T5Config
+from t5pod.hf_import import ConversionError
+
+
+def host_params(checkpoint_dir: str, config: T5Config, step: int | None = None) -> dict:
+    """The checkpoint's parameters as numpy arrays in host memory, unscanned (layers_0..N-1)."""
+    cpu = jax.devices("cpu")[:1]
+    layout = inference.mesh_layout(config, partitioning.make_mesh((1, 1), cpu), fsdp=False)
+    params = jax.tree_util.tree_map(np.asarray, checkpoints.restore_params(checkpoint_dir, config,
+                                                                           layout.abstract_params, step))
+    return unstack_layers(params) if config.scan_layers else params
+
+
+def unstack_layers(params: dict) -> dict:
+    """The scanned layout (one `layers` entry, layer axis 0) -> layers_0..N-1."""
+    unstacked = {}
+    for name, stack in params.items():
+        if not isinstance(stack, dict) or "layers" not in stack:
+            unstacked[name] = stack
+            continue
+        count = jax.tree_util.tree_leaves(stack["layers"])[0].shape[0]
+        unstacked[name] = {k: v for k, v in stack.items() if k != "layers"}
+        for i in range(count):
+            unstacked[name][f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stack["layers"])
+    return unstacked
+
+
+def _attention(out: dict, prefix: str, attention: dict, cfg: T5Config):
+    e, hd = cfg.d_model, cfg.num_heads * cfg.d_kv
+    # ours: [embed, heads, kv] and [heads, kv, embed]; torch Linear: [out, in].
+    for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v")):
+        out[f"{prefix}.{theirs}.weight"] = attention[ours].reshape(e, hd).T
+    out[f"{prefix}.o.weight"] = attention["out"].reshape(hd, e).T
+
+
+def _mlp(out: dict, prefix: str, mlp: dict, cfg: T5Config):
+    for name in (("wi_0", "wi_1") if cfg.is_gated else ("wi",)) + ("wo",):
+        out[f"{prefix}.{name}.weight"] = mlp[name].T
+
+
+def hf_tensors(params: dict, cfg: T5Config) -> dict[str, np.ndarray]:
+    """t5pod's unscanned parameters under the reference's tensor names and layouts."""
+    if cfg.architecture != "encoder_decoder" or cfg.adapter_dim:
+        raise ConversionError("export-hf writes encoder-decoder T5 models without adapters; this checkpoint is "
+                              f"{cfg.architecture!r} (adapter_dim {cfg.adapter_dim}).")
+    out = {"shared.weight": params["token_embedder"]["embedding"]}
+    encoder, decoder = params["encoder"], params["decoder"]
+    out["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = encoder["relpos_bias"]["rel_embedding"].T
+    for i in range(cfg.num_layers):
+        layer, p = encoder[f"layers_{i}"], f"encoder.block.{i}.layer"
+        out[f"{p}.0.layer_norm.weight"] = layer["pre_attention_layer_norm"]["scale"]
+        _attention(out, f"{p}.0.SelfAttention", layer["attention"], cfg)
+        out[f"{p}.1.layer_norm.weight"] = layer["pre_mlp_layer_norm"]["scale"]
+        _mlp(out, f"{p}.1.DenseReluDense", layer["mlp"], cfg)
+    out["encoder.final_layer_norm.weight"] = encoder["encoder_norm"]["scale"]
+    out["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = decoder["relpos_bias"]["rel_embedding"].T
+    for i in range(cfg.decoder_layers):
+        layer, p = decoder[f"layers_{i}"], f"decoder.block.{i}.layer"
+        out[f"{p}.0.layer_norm.weight"] = layer["pre_self_attention_layer_norm"]["scale"]
+        _attention(out, f"{p}.0.SelfAttention", layer["self_attention"], cfg)
+        out[f"{p}.1.layer_norm.weight"] = layer["pre_cross_attention_layer_norm"]["scale"]
+        _attention(out, f"{p}.1.EncDecAttention", layer["encoder_decoder_attention"], cfg)
+        out[f"{p}.2.layer_norm.weight"] = layer["pre_mlp_layer_norm"]["scale"]
+        _mlp(out, f"{p}.2.DenseReluDense", layer["mlp"], cfg)
+    out["decoder.final_layer_norm.weight"] = decoder["decoder_norm"]["scale"]
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = decoder["logits_dense"].T
+    return {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in out.items()}
+
+
+def hf_config(cfg: T5Config) -> dict:
+    """config.json for transformers: T5 1.0 (tied, scaled logits) or T5 1.1 (separate lm_head)."""
+    return {
+        "architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "is_encoder_decoder": True,
+        "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "d_kv": cfg.d_kv, "d_ff": cfg.d_ff,
+        "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "num_decoder_layers": cfg.decoder_layers,
+        "feed_forward_proj": cfg.feed_forward_proj, "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
+        "relative_attention_max_distance": cfg.relative_attention_max_distance,
+        "layer_norm_epsilon": cfg.layer_norm_epsilon, "dropout_rate": cfg.dropout_rate,
+        "tie_word_embeddings": cfg.tie_word_embeddings, "decoder_start_token_id": 0, "pad_token_id": 0,
+        "eos_token_id": 1,
+    }
+
+
+def export(checkpoint_dir: str, out_dir: str, config: T5Config, vocabulary_path: str | None = None,
+           step: int | None = None) -> int:
+    """Writes OUT_DIR (config.json, model.safetensors, spiece.model when vocabulary_path is a file)
+    from the checkpoint (default: newest; a path …/N names one). OUT_DIR must be new or empty;
+    a failed export leaves nothing behind. Returns the step exported."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise ConversionError(f"{out_dir} already exists and is not empty; choose a new OUT_DIR.")
+    step = checkpoints.read_metadata(checkpoint_dir, step)[0]
+    tensors = hf_tensors(host_params(checkpoint_dir, config, step), config)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(staging, "config.json"), "w") as f:
+            json.dump(hf_config(config), f, indent=2)
+        if vocabulary_path and os.path.isfile(vocabulary_path):
+            shutil.copy(vocabulary_path, os.path.join(staging, "spiece.model"))
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty, checked above
+        os.rename(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return step
