@@ -8,7 +8,6 @@ trained on a slice exports from any one of its hosts.
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import numpy as np
@@ -16,7 +15,7 @@ from safetensors.numpy import save_file
 
 from t5pod import checkpoints, inference, partitioning
 from t5pod.configs import T5Config
-from t5pod.hf_import import ConversionError
+from t5pod.hf_import import ConversionError, check_new_folder, new_folder
 
 
 def host_params(checkpoint_dir: str, config: T5Config, step: int | None = None) -> dict:
@@ -104,24 +103,13 @@ def export(checkpoint_dir: str, out_dir: str, config: T5Config, vocabulary_path:
     """Writes OUT_DIR (config.json, model.safetensors, spiece.model when vocabulary_path is a file)
     from the checkpoint (default: newest; a path …/N names one). OUT_DIR must be new or empty;
     a failed export leaves nothing behind. Returns the step exported."""
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise ConversionError(f"{out_dir} already exists and is not empty; choose a new OUT_DIR.")
+    check_new_folder(out_dir)  # before the checkpoint is read
     step = checkpoints.read_metadata(checkpoint_dir, step)[0]
     tensors = hf_tensors(host_params(checkpoint_dir, config, step), config)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
+    with new_folder(out_dir) as staging:
         save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(staging, "config.json"), "w") as f:
             json.dump(hf_config(config), f, indent=2)
         if vocabulary_path and os.path.isfile(vocabulary_path):
             shutil.copy(vocabulary_path, os.path.join(staging, "spiece.model"))
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty, checked above
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return step

@@ -3,11 +3,13 @@
 Reads safetensors only: a pickled pytorch_model.bin can run arbitrary code when loaded.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import tempfile
+from typing import Iterator
 
 import numpy as np
 
@@ -204,6 +206,31 @@ def model_gin(config: T5Config, out_dir: str, vocabulary_path: str | None, sourc
     return "\n".join(lines) + "\n"
 
 
+def check_new_folder(out_dir: str):
+    """Refuses an OUT_DIR that exists and holds anything: nothing already written is overwritten."""
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise ConversionError(f"{os.path.abspath(out_dir)} already exists and is not empty; choose a new OUT_DIR.")
+
+
+@contextlib.contextmanager
+def new_folder(out_dir: str) -> Iterator[str]:
+    """Yields a temporary sibling folder to write into; it becomes out_dir (which must be new or
+    empty) when the block succeeds and is removed when it fails, so a failure leaves nothing behind."""
+    out_dir = os.path.abspath(out_dir)
+    check_new_folder(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=parent)
+    try:
+        yield staging
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)  # empty, checked above
+        os.rename(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def convert(src_dir: str, out_dir: str) -> T5Config:
     """SRC_DIR (Hugging Face T5 folder) -> OUT_DIR with an Orbax checkpoint, model.gin, spiece.model.
 
@@ -211,15 +238,10 @@ def convert(src_dir: str, out_dir: str) -> T5Config:
     and moved into place at the end, so a failed conversion leaves nothing behind.
     """
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise ConversionError(f"{out_dir} already exists and is not empty; choose a new OUT_DIR.")
+    check_new_folder(out_dir)
     config, hf_config = read_hf_config(src_dir)
     params, config = convert_tensors(read_safetensors(src_dir), config, hf_config)
-
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".convert-", dir=parent)
-    try:
+    with new_folder(out_dir) as staging:
         vocabulary = None
         if os.path.isfile(os.path.join(src_dir, "spiece.model")):
             shutil.copy(os.path.join(src_dir, "spiece.model"), os.path.join(staging, "spiece.model"))
@@ -228,10 +250,4 @@ def convert(src_dir: str, out_dir: str) -> T5Config:
                                 extra_metadata={"source": os.path.abspath(src_dir)})
         with open(os.path.join(staging, "model.gin"), "w") as f:
             f.write(model_gin(config, out_dir, vocabulary, os.path.abspath(src_dir)))
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty, checked above
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return config
