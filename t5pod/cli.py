@@ -23,6 +23,7 @@ def _add_gin_flags(parser: argparse.ArgumentParser):
                         help="a gin binding or macro, T5X style (repeatable): --gin_bindings='TRAIN_STEPS = 100'; "
                              "the same as --gin.TRAIN_STEPS=100")
     parser.add_argument("--gin_search_paths", default="", help="comma-separated folders for gin includes")
+    parser.add_argument("--tfds_data_dir", metavar="DIR", help="TensorFlow Datasets folder (sets TFDS_DATA_DIR), as in T5X")
     parser.add_argument("--seqio_additional_cache_dirs", default="", metavar="DIR[,DIR]",
                         help="folders with seqio task caches (`t5pod cache-tasks`), read when USE_CACHED_TASKS=True")
 
@@ -59,6 +60,8 @@ def _parse_gin(args, base_files=("tasks.gin",), read_directly=()):
     cache_dirs = [d for d in args.seqio_additional_cache_dirs.split(",") if d]
     if cache_dirs:
         bindings.append(f"CACHE_DIRS = {cache_dirs!r}")
+    if args.tfds_data_dir:
+        bindings.append(f"TFDS_DATA_DIR = {args.tfds_data_dir!r}")
     ginconf.parse([*base_files, *args.gin_file], bindings, search_paths, read_directly)
     return ginconf
 

@@ -80,3 +80,9 @@ def test_help_lists_the_run_macros_with_defaults_and_an_example(command, macros,
     text = capsys.readouterr().out
     assert all(m in text for m in macros), text[-1500:]
     assert "example:" in text and f"python -m t5pod {command} " in text
+
+
+def test_tfds_data_dir_flag_sets_the_macro(capsys):
+    assert cli.main(["data", "--list", "--tfds_data_dir=/data/tfds"]) == 0
+    assert "c4_v220_span_corruption" in capsys.readouterr().out
+    assert ginconf.macro("TFDS_DATA_DIR") == "/data/tfds"
