@@ -27,15 +27,20 @@ def _open(path, mode):
         path, mode, encoding="utf-8")
 
 
+def is_json(path: str) -> bool:
+    """*.jsonl / *.json (optionally .gz): one JSON object per line; anything else plain text."""
+    name = path[:-3] if path.endswith(".gz") else path
+    return name.endswith((".jsonl", ".json"))
+
+
 def read_documents(paths):
     for path in paths:
-        name = path[:-3] if path.endswith(".gz") else path
-        is_json = name.endswith((".jsonl", ".json"))
+        json_lines = is_json(path)
         with _open(path, "r") as f:
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                if not is_json:
+                if not json_lines:
                     yield line.rstrip("\n")
                     continue
                 try:
@@ -56,9 +61,7 @@ def _rules(parser, args) -> c4_cleaning.CleaningRules:
 def _run_beam(parser, args, beam_args) -> int:
     from t5pod.data import c4_beam
 
-    name = args.input[:-3] if args.input.endswith(".gz") else args.input
-    counts = c4_beam.run(args.input, args.output, _rules(parser, args), beam_args,
-                         is_json=name.endswith((".jsonl", ".json")))
+    counts = c4_beam.run(args.input, args.output, _rules(parser, args), beam_args, is_json=is_json(args.input))
     print(json.dumps(counts, sort_keys=True), flush=True)
     return 0
 

@@ -98,8 +98,9 @@ def save_params(directory: str, params: Any, config: T5Config, step: int = 0, ex
 
 def latest_step(directory: str) -> int | None:
     """The newest checkpoint's step (the named one when directory names a checkpoint)."""
-    if named_step(directory) is not None:
-        return named_step(directory)
+    step = named_step(directory)
+    if step is not None:
+        return step
     directory = checkpoint_root(directory)
     if not _isdir(directory):
         return None
@@ -108,8 +109,9 @@ def latest_step(directory: str) -> int | None:
 
 
 def all_steps(directory: str) -> list[int]:
-    if named_step(directory) is not None:
-        return [named_step(directory)]
+    step = named_step(directory)
+    if step is not None:
+        return [step]
     directory = checkpoint_root(directory)
     if not _isdir(directory):
         return []

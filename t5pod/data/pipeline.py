@@ -60,11 +60,11 @@ def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str =
     Without shard arguments the shard is this JAX process's. num_epochs=None repeats forever.
     converter: the model's feature converter (t5pod.models.feature_converter); default encoder-decoder.
     """
-    get_task_or_mixture(name)
+    provider = get_task_or_mixture(name)
     if num_shards is None:
         shard_index, num_shards = jax.process_index(), jax.process_count()
     if not use_cached:
-        _say_when_every_process_reads_everything(name, split, num_shards)
+        _say_when_every_process_reads_everything(provider, split, num_shards)
     return seqio.get_dataset(
         name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split, shuffle=shuffle,
         num_epochs=num_epochs, shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
@@ -75,13 +75,13 @@ def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str =
 _said_once: set = set()
 
 
-def _say_when_every_process_reads_everything(name: str, split: str, num_shards: int):
+def _say_when_every_process_reads_everything(provider, split: str, num_shards: int):
     """seqio gives each process its own files when a source has at least as many files as there
     are processes; otherwise every process reads every file and keeps 1/num_shards of the examples.
     Said once per task and split, since it costs each host the whole corpus's reading."""
     if num_shards < 2:
         return
-    for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
+    for task in seqio.get_subtasks(provider):
         source = task.source
         if source.supports_arbitrary_sharding or (task.name, split) in _said_once:
             continue
