@@ -49,18 +49,26 @@ def _rows(task: str, split: str, glue_dir, superglue_dir, tfds_data_dir):
 
 
 def _tfds_rows(tfds_name: str, split: str, data_dir, reader):
+    local = {"glue": "set GLUE_DIR to the GLUE TSV files",
+             "super_glue": "set SUPERGLUE_DIR to the SuperGLUE JSONL files"}.get(reader)
+    import tensorflow_datasets as tfds  # here: it takes seconds to import and only TFDS reads need it
+
+    return tfds.as_numpy(tfds_dataset(tfds_name, split, data_dir, local))
+
+
+def tfds_dataset(tfds_name: str, split: str, data_dir, local_hint: str | None = None, shuffle_files: bool = False,
+                 seed: int | None = None) -> tf.data.Dataset:
+    """A TFDS split, or one error saying how to provide it (local_hint: the way to use local files)."""
     import tensorflow_datasets as tfds  # here: it takes seconds to import and only TFDS reads need it
 
     try:
-        dataset = tfds.builder(tfds_name, data_dir=data_dir).as_dataset(split=split, shuffle_files=False)
+        return tfds.builder(tfds_name, data_dir=data_dir).as_dataset(
+            split=split, shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=seed))
     except Exception as error:  # TFDS raises several kinds when data is missing
-        local = {"glue": " or set GLUE_DIR to the GLUE TSV files", "super_glue": " or set SUPERGLUE_DIR to the "
-                 "SuperGLUE JSONL files"}.get(reader, "")
         raise FileNotFoundError(
             f"TFDS dataset {tfds_name} ({split}) is not available in {data_dir or 'the default TFDS data dir'} "
             f"({type(error).__name__}). Prepare it where there is internet (`tfds build {tfds_name.split(':')[0]}`) "
-            f"and set TFDS_DATA_DIR{local}.") from None
-    return tfds.as_numpy(dataset)
+            f"and set TFDS_DATA_DIR{', or ' + local_hint if local_hint else ''}.") from None
 
 
 def _examples_dataset(examples: list[dict]) -> tf.data.Dataset:

@@ -56,12 +56,15 @@ def fixtures(tmp_path_factory, pretrained_demo_run):
     books = root / "books"
     books.mkdir()
     (books / "a.txt").write_text(open(demo_corpus.corpus_path(), encoding="utf-8").read()[:200_000])
+    (root / "wmt").mkdir()
+    (root / "wmt" / "newstest2013.en").write_text("A dog runs.\nTwo cats sleep.\n")
+    (root / "wmt" / "newstest2013.de").write_text("Ein Hund rennt.\nZwei Katzen schlafen.\n")
     (root / "inputs.jsonl").write_text("".join(json.dumps({"inputs": t, "targets": "yes"}) + "\n"
                                                for t in ["The default value is None.", "Return a list."]))
     return {
         "convert-hf path/to/t5-small path/to/t5-small-t5pod": f"convert-hf {root / 't5-small'} {root / 'again'}",
         "path/to/t5-small-t5pod": str(root / "converted"), "path/to/t5-small": str(root / "t5-small"),
-        "/data/books/*.txt": str(books / "*.txt"), "/data/vocab/spiece.model": str(root / "vocab" / "spiece.model"),
+        "/data/books/*.txt": str(books / "*.txt"), "/data/wmt": str(root / "wmt"), "/data/vocab/spiece.model": str(root / "vocab" / "spiece.model"),
         # The full GLUE files when ../shared has them, else the rows committed for tests.
         "/data/glue": str(REPO.parent / "shared" / "data" / "glue" if (REPO.parent / "shared" / "data" / "glue").is_dir()
                           else BENCHMARK_ROWS / "glue"), "/tmp/run": str(root / "run"),

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.stats
+import sklearn.metrics
 
 INVALID = -1
 
@@ -20,7 +21,7 @@ INVALID = -1
 # ----------------------------------------------------------------------------- helpers
 
 
-def _text(x: Any) -> str:
+def as_text(x: Any) -> str:
     """Decode bytes (seqio sometimes passes them) to str; anything else goes through str()."""
     if isinstance(x, (bytes, np.bytes_)):
         return bytes(x).decode("utf-8")
@@ -42,18 +43,9 @@ def _hashable(x: Any) -> Any:
     return x
 
 
-def _f1(tp: float, fp: float, fn: float) -> float:
-    """F1 = 2TP / (2TP + FP + FN); 0 when there is nothing to score."""
-    denom = 2 * tp + fp + fn
-    return 2 * tp / denom if denom else 0.0
-
-
 def _binary_f1(targets: np.ndarray, predictions: np.ndarray) -> float:
     """F1 of the positive class 1 (invalid predictions are simply never 1)."""
-    tp = np.sum((predictions == 1) & (targets == 1))
-    fp = np.sum((predictions == 1) & (targets != 1))
-    fn = np.sum((predictions != 1) & (targets == 1))
-    return _f1(tp, fp, fn)
+    return float(sklearn.metrics.f1_score(targets, predictions, labels=[1], average="macro", zero_division=0.0))
 
 
 def _wrong_if_invalid(targets: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -65,36 +57,25 @@ def _wrong_if_invalid(targets: np.ndarray, predictions: np.ndarray) -> np.ndarra
 
 
 # ----------------------------------------------------------------------------- classification
+# The reference T5 scores classes with scikit-learn and correlations with scipy; so does t5pod.
 
 
 def accuracy(targets: Sequence, predictions: Sequence) -> dict[str, float]:
     """Percentage of exact matches."""
-    t, p = np.asarray(targets), np.asarray(predictions)
-    return {"accuracy": 100 * float(np.mean(t == p))}
+    return {"accuracy": 100 * float(sklearn.metrics.accuracy_score(np.asarray(targets), np.asarray(predictions)))}
 
 
 def f1_and_accuracy(targets: Sequence, predictions: Sequence) -> dict[str, float]:
     """MRPC/QQP: binary F1 of class 1 and accuracy; -1 predictions count as the wrong class."""
     t = np.asarray(targets, dtype=np.int64)
     p = _wrong_if_invalid(t, np.asarray(predictions, dtype=np.int64))
-    return {"f1": 100 * _binary_f1(t, p), "accuracy": 100 * float(np.mean(t == p))}
+    return {"f1": 100 * _binary_f1(t, p), "accuracy": 100 * float(sklearn.metrics.accuracy_score(t, p))}
 
 
 def matthews_corrcoef(targets: Sequence, predictions: Sequence) -> dict[str, float]:
     """CoLA: Matthews correlation (multiclass form, so -1 is its own wrong class); 0 if degenerate."""
     t, p = np.asarray(targets), np.asarray(predictions)
-    labels = np.unique(np.concatenate([t, p]))
-    ti, pi = np.searchsorted(labels, t), np.searchsorted(labels, p)
-    c = np.zeros((len(labels), len(labels)), dtype=np.float64)
-    np.add.at(c, (ti, pi), 1)
-    t_sum, p_sum = c.sum(axis=1), c.sum(axis=0)
-    n, correct = c.sum(), np.trace(c)
-    cov_tp = correct * n - t_sum @ p_sum
-    cov_pp = n * n - p_sum @ p_sum
-    cov_tt = n * n - t_sum @ t_sum
-    if cov_pp * cov_tt == 0:
-        return {"matthews_corrcoef": 0.0}
-    return {"matthews_corrcoef": 100 * float(cov_tp / np.sqrt(cov_tt * cov_pp))}
+    return {"matthews_corrcoef": 100 * float(sklearn.metrics.matthews_corrcoef(t, p))}
 
 
 def pearson_and_spearman(targets: Sequence, predictions: Sequence) -> dict[str, float]:
@@ -110,12 +91,9 @@ def mean_multiclass_f1(num_classes: int) -> Callable[[Sequence, Sequence], dict[
     """Metric fn: macro F1 over classes 0..num_classes-1 (-1 is wrong for every class)."""
 
     def metric(targets: Sequence, predictions: Sequence) -> dict[str, float]:
-        t, p = np.asarray(targets), np.asarray(predictions)
-        f1s = [
-            _f1(np.sum((p == k) & (t == k)), np.sum((p == k) & (t != k)), np.sum((p != k) & (t == k)))
-            for k in range(num_classes)
-        ]
-        return {f"mean_{num_classes}class_f1": 100 * float(np.mean(f1s))}
+        f1 = sklearn.metrics.fbeta_score(np.asarray(targets), np.asarray(predictions), beta=1,
+                                         labels=np.arange(num_classes), average="macro", zero_division=0.0)
+        return {f"mean_{num_classes}class_f1": 100 * float(f1)}
 
     metric.__name__ = f"mean_{num_classes}class_f1"
     return metric
@@ -131,7 +109,7 @@ def cb_metrics(targets: Sequence, predictions: Sequence) -> dict[str, float]:
 
 def normalize_answer(s: str) -> str:
     """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
-    s = _text(s).lower()
+    s = as_text(s).lower()
     s = "".join(ch for ch in s if ch not in set(string.punctuation))
     s = re.sub(r"\b(a|an|the)\b", " ", s)
     return " ".join(s.split())
@@ -179,10 +157,10 @@ def record_em_f1(targets: Sequence[dict], predictions: Sequence[dict]) -> dict[s
     gold: dict[Any, list[str]] = {}
     for t in targets:
         answers = gold.setdefault(_hashable(t["group"]), [])
-        answers.extend(a for a in map(_text, t["answers"]) if a not in answers)
+        answers.extend(a for a in map(as_text, t["answers"]) if a not in answers)
     pred: dict[Any, str] = {}
     for p in predictions:
-        pred.setdefault(_hashable(p["group"]), _text(p["value"]))
+        pred.setdefault(_hashable(p["group"]), as_text(p["value"]))
     missing = set(gold) - set(pred)
     if missing:
         raise ValueError(f"no prediction for {len(missing)} ReCoRD groups")
@@ -198,7 +176,7 @@ def string_label_to_class_id(
 ) -> int:
     """Index of ``output`` in ``label_classes``, or -1; bind label_classes with functools.partial."""
     del example, is_target
-    output = _text(output)
+    output = as_text(output)
     return list(label_classes).index(output) if output in label_classes else INVALID
 
 
@@ -206,7 +184,7 @@ def string_to_float(output: Any, example: dict | None = None, is_target: bool = 
     """Parse a float, or ``default`` when the output is not a number."""
     del example, is_target
     try:
-        return float(_text(output))
+        return float(as_text(output))
     except ValueError:
         return default
 
@@ -221,8 +199,8 @@ def record_postprocess(output: Any, example: dict | None = None, is_target: bool
     """ReCoRD: targets carry all gold answers, predictions the decoded string."""
     group = _hashable(example["group"])
     if is_target:
-        return {"group": group, "answers": [_text(a) for a in example["answers"]]}
-    return {"group": group, "value": _text(output)}
+        return {"group": group, "answers": [as_text(a) for a in example["answers"]]}
+    return {"group": group, "value": as_text(output)}
 
 
 _DETERMINERS = ("the", "a", "an")
@@ -231,7 +209,7 @@ _PUNCT_RE = re.compile(f"[{re.escape(string.punctuation)}]")
 
 def _wsc_words(s: Any) -> set[str]:
     """Lowercase, drop possessive 's and punctuation, drop leading determiners; word set."""
-    s = _text(s).strip().lower()
+    s = as_text(s).strip().lower()
     s = re.sub(r"['\u2019]s\b", "", s)
     words = _PUNCT_RE.sub(" ", s).split()
     while words and words[0] in _DETERMINERS:
