@@ -2,6 +2,7 @@
 
 Commands that read tasks take gin flags in T5X conventions: --gin_file=F (repeatable),
 --gin_search_paths=A,B and --gin.NAME=VALUE (a binding or macro, e.g. --gin.MIXING_TEMPERATURE=2.0).
+TensorFlow's and absl's start-up lines are silenced; add --verbose to any command to see them.
 """
 
 import argparse
@@ -15,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 # Only the configs (no JAX) here: JAX and TensorFlow are imported inside the commands, so that
 # --help answers at once and `plan --num_devices` can set up fake devices before JAX starts.
 from t5pod import configs  # noqa: E402
+from t5pod.progress import Progress  # noqa: E402
 
 
 def _add_gin_flags(parser: argparse.ArgumentParser):
@@ -69,7 +71,7 @@ def _parse_gin(args, base_files=("tasks.gin",), read_directly=()):
 def _convert_hf(args) -> int:
     from t5pod import hf_import
 
-    config = hf_import.convert(args.src_dir, args.out_dir)
+    config = hf_import.convert(args.src_dir, args.out_dir, Progress(None, what="tensors", prefix="reading: ").update)
     print(f"Converted {args.src_dir} -> {args.out_dir}")
     print(f"  model: d_model={config.d_model} layers={config.num_layers}/{config.decoder_layers} "
           f"heads={config.num_heads} feed_forward_proj={config.feed_forward_proj} "
@@ -130,7 +132,10 @@ def _data(args) -> int:
     lengths, use_cached = ginconf.macro("TASK_FEATURE_LENGTHS"), ginconf.macro("USE_CACHED_TASKS")
     model_features = args.features == "model"
     if args.stats:
-        stats = inspection.statistics(args.task, lengths, args.split, args.stats, model_features, args.seed, use_cached)
+        # Progress goes to stderr: stdout is the JSON line.
+        progress = Progress(args.stats, what="examples", stream=sys.stderr)
+        stats = inspection.statistics(args.task, lengths, args.split, args.stats, model_features, args.seed, use_cached,
+                                      on_example=progress.update)
         print(json.dumps(stats))
         return 0
     for row in inspection.examples(args.task, lengths, args.split, args.num_examples, model_features, args.seed,
@@ -226,7 +231,7 @@ def _infer(args) -> int:
     is_writer = jax.process_index() == 0
     if is_writer and done:
         print(f"Continuing {output.partial}: its first {done} rows are kept.", flush=True)
-    progress = infer_io.Progress(total, done, enabled=is_writer)
+    progress = Progress(total, done, enabled=is_writer)
     for number, batch in infer_io.batches(rows, config.batch_size, skip=done):
         results = _infer_batch(predictor, batch, number, args.mode)
         if is_writer:
@@ -332,10 +337,14 @@ def _train_vocab(args) -> int:
                          f"(got {args.max_sentences}).")
     from t5pod.data import text_sources, vocabularies
 
+    progress = Progress(args.max_sentences, what="documents", prefix="reading: ")
+
     def texts():
         for path in text_sources.match_files(args.input):
             for x in text_sources.text_dataset([path], args.paragraphs).as_numpy_iterator():
+                progress.update()
                 yield x["text"].decode("utf-8")
+        progress.done("Training the SentencePiece model ...")
 
     path = vocabularies.train_vocabulary(texts(), args.output, vocab_size=args.vocab_size, model_type=args.model_type,
                                   max_sentences=args.max_sentences)
@@ -451,8 +460,35 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             ValueError)
 
 
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with file descriptor 2 caught: its C++ start-up lines (oneDNN, CUDA
+    probing on machines without a GPU, absl's "All log messages before absl::InitializeLog()")
+    come before any setting can stop them. They are shown only if the import fails."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()  # probes CUDA (a line on a machine without one)
+        except BaseException:
+            os.dup2(saved, 2)
+            caught.seek(0)
+            sys.stderr.write(caught.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --verbose (anywhere): TensorFlow's and absl's start-up lines are shown, not silenced.
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
     # --gin.NAME=VALUE flags become gin bindings; argparse sees the rest.
     bindings = [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
     parser = build_parser()
@@ -463,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
     if bindings and not hasattr(args, "gin_file"):
         parser.error(f"{args.command} takes no gin flags")
     args.gin_bindings = [*(getattr(args, "gin_bindings", None) or []), *bindings]
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    elif "tensorflow" not in sys.modules:
+        _import_tensorflow_quietly()
     try:
         return args.run(args)
     except _user_errors() as error:

@@ -17,6 +17,7 @@ import jax
 import seqio
 
 from t5pod import decoding
+from t5pod.progress import Progress
 from t5pod.data import pipeline
 
 INFERENCE_EVAL_FOLDER = "inference_eval"
@@ -68,7 +69,9 @@ def evaluate_task(predictor, task: seqio.Task, split: str, lengths: dict, max_ex
     rows = task_rows(task.name, split, lengths, max_examples, use_cached)
     input_ids = [r["input_ids"] if predictor.owns(i) else None for i, r in enumerate(rows)]
     vocabulary = task.output_features["targets"].vocabulary
-    predictions = [vocabulary.decode(p) for p in predictor.predict_ids(input_ids)]
+    progress = Progress(len(rows), what="examples", prefix=f"{task.name} ({split}): ",
+                        enabled=jax.process_index() == 0)
+    predictions = [vocabulary.decode(p) for p in predictor.predict_ids(input_ids, progress.update)]
     postprocess = task.postprocess_fn or (lambda output, example=None, is_target=False: output)
     targets = [postprocess(_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows]
     outputs = [postprocess(p, example=r, is_target=False) for p, r in zip(predictions, rows)]

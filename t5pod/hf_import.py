@@ -60,8 +60,9 @@ def read_hf_config(src_dir: str) -> tuple[T5Config, dict]:
     return config, hf
 
 
-def read_safetensors(src_dir: str) -> dict[str, np.ndarray]:
-    """All tensors of model.safetensors (or its sharded index) as float32 numpy arrays."""
+def read_safetensors(src_dir: str, on_tensor=None) -> dict[str, np.ndarray]:
+    """All tensors of model.safetensors (or its sharded index) as float32 numpy arrays; on_tensor()
+    is called after each."""
     single = os.path.join(src_dir, "model.safetensors")
     index = os.path.join(src_dir, "model.safetensors.index.json")
     if os.path.isfile(single):
@@ -84,6 +85,8 @@ def read_safetensors(src_dir: str) -> dict[str, np.ndarray]:
             with safe_open(path, framework="flax") as f:
                 for name in f.keys():
                     tensors[name] = np.asarray(f.get_tensor(name), dtype=np.float32)
+                    if on_tensor:
+                        on_tensor()
         except (OSError, ValueError, SafetensorError) as error:
             raise ConversionError(f"{path} cannot be read as safetensors ({type(error).__name__}: "
                                   f"{' '.join(str(error).split())[:200]}); it may be truncated: download it again.") from None
@@ -231,7 +234,7 @@ def new_folder(out_dir: str) -> Iterator[str]:
         raise
 
 
-def convert(src_dir: str, out_dir: str) -> T5Config:
+def convert(src_dir: str, out_dir: str, on_tensor=None) -> T5Config:
     """SRC_DIR (Hugging Face T5 folder) -> OUT_DIR with an Orbax checkpoint, model.gin, spiece.model.
 
     OUT_DIR must not exist yet (or be empty); everything is written to a temporary sibling first
@@ -240,7 +243,7 @@ def convert(src_dir: str, out_dir: str) -> T5Config:
     out_dir = os.path.abspath(out_dir)
     check_new_folder(out_dir)
     config, hf_config = read_hf_config(src_dir)
-    params, config = convert_tensors(read_safetensors(src_dir), config, hf_config)
+    params, config = convert_tensors(read_safetensors(src_dir, on_tensor), config, hf_config)
     with new_folder(out_dir) as staging:
         vocabulary = None
         if os.path.isfile(os.path.join(src_dir, "spiece.model")):

@@ -11,11 +11,9 @@ import itertools
 import json
 import os
 import tempfile
-import time
 from typing import Iterable, Iterator
 
 from t5pod.inference import InferenceError
-from t5pod.metric_writers import format_duration
 
 
 def is_jsonl(path: str) -> bool:
@@ -157,29 +155,3 @@ def batches(rows: Iterable[dict], batch_size: int, skip: int = 0) -> Iterator[tu
     while batch := list(itertools.islice(rows, batch_size)):
         yield number, batch
         number += 1
-
-
-class Progress:
-    """Prints rows done, rows/s and ETA like training's step lines (every `every_s` and at the end)."""
-
-    def __init__(self, total: int | None, done: int, enabled: bool = True, every_s: float = 30.0):
-        self.total, self.rows, self.enabled, self.every_s = total, done, enabled, every_s
-        self.start_rows, self.start = done, time.time()
-        self.last = self.start
-
-    def update(self, rows: int):
-        self.rows += rows
-        now = time.time()
-        if self.enabled and now - self.last >= self.every_s:
-            self.last = now
-            print(self.line(now), flush=True)
-
-    def line(self, now: float) -> str:
-        rate = (self.rows - self.start_rows) / max(now - self.start, 1e-9)
-        total = f"/{self.total}" if self.total else ""
-        eta = f"  ETA {format_duration((self.total - self.rows) / max(rate, 1e-9))}" if self.total else ""
-        return f"rows {self.rows}{total}  {rate:.1f} rows/s{eta}"
-
-    def done(self, message: str):
-        if self.enabled:
-            print(f"{self.line(time.time())}\n{message}", flush=True)

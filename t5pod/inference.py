@@ -174,11 +174,14 @@ class Predictor:
         batch = {k: self._global(v) for k, v in features.items()}
         return [float(s) for s in _host(self._run(self._score, self.params, batch))[:len(input_ids)]]
 
-    def predict_ids(self, input_ids: list) -> list[list[int]]:
-        """predict_batch over any number of rows, in order."""
-        size = self.config.batch_size
-        return [p for number, start in enumerate(range(0, len(input_ids), size))
-                for p in self.predict_batch(input_ids[start:start + size], number)]
+    def predict_ids(self, input_ids: list, on_batch=None) -> list[list[int]]:
+        """predict_batch over any number of rows, in order; on_batch(rows) after each batch."""
+        size, predictions = self.config.batch_size, []
+        for number, start in enumerate(range(0, len(input_ids), size)):
+            predictions += self.predict_batch(input_ids[start:start + size], number)
+            if on_batch:
+                on_batch(len(input_ids[start:start + size]))
+        return predictions
 
     def score_ids(self, input_ids: list, target_ids: list) -> list[float]:
         size = self.config.batch_size

@@ -8,6 +8,10 @@ import os
 import time
 
 import tensorflow as tf
+from clu import metric_writers as clu_writers
+
+# On buckets, metrics.jsonl is written as parts in this folder of MODEL_DIR.
+REMOTE_PARTS_FOLDER = "metrics"
 
 
 def write_text(path: str, text: str):
@@ -19,27 +23,55 @@ def write_text(path: str, text: str):
 
 
 class _JsonLines:
-    """Appends lines to a file; on buckets (no append there) rewrites the whole file each time."""
+    """Appends lines to metrics.jsonl.
 
-    def __init__(self, path: str):
-        self.path, self.remote = path, "://" in path
+    Buckets (gs://...) have no append, and rewriting the file at each log would make every log cost
+    more as the run grows. There the lines go, a batch at a time (every `flush_every_s` and at
+    close), to new objects metrics/part-NNNNN.jsonl, each written once; read_metrics joins them.
+    """
+
+    def __init__(self, path: str, flush_every_s: float = 60.0):
+        self.path, self.remote, self.flush_every_s = path, "://" in path, flush_every_s
         tf.io.gfile.makedirs(os.path.dirname(path))
         if self.remote:
-            self.lines = tf.io.gfile.GFile(path).read().splitlines() if tf.io.gfile.exists(path) else []
+            self.parts = os.path.join(os.path.dirname(path), REMOTE_PARTS_FOLDER)
+            tf.io.gfile.makedirs(self.parts)
+            self.next_part = len(tf.io.gfile.glob(os.path.join(self.parts, "part-*.jsonl")))
+            self.pending, self.last_flush = [], time.time()
         else:
             self.file = open(path, "a", encoding="utf-8")
 
     def write(self, line: str):
-        if self.remote:
-            self.lines.append(line)
-            write_text(self.path, "\n".join(self.lines) + "\n")
-        else:
+        if not self.remote:
             self.file.write(line + "\n")
             self.file.flush()
+            return
+        self.pending.append(line)
+        if time.time() - self.last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self):
+        if self.remote and self.pending:
+            write_text(os.path.join(self.parts, f"part-{self.next_part:05d}.jsonl"), "\n".join(self.pending) + "\n")
+            self.next_part, self.pending, self.last_flush = self.next_part + 1, [], time.time()
 
     def close(self):
-        if not self.remote:
+        if self.remote:
+            self.flush()
+        else:
             self.file.close()
+
+
+def read_metrics(model_dir: str) -> list[dict]:
+    """The rows of a run's metrics.jsonl, or, on a bucket, of its parts in order."""
+    paths = [os.path.join(model_dir, "metrics.jsonl")]
+    paths += sorted(tf.io.gfile.glob(os.path.join(model_dir, REMOTE_PARTS_FOLDER, "part-*.jsonl")))
+    rows = []
+    for path in paths:
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                rows += [json.loads(line) for line in f if line.strip()]
+    return rows
 
 
 class MetricWriter:
@@ -58,11 +90,11 @@ class MetricWriter:
         if self.enabled and self._jsonl is None:
             self._jsonl = _JsonLines(os.path.join(self.model_dir, "metrics.jsonl"))
 
-    def _summary_writer(self, split: str):
-        if split not in self._summary_writers:
-            folder = "train" if split == "train" else "eval"
-            self._summary_writers[split] = tf.summary.create_file_writer(os.path.join(self.model_dir, folder))
-        return self._summary_writers[split]
+    def _summary_writer(self, split: str) -> clu_writers.SummaryWriter:
+        folder = "train" if split == "train" else "eval"
+        if folder not in self._summary_writers:
+            self._summary_writers[folder] = clu_writers.SummaryWriter(os.path.join(self.model_dir, folder))
+        return self._summary_writers[folder]
 
     def write(self, step: int, metrics: dict, split: str = "train", summary: bool = True):
         """One row: {"step", "split", **metrics} to metrics.jsonl, and (summary) scalars to TensorBoard."""
@@ -72,11 +104,20 @@ class MetricWriter:
         self._jsonl.write(json.dumps(row))
         if not summary:
             return
-        with self._summary_writer(split).as_default(step=step):
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)):
-                    tf.summary.scalar(key if split == "train" else f"{split}/{key}", value)
-        self._summary_writer(split).flush()
+        writer = self._summary_writer(split)
+        writer.write_scalars(step, {key if split == "train" else f"{split}/{key}": value
+                                    for key, value in metrics.items() if isinstance(value, (int, float))})
+        writer.flush()
+
+    def write_run_settings(self, step: int, operative_config: str, hparams: dict):
+        """TensorBoard's Text tab gets the operative gin config, its HParams tab the run's settings."""
+        if not self.enabled:
+            return
+        writer = self._summary_writer("train")
+        # TensorBoard renders text as Markdown: indent by 4 spaces to show the config verbatim.
+        writer.write_texts(step, {"operative_config": "\n".join("    " + line for line in operative_config.splitlines())})
+        writer.write_hparams({k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()})
+        writer.flush()
 
     def print(self, message: str):
         if self.enabled:
@@ -87,9 +128,3 @@ class MetricWriter:
             self._jsonl.close()
             for writer in self._summary_writers.values():
                 writer.close()
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

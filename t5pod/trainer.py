@@ -18,8 +18,8 @@ import tensorflow as tf
 from jax.experimental import multihost_utils
 
 from t5pod import (
-    checkpoints, distributed, evaluation, flops, inference, metric_writers, models, optimizer, partitioning, run_dir,
-    run_lock, train_step,
+    checkpoints, distributed, evaluation, flops, inference, metric_writers, models, optimizer, partitioning,
+    progress, run_dir, run_lock, train_step,
 )
 from t5pod.configs import InferConfig, T5Config, TrainConfig
 from t5pod.data import pipeline
@@ -286,6 +286,9 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                     writer.print(f"Moved unreadable checkpoint {step_number} to "
                                  f"{checkpoints.move_to_broken(config.model_dir, step_number)}.")
             writer.open()
+            writer.write_run_settings(resume_step or 0, operative_config, {
+                **{f"train/{k}": v for k, v in dataclasses.asdict(config).items()},
+                **{f"model/{k}": v for k, v in dataclasses.asdict(model_config).items()}})
             checkpointer = checkpoints.TrainCheckpointer(config.model_dir, config.keep_checkpoints,
                                                          config.async_checkpointing)
             writer.print(f"Training {config.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
@@ -338,7 +341,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                     writer.write(step, last_summary)
                     eta = (config.train_steps - step) / max(last_summary["steps_per_s"], 1e-9)
                     speed = (f"{last_summary['steps_per_s']:.2f} steps/s  {last_summary['tokens_per_s']:.0f} tokens/s  "
-                             f"MFU {last_summary['mfu']:.1%}  ETA {metric_writers.format_duration(eta)}") \
+                             f"MFU {last_summary['mfu']:.1%}  ETA {progress.format_duration(eta)}") \
                         if window_steps < step - first_step else "(first steps include the input pipeline's start-up)"
                     writer.print(f"step {step}/{config.train_steps}  loss {last_summary['loss']:.4f}  "
                                  f"acc {last_summary['accuracy']:.3f}  z_loss {last_summary['z_loss']:.2e}  "
@@ -367,7 +370,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
             writer.close()
             lease.release()
         total = time.time() - run_start
-        writer.print(f"Done at step {step} in {metric_writers.format_duration(total)}. Checkpoints: "
+        writer.print(f"Done at step {step} in {progress.format_duration(total)}. Checkpoints: "
                      f"{config.model_dir}/checkpoints; metrics: {config.model_dir}/metrics.jsonl; "
                      f"TensorBoard: tensorboard --logdir {config.model_dir}")
     return {"step": step, **last_summary}

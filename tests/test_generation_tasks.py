@@ -154,6 +154,18 @@ def test_finetune_and_eval_summarization_and_translation_end_to_end(tmp_path, sh
     assert cli.main(["train", "--gin_file=runs/finetune.gin", *common, f"--gin.MODEL_DIR='{run}'",
                      "--gin.MIXTURE_OR_TASK_NAME='cnn_dailymail_v002'", "--gin.INITIAL_CHECKPOINT_PATH=None",
                      "--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=8", "--gin.INFERENCE_EVAL=False"]) == 0
+    # TensorBoard holds the operative config as text and the run's settings as hyperparameters.
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    values = [v for path in tf.io.gfile.glob(str(run / "train" / "events.*"))
+              for event in tf.compat.v1.train.summary_iterator(path) for v in event.summary.value]
+    text = next(v for v in values if v.tag.startswith("operative_config"))
+    assert "MIXTURE_OR_TASK_NAME = 'cnn_dailymail_v002'" in tf.make_ndarray(text.tensor).item().decode()
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(next(
+        v for v in values if v.tag == "_hparams_/session_start_info").metadata.plugin_data.content)
+    assert hparams.session_start_info.hparams["train/train_steps"].number_value == 3
+    assert hparams.session_start_info.hparams["model/d_model"].number_value == 128
     for task, metric in (("cnn_dailymail_v002", generation_metrics.rouge), ("wmt_t2t_ende_v003", generation_metrics.bleu)):
         assert cli.main(["eval", *common, f"--gin.CHECKPOINT_PATH='{run}'", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
                          "--gin.INFER_BATCH_SIZE=8", "--gin.MAX_DECODE_LENGTH=16"]) == 0

@@ -54,15 +54,19 @@ def _count_spans(ids: list[int], first_sentinel: int) -> int:
 
 
 def statistics(name: str, lengths: Mapping[str, int], split: str = "train", num_examples: int = 1000,
-               model_features: bool = False, seed: int = 0, use_cached: bool = False) -> dict:
+               model_features: bool = False, seed: int = 0, use_cached: bool = False, on_example=None) -> dict:
     """Lengths, padding, packing efficiency (model features: the non-padding fraction of the token
     slots), examples and non-padding tokens per second, and (denoising tasks) noise statistics.
-    With model features an example is a packed row."""
+    With model features an example is a packed row. on_example() is called after each example read."""
     vocabulary = _vocabulary(name)
     first_sentinel = vocabulary.vocab_size - 1
     dataset = _dataset(name, lengths, split, model_features, seed, use_cached).take(num_examples)
     start = time.perf_counter()  # reading and preprocessing, the pipeline built above
-    rows = list(dataset.as_numpy_iterator())
+    rows = []
+    for row in dataset.as_numpy_iterator():
+        rows.append(row)
+        if on_example:
+            on_example()
     seconds = time.perf_counter() - start
     if not rows:
         raise ValueError(f"{name}/{split} produced no examples.")
