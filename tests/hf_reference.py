@@ -15,6 +15,10 @@ CONFIGS = {
     "t5_1_1": dict(vocab_size=160, d_model=32, d_kv=8, num_heads=6, d_ff=48, num_layers=2,
                    num_decoder_layers=3, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                    relative_attention_num_buckets=16, relative_attention_max_distance=20),
+    # mT5: T5 1.1's architecture under model_type "mt5" (MT5ForConditionalGeneration on the hub),
+    # here with an encoder deeper than the decoder and a vocabulary that is no multiple of 128.
+    "mt5": dict(vocab_size=250, d_model=24, d_kv=6, num_heads=4, d_ff=40, num_layers=3, num_decoder_layers=1,
+                feed_forward_proj="gated-gelu", tie_word_embeddings=False, model_type="mt5"),
 }
 
 
@@ -26,6 +30,7 @@ def make_checkpoint(kind: str, directory: str, seed: int = 0, **overrides):
 
     torch.manual_seed(seed)
     options = dict(CONFIGS[kind], dropout_rate=0.0, **overrides)
+    model_type = options.pop("model_type", "t5")
     model = transformers.T5ForConditionalGeneration(transformers.T5Config(**options)).eval()
     os.makedirs(directory, exist_ok=True)
     if options["tie_word_embeddings"]:
@@ -40,6 +45,8 @@ def make_checkpoint(kind: str, directory: str, seed: int = 0, **overrides):
     config = model.config.to_dict()
     config.pop("scale_decoder_outputs", None)
     config["tie_word_embeddings"] = False
+    if model_type != "t5":
+        config.update(model_type=model_type, architectures=[f"{model_type.upper()}ForConditionalGeneration"])
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f)
     return model
