@@ -1,0 +1,65 @@
+"""scripts/study.py end to end at a toy scale: pre-training, fine-tuning, the table, resume."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BENCHMARK_ROWS, REPO
+from t5pod.data import demo_corpus
+
+
+def _study(tmp_path, *flags):
+    command = [sys.executable, str(REPO / "scripts" / "study.py"), "--rows=baseline,no_pretraining", "--seeds=0",
+               "--scale_down=1000", f"--out={tmp_path / 'study'}", "--vocab_pieces=400",
+               f"--text_file_pattern={tmp_path / 'books' / '*.txt'}", f"--glue_dir={BENCHMARK_ROWS / 'glue'}",
+               f"--superglue_dir={tmp_path / 'superglue'}", *flags]
+    return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=900,
+                          cwd=REPO)
+
+
+@pytest.mark.slow
+def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_text(open(demo_corpus.corpus_path(), encoding="utf-8").read()[:300_000])
+    shutil.copytree(BENCHMARK_ROWS / "superglue", tmp_path / "superglue")
+    # The committed rows have no SuperGLUE RTE training file; its validation rows stand in.
+    shutil.copy(tmp_path / "superglue" / "RTE" / "val.jsonl", tmp_path / "superglue" / "RTE" / "train.jsonl")
+    done = _study(tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    folder = tmp_path / "study" / "cpu"
+    results = json.loads((folder / "results.json").read_text())
+    assert list(results["rows"]) == ["baseline", "no_pretraining"]
+    # pre-training 1500 / 1000 -> 1 step; fine-tuning 600 / 1000 -> 1 step, evaluated at step 1.
+    expected_tasks = {"glue_cola_v002", "glue_sst2_v002", "glue_mrpc_v002", "glue_stsb_v002", "glue_rte_v002",
+                      "super_glue_cb_v102", "super_glue_rte_v102", "super_glue_wsc_v102_simple_eval"}
+    for name, row in results["rows"].items():
+        (run,) = row["seeds"]
+        assert set(run["tasks"]) == expected_tasks and all(t["step"] == 1 for t in run["tasks"].values())
+        glue = [run["tasks"][t]["score"] for t in expected_tasks if t.startswith("glue")]
+        assert run["glue_average"] == pytest.approx(sum(glue) / 5)
+        assert row["glue_average"]["mean"] == pytest.approx(run["glue_average"]) and row["glue_average"]["spread"] == 0
+        # A task's score is the mean of its metrics, as in the paper's averages.
+        mrpc = run["tasks"]["glue_mrpc_v002"]
+        assert mrpc["score"] == pytest.approx((mrpc["metrics"]["f1"] + mrpc["metrics"]["accuracy"]) / 2)
+    assert results["rows"]["baseline"]["paper_glue_average"] == 83.28
+    assert results["rows"]["no_pretraining"]["objective"] is None
+    assert (folder / "runs" / "pretrain_iid_denoising" / "checkpoints" / "1").is_dir()
+    assert not (folder / "runs" / "pretrain_None").exists()
+    table = (folder / "results.md").read_text().splitlines()
+    assert table[0].startswith("| row | GLUE avg | paper GLUE | SuperGLUE avg | paper SuperGLUE | cola |")
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| baseline", "| no_pretraining"]
+
+    again = _study(tmp_path)  # everything finished: nothing runs, the same results
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("finished earlier, skipped") == 3
+    assert json.loads((folder / "results.json").read_text()) == results
+
+    printed = _study(tmp_path, "--preset=paper", "--print_commands")
+    assert printed.returncode == 0, printed.stderr[-3000:]
+    commands = printed.stdout.strip().splitlines()
+    assert len(commands) == 1 + 2 * 2  # one pre-training; two rows x (GLUE, SuperGLUE) fine-tuning
+    assert "--gin.TRAIN_STEPS=262" in commands[0] and "c4_v220_iid_denoising" in commands[0]
