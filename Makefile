@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # 15m22s with 2 workers, 14m57s with 3, cold compilation cache); work stealing evens the tail.
 TEST_WORKERS ?= 3
 
-.PHONY: install install-tpu test test-fast pretrain finetune bench lock clean
+.PHONY: install install-tpu test test-fast pretrain finetune study bench lock clean
 
 install: $(STAMP)
 
@@ -45,6 +45,15 @@ finetune: install
 	test -d $(PRETRAINED)/checkpoints || $(MAKE) pretrain
 	$(BIN)/python -m t5pod train --gin_file=demo_finetune.gin --gin.INITIAL_CHECKPOINT_PATH="'$(PRETRAINED)'" $(if $(GLUE_DIR),--gin.GLUE_DIR="'$(GLUE_DIR)'") $(FINETUNE_ARGS)
 	$(BIN)/python -m t5pod eval --all_checkpoints --gin_file=runs/eval.gin --gin_file=demo_finetune.gin $(if $(GLUE_DIR),--gin.GLUE_DIR="'$(GLUE_DIR)'") $(FINETUNE_ARGS)
+
+# The paper's study (Tables 1 and 4) at CPU scale: scripts/study.py --preset=cpu, about two hours
+# on 2 cores; results in study/cpu/. GLUE_DIR, SUPERGLUE_DIR: the benchmark files; STUDY_TEXT: a
+# file pattern of English text to pre-train on; STUDY_ARGS: more flags (--rows=..., --seeds=...).
+SUPERGLUE_DIR ?= $(wildcard ../shared/data/superglue)
+STUDY_TEXT ?= $(if $(wildcard ../shared/data/pretrain/gutenberg),../shared/data/pretrain/gutenberg/*.txt)
+study: install
+	$(BIN)/python scripts/study.py --preset=cpu --glue_dir='$(GLUE_DIR)' --superglue_dir='$(SUPERGLUE_DIR)' \
+		--text_file_pattern='$(STUDY_TEXT)' $(STUDY_ARGS)
 
 # Speed and memory figures (bench/run.py): prints a table, writes bench/results.json.
 bench: install

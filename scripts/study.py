@@ -259,7 +259,8 @@ def main(argv=None) -> int:
     if args.seeds:
         study.preset = dataclasses.replace(study.preset, seeds=tuple(int(s) for s in args.seeds.split(",")))
     if study.preset.pretrain_source == "text" and not args.text_file_pattern:
-        parser.error(f"the {args.preset} preset pre-trains on your text: set --text_file_pattern")
+        parser.error(f"the {args.preset} preset pre-trains on your text: set --text_file_pattern "
+                     "(make study: STUDY_TEXT='/data/books/*.txt')")
     os.makedirs(study.folder, exist_ok=True)
     results = {"preset": args.preset, "preset_settings": dataclasses.asdict(study.preset),
                "scale_down": args.scale_down, "rows": {}}

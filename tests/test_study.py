@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -13,10 +12,12 @@ from t5pod.data import demo_corpus
 
 
 def _study(tmp_path, *flags):
-    command = [sys.executable, str(REPO / "scripts" / "study.py"), "--rows=baseline,no_pretraining", "--seeds=0",
-               "--scale_down=1000", f"--out={tmp_path / 'study'}", "--vocab_pieces=400",
-               f"--text_file_pattern={tmp_path / 'books' / '*.txt'}", f"--glue_dir={BENCHMARK_ROWS / 'glue'}",
-               f"--superglue_dir={tmp_path / 'superglue'}", *flags]
+    """`make study` with the committed benchmark rows, a toy scale and one seed."""
+    toy = ["--rows=baseline,no_pretraining", "--seeds=0", "--scale_down=1000", f"--out={tmp_path / 'study'}",
+           "--vocab_pieces=400", *flags]
+    command = ["make", "--no-print-directory", "study", f"GLUE_DIR={BENCHMARK_ROWS / 'glue'}",
+               f"SUPERGLUE_DIR={tmp_path / 'superglue'}", f"STUDY_TEXT={tmp_path / 'books' / '*.txt'}",
+               "STUDY_ARGS=" + " ".join(toy)]
     return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=900,
                           cwd=REPO)
 
