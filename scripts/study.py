@@ -275,8 +275,8 @@ def main(argv=None) -> int:
             runs.append({"seed": seed, "tasks": scores, **benchmark_averages(scores)})
         if not args.print_commands:
             results["rows"][row] = {**summarise(row, runs), "seeds": runs}
-    if args.print_commands:
-        print("\n".join(shlex.join(c) for c in study.commands))
+    if args.print_commands:  # for another machine: its own `python`
+        print("\n".join(shlex.join(["python", *c[1:]]) for c in study.commands))
         return 0
     with open(os.path.join(study.folder, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, sort_keys=True)

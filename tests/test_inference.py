@@ -92,8 +92,10 @@ class FixedPredictor:
     def owns(self, index):
         return True
 
-    def predict_ids(self, input_ids):
+    def predict_ids(self, input_ids, on_batch=None):
         assert len(input_ids) == len(self.predictions)
+        if on_batch:
+            on_batch(len(input_ids))
         return [self.vocabulary.encode(p) for p in self.predictions]
 
 
