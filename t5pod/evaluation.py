@@ -15,8 +15,9 @@ from typing import Iterator
 
 import jax
 import seqio
+import tensorflow as tf
 
-from t5pod import decoding
+from t5pod import decoding, metric_writers
 from t5pod.progress import Progress
 from t5pod.data import pipeline
 
@@ -96,7 +97,7 @@ def evaluate(predictor, name: str, split: str, lengths: dict, max_examples: int 
 def _free_name(folder: str, task: str, step: int) -> str:
     path = os.path.join(folder, f"{task}-{step}.jsonl")
     number = 1
-    while os.path.exists(path):
+    while tf.io.gfile.exists(path):
         path = os.path.join(folder, f"{task}-{step}.{number}.jsonl")
         number += 1
     return path
@@ -104,14 +105,10 @@ def _free_name(folder: str, task: str, step: int) -> str:
 
 def write_inference_eval(out_dir: str, task: str, step: int, metrics: dict, records: list[dict]) -> str:
     """Writes the step's predictions and appends its metrics line; returns the predictions' path."""
-    folder = os.path.join(out_dir, INFERENCE_EVAL_FOLDER)
-    os.makedirs(folder, exist_ok=True)
+    folder = os.path.join(out_dir, INFERENCE_EVAL_FOLDER)  # local or on a bucket
     path = _free_name(folder, task, step)
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    with open(os.path.join(folder, f"{task}-metrics.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, **metrics}) + "\n")
+    metric_writers.write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    metric_writers.append_lines(os.path.join(folder, f"{task}-metrics.jsonl"), [json.dumps({"step": step, **metrics})])
     return path
 
 
@@ -140,7 +137,7 @@ def best_steps(out_dir: str, task_names: list[str]) -> dict[str, tuple[int, str,
     best = {}
     for task in task_names:
         path = os.path.join(out_dir, INFERENCE_EVAL_FOLDER, f"{task}-metrics.jsonl")
-        with open(path, encoding="utf-8") as f:
+        with tf.io.gfile.GFile(path) as f:
             for line in f:
                 row = json.loads(line)
                 metric = next(k for k in row if k != "step")

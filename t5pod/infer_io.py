@@ -13,6 +13,7 @@ import os
 import tempfile
 from typing import Iterable, Iterator
 
+from t5pod import metric_writers
 from t5pod.inference import InferenceError
 
 
@@ -89,11 +90,9 @@ def check_output_path(path: str):
 
 
 def append_jsonl(path: str, rows: Iterable[dict]):
-    """Appends rows to a JSONL file (creating it): earlier rows are kept."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    """Appends rows to a JSONL file (creating it), locally or on a bucket: earlier rows are kept."""
+    metric_writers.append_lines(path if "://" in path else os.path.abspath(path),
+                                [json.dumps(row, ensure_ascii=False) for row in rows])
 
 
 class ResumableOutput:

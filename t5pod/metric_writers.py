@@ -22,6 +22,22 @@ def write_text(path: str, text: str):
         f.write(text)
 
 
+def append_lines(path: str, lines: list[str]):
+    """Appends lines to a small file (one line per evaluation, say), creating it. Buckets have no
+    append: there the file is read and written again, which suits files that grow by a line per
+    evaluation; metrics.jsonl, a line per LOG_PERIOD, goes to parts instead (below)."""
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    text = "".join(line + "\n" for line in lines)
+    if "://" not in path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+        return
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            text = f.read() + text
+    write_text(path, text)
+
+
 class _JsonLines:
     """Appends lines to metrics.jsonl.
 

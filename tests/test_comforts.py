@@ -62,3 +62,19 @@ def test_start_up_noise_is_silenced_unless_verbose(verbose):
     assert done.returncode == 0, done.stderr[-2000:]
     assert '"inputs"' in done.stdout
     assert bool(TF_LOG_LINE.search(done.stderr)) == verbose, done.stderr[-2000:]
+
+
+def test_inference_eval_files_go_to_a_bucket_too():
+    from t5pod import evaluation, infer_io
+
+    out = "ram://t5pod-tests/eval_run"
+    for step, accuracy in ((2, 50.0), (4, 75.0), (4, 70.0)):  # step 4 evaluated twice: a second file
+        evaluation.write_inference_eval(out, "glue_sst2_v002", step, {"accuracy": accuracy},
+                                        [{"inputs": "x", "targets": "positive", "prediction": "negative"}])
+    folder = f"{out}/inference_eval"
+    assert sorted(os.path.basename(p) for p in metric_writers.tf.io.gfile.glob(f"{folder}/*")) == [
+        "glue_sst2_v002-2.jsonl", "glue_sst2_v002-4.1.jsonl", "glue_sst2_v002-4.jsonl", "glue_sst2_v002-metrics.jsonl"]
+    assert evaluation.best_steps(out, ["glue_sst2_v002"]) == {"glue_sst2_v002": (4, "accuracy", 75.0)}
+    infer_io.append_jsonl(f"{out}/eval_metrics.jsonl", [{"step": 2}])
+    infer_io.append_jsonl(f"{out}/eval_metrics.jsonl", [{"step": 4}])
+    assert metric_writers.tf.io.gfile.GFile(f"{out}/eval_metrics.jsonl").read() == '{"step": 2}\n{"step": 4}\n'
