@@ -34,7 +34,7 @@ def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
     folder = tmp_path / "study" / "cpu"
     results = json.loads((folder / "results.json").read_text())
     assert list(results["rows"]) == ["baseline"]
-    # pre-training 1500 / 1000 -> 1 step; fine-tuning 600 / 1000 -> 1 step, evaluated at step 1.
+    # pre-training 4500 / 1000 -> 4 steps; fine-tuning 600 / 1000 -> 1 step, evaluated at step 1.
     expected_tasks = {"glue_cola_v002", "glue_sst2_v002", "glue_mrpc_v002", "glue_stsb_v002", "glue_rte_v002",
                       "super_glue_cb_v102", "super_glue_rte_v102", "super_glue_wsc_v102_simple_eval"}
     for name, row in results["rows"].items():
@@ -47,7 +47,7 @@ def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
         mrpc = run["tasks"]["glue_mrpc_v002"]
         assert mrpc["score"] == pytest.approx((mrpc["metrics"]["f1"] + mrpc["metrics"]["accuracy"]) / 2)
     assert results["rows"]["baseline"]["paper_glue_average"] == 83.28
-    assert (folder / "runs" / "pretrain_iid_denoising" / "checkpoints" / "1").is_dir()
+    assert (folder / "runs" / "pretrain_iid_denoising" / "checkpoints" / "4").is_dir()
     table = (folder / "results.md").read_text().splitlines()
     assert table[0].startswith("| row | GLUE avg | paper GLUE | SuperGLUE avg | paper SuperGLUE | cola |")
     assert [line.split(" | ")[0] for line in table[2:]] == ["| baseline"]
