@@ -137,7 +137,9 @@ class Study:
             command = [sys.executable, "-m", "t5pod", "train-vocab", f"--input={self.args.text_file_pattern}",
                        f"--output={path}", f"--vocab_size={self.args.vocab_pieces}", "--max_sentences=400000"]
             print(f"[study] vocabulary: {shlex.join(command[1:])}", flush=True)
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            if subprocess.run(command, stdout=subprocess.DEVNULL).returncode:  # train-vocab's error went to stderr
+                raise SystemExit(f"[study] the vocabulary could not be trained from {self.args.text_file_pattern!r}; "
+                                 "see train-vocab's error above.")
         return path
 
     def data_settings(self) -> dict:

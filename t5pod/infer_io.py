@@ -91,8 +91,7 @@ def check_output_path(path: str):
 
 def append_jsonl(path: str, rows: Iterable[dict]):
     """Appends rows to a JSONL file (creating it), locally or on a bucket: earlier rows are kept."""
-    metric_writers.append_lines(path if "://" in path else os.path.abspath(path),
-                                [json.dumps(row, ensure_ascii=False) for row in rows])
+    metric_writers.append_lines(path, [json.dumps(row, ensure_ascii=False) for row in rows])
 
 
 class ResumableOutput:

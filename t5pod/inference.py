@@ -178,9 +178,10 @@ class Predictor:
         """predict_batch over any number of rows, in order; on_batch(rows) after each batch."""
         size, predictions = self.config.batch_size, []
         for number, start in enumerate(range(0, len(input_ids), size)):
-            predictions += self.predict_batch(input_ids[start:start + size], number)
+            batch = input_ids[start:start + size]
+            predictions += self.predict_batch(batch, number)
             if on_batch:
-                on_batch(len(input_ids[start:start + size]))
+                on_batch(len(batch))
         return predictions
 
     def score_ids(self, input_ids: list, target_ids: list) -> list[float]:

@@ -17,8 +17,8 @@ class RunDirError(ValueError):
 
 # What a MODEL_DIR of a t5pod run may hold; anything else there means it is not one.
 _RUN_DIR_ENTRIES = {checkpoints.CHECKPOINTS_FOLDER, checkpoints.DATA_POSITIONS_FOLDER, checkpoints.BROKEN_FOLDER,
-                    "config.gin", "metrics.jsonl", metric_writers.REMOTE_PARTS_FOLDER, "train", "eval", "inference_eval", "eval_metrics.jsonl",
-                    run_lock.LEASE_FILE}
+                    "config.gin", "metrics.jsonl", metric_writers.REMOTE_PARTS_FOLDER, "train", "eval", "inference_eval",
+                    "eval_metrics.jsonl", run_lock.LEASE_FILE}
 # Settings that decide the input stream: a resume that changes one cannot continue it.
 _STREAM_SETTINGS = {"batch_size": "BATCH_SIZE", "task_feature_lengths": "TASK_FEATURE_LENGTHS",
                     "mixture_or_task_name": "MIXTURE_OR_TASK_NAME", "pack": "t5pod.TrainConfig.pack",

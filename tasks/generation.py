@@ -19,7 +19,6 @@ import tensorflow as tf
 from t5pod.data import generation_files, generation_metrics
 from tasks import glue
 
-LENGTHS = {"inputs": 512, "targets": 512}
 LANGUAGES = {"en": "English", "de": "German", "fr": "French", "ro": "Romanian"}
 # task: (TFDS name, splits, article field, summary field)
 SUMMARIZATION = {
@@ -61,15 +60,9 @@ def squad(x):
 
 
 def _rows_dataset(rows: list[dict]) -> tf.data.Dataset:
-    """Rows as one in-memory dataset (checkpointable: resumes exactly); SQuAD's answer lists are
-    padded with "" to one width, which the postprocessor drops."""
     if not rows:
         raise generation_files.TaskFileError("The split's files hold no rows.")
-    columns = {k: [row[k] for row in rows] for k in rows[0] if k != "answers"}
-    if "answers" in rows[0]:
-        width = max(len(row["answers"]) for row in rows)
-        columns["answers"] = [row["answers"] + [""] * (width - len(row["answers"])) for row in rows]
-    return tf.data.Dataset.from_tensor_slices({k: tf.constant(v, tf.string) for k, v in columns.items()})
+    return glue.strings_dataset({k: [row[k] for row in rows] for k in rows[0]})
 
 
 def _source(task: str, tfds_name: str, splits: tuple, files: dict | None, read, tfds_data_dir):

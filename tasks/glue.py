@@ -71,18 +71,29 @@ def tfds_dataset(tfds_name: str, split: str, data_dir, local_hint: str | None = 
             f"and set TFDS_DATA_DIR{', or ' + local_hint if local_hint else ''}.") from None
 
 
+def strings_dataset(columns: dict[str, list]) -> tf.data.Dataset:
+    """Columns of strings as one in-memory dataset (checkpointable: resumes exactly). A column of
+    string lists (gold answers) is padded with "" to one width; the postprocessors drop the padding."""
+
+    def padded(values: list) -> list:
+        if not isinstance(values[0], list):
+            return values
+        width = max(1, max(len(v) for v in values))
+        return [v + [""] * (width - len(v)) for v in values]
+
+    return tf.data.Dataset.from_tensor_slices({k: tf.constant(padded(v), tf.string) for k, v in columns.items()})
+
+
 def _examples_dataset(examples: list[dict]) -> tf.data.Dataset:
-    """Formatted examples as one in-memory dataset (checkpointable: resumes exactly)."""
+    """Formatted examples as one in-memory dataset."""
     if not examples:
         raise ValueError("The split has no examples.")
     columns = {"inputs": [x["inputs"] for x in examples], "targets": [x["targets"] for x in examples],
                "idx": [str(x.get("idx", "")) for x in examples]}
-    if "group" in examples[0]:
-        columns["group"] = [x["group"] for x in examples]
-    if "answers" in examples[0]:
-        width = max(1, max(len(x["answers"]) for x in examples))
-        columns["answers"] = [list(x["answers"]) + [""] * (width - len(x["answers"])) for x in examples]
-    return tf.data.Dataset.from_tensor_slices({k: tf.constant(v, tf.string) for k, v in columns.items()})
+    for key in ("group", "answers"):
+        if key in examples[0]:
+            columns[key] = [x[key] for x in examples]
+    return strings_dataset(columns)
 
 
 def _dataset_fn(task: str, glue_dir, superglue_dir, tfds_data_dir):

@@ -100,8 +100,6 @@ def test_readme_command_runs(command, fixtures):
     elif argv[:4] == ["python", "-m", "t5pod", "plan"]:
         argv += ["--gin_file=models/tiny.gin", "--num_devices=8", "--gin.MESH_SHAPE=(4, 2)", "--gin.BATCH_SIZE=8",
                  "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
-    elif argv[:2] == ["make", "study"]:
-        pytest.skip("hours at full size; tests/test_study.py runs `make study` end to end at a toy scale")
     elif argv[:2] == ["make", "bench"]:
         # Measured, not skipped: test_bench_quick_run runs bench/run.py end to end in its quick mode.
         pytest.skip("the benchmark takes minutes; tests/test_performance_tools.py covers its parts")
