@@ -13,6 +13,12 @@ Prints a table and writes bench/results.json. Figures (see issue 7 for the goals
   decode_speedup          greedy tokens/s of the Predictor (`infer`) over transformers' `generate`
                           (PyTorch, cache on), same weights, batch and lengths, measured alternately
                           (bench/decoding.py)
+  profile                 where a T5 1.1 base train step's time goes, by part of the model, beside
+                          each part's FLOP share (jax.profiler; bench/profile_step.py)
+
+On a GPU or TPU it measures instead T5 1.1 base and large in bfloat16 at the batch that fills the
+device (bench/accelerator.py). results.json keeps one section per platform, so figures from
+several machines can sit side by side.
 """
 
 import dataclasses
@@ -32,6 +38,8 @@ from flax import linen as nn  # noqa: E402
 
 from t5pod import flops, ginconf, partitioning, trainer  # noqa: E402
 
+import accelerator  # noqa: E402  (bench/accelerator.py)
+import profile_step  # noqa: E402
 from decoding import decode_figures  # noqa: E402  (bench/decoding.py)
 from t5pod.configs import TrainConfig  # noqa: E402
 
@@ -89,6 +97,7 @@ def t5pod_step(config, batch, lengths):
             jax.block_until_ready(metrics)
             return (time.perf_counter() - start) / n
 
+        run.compiled = compiled  # for profile_step
     return run, compile_s
 
 
@@ -205,7 +214,13 @@ def xxl_plan(remat: str, fsdp: bool) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main():
+def step_profile(name: str, config, batch: int, lengths) -> dict:
+    ours, _ = t5pod_step(config, batch, lengths)
+    result = profile_step.profile(ours.compiled, lambda: ours(1), config, batch, lengths, steps=1)
+    return {"config": name, **result}
+
+
+def cpu_results() -> dict:
     results = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
                "cpu_count": os.cpu_count()}
     peak = matmul_peak()
@@ -220,6 +235,8 @@ def main():
     results["train"] = [train_figures(n, c, b, l, peak, ref) for n, c, b, l, ref in sizes]
     results["decode"] = [decode_figures("tiny", model("tiny", vocab_size=2176), 8, 32, 8, 2)] if QUICK else [
         decode_figures(name, model(name), batch, 128, 32, 3) for name, batch in (("t5_1_1/small", 8), ("t5_1_1/small", 32))]
+    results["profile"] = (step_profile("tiny", model("tiny", vocab_size=2176), 8, (64, 16)) if QUICK else
+                          step_profile("t5_1_1/base", model("t5_1_1/base", scan_layers=True), 2, (512, 114)))
 
     layers_big = 3 if QUICK else 24
     results["compile_s"] = {f"scan_{n}": compile_time(n, True) for n in (2, layers_big)}
@@ -243,10 +260,45 @@ def main():
             "remat full + FSDP": xxl_plan("full", True),
         }
     print_table(results)
+    return results
+
+
+def accelerator_results() -> dict:
+    """T5 1.1 base and large, bfloat16, at the batch that fills the device; on CPU (the test suite's
+    run of this path) the tiny model at 64/16 in BENCH_DEVICE_MEMORY_BYTES."""
+    device = jax.devices()[0]
+    on_cpu = device.platform == "cpu"
+    memory = int(os.environ.get("BENCH_DEVICE_MEMORY_BYTES", 0)) or accelerator.device_memory_bytes(device)
+    if not memory:
+        raise SystemExit(f"{device.device_kind} does not report its memory; set BENCH_DEVICE_MEMORY_BYTES.")
+    if on_cpu:
+        configs, lengths, min_rows, steps = [("tiny", model("tiny", vocab_size=2176))], (64, 16), 8, 2
+    else:
+        configs, lengths, min_rows, steps = [(n, model(n)) for n in accelerator.CONFIGS], accelerator.LENGTHS, 32, 5
+    rows = [accelerator.measure(name, config, lengths, memory, steps, min_rows) for name, config in configs]
+    print(accelerator.format_rows(rows))
+    return {"device": device.device_kind, "platform": device.platform, "devices": jax.device_count(),
+            "peak_flops_per_device": flops.peak_flops_per_device(device), "train": rows}
+
+
+def main():
+    platform = jax.devices()[0].platform
+    forced = os.environ.get("BENCH_ACCELERATOR_PATH") == "1"
+    if platform in ("gpu", "tpu") or forced:
+        section, results = platform + (" (accelerator path)" if platform == "cpu" else ""), accelerator_results()
+    else:
+        section, results = platform, cpu_results()
     path = os.environ.get("BENCH_OUTPUT") or os.path.join(HERE, "results.json")
+    everything = {}
+    if os.path.exists(path):  # keep the other platforms' sections
+        with open(path) as f:
+            everything = json.load(f)
+        if "device" in everything:  # the single-platform layout of earlier versions
+            everything = {}
+    everything[section] = results
     with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"\nwrote {path}")
+        json.dump(everything, f, indent=2)
+    print(f"\nwrote {path} [{section!r}]")
 
 
 def print_table(r):
@@ -261,6 +313,7 @@ def print_table(r):
         print(f"greedy decoding {row['config']}, batch {row['batch']}, {row['input_length']} -> {row['decode_length']} "
               f"tokens: {row['decode_tokens_per_s']:.0f} tokens/s vs generate {row['reference_tokens_per_s']:.0f} "
               f"(decode_speedup {row['decode_speedup']:.2f}; same predictions {row['same_predictions']})")
+    print(profile_step.format_profile(r["profile"]["config"], r["profile"]))
     print("compile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["compile_s"].items()))
     print(f"scan_compile_ratio_24_vs_2 {r['scan_compile_ratio_24_vs_2']:.2f} "
           f"(unrolled: {r.get('unrolled_compile_ratio_24_vs_2', float('nan')):.2f})")

@@ -317,12 +317,24 @@ def _plan(args) -> int:
     ginconf = _parse_gin(args)
     from t5pod import planning
 
-    train_config = ginconf.train_config()
+    train_config, model_config = ginconf.train_config(), ginconf.model_config()
+    if args.fit_batch:
+        if not args.hbm_gib or args.hbm_gib <= 0:
+            raise ValueError("plan --fit_batch needs the memory per device: add --hbm_gib (e.g. 16 for a TPU v3 core).")
+        fit = planning.fit_batch(model_config, train_config, int(args.hbm_gib * 2**30),
+                                 min_rows_per_device=args.min_rows_per_device)
+        model_config = dataclasses.replace(model_config, remat_policy=fit["remat_policy"])
+        train_config = dataclasses.replace(train_config, batch_size=fit["batch_size"])
+        print(f"largest batch within 90% of {args.hbm_gib:g} GiB per device: {fit['batch_size']} with remat "
+              f"'{fit['remat_policy']}' (--gin.BATCH_SIZE={fit['batch_size']} "
+              f"--gin.t5pod.T5Config.remat_policy=\"'{fit['remat_policy']}'\")")
     decode = configs.InferConfig(
         checkpoint_path="", task_feature_lengths=train_config.task_feature_lengths, batch_size=train_config.batch_size,
         max_decode_length=args.max_decode_length, beam_size=args.beam_size, mesh_shape=train_config.mesh_shape,
         fsdp=train_config.fsdp)
-    result = planning.plan(ginconf.model_config(), train_config, decode)
+    result = planning.plan(model_config, train_config, decode)
+    if args.fit_batch:
+        result["fit_tried"] = fit["tried"]  # [remat policy, batch, peak bytes] in the order compiled
     print(planning.format_plan(result, args.hbm_gib))
     print(f"  step FLOPs        {result['model_flops_per_step'] / 1e12:8.3f} TFLOP "
           f"(compiled in {result['compile_s']:.1f} s)")
@@ -410,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     plan.add_argument("--beam_size", type=int, default=1, help="decoding: beams per row (BATCH_SIZE rows)")
     plan.add_argument("--max_decode_length", type=int, help="decoding: tokens per row (default: the targets length)")
+    plan.add_argument("--fit_batch", action="store_true",
+                      help="find the largest batch (doubling) and cheapest remat policy whose step fits --hbm_gib")
+    plan.add_argument("--min_rows_per_device", type=int, default=8,
+                      help="--fit_batch: the fewest rows per data device worth running without remat")
     plan.set_defaults(run=_plan)
 
     infer = commands.add_parser(

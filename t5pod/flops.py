@@ -25,22 +25,31 @@ import jax.numpy as jnp
 from t5pod.configs import T5Config
 
 
-def train_flops_per_example(config: T5Config, inputs_length: int, targets_length: int) -> float:
+def train_flops_by_part(config: T5Config, inputs_length: int, targets_length: int) -> dict[str, float]:
+    """The terms of the formula above, per example: "attention projections" (query, key, value and
+    output weights), "attention scores and values" (the products with the sequence), "feed-forward"
+    (adapters included) and "output layer" (d_model x vocab)."""
     d, inner, ff = config.d_model, config.num_heads * config.d_kv, config.d_ff
     mlp = (3 if config.is_gated else 2) * d * ff + 2 * d * config.adapter_dim
     attention = 4 * d * inner
     if config.is_decoder_only:
-        length = inputs_length + targets_length
-        return float(6 * (config.num_layers * (attention + mlp) + d * config.vocab_size) * length
-                     + 12 * inner * config.num_layers * length ** 2 / 2)
-    n_enc = config.num_layers * (attention + mlp)
-    n_cross_kv = config.decoder_layers * 2 * d * inner
-    n_cross_qo = config.decoder_layers * 2 * d * inner
-    n_dec = config.decoder_layers * (attention + mlp)
-    dense = 6 * ((n_enc + n_cross_kv) * inputs_length + (n_dec + n_cross_qo + d * config.vocab_size) * targets_length)
-    scores = 12 * inner * (config.num_layers * inputs_length ** 2
-                           + config.decoder_layers * (targets_length ** 2 / 2 + inputs_length * targets_length))
-    return float(dense + scores)
+        length, layers = inputs_length + targets_length, config.num_layers
+        return {"attention projections": 6.0 * layers * attention * length,
+                "attention scores and values": 12.0 * inner * layers * length ** 2 / 2,
+                "feed-forward": 6.0 * layers * mlp * length,
+                "output layer": 6.0 * d * config.vocab_size * length}
+    enc, dec = config.num_layers, config.decoder_layers
+    # Cross-attention: keys and values over the encoder's tokens, queries and outputs over the targets.
+    projections = (enc * attention + dec * 2 * d * inner) * inputs_length + dec * (attention + 2 * d * inner) * targets_length
+    return {"attention projections": 6.0 * projections,
+            "attention scores and values": 12.0 * inner * (enc * inputs_length ** 2 + dec * (
+                targets_length ** 2 / 2 + inputs_length * targets_length)),
+            "feed-forward": 6.0 * mlp * (enc * inputs_length + dec * targets_length),
+            "output layer": 6.0 * d * config.vocab_size * targets_length}
+
+
+def train_flops_per_example(config: T5Config, inputs_length: int, targets_length: int) -> float:
+    return float(sum(train_flops_by_part(config, inputs_length, targets_length).values()))
 
 
 # Dense bfloat16 peak FLOP/s per chip (per GPU), from the vendors' data sheets; MFU is measured
@@ -55,7 +64,8 @@ PEAK_BF16_FLOPS = {
     "TPU v5": 459e12,
     "TPU v6 lite": 918e12,  # Trillium
     "A100": 312e12,
-    "H100": 989e12,  # SXM; the PCIe card is lower
+    "H100": 989e12,  # SXM
+    "H100 PCIe": 756e12,
     "H200": 989e12,
 }
 _measured_peak: dict[str, float] = {}

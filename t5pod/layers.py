@@ -181,14 +181,15 @@ class MultiHeadAttention(nn.Module):
         if decode:
             key, value = self._update_cache(key, value)
 
-        scores = jnp.einsum("bqhd,bhkd->bhqk", query, key).astype(jnp.float32)
-        if bias is not None:
-            scores = scores + bias.astype(jnp.float32)
-        if mask is not None:
-            scores = jnp.where(mask, scores, MASK_VALUE)
-        weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bhkd->bqhd", weights, value)
+        with jax.named_scope("dot_product"):  # the score, softmax and value products, apart in profiles
+            scores = jnp.einsum("bqhd,bhkd->bhqk", query, key).astype(jnp.float32)
+            if bias is not None:
+                scores = scores + bias.astype(jnp.float32)
+            if mask is not None:
+                scores = jnp.where(mask, scores, MASK_VALUE)
+            weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+            out = jnp.einsum("bhqk,bhkd->bqhd", weights, value)
         out = constrain(out, (BATCH, LENGTH, HEADS, KV))
         # One contraction over heads*kv: with two contracting axes XLA on CPU transposes the kernel
         # on every decoding step.

@@ -248,13 +248,15 @@ class Decoder(nn.Module):
 def output_logits(module: nn.Module, cfg: T5Config, embedder: Embed, y):
     """[batch, length, embed] -> float32 logits [batch, length, vocab]: the tied embedding
     (scaled by d_model**-0.5, T5 1.0) or module's own `logits_dense` layer (T5 1.1)."""
-    if cfg.tie_word_embeddings:
-        logits = embedder.attend(y * cfg.d_model**-0.5)
-    else:
-        kernel = module.param("logits_dense", nn.with_logical_partitioning(normal(cfg.d_model**-0.5), (EMBED, VOCAB)),
-                              (cfg.d_model, cfg.vocab_size), jnp.float32)
-        logits = y @ kernel.astype(cfg.activation_dtype)
-    return constrain(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
+    with jax.named_scope("logits"):
+        if cfg.tie_word_embeddings:
+            logits = embedder.attend(y * cfg.d_model**-0.5)
+        else:
+            kernel = module.param("logits_dense", nn.with_logical_partitioning(normal(cfg.d_model**-0.5),
+                                                                               (EMBED, VOCAB)),
+                                  (cfg.d_model, cfg.vocab_size), jnp.float32)
+            logits = y @ kernel.astype(cfg.activation_dtype)
+        return constrain(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
 
 
 class Transformer(nn.Module):

@@ -1,5 +1,8 @@
 """Per-device memory of a training step and of decoding, from the programs the trainer and the
-Predictor compile, without running them."""
+Predictor compile, without running them; and the largest batch (with the cheapest remat policy)
+that fits a device's memory."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +39,44 @@ def plan(model_config: T5Config, config: TrainConfig, decode: InferConfig | None
         **report,
         **(inference.decode_memory(model_config, decode, mesh) if decode is not None else {}),
     }
+
+
+# Remat policies by recomputation, least first: the first that fits a full batch wins.
+REMAT_ORDER = ("none", "save_dots", "full")
+
+
+def fit_batch(model_config: T5Config, config: TrainConfig, memory_bytes: int, *, min_rows_per_device: int = 8,
+              max_rows_per_device: int = 1024, headroom: float = 0.9) -> dict:
+    """The largest global batch whose compiled train step fits memory_bytes per device.
+
+    For each remat policy in REMAT_ORDER, the batch doubles from min_rows_per_device rows per
+    `data` device until the step's peak exceeds headroom * memory_bytes (or max_rows_per_device
+    is reached). The first policy that fits min_rows_per_device rows is taken: recomputation
+    costs time, so a policy that fits a full batch without it is better than a bigger batch with it.
+    Returns {"remat_policy", "batch_size", "plan" (that step's `plan`), "tried": [[policy, batch, peak bytes]]};
+    raises ValueError when no policy fits min_rows_per_device.
+    """
+    if memory_bytes <= 0 or not 0 < headroom <= 1 or not 0 < min_rows_per_device <= max_rows_per_device:
+        raise ValueError(f"fit_batch needs memory_bytes > 0, 0 < headroom <= 1 and 0 < min_rows_per_device <= "
+                         f"max_rows_per_device; got {memory_bytes}, {headroom}, {min_rows_per_device}, "
+                         f"{max_rows_per_device}.")
+    data_devices = dict(trainer.validate(config).shape)["data"]
+    budget, tried = headroom * memory_bytes, []
+    for policy in REMAT_ORDER:
+        policy_config = dataclasses.replace(model_config, remat_policy=policy)
+        best, rows = None, min_rows_per_device
+        while rows <= max_rows_per_device:
+            batch = rows * data_devices
+            result = plan(policy_config, dataclasses.replace(config, batch_size=batch))
+            tried.append([policy, batch, result["peak_bytes"]])
+            if result["peak_bytes"] > budget:
+                break
+            best, rows = (batch, result), rows * 2
+        if best is not None:
+            return {"remat_policy": policy, "batch_size": best[0], "plan": best[1], "tried": tried}
+    raise ValueError(f"The train step does not fit {memory_bytes / 2**30:.2f} GiB per device with "
+                     f"{min_rows_per_device} rows per device under any remat policy {REMAT_ORDER} (peaks: {tried}). "
+                     "Use more devices on the model axis, FSDP, or shorter sequences.")
 
 
 def format_plan(result: dict, hbm_gib: float | None) -> str:

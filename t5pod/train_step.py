@@ -44,10 +44,11 @@ def _loss_sums(params, batch, rng, *, model, z_loss, label_smoothing, enable_dro
     inputs = {k: batch[k] for k in model.input_features if k in batch}
     logits = model.apply({"params": params}, **inputs, enable_dropout=enable_dropout,
                          rngs={"dropout": rng} if enable_dropout else None)
-    weights = batch["decoder_loss_weights"].astype(jnp.float32)
-    loss_sum, z_sum = cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"], weights, z_loss,
-                                                label_smoothing)
-    correct = jnp.sum((jnp.argmax(logits, -1) == batch["decoder_target_tokens"]) * weights)
+    with jax.named_scope("cross_entropy"):
+        weights = batch["decoder_loss_weights"].astype(jnp.float32)
+        loss_sum, z_sum = cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"], weights, z_loss,
+                                                    label_smoothing)
+        correct = jnp.sum((jnp.argmax(logits, -1) == batch["decoder_target_tokens"]) * weights)
     return loss_sum, {"loss_sum": loss_sum, "z_loss_sum": z_sum, "correct_sum": correct,
                       "weight_sum": jnp.sum(weights)}
 
@@ -76,10 +77,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model, optimiz
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, (state.params, _zero_sums()))
         (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(num_microbatches), micro))
-    normalizer = sums["weight_sum"] if loss_normalizing_factor is None else loss_normalizing_factor
-    grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(normalizer, 1e-8), grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("optimizer"):
+        normalizer = sums["weight_sum"] if loss_normalizing_factor is None else loss_normalizing_factor
+        grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(normalizer, 1e-8), grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
     metrics = {**sums, "learning_rate": schedule(state.step), "grad_norm": optax.global_norm(grads)}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -61,6 +61,28 @@ def test_plan_reports_per_device_memory():
 
 
 @pytest.mark.slow
+def test_plan_fit_batch_finds_the_largest_batch_that_fits():
+    lengths = "TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 16}"
+    tasks.register_all()
+    ginconf.parse(["tasks.gin", "runs/pretrain.gin", "models/tiny.gin"], ["MODEL_DIR='/unused'", "MESH_SHAPE=(8, 1)", lengths])
+    model, config = ginconf.model_config(), ginconf.train_config()
+    peaks = {batch: planning.plan(model, dataclasses.replace(config, batch_size=batch))["peak_bytes"]
+             for batch in (8, 16, 32)}
+    assert peaks[8] < peaks[16] < peaks[32]
+    # 90% of the memory falls between the peaks of 16 and 32 rows: 16 is the answer.
+    hbm_gib = (peaks[16] + peaks[32]) / 2 / 0.9 / 2**30
+    text, fitted = _plan("--gin.MESH_SHAPE=(8, 1)", f"--gin.{lengths}",
+                         "--fit_batch", "--min_rows_per_device=1", f"--hbm_gib={hbm_gib}")
+    assert "--gin.BATCH_SIZE=16 " in text and "with remat 'none'" in text
+    assert fitted["fit_tried"] == [["none", 8, peaks[8]], ["none", 16, peaks[16]], ["none", 32, peaks[32]]]
+    assert fitted["peak_bytes"] == peaks[16] and fitted["decode_batch_size"] == 16  # the plan shown is 16's
+    done = subprocess.run([sys.executable, "-m", "t5pod", "plan", "--gin_file=runs/pretrain.gin",
+                           "--gin_file=models/tiny.gin", "--gin.MODEL_DIR='/unused'", "--fit_batch"],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, XLA_FLAGS=""))
+    assert done.returncode == 2 and "needs the memory per device: add --hbm_gib" in done.stderr
+
+
+@pytest.mark.slow
 def test_bfloat16_training_tracks_float32(tmp_path):
     tasks.register_all()
     model = T5Config(vocab_size=2176, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, num_decoder_layers=2,
@@ -85,11 +107,19 @@ def test_bench_quick_run(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "bench" / "run.py")], capture_output=True, text=True,
                           timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.load(open(tmp_path / "results.json"))
+    results = json.load(open(tmp_path / "results.json"))["cpu"]
     (tiny,) = results["train"]
     assert tiny["train_tokens_per_s"] > 0 and 0 < tiny["mfu"] < 1 and tiny["reference_speedup"] > 0
     assert results["scan_compile_ratio_24_vs_2"] > 0 and results["pipeline_feed_ratio"]["demo"] > 0
     assert "speedup" in done.stdout and "pipeline_feed_ratio" in done.stdout
+    # The profile: every op's time lands in some part, each part of the model took some.
+    parts = results["profile"]["parts"]
+    assert sum(p["time_share"] for p in parts.values()) == pytest.approx(1.0)
+    assert sum(p["flop_share"] for p in parts.values()) == pytest.approx(1.0)
+    for part in ("attention projections", "attention scores and values", "feed-forward", "output layer",
+                 "loss (cross entropy)", "optimizer"):
+        assert parts[part]["time_share"] > 0, part
+    assert "where the step's time goes" in done.stdout
 
 
 def _tiny_run_config(tmp_path, **overrides):

@@ -1,0 +1,118 @@
+"""`make bench` on a GPU or TPU: T5 1.1 base and large at 512/114 as they train on accelerators.
+
+Parameters stay float32 and activations and matmuls run in bfloat16, as T5X trains. For each
+model, `planning.fit_batch` finds the largest batch whose compiled step fits the device's memory
+and the cheapest remat policy that fits it; the step is then timed, and MFU is the model FLOPs
+(t5pod.flops) per second over the device's bfloat16 peak (flops.PEAK_BF16_FLOPS). Greedy decoding
+is timed at the same batch (inputs of 512 tokens, up to 114 new ones).
+
+BENCH_ACCELERATOR_PATH=1 runs this path on CPU too, with the tiny model, short sequences and the
+memory in BENCH_DEVICE_MEMORY_BYTES: how the test suite keeps it working without an accelerator.
+"""
+
+import dataclasses
+import re
+import statistics
+import time
+
+import jax
+import numpy as np
+from flax import linen as nn
+
+from t5pod import flops, inference, partitioning, planning, trainer
+from t5pod.configs import InferConfig, TrainConfig
+
+CONFIGS = ("t5_1_1/base", "t5_1_1/large")
+LENGTHS = (512, 114)
+
+
+def device_memory_bytes(device: jax.Device) -> int | None:
+    """The memory JAX may use on the device (None where the platform does not say, e.g. CPU)."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def matmul_dtypes(lowered_text: str) -> list[str]:
+    """The result element types of the dot products in a lowered (StableHLO) program: the dtype
+    policy as written, before a backend rewrites it (XLA:CPU computes bfloat16 dots in float32)."""
+    return sorted(set(re.findall(r"stablehlo\.dot_general .*-> tensor<(?:\d+x)*(\w+)>", lowered_text)))
+
+
+def _random_batch(vocab_size: int, batch: int, lengths) -> dict:
+    rng = np.random.default_rng(0)
+    targets = rng.integers(2, vocab_size, (batch, lengths[1]), dtype=np.int32)
+    return {"encoder_input_tokens": rng.integers(2, vocab_size, (batch, lengths[0]), dtype=np.int32),
+            "decoder_target_tokens": targets,
+            "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+            "decoder_loss_weights": np.ones_like(targets)}
+
+
+def measure(name: str, model_config, lengths, memory_bytes: int, steps: int, min_rows_per_device: int) -> dict:
+    """Fits the batch, then times train steps and greedy decoding on all devices (data axis)."""
+    devices = jax.devices()
+    model_config = dataclasses.replace(model_config, dtype="bfloat16", dropout_rate=0.0, scan_layers=True)
+    train_config = TrainConfig(model_dir="/unused", mixture_or_task_name="unused",
+                               task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]}, train_steps=1,
+                               batch_size=len(devices), mesh_shape=(len(devices), 1))
+    fit = planning.fit_batch(model_config, train_config, memory_bytes, min_rows_per_device=min_rows_per_device)
+    model_config = dataclasses.replace(model_config, remat_policy=fit["remat_policy"])
+    train_config = dataclasses.replace(train_config, batch_size=fit["batch_size"])
+    mesh = partitioning.make_mesh(train_config.mesh_shape, devices)
+    setup = trainer.create_state(model_config, train_config, mesh)
+    with mesh, nn.logical_axis_rules(setup.rules):
+        state = setup.init(jax.random.PRNGKey(0))
+        step = trainer.make_train_step(train_config, setup, mesh)
+        data = trainer.global_batch(_random_batch(model_config.vocab_size, fit["batch_size"], lengths), mesh)
+        lowered = step.lower(state, data, jax.random.PRNGKey(0))
+        compiled = lowered.compile()
+        state, metrics = compiled(state, data, jax.random.PRNGKey(0))
+        jax.block_until_ready(metrics)
+        times = []
+        for i in range(steps):
+            start = time.perf_counter()
+            state, metrics = compiled(state, data, jax.random.PRNGKey(i))
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+        params = state.params
+    step_s = statistics.median(times)
+    peak = flops.peak_flops_per_device(devices[0]) * len(devices)
+    step_flops = flops.train_flops_per_example(model_config, *lengths) * fit["batch_size"]
+    row = {"config": name, "device_kind": devices[0].device_kind, "devices": len(devices),
+           "dtypes": {"params": sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(params)}),
+                      "matmuls": matmul_dtypes(lowered.as_text())},
+           "memory_bytes_per_device": memory_bytes, "remat_policy": fit["remat_policy"],
+           "batch": fit["batch_size"], "planned_peak_bytes": fit["plan"]["peak_bytes"], "tried": fit["tried"],
+           "lengths": list(lengths), "step_s": step_s, "train_tokens_per_s": fit["batch_size"] * sum(lengths) / step_s,
+           "peak_flops": peak, "mfu": step_flops / step_s / peak}
+    row.update(decode_speed(model_config, params, mesh, fit["batch_size"], lengths))
+    return row
+
+
+def decode_speed(model_config, params, mesh, batch: int, lengths) -> dict:
+    """Greedy tokens/s of the Predictor (what `infer` runs) on the run's parameters: a batch of
+    random full-length inputs, up to lengths[1] new tokens each; tokens after a row's EOS are not counted."""
+    config = InferConfig(checkpoint_path="/unused", batch_size=batch, mesh_shape=tuple(mesh.devices.shape),
+                         task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]})
+    predictor = inference.Predictor(model_config, config, vocabulary=None, mesh=mesh, params=params)
+    rows = _random_batch(model_config.vocab_size, batch, lengths)["encoder_input_tokens"][:, :-1].tolist()
+    start = time.perf_counter()
+    predictions = predictor.predict_batch(rows)  # compiles
+    compile_s = time.perf_counter() - start
+    generated = sum(min(len(p) + 1, lengths[1]) for p in predictions)  # each EOS included
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        predictor.predict_batch(rows)
+        times.append(time.perf_counter() - start)
+    return {"decode_batch": batch, "decode_compile_s": compile_s, "decode_generated_tokens": generated,
+            "decode_tokens_per_s": generated / statistics.median(times)}
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'config':14} {'device':24} {'dtype':>9} {'remat':>9} {'batch':>5} {'step s':>7} {'tokens/s':>9} "
+             f"{'MFU':>6} {'decode tok/s':>12}"]
+    for r in rows:
+        lines.append(f"{r['config']:14} {r['device_kind'][:24]:24} {'bf16/f32':>9} {r['remat_policy']:>9} "
+                     f"{r['batch']:5d} {r['step_s']:7.3f} {r['train_tokens_per_s']:9.0f} {r['mfu']:6.1%} "
+                     f"{r['decode_tokens_per_s']:12.0f}")
+    return "\n".join(lines)
