@@ -16,11 +16,12 @@ from typing import Any
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from t5pod import metric_writers
 from t5pod.configs import T5Config
 
 
 def _is_remote(path) -> bool:
-    return "://" in os.fspath(path)
+    return metric_writers.is_remote(os.fspath(path))
 
 
 def absolute(path: str) -> str:

@@ -20,6 +20,7 @@ import tensorflow as tf
 from t5pod import decoding, metric_writers
 from t5pod.progress import Progress
 from t5pod.data import pipeline
+from t5pod.data.glue_metrics import as_text
 
 INFERENCE_EVAL_FOLDER = "inference_eval"
 
@@ -60,10 +61,6 @@ def tasks_with_metrics(name: str, split: str) -> list[seqio.Task]:
     return [task for task in tasks if task.metric_fns and split in task.splits]
 
 
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def evaluate_task(predictor, task: seqio.Task, split: str, lengths: dict, max_examples: int | None = None,
                   use_cached: bool = False) -> tuple[dict, list[dict]]:
     """(metrics, one record per example: inputs, targets, prediction) of one task's split."""
@@ -74,13 +71,13 @@ def evaluate_task(predictor, task: seqio.Task, split: str, lengths: dict, max_ex
                         enabled=jax.process_index() == 0)
     predictions = [vocabulary.decode(p) for p in predictor.predict_ids(input_ids, progress.update)]
     postprocess = task.postprocess_fn or (lambda output, example=None, is_target=False: output)
-    targets = [postprocess(_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows]
+    targets = [postprocess(as_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows]
     outputs = [postprocess(p, example=r, is_target=False) for p, r in zip(predictions, rows)]
     metrics = {}
     for metric_fn in task.metric_fns:
         metrics.update({k: float(v) for k, v in metric_fn(targets, outputs).items()})
     metrics["examples"] = len(rows)
-    records = [{"inputs": _text(r.get("inputs_pretokenized", b"")), "targets": _text(r["targets_pretokenized"]),
+    records = [{"inputs": as_text(r.get("inputs_pretokenized", b"")), "targets": as_text(r["targets_pretokenized"]),
                 "prediction": p} for r, p in zip(rows, predictions)]
     return metrics, records
 

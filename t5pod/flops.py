@@ -40,7 +40,8 @@ def train_flops_by_part(config: T5Config, inputs_length: int, targets_length: in
                 "output layer": 6.0 * d * config.vocab_size * length}
     enc, dec = config.num_layers, config.decoder_layers
     # Cross-attention: keys and values over the encoder's tokens, queries and outputs over the targets.
-    projections = (enc * attention + dec * 2 * d * inner) * inputs_length + dec * (attention + 2 * d * inner) * targets_length
+    projections = ((enc * attention + dec * 2 * d * inner) * inputs_length
+                   + dec * (attention + 2 * d * inner) * targets_length)
     return {"attention projections": 6.0 * projections,
             "attention scores and values": 12.0 * inner * (enc * inputs_length ** 2 + dec * (
                 targets_length ** 2 / 2 + inputs_length * targets_length)),

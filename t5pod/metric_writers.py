@@ -14,6 +14,11 @@ from clu import metric_writers as clu_writers
 REMOTE_PARTS_FOLDER = "metrics"
 
 
+def is_remote(path: str) -> bool:
+    """Whether path names a bucket or other filesystem that tf.io.gfile reaches by URL (gs://, ram://)."""
+    return "://" in path
+
+
 def write_text(path: str, text: str):
     tf.io.gfile.makedirs(os.path.dirname(path))
     if tf.io.gfile.exists(path):  # not every filesystem truncates on "w"
@@ -28,7 +33,7 @@ def append_lines(path: str, lines: list[str]):
     evaluation; metrics.jsonl, a line per LOG_PERIOD, goes to parts instead (below)."""
     tf.io.gfile.makedirs(os.path.dirname(path) or ".")
     text = "".join(line + "\n" for line in lines)
-    if "://" not in path:
+    if not is_remote(path):
         with open(path, "a", encoding="utf-8") as f:
             f.write(text)
         return
@@ -47,7 +52,7 @@ class _JsonLines:
     """
 
     def __init__(self, path: str, flush_every_s: float = 60.0):
-        self.path, self.remote, self.flush_every_s = path, "://" in path, flush_every_s
+        self.path, self.remote, self.flush_every_s = path, is_remote(path), flush_every_s
         tf.io.gfile.makedirs(os.path.dirname(path))
         if self.remote:
             self.parts = os.path.join(os.path.dirname(path), REMOTE_PARTS_FOLDER)
