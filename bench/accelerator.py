@@ -38,13 +38,14 @@ def matmul_dtypes(lowered_text: str) -> list[str]:
     return sorted(set(re.findall(r"stablehlo\.dot_general .*-> tensor<(?:\d+x)*(\w+)>", lowered_text)))
 
 
-def _random_batch(vocab_size: int, batch: int, lengths) -> dict:
+def random_batch(high: int, batch: int, lengths) -> dict:
+    """Train features [batch, length] int32 of random token ids in [2, high), fully weighted."""
     rng = np.random.default_rng(0)
-    targets = rng.integers(2, vocab_size, (batch, lengths[1]), dtype=np.int32)
-    return {"encoder_input_tokens": rng.integers(2, vocab_size, (batch, lengths[0]), dtype=np.int32),
-            "decoder_target_tokens": targets,
-            "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-            "decoder_loss_weights": np.ones_like(targets)}
+    b = {"encoder_input_tokens": rng.integers(2, high, (batch, lengths[0])),
+         "decoder_target_tokens": rng.integers(2, high, (batch, lengths[1]))}
+    b["decoder_input_tokens"] = np.pad(b["decoder_target_tokens"][:, :-1], ((0, 0), (1, 0)))
+    b["decoder_loss_weights"] = np.ones_like(b["decoder_target_tokens"])
+    return {k: v.astype(np.int32) for k, v in b.items()}
 
 
 def measure(name: str, model_config, lengths, memory_bytes: int, steps: int, min_rows_per_device: int) -> dict:
@@ -62,7 +63,7 @@ def measure(name: str, model_config, lengths, memory_bytes: int, steps: int, min
     with mesh, nn.logical_axis_rules(setup.rules):
         state = setup.init(jax.random.PRNGKey(0))
         step = trainer.make_train_step(train_config, setup, mesh)
-        data = trainer.global_batch(_random_batch(model_config.vocab_size, fit["batch_size"], lengths), mesh)
+        data = trainer.global_batch(random_batch(model_config.vocab_size, fit["batch_size"], lengths), mesh)
         lowered = step.lower(state, data, jax.random.PRNGKey(0))
         compiled = lowered.compile()
         state, metrics = compiled(state, data, jax.random.PRNGKey(0))
@@ -94,7 +95,7 @@ def decode_speed(model_config, params, mesh, batch: int, lengths) -> dict:
     config = InferConfig(checkpoint_path="/unused", batch_size=batch, mesh_shape=tuple(mesh.devices.shape),
                          task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]})
     predictor = inference.Predictor(model_config, config, vocabulary=None, mesh=mesh, params=params)
-    rows = _random_batch(model_config.vocab_size, batch, lengths)["encoder_input_tokens"][:, :-1].tolist()
+    rows = random_batch(model_config.vocab_size, batch, lengths)["encoder_input_tokens"][:, :-1].tolist()
     start = time.perf_counter()
     predictions = predictor.predict_batch(rows)  # compiles
     compile_s = time.perf_counter() - start

@@ -63,15 +63,6 @@ def model(name: str, **overrides):
     return dataclasses.replace(ginconf.model_config(), dropout_rate=0.0, **overrides)
 
 
-def _batch(config, batch, lengths):
-    rng = np.random.default_rng(0)
-    b = {"encoder_input_tokens": rng.integers(2, 2000, (batch, lengths[0])),
-         "decoder_target_tokens": rng.integers(2, 2000, (batch, lengths[1]))}
-    b["decoder_input_tokens"] = np.pad(b["decoder_target_tokens"][:, :-1], ((0, 0), (1, 0)))
-    b["decoder_loss_weights"] = np.ones_like(b["decoder_target_tokens"])
-    return {k: v.astype(np.int32) for k, v in b.items()}
-
-
 def t5pod_step(config, batch, lengths):
     """(seconds per step, compile seconds) on one device."""
     train_config = TrainConfig(model_dir="/unused", mixture_or_task_name="unused",
@@ -82,7 +73,7 @@ def t5pod_step(config, batch, lengths):
     with mesh, nn.logical_axis_rules(setup.rules):
         state = setup.init(jax.random.PRNGKey(0))
         step = trainer.make_train_step(train_config, setup, mesh)
-        data = _batch(config, batch, lengths)
+        data = accelerator.random_batch(2000, batch, lengths)
         start = time.perf_counter()
         compiled = step.lower(state, data, jax.random.PRNGKey(0)).compile()
         compile_s = time.perf_counter() - start
@@ -115,7 +106,7 @@ def reference_step(config, batch, lengths):
         dropout_rate=0.0)).train()
     optimizer = Adafactor(hf.parameters(), lr=1e-2, scale_parameter=True, relative_step=False, warmup_init=False,
                           decay_rate=-0.8, clip_threshold=1.0)
-    data = {k: torch.tensor(v, dtype=torch.long) for k, v in _batch(config, batch, lengths).items()}
+    data = {k: torch.tensor(v, dtype=torch.long) for k, v in accelerator.random_batch(2000, batch, lengths).items()}
 
     def run(n):
         start = time.perf_counter()

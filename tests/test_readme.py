@@ -101,7 +101,8 @@ def test_readme_command_runs(command, fixtures):
         argv += ["--gin_file=models/tiny.gin", "--num_devices=8", "--gin.MESH_SHAPE=(4, 2)", "--gin.BATCH_SIZE=8",
                  "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
     elif argv[:2] == ["make", "bench"]:
-        # Measured, not skipped: test_bench_quick_run runs bench/run.py end to end in its quick mode.
+        # Measured, not skipped: test_bench_quick_run runs bench/run.py end to end in its quick mode,
+        # and test_the_accelerator_path_runs_on_cpu its GPU/TPU path.
         pytest.skip("the benchmark takes minutes; tests/test_performance_tools.py covers its parts")
     elif argv[:4] in (["python", "-m", "t5pod", "infer"], ["python", "-m", "t5pod", "eval"]):
         argv += ["--gin.MAX_DECODE_LENGTH=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
