@@ -22,6 +22,11 @@ def _study(tmp_path, *flags):
                           cwd=REPO)
 
 
+def _mean_without_nan(metrics_line: dict) -> float:
+    values = [v for k, v in metrics_line.items() if k not in ("step", "examples")]
+    return sum(0.0 if v != v else v for v in values) / len(values)  # NaN (no correlation) counts 0
+
+
 @pytest.mark.slow
 def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
     (tmp_path / "books").mkdir()
@@ -34,18 +39,26 @@ def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
     folder = tmp_path / "study" / "cpu"
     results = json.loads((folder / "results.json").read_text())
     assert list(results["rows"]) == ["baseline"]
-    # pre-training 4500 / 1000 -> 4 steps; fine-tuning 600 / 1000 -> 1 step, evaluated at step 1.
+    # pre-training 4500 / 1000 -> 4 steps; fine-tuning 2000 / 1000 -> 2 steps, evaluated at steps 1 and 2.
     expected_tasks = {"glue_cola_v002", "glue_sst2_v002", "glue_mrpc_v002", "glue_stsb_v002", "glue_rte_v002",
                       "super_glue_cb_v102", "super_glue_rte_v102", "super_glue_wsc_v102_simple_eval"}
     for name, row in results["rows"].items():
         (run,) = row["seeds"]
-        assert set(run["tasks"]) == expected_tasks and all(t["step"] == 1 for t in run["tasks"].values())
+        assert set(run["tasks"]) == expected_tasks and all(t["step"] in (1, 2) for t in run["tasks"].values())
         glue = [run["tasks"][t]["score"] for t in expected_tasks if t.startswith("glue")]
         assert run["glue_average"] == pytest.approx(sum(glue) / 5)
         assert row["glue_average"]["mean"] == pytest.approx(run["glue_average"]) and row["glue_average"]["spread"] == 0
         # A task's score is the mean of its metrics, as in the paper's averages.
         mrpc = run["tasks"]["glue_mrpc_v002"]
         assert mrpc["score"] == pytest.approx((mrpc["metrics"]["f1"] + mrpc["metrics"]["accuracy"]) / 2)
+        # Each task reports its best evaluation, as in the paper: read both evaluations back here.
+        evaluations = folder / "runs" / f"finetune_{name}_glue_super_glue_small_proportional_seed0" / "inference_eval"
+        for task, best in run["tasks"].items():
+            lines = [json.loads(line) for line in (evaluations / f"{task}-metrics.jsonl").read_text().splitlines()]
+            assert [line["step"] for line in lines] == [1, 2]
+            scores = {line["step"]: _mean_without_nan(line) for line in lines}
+            assert best["score"] == pytest.approx(max(scores.values()))
+            assert scores[best["step"]] == pytest.approx(best["score"])
     assert results["rows"]["baseline"]["paper_glue_average"] == 83.28
     assert (folder / "runs" / "pretrain_iid_denoising" / "checkpoints" / "4").is_dir()
     table = (folder / "results.md").read_text().splitlines()
