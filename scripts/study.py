@@ -161,7 +161,8 @@ class Study:
                     "MIXTURE_OR_TASK_NAME": f"{p.pretrain_source}_{objective}",
                     "TASK_FEATURE_LENGTHS": {"inputs": p.input_length, "targets": targets},
                     "TRAIN_STEPS": self.steps(p.pretrain_steps), "BATCH_SIZE": p.pretrain_batch,
-                    "CHECKPOINT_PERIOD": self.steps(p.pretrain_steps), **p.pretrain_settings}
+                    # Three checkpoints, so a pre-training cut short resumes from at most a third back.
+                    "CHECKPOINT_PERIOD": max(1, self.steps(p.pretrain_steps) // 3), **p.pretrain_settings}
         self._run(_train_command(("runs/pretrain.gin",) + p.model_gin, settings), model_dir,
                   self.steps(p.pretrain_steps), f"pre-training {objective}")
         return model_dir
