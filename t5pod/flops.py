@@ -84,6 +84,15 @@ def peak_flops_per_device(device: jax.Device) -> float:
     return _measured_peak[key]
 
 
+def describe_peak(device: jax.Device) -> str:
+    """What MFU is measured against on this device, for the training log."""
+    peak = peak_flops_per_device(device)
+    if f"{device.platform}:{device.device_kind}" in _measured_peak:
+        return (f"MFU is against {peak / 1e9:.0f} GFLOP/s per device, a float32 matmul timed at start-up "
+                "(it moves with the machine's load)")
+    return f"MFU is against {peak / 1e12:.0f} TFLOP/s per device, the data sheet's dense bfloat16 peak"
+
+
 def _measure_matmul_flops(device: jax.Device, size: int = 1024, repeats: int = 8) -> float:
     x = jax.device_put(jnp.ones((size, size), jnp.float32), device)
     matmul = jax.jit(lambda a: a @ a)

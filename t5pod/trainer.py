@@ -293,7 +293,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                                                          config.async_checkpointing)
             writer.print(f"Training {config.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
                          f"{jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}.")
-            writer.print(format_step_report(report))
+            writer.print(format_step_report(report) + f" {flops.describe_peak(jax.local_devices()[0])}.")
             if resume_step is not None:
                 writer.print(f"Resumed from {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER}/{resume_step} "
                              f"(step {resume_step}).")

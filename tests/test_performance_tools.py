@@ -176,3 +176,7 @@ def test_peak_flops_table_and_measured_cpu_peak():
     cpu = jax.devices("cpu")[0]
     measured = flops.peak_flops_per_device(cpu)
     assert 1e8 < measured < 1e13 and flops.peak_flops_per_device(cpu) == measured  # measured once
+    # The training log says which kind of peak its MFU divides by.
+    assert flops.describe_peak(Device()) == "MFU is against 197 TFLOP/s per device, the data sheet's dense bfloat16 peak"
+    assert flops.describe_peak(cpu) == (f"MFU is against {round(measured / 1e9)} GFLOP/s per device, a float32 matmul "
+                                        "timed at start-up (it moves with the machine's load)")
