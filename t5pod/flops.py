@@ -72,12 +72,20 @@ PEAK_BF16_FLOPS = {
 _measured_peak: dict[str, float] = {}
 
 
-def peak_flops_per_device(device: jax.Device) -> float:
-    """The device's peak FLOP/s: the table's bfloat16 figure, or (CPU and unknown kinds) one
-    measured here with a float32 matmul that the device runs at its best, once per process."""
+def _data_sheet_peak(device: jax.Device) -> float | None:
+    """The table's bfloat16 peak for the device's kind, or None (CPU and unknown kinds)."""
     for kind in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
         if kind.lower() in device.device_kind.lower():
             return PEAK_BF16_FLOPS[kind]
+    return None
+
+
+def peak_flops_per_device(device: jax.Device) -> float:
+    """The device's peak FLOP/s: the table's bfloat16 figure, or (CPU and unknown kinds) one
+    measured here with a float32 matmul that the device runs at its best, once per process."""
+    peak = _data_sheet_peak(device)
+    if peak is not None:
+        return peak
     key = f"{device.platform}:{device.device_kind}"
     if key not in _measured_peak:
         _measured_peak[key] = _measure_matmul_flops(device)
@@ -87,7 +95,7 @@ def peak_flops_per_device(device: jax.Device) -> float:
 def describe_peak(device: jax.Device) -> str:
     """What MFU is measured against on this device, for the training log."""
     peak = peak_flops_per_device(device)
-    if f"{device.platform}:{device.device_kind}" in _measured_peak:
+    if _data_sheet_peak(device) is None:
         return (f"MFU is against {peak / 1e9:.0f} GFLOP/s per device, a float32 matmul timed at start-up "
                 "(it moves with the machine's load)")
     return f"MFU is against {peak / 1e12:.0f} TFLOP/s per device, the data sheet's dense bfloat16 peak"
