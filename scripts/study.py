@@ -266,6 +266,8 @@ def main(argv=None) -> int:
         parser.error(f"unknown --rows {unknown or args.rows!r}; choose from {', '.join(ROWS)}")
     if args.scale_down < 1 or args.vocab_pieces < 200:
         parser.error("--scale_down must be at least 1 and --vocab_pieces at least 200")
+    from t5pod import cli
+    cli.import_tensorflow_quietly()  # this process reads checkpoints: TensorFlow comes in, with its start-up lines
     study = Study(args.preset, args.out, args)
     if args.seeds:
         study.preset = dataclasses.replace(study.preset, seeds=tuple(int(s) for s in args.seeds.split(",")))

@@ -476,7 +476,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             ValueError)
 
 
-def _import_tensorflow_quietly():
+def import_tensorflow_quietly():
     """Imports TensorFlow with file descriptor 2 caught: its C++ start-up lines (oneDNN, CUDA
     probing on machines without a GPU, absl's "All log messages before absl::InitializeLog()")
     come before any setting can stop them. They are shown only if the import fails."""
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     elif "tensorflow" not in sys.modules:
-        _import_tensorflow_quietly()
+        import_tensorflow_quietly()
     try:
         return args.run(args)
     except _user_errors() as error:

@@ -68,6 +68,7 @@ def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
     again = _study(tmp_path)  # everything finished: nothing runs, the same results
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("finished earlier, skipped") == 2
+    assert "absl::InitializeLog" not in again.stderr  # TensorFlow's start-up lines stay silent
     assert json.loads((folder / "results.json").read_text()) == results
 
     # The paper's commands, for a slice: no pre-training for that row, one shared by the others.
