@@ -48,6 +48,36 @@ def random_batch(high: int, batch: int, lengths) -> dict:
     return {k: v.astype(np.int32) for k, v in b.items()}
 
 
+class TrainStepTimer:
+    """A compiled train step on `mesh`, run once on `batch` (random_batch's features); then
+    `seconds(n)` runs n more steps and returns each one's seconds. `lowered`, `compiled` and
+    `compile_s` (lowering and compiling) are kept for the figures; `state` is the latest."""
+
+    def __init__(self, model_config, train_config: TrainConfig, mesh, batch: dict):
+        self.mesh = mesh
+        setup = trainer.create_state(model_config, train_config, mesh)
+        self.rules = setup.rules
+        with mesh, nn.logical_axis_rules(self.rules):
+            self.state = setup.init(jax.random.PRNGKey(0))
+            step = trainer.make_train_step(train_config, setup, mesh)
+            self.data = trainer.global_batch(batch, mesh)
+            start = time.perf_counter()
+            self.lowered = step.lower(self.state, self.data, jax.random.PRNGKey(0))
+            self.compiled = self.lowered.compile()
+            self.compile_s = time.perf_counter() - start
+        self.seconds(1)  # the first call also sets up the run's buffers
+
+    def seconds(self, n: int) -> list[float]:
+        times = []
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            for i in range(n):
+                start = time.perf_counter()
+                self.state, metrics = self.compiled(self.state, self.data, jax.random.PRNGKey(i))
+                jax.block_until_ready(metrics)
+                times.append(time.perf_counter() - start)
+        return times
+
+
 def measure(name: str, model_config, lengths, memory_bytes: int, steps: int, min_rows_per_device: int) -> dict:
     """Fits the batch, then times train steps and greedy decoding on all devices (data axis)."""
     devices = jax.devices()
@@ -59,28 +89,16 @@ def measure(name: str, model_config, lengths, memory_bytes: int, steps: int, min
     model_config = dataclasses.replace(model_config, remat_policy=fit["remat_policy"])
     train_config = dataclasses.replace(train_config, batch_size=fit["batch_size"])
     mesh = partitioning.make_mesh(train_config.mesh_shape, devices)
-    setup = trainer.create_state(model_config, train_config, mesh)
-    with mesh, nn.logical_axis_rules(setup.rules):
-        state = setup.init(jax.random.PRNGKey(0))
-        step = trainer.make_train_step(train_config, setup, mesh)
-        data = trainer.global_batch(random_batch(model_config.vocab_size, fit["batch_size"], lengths), mesh)
-        lowered = step.lower(state, data, jax.random.PRNGKey(0))
-        compiled = lowered.compile()
-        state, metrics = compiled(state, data, jax.random.PRNGKey(0))
-        jax.block_until_ready(metrics)
-        times = []
-        for i in range(steps):
-            start = time.perf_counter()
-            state, metrics = compiled(state, data, jax.random.PRNGKey(i))
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
-        params = state.params
+    timer = TrainStepTimer(model_config, train_config, mesh,
+                           random_batch(model_config.vocab_size, fit["batch_size"], lengths))
+    times = timer.seconds(steps)
+    params = timer.state.params
     step_s = statistics.median(times)
     peak = flops.peak_flops_per_device(devices[0]) * len(devices)
     step_flops = flops.train_flops_per_example(model_config, *lengths) * fit["batch_size"]
     row = {"config": name, "device_kind": devices[0].device_kind, "devices": len(devices),
            "dtypes": {"params": sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(params)}),
-                      "matmuls": matmul_dtypes(lowered.as_text())},
+                      "matmuls": matmul_dtypes(timer.lowered.as_text())},
            "memory_bytes_per_device": memory_bytes, "remat_policy": fit["remat_policy"],
            "batch": fit["batch_size"], "planned_peak_bytes": fit["plan"]["peak_bytes"], "tried": fit["tried"],
            "lengths": list(lengths), "step_s": step_s, "train_tokens_per_s": fit["batch_size"] * sum(lengths) / step_s,

@@ -34,9 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import linen as nn  # noqa: E402
 
-from t5pod import flops, ginconf, partitioning, trainer  # noqa: E402
+from t5pod import flops, ginconf, partitioning  # noqa: E402
 
 import accelerator  # noqa: E402  (bench/accelerator.py)
 import profile_step  # noqa: E402
@@ -63,33 +62,13 @@ def model(name: str, **overrides):
     return dataclasses.replace(ginconf.model_config(), dropout_rate=0.0, **overrides)
 
 
-def t5pod_step(config, batch, lengths):
-    """(seconds per step, compile seconds) on one device."""
+def t5pod_step(config, batch, lengths) -> accelerator.TrainStepTimer:
+    """The train step on one device, compiled and run once."""
     train_config = TrainConfig(model_dir="/unused", mixture_or_task_name="unused",
-                                       task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
-                                       train_steps=1, batch_size=batch, mesh_shape=(1, 1))
+                               task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
+                               train_steps=1, batch_size=batch, mesh_shape=(1, 1))
     mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
-    setup = trainer.create_state(config, train_config, mesh)
-    with mesh, nn.logical_axis_rules(setup.rules):
-        state = setup.init(jax.random.PRNGKey(0))
-        step = trainer.make_train_step(train_config, setup, mesh)
-        data = accelerator.random_batch(2000, batch, lengths)
-        start = time.perf_counter()
-        compiled = step.lower(state, data, jax.random.PRNGKey(0)).compile()
-        compile_s = time.perf_counter() - start
-        state, metrics = compiled(state, data, jax.random.PRNGKey(0))
-        jax.block_until_ready(metrics)
-
-        def run(n):
-            nonlocal state
-            start = time.perf_counter()
-            for i in range(n):
-                state, metrics = compiled(state, data, jax.random.PRNGKey(i))
-            jax.block_until_ready(metrics)
-            return (time.perf_counter() - start) / n
-
-        run.compiled = compiled  # for profile_step
-    return run, compile_s
+    return accelerator.TrainStepTimer(config, train_config, mesh, accelerator.random_batch(2000, batch, lengths))
 
 
 def reference_step(config, batch, lengths):
@@ -123,18 +102,18 @@ def reference_step(config, batch, lengths):
 
 
 def train_figures(name, config, batch, lengths, peak, with_reference):
-    ours, compile_s = t5pod_step(config, batch, lengths)
+    ours = t5pod_step(config, batch, lengths)
     reference = reference_step(config, batch, lengths) if with_reference else None
     mine, theirs = [], []
     for _ in range(2 if QUICK else 3):  # alternate, so both see the same machine state
-        mine.append(ours(1 if QUICK else 3))
+        mine.append(statistics.mean(ours.seconds(1 if QUICK else 3)))
         if reference:
             theirs.append(reference(1 if QUICK else 3))
     step_s = statistics.median(mine)
     tokens = batch * sum(lengths)
     step_flops = flops.train_flops_per_example(config, *lengths) * batch
     row = {"config": name, "batch": batch, "lengths": list(lengths), "step_s": step_s,
-           "train_tokens_per_s": tokens / step_s, "mfu": step_flops / step_s / peak, "compile_s": compile_s}
+           "train_tokens_per_s": tokens / step_s, "mfu": step_flops / step_s / peak, "compile_s": ours.compile_s}
     if reference:
         row["reference_tokens_per_s"] = tokens / statistics.median(theirs)
         row["reference_speedup"] = row["train_tokens_per_s"] / row["reference_tokens_per_s"]
@@ -143,7 +122,7 @@ def train_figures(name, config, batch, lengths, peak, with_reference):
 
 def compile_time(layers: int, scan: bool) -> float:
     config = model("tiny", num_layers=layers, num_decoder_layers=layers, scan_layers=scan, vocab_size=2176)
-    return t5pod_step(config, 8, (64, 16))[1]
+    return t5pod_step(config, 8, (64, 16)).compile_s
 
 
 def pipeline_rows_per_s(task: str, lengths: dict, seconds: float = 5.0) -> float:
@@ -206,8 +185,8 @@ def xxl_plan(remat: str, fsdp: bool) -> dict:
 
 
 def step_profile(name: str, config, batch: int, lengths) -> dict:
-    ours, _ = t5pod_step(config, batch, lengths)
-    result = profile_step.profile(ours.compiled, lambda: ours(1), config, batch, lengths, steps=1)
+    ours = t5pod_step(config, batch, lengths)
+    result = profile_step.profile(ours.compiled, lambda: ours.seconds(1), config, batch, lengths, steps=1)
     return {"config": name, **result}
 
 
