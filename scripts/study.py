@@ -130,6 +130,10 @@ class Study:
         if result.returncode:
             raise SystemExit(f"[study] {what} failed (exit {result.returncode}); its output is in "
                              f"{os.path.join(self.folder, 'log.txt')}. Run the same command again to resume.")
+        if not _finished(model_dir, steps):  # stopped early with its checkpoint saved (SIGTERM exits 0)
+            from t5pod import checkpoints
+            raise SystemExit(f"[study] {what} stopped at step {checkpoints.latest_step(model_dir) or 0} of {steps} "
+                             "(preempted?); the runs after it need it whole. Run the same command again to resume.")
         print(f"[study] {what}: done in {time.time() - start:.0f} s", flush=True)
 
     def vocabulary(self) -> str:

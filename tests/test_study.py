@@ -1,9 +1,12 @@
 """scripts/study.py end to end at a toy scale: pre-training, fine-tuning, the table, resume."""
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
+import sys
+import types
 
 import pytest
 
@@ -80,3 +83,15 @@ def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
     assert "--gin.TRAIN_STEPS=262" in commands[0] and "c4_v220_iid_denoising" in commands[0]
     assert "--gin.INITIAL_CHECKPOINT_PATH=None" in commands[3] and "--gin.INITIAL_CHECKPOINT_PATH=None" in commands[4]
     assert "c4_v220_span_corruption" in commands[5]
+
+
+def test_a_run_that_stops_early_stops_the_study(tmp_path):
+    # A preempted `t5pod train` saves its checkpoint and exits 0; the fine-tunings after a
+    # pre-training must not start from its unfinished checkpoint.
+    spec = importlib.util.spec_from_file_location("study", REPO / "scripts" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    runner = study.Study("cpu", str(tmp_path), types.SimpleNamespace(print_commands=False))
+    os.makedirs(runner.folder)
+    with pytest.raises(SystemExit, match="pre-training x stopped at step 0 of 5 .* Run the same command again"):
+        runner._run([sys.executable, "-c", "pass"], str(tmp_path / "run"), 5, "pre-training x")
