@@ -6,15 +6,16 @@ scores every task at every fine-tuning checkpoint by decoding its validation spl
 As in the paper, each task reports its best checkpoint; a benchmark's average is the mean of its
 tasks' scores, a task with two metrics counting their mean. Finished runs are skipped and runs cut
 short resume, so the same command continues a study. It writes `<out>/<preset>/results.json` and
-`results.md` (the table, the paper's figures beside ours).
+`results.md` (the table, the paper's figures beside ours), again after each finished row.
 
     python scripts/study.py --preset=cpu --rows=baseline,no_pretraining \\
         --glue_dir=GLUE_TSVS --superglue_dir=SUPERGLUE_JSONL --text_file_pattern='BOOKS/*.txt'
     python scripts/study.py --preset=paper --rows=baseline,prefix_lm --print_commands
 
 Presets:
-  cpu    for a 2-core machine (about 45 minutes per pre-training, 15 per fine-tuning; run rows over
-         several sessions if need be: finished runs are skipped): the tiny T5 1.1-style model (models/tiny.gin with
+  cpu    for a 2-core machine (a pre-training takes about 45 minutes, 80 to 100 for the objectives
+         whose targets are the whole text, and a fine-tuning about 12; run rows over several
+         sessions if need be: finished runs are skipped): the tiny T5 1.1-style model (models/tiny.gin with
          an 8,192-entry embedding: 2.9M parameters), a SentencePiece vocabulary of 8,000 pieces trained
          with `train-vocab` on --text_file_pattern, pre-training on those files (not C4), and one
          fine-tuning mixture of the GLUE and SuperGLUE tasks with small training sets
@@ -292,16 +293,22 @@ def main(argv=None) -> int:
             runs.append({"seed": seed, "tasks": scores, **benchmark_averages(scores)})
         if not args.print_commands:
             results["rows"][row] = {**summarise(row, runs), "seeds": runs}
+            write_results(study.folder, results)  # after each row: a study cut short keeps the rows it finished
     if args.print_commands:  # for another machine: its own `python`
         print("\n".join(shlex.join(["python", *c[1:]]) for c in study.commands))
         return 0
-    with open(os.path.join(study.folder, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-    table = markdown(results)
-    with open(os.path.join(study.folder, "results.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    print(table)
+    print(markdown(results))
     return 0
+
+
+def write_results(folder: str, results: dict):
+    """results.json and results.md (the table), each replaced whole so a reader never sees half a file."""
+    for name, text in (("results.json", json.dumps(results, indent=1, sort_keys=True)),
+                       ("results.md", markdown(results))):
+        path = os.path.join(folder, name)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

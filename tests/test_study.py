@@ -95,3 +95,32 @@ def test_a_run_that_stops_early_stops_the_study(tmp_path):
     os.makedirs(runner.folder)
     with pytest.raises(SystemExit, match="pre-training x stopped at step 0 of 5 .* Run the same command again"):
         runner._run([sys.executable, "-c", "pass"], str(tmp_path / "run"), 5, "pre-training x")
+
+
+def test_a_study_cut_short_keeps_the_rows_it_finished(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("study", REPO / "scripts" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    from t5pod import cli
+    monkeypatch.setattr(cli, "import_tensorflow_quietly", lambda: None)
+    monkeypatch.setattr(study.Study, "pretrain", lambda self, objective: f"pretrain_{objective}")
+
+    def finetune(self, row, mixture, start, seed):
+        if row == "prefix_lm":
+            raise SystemExit("[study] fine-tuning prefix_lm stopped")
+        return f"{row}_seed{seed}"
+
+    cola = {"baseline_seed0": 40.0, "baseline_seed1": 30.0}
+    monkeypatch.setattr(study.Study, "finetune", finetune)
+    monkeypatch.setattr(study, "task_scores", lambda run: {
+        "glue_cola_v002": {"step": 500, "score": cola[run], "metrics": {"mcc": cola[run]}},
+        "super_glue_cb_v102": {"step": 500, "score": 60.0, "metrics": {"accuracy": 70.0, "f1": 50.0}}})
+    with pytest.raises(SystemExit, match="prefix_lm stopped"):
+        study.main(["--rows=baseline,prefix_lm", f"--out={tmp_path}", "--text_file_pattern=books/*.txt"])
+    results = json.loads((tmp_path / "cpu" / "results.json").read_text())
+    assert list(results["rows"]) == ["baseline"]
+    assert results["rows"]["baseline"]["glue_average"] == {"mean": 35.0, "spread": 5.0, "runs": [40.0, 30.0]}
+    table = (tmp_path / "cpu" / "results.md").read_text().splitlines()
+    assert table[0].endswith("| cola | sg_cb |")
+    assert table[2] == "| baseline | 35.0 ± 5.0 | 83.28 | 60.0 ± 0.0 | 71.36 | 35.0 ± 5.0 | 60.0 ± 0.0 |"
+    assert sorted(os.listdir(tmp_path / "cpu")) == ["results.json", "results.md"]
