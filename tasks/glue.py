@@ -93,6 +93,8 @@ def _examples_dataset(examples: list[dict]) -> tf.data.Dataset:
     for key in ("group", "answers"):
         if key in examples[0]:
             columns[key] = [x[key] for x in examples]
+    if "label" in examples[0]:  # WSC's target: whether the candidate is the referent
+        columns["label"] = [str(x["label"]) for x in examples]
     return strings_dataset(columns)
 
 

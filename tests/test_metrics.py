@@ -195,25 +195,32 @@ def test_multirc_postprocess():
     [
         ("The councilmen", "the city councilmen", 1),  # prediction inside referent
         ("the city councilmen of Springfield", "the city councilmen", 1),  # referent inside prediction
-        ("Joe's", "Joe", 1),  # possessive dropped
-        ("joe.", "Joe", 1),  # punctuation dropped
-        (b"An Apple", "apple", 1),  # bytes, article dropped
+        ("his dog", "The dog", 1),  # determiners ("his", "the") dropped anywhere
+        (b"Fuzzy Bunny", "bunny", 1),  # bytes, case
+        ("Joe", "Joe's hat", 0),  # an apostrophe on one side only: a different thing
+        ("Joe's", "Joe's hat", 1),
+        ("joe.", "Joe", 0),  # punctuation stays part of the word
         ("the demonstrators", "the city councilmen", 0),
         ("city demonstrators", "the city councilmen", 0),  # overlap but neither is a subset
-        ("", "Joe", 0),
-        ("the", "Joe", 0),  # nothing left after cleaning
+        ("", "Joe", -1),  # empty: matches no label
+        ("the", "Joe", -1),  # nothing left after cleaning
     ],
 )
 def test_wsc_simple_postprocess(prediction, referent, expected):
-    example = {"targets_pretokenized": referent}
+    example = {"targets_pretokenized": referent, "label": 1}
     assert glue_metrics.wsc_simple_postprocess(prediction, example) == expected
 
 
-def test_wsc_target_is_one_and_accuracy():
-    examples = [{"targets_pretokenized": r} for r in ("Mark", "the trophy", "the suitcase")]
-    predictions = ["mark", "The suitcase", "suitcase"]
+def test_wsc_target_is_the_label_and_accuracy():
+    # Each example asks about one candidate; label 1 when it is the pronoun's referent.
+    examples = [{"targets_pretokenized": "Mark", "label": 1}, {"targets_pretokenized": "the trophy", "label": 1},
+                {"targets_pretokenized": "the suitcase", "label": 0}, {"targets_pretokenized": "Pete", "label": 0},
+                {"targets_pretokenized": "the pony", "label": 0}]
+    # Right: names Mark; wrong: names the suitcase for the trophy; wrong: names the suitcase when
+    # it is not the referent; right: names someone else than Pete; wrong: an empty answer.
+    predictions = ["mark", "The suitcase", "suitcase", "Mark", ""]
     t = [glue_metrics.wsc_simple_postprocess(e["targets_pretokenized"], e, is_target=True) for e in examples]
     p = [glue_metrics.wsc_simple_postprocess(o, e) for o, e in zip(predictions, examples)]
-    assert t == [1, 1, 1]
-    assert p == [1, 0, 1]
-    assert glue_metrics.accuracy(t, p)["accuracy"] == pytest.approx(100 * 2 / 3)
+    assert t == [1, 1, 0, 0, 0]
+    assert p == [1, 0, 1, 0, -1]
+    assert glue_metrics.accuracy(t, p)["accuracy"] == pytest.approx(100 * 2 / 5)

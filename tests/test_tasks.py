@@ -41,13 +41,19 @@ def test_task_metrics_are_perfect_on_gold_predictions(local_benchmarks, task, sp
     assert " ".join(first["inputs_pretokenized"].decode().split()).startswith(decoded) and len(decoded) > 20
     targets = [provider.postprocess_fn(x["targets_pretokenized"].decode(), example=x, is_target=True)
                for x in examples]
-    predictions = [provider.postprocess_fn(x["targets_pretokenized"].decode(), example=x, is_target=False)
-                   for x in examples]
+    # WSC asks whether each example's candidate is the referent: where it is not (label 0), a gold
+    # answer names someone else.
+    wsc = task == "super_glue_wsc_v102_simple_eval"
+    gold = [x["targets_pretokenized"].decode() if not wsc or int(x["label"]) else "someone else" for x in examples]
+    predictions = [provider.postprocess_fn(g, example=x, is_target=False) for g, x in zip(gold, examples)]
     for metric_fn in provider.metric_fns:
         for name, value in metric_fn(targets, predictions).items():
             assert value == pytest.approx(100.0), (name, value)
     # A wrong prediction for every example is not perfect: the metric can fail.
-    wrong = [provider.postprocess_fn("no such label", example=x, is_target=False) for x in examples]
+    # (For WSC: the candidate exactly where it is not the referent.)
+    wrong_answers = [x["targets_pretokenized"].decode() if wsc and not int(x["label"]) else "no such label"
+                     for x in examples]
+    wrong = [provider.postprocess_fn(w, example=x, is_target=False) for w, x in zip(wrong_answers, examples)]
     assert any(not v >= 50 for fn in provider.metric_fns for v in fn(targets, wrong).values())  # NaN fails too
 
 

@@ -203,29 +203,31 @@ def record_postprocess(output: Any, example: dict | None = None, is_target: bool
     return {"group": group, "value": as_text(output)}
 
 
-_DETERMINERS = ("the", "a", "an")
-_PUNCT_RE = re.compile(f"[{re.escape(string.punctuation)}]")
+# The reference's list: words WSC answers may differ by ("the trophy" is "trophy").
+_WSC_DETERMINERS = frozenset({"a", "an", "few", "her", "his", "each", "every", "many", "much", "my", "our", "some",
+                              "that", "the", "their", "these", "this", "those", "which", "whose", "your"})
 
 
-def _wsc_words(s: Any) -> set[str]:
-    """Lowercase, drop possessive 's and punctuation, drop leading determiners; word set."""
-    s = as_text(s).strip().lower()
-    s = re.sub(r"['\u2019]s\b", "", s)
-    words = _PUNCT_RE.sub(" ", s).split()
-    while words and words[0] in _DETERMINERS:
-        words = words[1:]
-    return set(words)
+def _wsc_clean(s: Any) -> str:
+    """Lowercase, split on single spaces, drop determiners (punctuation stays, as in the reference)."""
+    return " ".join(w for w in as_text(s).strip().lower().split(" ") if w not in _WSC_DETERMINERS)
 
 
 def wsc_simple_postprocess(output: Any, example: dict | None = None, is_target: bool = False) -> int:
-    """WSC: 1 if the predicted and true referents' word sets nest (either way), else 0.
+    """WSC: whether the prediction names the example's candidate referent (1) or not (0); the
+    target is the example's label, so accuracy asks "did the model pick this candidate exactly
+    when it is the right one".
 
-    The target is the referent itself, so it always maps to 1; accuracy is then the metric.
-    An empty prediction is 0.
+    Names match when one's word set holds the other's ("fuzzy bunny" and "bunny"), unless only
+    one has an apostrophe ("Bob" is not "Bob's hat"). An empty prediction is -1: it matches no
+    label, where 0 would count as correctly rejecting a wrong candidate.
     """
     if is_target:
-        return 1
-    prediction, referent = _wsc_words(output), _wsc_words(example["targets_pretokenized"])
+        return int(example["label"])
+    prediction, referent = _wsc_clean(output), _wsc_clean(example["targets_pretokenized"])
     if not prediction:
+        return -1
+    if ("'" in prediction) != ("'" in referent):
         return 0
-    return int(prediction <= referent or referent <= prediction)
+    prediction_words, referent_words = set(prediction.split(" ")), set(referent.split(" "))
+    return int(prediction_words <= referent_words or referent_words <= prediction_words)
