@@ -6,7 +6,9 @@ scores every task at every fine-tuning checkpoint by decoding its validation spl
 As in the paper, each task reports its best checkpoint; a benchmark's average is the mean of its
 tasks' scores, a task with two metrics counting their mean. Finished runs are skipped and runs cut
 short resume, so the same command continues a study. It writes `<out>/<preset>/results.json` and
-`results.md` (the table, the paper's figures beside ours), again after each finished row.
+`results.md` (the table, the paper's figures beside ours), again after each finished row. Rows an
+earlier command measured with the same settings stay in the table, so rows can be run one at a time;
+results made with other settings are moved aside to results-<time>.json first.
 
     python scripts/study.py --preset=cpu --rows=baseline,no_pretraining \\
         --glue_dir=GLUE_TSVS --superglue_dir=SUPERGLUE_JSONL --text_file_pattern='BOOKS/*.txt'
@@ -282,6 +284,8 @@ def main(argv=None) -> int:
     os.makedirs(study.folder, exist_ok=True)
     results = {"preset": args.preset, "preset_settings": dataclasses.asdict(study.preset),
                "scale_down": args.scale_down, "rows": {}}
+    if not args.print_commands:
+        results["rows"] = earlier_rows(study.folder, results)
     for row in rows:
         objective = ROWS[row][0]
         start = study.pretrain(objective) if objective else None
@@ -299,6 +303,25 @@ def main(argv=None) -> int:
         return 0
     print(markdown(results))
     return 0
+
+
+def earlier_rows(folder: str, results: dict) -> dict:
+    """The rows of the folder's results.json if it was made with the same settings; else it is moved aside."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        earlier = json.load(f)
+    settings = json.loads(json.dumps({k: results[k] for k in ("preset", "preset_settings", "scale_down")}))  # tuples: lists
+    same = all(earlier.get(k) == v for k, v in settings.items())
+    if same:
+        return earlier["rows"]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in ("results.json", "results.md"):
+        if os.path.exists(os.path.join(folder, name)):
+            os.replace(os.path.join(folder, name), os.path.join(folder, name.replace("results", f"results-{stamp}")))
+    print(f"[study] {path} was made with other settings; moved aside to results-{stamp}.json", flush=True)
+    return {}
 
 
 def write_results(folder: str, results: dict):

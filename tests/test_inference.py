@@ -133,12 +133,14 @@ def test_tiny_model_learns_sst2_from_scratch(shared_data, tmp_path):
                 "--gin.t5pod.T5Config.vocab_size=2176", "--gin.VOCABULARY_PATH='demo'",
                 f"--gin.GLUE_DIR='{shared_data / 'glue'}'", "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'",
                 f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 4}",
-                "--gin.TRAIN_STEPS=200", "--gin.BATCH_SIZE=32", "--gin.WARMUP_STEPS=1000", "--gin.DROPOUT_RATE=0.1",
-                "--gin.EVAL_PERIOD=200", "--gin.EVAL_STEPS=1", "--gin.INFERENCE_EVAL=True")
+                "--gin.TRAIN_STEPS=400", "--gin.BATCH_SIZE=32", "--gin.WARMUP_STEPS=1000", "--gin.DROPOUT_RATE=0.1",
+                "--gin.EVAL_PERIOD=400", "--gin.EVAL_STEPS=1", "--gin.INFERENCE_EVAL=True")
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = [json.loads(line) for line in open(tmp_path / "inference_eval" / "glue_sst2_v002-metrics.jsonl")]
-    assert row["step"] == 200 and row["examples"] == 872
-    assert row["accuracy"] > 62.0  # measured: 54.4, 60.0, 67.2, 68.9 after 100, 150, 200, 250 steps
+    assert row["step"] == 400 and row["examples"] == 872
+    # Measured: 49.1, 58.4, 70.1, 71.8 after 100, 200, 300, 400 steps. Where learning starts moved by
+    # about 50 steps between two machines (67.2 at step 200 on another), so the test trains well past it.
+    assert row["accuracy"] > 62.0
 
 
 def test_inference_lengths_come_from_task_feature_lengths_and_old_macros_name_their_replacement():

@@ -97,7 +97,8 @@ def test_a_run_that_stops_early_stops_the_study(tmp_path):
         runner._run([sys.executable, "-c", "pass"], str(tmp_path / "run"), 5, "pre-training x")
 
 
-def test_a_study_cut_short_keeps_the_rows_it_finished(tmp_path, monkeypatch):
+def _study_with_fake_runs(monkeypatch, stop_row=None):
+    """scripts/study.py whose runs are faked: CoLA scores 40 and 30 (seeds 0, 1) for every row, CB 60."""
     spec = importlib.util.spec_from_file_location("study", REPO / "scripts" / "study.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
@@ -106,15 +107,19 @@ def test_a_study_cut_short_keeps_the_rows_it_finished(tmp_path, monkeypatch):
     monkeypatch.setattr(study.Study, "pretrain", lambda self, objective: f"pretrain_{objective}")
 
     def finetune(self, row, mixture, start, seed):
-        if row == "prefix_lm":
-            raise SystemExit("[study] fine-tuning prefix_lm stopped")
+        if row == stop_row:
+            raise SystemExit(f"[study] fine-tuning {row} stopped")
         return f"{row}_seed{seed}"
 
-    cola = {"baseline_seed0": 40.0, "baseline_seed1": 30.0}
     monkeypatch.setattr(study.Study, "finetune", finetune)
     monkeypatch.setattr(study, "task_scores", lambda run: {
-        "glue_cola_v002": {"step": 500, "score": cola[run], "metrics": {"mcc": cola[run]}},
+        "glue_cola_v002": {"step": 500, "score": 40.0 - 10 * run.endswith("1"), "metrics": {"mcc": 0.0}},
         "super_glue_cb_v102": {"step": 500, "score": 60.0, "metrics": {"accuracy": 70.0, "f1": 50.0}}})
+    return study
+
+
+def test_a_study_cut_short_keeps_the_rows_it_finished(tmp_path, monkeypatch):
+    study = _study_with_fake_runs(monkeypatch, stop_row="prefix_lm")
     with pytest.raises(SystemExit, match="prefix_lm stopped"):
         study.main(["--rows=baseline,prefix_lm", f"--out={tmp_path}", "--text_file_pattern=books/*.txt"])
     results = json.loads((tmp_path / "cpu" / "results.json").read_text())
@@ -124,3 +129,22 @@ def test_a_study_cut_short_keeps_the_rows_it_finished(tmp_path, monkeypatch):
     assert table[0].endswith("| cola | sg_cb |")
     assert table[2] == "| baseline | 35.0 ± 5.0 | 83.28 | 60.0 ± 0.0 | 71.36 | 35.0 ± 5.0 | 60.0 ± 0.0 |"
     assert sorted(os.listdir(tmp_path / "cpu")) == ["results.json", "results.md"]
+
+
+def test_rows_run_one_at_a_time_share_the_table_unless_the_settings_differ(tmp_path, monkeypatch):
+    study = _study_with_fake_runs(monkeypatch)
+    for row in ("baseline", "prefix_lm"):
+        study.main([f"--rows={row}", f"--out={tmp_path}", "--text_file_pattern=books/*.txt"])
+    table = (tmp_path / "cpu" / "results.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| baseline", "| prefix_lm"]
+    both = json.loads((tmp_path / "cpu" / "results.json").read_text())
+    assert both["rows"]["prefix_lm"]["paper_glue_average"] == 80.69
+    assert both["rows"]["baseline"]["glue_average"]["runs"] == [40.0, 30.0]
+
+    # One seed is another study: its table does not mix with the two-seed rows, which are kept aside.
+    study.main(["--rows=no_pretraining", "--seeds=0", f"--out={tmp_path}", "--text_file_pattern=books/*.txt"])
+    one_seed = json.loads((tmp_path / "cpu" / "results.json").read_text())
+    assert list(one_seed["rows"]) == ["no_pretraining"] and one_seed["preset_settings"]["seeds"] == [0]
+    (aside,) = [name for name in os.listdir(tmp_path / "cpu") if name.startswith("results-") and name.endswith(".json")]
+    assert json.loads((tmp_path / "cpu" / aside).read_text()) == both
+    assert (tmp_path / "cpu" / aside.replace(".json", ".md")).read_text().splitlines() == table
