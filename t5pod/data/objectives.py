@@ -122,16 +122,20 @@ def mask_tokens(tokens, noise_mask, vocab_size: int, seed=None):
     return tf.where(noise_mask, tf.cast(vocab_size - 1, tokens.dtype), tokens)
 
 
+BERT_RANDOM_TOKEN_FRACTION = 0.1
+
+
 def bert_mask_tokens(tokens, noise_mask, vocab_size: int, seed):
-    """BERT-style: of the noise tokens, 80% become the mask token, 10% a random token, 10% stay.
+    """BERT-style as the T5 paper runs it (§3.3.1; the reference's noise_token_to_random_token_or_sentinel
+    with random_prob 0.1): of the noise tokens, 90% become the mask token and 10% a random token; none
+    stay as they were (BERT's own recipe is 80/10/10).
 
     Random tokens are drawn from ids 3..vocab_size-1, as the reference does.
     """
     choice = tf.random.stateless_uniform(tf.shape(tokens), seed=seed)
     random_tokens = tf.random.stateless_uniform(tf.shape(tokens), seed=seed + [0, 1], minval=3, maxval=vocab_size,
                                                 dtype=tokens.dtype)
-    replaced = tf.where(choice < 0.8, tf.cast(vocab_size - 1, tokens.dtype),
-                        tf.where(choice < 0.9, random_tokens, tokens))
+    replaced = tf.where(choice < BERT_RANDOM_TOKEN_FRACTION, random_tokens, tf.cast(vocab_size - 1, tokens.dtype))
     return tf.where(noise_mask, replaced, tokens)
 
 
