@@ -46,11 +46,11 @@ finetune: install
 	$(BIN)/python -m t5pod train --gin_file=demo_finetune.gin --gin.INITIAL_CHECKPOINT_PATH="'$(PRETRAINED)'" $(if $(GLUE_DIR),--gin.GLUE_DIR="'$(GLUE_DIR)'") $(FINETUNE_ARGS)
 	$(BIN)/python -m t5pod eval --all_checkpoints --gin_file=runs/eval.gin --gin_file=demo_finetune.gin $(if $(GLUE_DIR),--gin.GLUE_DIR="'$(GLUE_DIR)'") $(FINETUNE_ARGS)
 
-# The paper's study (Tables 1 and 4) at CPU scale: scripts/study.py --preset=cpu. On 2 cores a
-# pre-training takes about 45 minutes (80 to 100 for prefix LM, BERT-style, deshuffling), a fine-tuning
-# about 12; results in study/cpu/. GLUE_DIR, SUPERGLUE_DIR:
-# the benchmark files; STUDY_TEXT: a file pattern of English text to pre-train on; STUDY_ARGS: more
-# flags (--rows=..., --seeds=...).
+# The paper's study (Tables 1 and 4) at CPU scale, and the transfer rows (STUDY_ARGS=--rows=transfer):
+# scripts/study.py --preset=cpu, described in study/README.md. On 2 cores a pre-training takes about
+# 45 minutes (80 to 100 for prefix LM, BERT-style, deshuffling), a transfer fine-tuning 4 to 7; results
+# in study/cpu/. GLUE_DIR, SUPERGLUE_DIR: the benchmark files; STUDY_TEXT: a file pattern of English
+# text to pre-train on; STUDY_ARGS: more flags (--rows=..., --seeds=..., --transfer_starts=...).
 SUPERGLUE_DIR ?= $(wildcard ../shared/data/superglue)
 STUDY_TEXT ?= $(if $(wildcard ../shared/data/pretrain/gutenberg),../shared/data/pretrain/gutenberg/*.txt)
 study: install

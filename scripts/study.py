@@ -14,18 +14,27 @@ results made with other settings are moved aside to results-<time>.json first.
         --glue_dir=GLUE_TSVS --superglue_dir=SUPERGLUE_JSONL --text_file_pattern='BOOKS/*.txt'
     python scripts/study.py --preset=paper --rows=baseline,prefix_lm --print_commands
 
+With --rows=transfer (study_transfer.py) it measures transfer where small data lets it show:
+single-task fine-tuning (SST-2 with 1,000 labels, STS-B) from random weights and from the i.i.d.
+denoising pre-training at 1x, 2x and 4x its steps, five seeds each, checkpoints chosen on a held-out
+slice of the training set; and linear probes of the frozen encoder. It writes transfer.json and
+transfer.md beside results.json. Every row states its model FLOPs.
+
 Presets:
-  cpu    for a 2-core machine (a pre-training takes about 45 minutes, 80 to 100 for the objectives
-         whose targets are the whole text, and a fine-tuning about 12; run rows over several
-         sessions if need be: finished runs are skipped): the tiny T5 1.1-style model (models/tiny.gin with
-         an 8,192-entry embedding: 2.9M parameters), a SentencePiece vocabulary of 8,000 pieces trained
-         with `train-vocab` on --text_file_pattern, pre-training on those files (not C4), and one
-         fine-tuning mixture of the GLUE and SuperGLUE tasks with small training sets
-         (glue_super_glue_small_proportional: CoLA, SST-2, MRPC, STS-B, RTE, CB, RTE, WSC). 4,500
-         pre-training steps: at 1,500 the loss still sat on its unigram plateau (broken near 1,700).
-         Fine-tuning: 2,000 steps at lr 3e-3 with dropout 0 (the paper: 1e-3 and 0.1, too slow here).
-  paper  the paper's baseline: T5 1.0 base, C4, 2^18 pre-training steps of 128 x 512 tokens, then
-         2^18 fine-tuning steps on glue_v002_proportional and super_glue_v102_proportional.
+  cpu    for a 2-core machine: the tiny T5 1.1-style model (models/tiny.gin with an 8,192-entry
+         embedding: 2.9M parameters), a SentencePiece vocabulary of 8,000 pieces trained with
+         `train-vocab` on --text_file_pattern, pre-training on those files (not C4): 4,500 steps of
+         32 x 128 tokens (1.1e14 FLOPs; at 1,500 the loss still sat on its unigram plateau), about
+         45 minutes (80 to 100 for the objectives whose targets are the whole text). Fine-tuning as
+         the paper: GLUE's small tasks as one examples-proportional mixture, SuperGLUE's as another,
+         no rate limit, about 10 epochs of each task; lr 3e-3 and dropout 0 for both starts (the
+         paper: 1e-3 and 0.1, too slow at this size). Transfer rows: 320 steps of SST-2 1k (40
+         epochs), 750 of STS-B (10 epochs), 4 and 7 minutes each.
+  gpu    for one H100/H200-class GPU: T5 1.1 small in bfloat16, 8,000 pre-training steps of 128 x 512
+         tokens (1.1e17 FLOPs), then the transfer rows (rung 1x, three seeds).
+  paper  the paper's baseline: T5 1.0 base, C4, 2^19 pre-training steps of 128 x 512 tokens (about
+         34B tokens), then 2^18 fine-tuning steps on glue_v002_proportional and, separately,
+         super_glue_v102_proportional, dropout 0.1.
 """
 
 import argparse
@@ -39,6 +48,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import study_transfer  # noqa: E402  (beside this file)
+
 # Figures of the paper (Raffel et al., 2020): GLUE and SuperGLUE averages on the validation sets.
 # Table 1 (baseline, no pre-training) and Table 4 (objectives); span corruption from Table 7 (span 3).
 ROWS = {
@@ -48,7 +60,13 @@ ROWS = {
     "bert_style": ("bert_style", "Table 4: BERT-style", 82.96, 69.85),
     "deshuffling": ("deshuffling", "Table 4: deshuffling", 73.17, 58.47),
     "span_corruption": ("span_corruption", "Table 7: span corruption, mean span 3", 83.49, 72.53),
+    # Table 4 at equal pre-training FLOPs: the objectives whose targets are the whole text cost about
+    # twice i.i.d. denoising's per step (cpu preset: 1.54e9 against 0.79e9 FLOPs a row), so the baseline
+    # pre-trained twice as long (the compute ladder's 2x checkpoint) matches their FLOPs.
+    "baseline_2x": ("iid_denoising", "Table 4 at equal FLOPs: i.i.d. denoising, twice the steps", 83.28, 71.36),
 }
+# Rows pre-trained for a multiple of the preset's steps (the same run, continued).
+ROW_MULTIPLES = {"baseline_2x": 2}
 GLUE_TASKS = ("glue_cola_v002", "glue_sst2_v002", "glue_mrpc_v002", "glue_stsb_v002", "glue_rte_v002",
               "glue_mnli_v002", "glue_mnli_matched_v002", "glue_mnli_mismatched_v002", "glue_qqp_v002",
               "glue_qnli_v002")
@@ -67,35 +85,72 @@ class Preset:
     input_length: int
     targets_length: int  # for objectives that return a part of the text
     pretrain_settings: dict
-    finetune_mixtures: tuple[str, ...]
-    finetune_steps: int
+    finetune_mixtures: tuple[str, ...]  # fine-tuned one after the other, each from the pre-trained start
+    finetune_steps: dict  # mixture -> steps
     finetune_batch: int
     finetune_lengths: dict
-    finetune_period: int  # checkpoints and evaluations
-    finetune_settings: dict
+    finetune_period: dict  # mixture -> steps between checkpoints and evaluations
+    finetune_settings: dict  # gin macros; DROPOUT_RATE is stated beside the table
+    pretrain_dropout: float
     seeds: tuple[int, ...]
+    transfer: "study_transfer.TransferSettings | None"  # the transfer rows; None: not defined for the preset
 
+
+# The transfer rows (study_transfer.py) at CPU scale. Measured packing with the study's 8,000-piece
+# vocabulary: SST-2 1k holds 3.9 examples per 128-token row (8 steps of 32 rows an epoch), STS-B with
+# 16 target tokens 2.2 (74 steps an epoch): 320 steps are 40 epochs of SST-2 1k, 750 are 10 of STS-B.
+# Each run is evaluated 10 times (every 4 epochs of SST-2 1k, every epoch of STS-B).
+CPU_TRANSFER = study_transfer.TransferSettings(
+    steps={"sst2_1k": 320, "stsb": 750}, period={"sst2_1k": 32, "stsb": 75},
+    lengths={"sst2_1k": {"inputs": 128, "targets": 8}, "stsb": {"inputs": 128, "targets": 16}}, batch=32,
+    settings={"LEARNING_RATE": 3e-3, "DROPOUT_RATE": 0.0, "LOG_PERIOD": 100, "EVAL_STEPS": 1},
+    seeds=(0, 1, 2, 3, 4), ladder=(1, 2, 4), probe_seeds=(0, 1, 2, 3, 4))
 
 PRESETS = {
     "cpu": Preset(
         model_gin=("models/tiny.gin",), vocab_size=8192, vocabulary=None, pretrain_source="text",
         pretrain_steps=4500, pretrain_batch=32, input_length=128, targets_length=48,
         pretrain_settings={"WARMUP_STEPS": 1000, "LOG_PERIOD": 250},
-        finetune_mixtures=("glue_super_glue_small_proportional",), finetune_steps=2000, finetune_batch=32,
-        finetune_lengths={"inputs": 128, "targets": 8}, finetune_period=500,
-        # Measured on SST-2 (README, "The study"): 1e-3, the paper's rate, is too slow for a run this
+        # As the paper: GLUE's and SuperGLUE's tasks each one examples-proportional mixture, no limit,
+        # which gives every task of a mixture the same number of epochs. Measured packing: 2.64 GLUE
+        # and 1.05 SuperGLUE examples per 128-token row, so 10,500 steps are 10.1 epochs of each GLUE
+        # task (SST-2's 67k examples included) and 900 steps 10.1 of each SuperGLUE task.
+        finetune_mixtures=("glue_small_proportional", "super_glue_small_proportional"),
+        finetune_steps={"glue_small_proportional": 10500, "super_glue_small_proportional": 900},
+        finetune_batch=32, finetune_lengths={"inputs": 128, "targets": 8},
+        finetune_period={"glue_small_proportional": 1500, "super_glue_small_proportional": 150},
+        # Measured on SST-2 (study/README.md): 1e-3, the paper's rate, is too slow for a run this
         # short, and dropout 0.1 on a model pre-trained without dropout holds a pre-trained start on
-        # one class for its first 200-400 steps; 600 steps leave the mixture's tasks at chance.
-        finetune_settings={"LEARNING_RATE": 3e-3, "DROPOUT_RATE": 0.0, "MIXING_RATE_LIMIT": 8192, "LOG_PERIOD": 250,
-                           "EVAL_STEPS": 1},
-        seeds=(0, 1)),
+        # one class for its first 200-400 steps. Both starts use the same settings.
+        finetune_settings={"LEARNING_RATE": 3e-3, "DROPOUT_RATE": 0.0, "LOG_PERIOD": 250, "EVAL_STEPS": 1},
+        pretrain_dropout=0.0, seeds=(0, 1), transfer=CPU_TRANSFER),
+    # For one H100/H200-class GPU: T5 1.1 small (8,192-entry embeddings, 52M parameters) in bfloat16,
+    # 8,000 pre-training steps of 128 x 512 tokens: 1.1e17 model FLOPs (t5pod.flops), about 8 minutes
+    # at 240 TFLOP/s (30% of an H200's bfloat16 peak); then the transfer rows from both starts with
+    # three seeds (a few more minutes, mostly compilation). Not yet run on a GPU.
+    "gpu": Preset(
+        model_gin=("models/t5_1_1/small.gin",), vocab_size=8192, vocabulary=None, pretrain_source="text",
+        pretrain_steps=8000, pretrain_batch=128, input_length=512, targets_length=192,
+        pretrain_settings={"WARMUP_STEPS": 1000, "LOG_PERIOD": 100, "t5pod.T5Config.dtype": "bfloat16"},
+        finetune_mixtures=("glue_small_proportional", "super_glue_small_proportional"),
+        finetune_steps={"glue_small_proportional": 2000, "super_glue_small_proportional": 300},
+        finetune_batch=32, finetune_lengths={"inputs": 128, "targets": 8},
+        finetune_period={"glue_small_proportional": 500, "super_glue_small_proportional": 50},
+        finetune_settings={"LEARNING_RATE": 1e-3, "DROPOUT_RATE": 0.0, "LOG_PERIOD": 100, "EVAL_STEPS": 1},
+        pretrain_dropout=0.0, seeds=(0,),
+        transfer=dataclasses.replace(CPU_TRANSFER, ladder=(1,), seeds=(0, 1, 2), probe_seeds=(0, 1, 2), settings={
+            "LEARNING_RATE": 1e-3, "DROPOUT_RATE": 0.0, "LOG_PERIOD": 100, "EVAL_STEPS": 1})),
+    # The paper's baseline (§3.1): T5 1.0 base on C4, 2^19 pre-training steps of 128 x 512 tokens
+    # (about 34B tokens), then 2^18 fine-tuning steps on each benchmark's mixture, dropout 0.1.
     "paper": Preset(
         model_gin=("models/t5_1_0/base.gin",), vocab_size=32128,
         vocabulary="gs://t5-data/vocabs/cc_all.32000/sentencepiece.model", pretrain_source="c4_v220",
-        pretrain_steps=2**18, pretrain_batch=128, input_length=512, targets_length=192, pretrain_settings={},
-        finetune_mixtures=("glue_v002_proportional", "super_glue_v102_proportional"), finetune_steps=2**18,
-        finetune_batch=128, finetune_lengths={"inputs": 512, "targets": 84}, finetune_period=5000,
-        finetune_settings={}, seeds=(0,)),
+        pretrain_steps=2**19, pretrain_batch=128, input_length=512, targets_length=192, pretrain_settings={},
+        finetune_mixtures=("glue_v002_proportional", "super_glue_v102_proportional"),
+        finetune_steps={"glue_v002_proportional": 2**18, "super_glue_v102_proportional": 2**18},
+        finetune_batch=128, finetune_lengths={"inputs": 512, "targets": 84},
+        finetune_period={"glue_v002_proportional": 5000, "super_glue_v102_proportional": 5000},
+        finetune_settings={"DROPOUT_RATE": 0.1}, pretrain_dropout=0.0, seeds=(0,), transfer=None),
 }
 
 
@@ -139,6 +194,22 @@ class Study:
                              "(preempted?); the runs after it need it whole. Run the same command again to resume.")
         print(f"[study] {what}: done in {time.time() - start:.0f} s", flush=True)
 
+    @staticmethod
+    def finished(model_dir: str, steps: int) -> bool:
+        return _finished(model_dir, steps)
+
+    def run_command(self, command: list[str], what: str):
+        """A command that leaves no run folder (a probe): run unless only printing; its output to log.txt."""
+        self.commands.append(command)
+        if self.args.print_commands:
+            return
+        print(f"[study] {what}", flush=True)
+        with open(os.path.join(self.folder, "log.txt"), "a", encoding="utf-8") as log:
+            log.write(f"\n$ {shlex.join(command)}\n")
+            log.flush()
+            if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:
+                raise SystemExit(f"[study] {what} failed; its output is in {os.path.join(self.folder, 'log.txt')}.")
+
     def vocabulary(self) -> str:
         if self.preset.vocabulary:
             return self.preset.vocabulary
@@ -160,34 +231,105 @@ class Study:
                 settings[macro] = getattr(self.args, flag)
         return settings
 
-    def pretrain(self, objective: str) -> str:
+    def pretrain(self, objective: str, multiple: int = 1) -> str:
+        """The objective's pre-training run to `multiple` x the preset's steps (a longer one continues
+        the same run); returns its checkpoint at exactly that step."""
         p = self.preset
         model_dir = os.path.join(self.folder, "runs", f"pretrain_{objective}")
-        targets = p.input_length if objective in FULL_TARGETS else p.targets_length
+        steps = self.pretrain_steps(multiple)
         settings = {**self.data_settings(), "MODEL_DIR": model_dir,
                     "MIXTURE_OR_TASK_NAME": f"{p.pretrain_source}_{objective}",
-                    "TASK_FEATURE_LENGTHS": {"inputs": p.input_length, "targets": targets},
-                    "TRAIN_STEPS": self.steps(p.pretrain_steps), "BATCH_SIZE": p.pretrain_batch,
-                    # Three checkpoints, so a pre-training cut short resumes from at most a third back.
-                    "CHECKPOINT_PERIOD": max(1, self.steps(p.pretrain_steps) // 3), **p.pretrain_settings}
-        self._run(_train_command(("runs/pretrain.gin",) + p.model_gin, settings), model_dir,
-                  self.steps(p.pretrain_steps), f"pre-training {objective}")
-        return model_dir
+                    "TASK_FEATURE_LENGTHS": self.pretrain_lengths(objective),
+                    "TRAIN_STEPS": steps, "BATCH_SIZE": p.pretrain_batch, "DROPOUT_RATE": p.pretrain_dropout,
+                    # Three checkpoints per 1x, so a pre-training cut short resumes from at most a third
+                    # back, and every rung of the compute ladder is a kept checkpoint.
+                    "CHECKPOINT_PERIOD": max(1, self.pretrain_steps(1) // 3), **p.pretrain_settings}
+        self._run(_train_command(("runs/pretrain.gin",) + p.model_gin, settings), model_dir, steps,
+                  f"pre-training {objective}" + (f" to {multiple}x" if multiple > 1 else ""))
+        return os.path.join(model_dir, "checkpoints", str(steps))
+
+    def pretrain_steps(self, multiple: int = 1) -> int:
+        return self.steps(self.preset.pretrain_steps) * multiple
+
+    def pretrain_lengths(self, objective: str) -> dict:
+        p = self.preset
+        return {"inputs": p.input_length, "targets": p.input_length if objective in FULL_TARGETS else p.targets_length}
 
     def finetune(self, row: str, mixture: str, start: str | None, seed: int) -> str:
         p = self.preset
         model_dir = os.path.join(self.folder, "runs", f"finetune_{row}_{mixture}_seed{seed}")
-        steps, period = self.steps(p.finetune_steps), self.steps(p.finetune_period)
-        settings = {**self.data_settings(), "MODEL_DIR": model_dir, "MIXTURE_OR_TASK_NAME": mixture,
-                    "INITIAL_CHECKPOINT_PATH": start, "RANDOM_SEED": seed, "TASK_FEATURE_LENGTHS": p.finetune_lengths,
-                    "TRAIN_STEPS": steps, "BATCH_SIZE": p.finetune_batch, "CHECKPOINT_PERIOD": period,
-                    "EVAL_PERIOD": period, "KEEP_CHECKPOINTS": 1, "INFERENCE_EVAL": True, **p.finetune_settings}
-        self._run(_train_command(("runs/finetune.gin",) + p.model_gin, settings), model_dir, steps,
-                  f"fine-tuning {row} on {mixture}, seed {seed}")
+        steps, period = self.steps(p.finetune_steps[mixture]), self.steps(p.finetune_period[mixture])
+        self._finetune_run(model_dir, mixture, start, seed, p.finetune_lengths, steps, period, p.finetune_batch,
+                           p.finetune_settings, f"fine-tuning {row} on {mixture}, seed {seed}")
         return model_dir
+
+    def finetune_transfer(self, task: str, start_name: str, start: str | None, seed: int) -> str:
+        t = self.preset.transfer
+        model_dir = os.path.join(self.folder, "runs", f"transfer_{task}_{start_name}_seed{seed}")
+        self._finetune_run(model_dir, study_transfer.FINETUNE_TASKS[task][0], start, seed, t.lengths[task],
+                           self.steps(t.steps[task]), self.steps(t.period[task]), t.batch, t.settings,
+                           f"transfer fine-tuning {task} from {start_name}, seed {seed}")
+        return model_dir
+
+    def _finetune_run(self, model_dir, mixture, start, seed, lengths, steps, period, batch, extra, what):
+        settings = {**self.data_settings(), "MODEL_DIR": model_dir, "MIXTURE_OR_TASK_NAME": mixture,
+                    "INITIAL_CHECKPOINT_PATH": start, "RANDOM_SEED": seed, "TASK_FEATURE_LENGTHS": lengths,
+                    "TRAIN_STEPS": steps, "BATCH_SIZE": batch, "CHECKPOINT_PERIOD": period,
+                    "EVAL_PERIOD": period, "KEEP_CHECKPOINTS": 1, "INFERENCE_EVAL": True, **extra}
+        self._run(_train_command(("runs/finetune.gin",) + self.preset.model_gin, settings), model_dir, steps, what)
 
     def steps(self, steps: int) -> int:
         return max(1, steps // self.args.scale_down)
+
+    def examples_per_row(self, mixture: str, lengths: dict) -> float:
+        """Training examples per packed row of a mixture, measured on 2,000 rows (`t5pod data --stats`)
+        and remembered in packing.json."""
+        path = os.path.join(self.folder, "packing.json")
+        known = json.load(open(path, encoding="utf-8")) if os.path.exists(path) else {}
+        key = f"{mixture} {lengths['inputs']}/{lengths['targets']}"
+        if key not in known:
+            settings = {**self.data_settings(), "TASK_FEATURE_LENGTHS": lengths}
+            command = [sys.executable, "-m", "t5pod", "data", f"--task={mixture}", "--split=train", "--stats=2000",
+                       "--features=model"] + [f"--gin.{k}={v!r}" for k, v in settings.items()]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"[study] measuring {mixture}'s packing failed: {done.stderr.strip()[-500:]}")
+            known[key] = json.loads(done.stdout.strip().splitlines()[-1])["examples_per_row"]
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(known, f, indent=1, sort_keys=True)
+        return known[key]
+
+    def epochs(self, mixture: str, lengths: dict, steps: int, batch: int) -> dict[str, float]:
+        """Epochs of each training task of a mixture in `steps` (examples-proportional mixing without a
+        limit gives every member the same number)."""
+        sizes = training_sizes(mixture)
+        seen = steps * batch * self.examples_per_row(mixture, lengths)
+        return {task: round(seen / sum(sizes.values()), 2) for task in sizes}
+
+    def model_flops_per_example(self, lengths: dict) -> float:
+        """t5pod.flops's training FLOPs of one packed row of these lengths, for the preset's model."""
+        from t5pod import flops, ginconf
+
+        ginconf.parse(list(self.preset.model_gin), [f"t5pod.T5Config.vocab_size = {self.preset.vocab_size}"])
+        return flops.train_flops_per_example(ginconf.model_config(), lengths["inputs"], lengths["targets"])
+
+    def flops(self, steps: int, batch: int, lengths: dict) -> float:
+        return steps * batch * self.model_flops_per_example(lengths)
+
+
+def training_sizes(mixture: str) -> dict[str, int]:
+    """Training examples of each member of a fine-tuning mixture that trains (rate above 0)."""
+    from tasks import mixtures, transfer
+
+    sizes = {**mixtures.GLUE_SIZES, **mixtures.SUPER_GLUE_SIZES}
+    for name, (base, train, heldout) in transfer.SUBSETS.items():
+        sizes[name] = train if train is not None else sizes[base] - heldout
+    members = {"glue_small_proportional": mixtures.SMALL_GLUE_TASKS,
+               "super_glue_small_proportional": mixtures.SMALL_SUPER_GLUE_TASKS,
+               **{n.replace("_v002", "_with_dev"): [n] for n in transfer.SUBSETS}}.get(mixture)
+    if members is None:
+        return {}  # the paper preset's full mixtures: not counted here
+    return {task: sizes[task] for task in members if sizes[task]}
 
 
 def task_scores(model_dir: str) -> dict[str, dict]:
@@ -243,12 +385,19 @@ def markdown(results: dict) -> str:
     tasks = sorted({t for r in rows.values() for t in r["tasks"]}, key=lambda t: (not t.startswith("glue"), t))
     short = [t.replace("_v002", "").replace("_v102", "").replace("super_glue_", "sg_").replace("glue_", "")
              for t in tasks]
-    lines = ["| row | GLUE avg | paper GLUE | SuperGLUE avg | paper SuperGLUE | " + " | ".join(short) + " |",
-             "|---" * (5 + len(tasks)) + "|"]
+    lines = ["| row | GLUE avg | paper GLUE | SuperGLUE avg | paper SuperGLUE | " + " | ".join(short)
+             + " | pre-training FLOPs | fine-tuning FLOPs per seed |", "|---" * (7 + len(tasks)) + "|"]
     for name, r in rows.items():
+        flops = r.get("flops") or {}
         cells = [name, _cell(r["glue_average"]), f"{r['paper_glue_average']:.2f}", _cell(r["super_glue_average"]),
                  f"{r['paper_super_glue_average']:.2f}"] + [_cell(r["tasks"].get(t)) for t in tasks]
+        cells += [f"{flops[k]:.2e}" if k in flops else "–" for k in ("pretraining", "finetuning_per_seed")]
         lines.append("| " + " | ".join(cells) + " |")
+    settings = results.get("preset_settings", {})
+    dropout = (settings.get("finetune_settings") or {}).get("DROPOUT_RATE")
+    if dropout is not None:
+        lines.append(f"\nDropout: pre-training {settings.get('pretrain_dropout', 0.0)}, fine-tuning {dropout}, "
+                     "the same for every start. Mean ± half-range over seeds; each task at its best evaluation.")
     return "\n".join(lines) + "\n"
 
 
@@ -256,7 +405,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--rows", default="baseline,no_pretraining,prefix_lm,bert_style,deshuffling",
-                        help=f"comma-separated, from: {', '.join(ROWS)}")
+                        help=f"comma-separated, from: {', '.join(ROWS)}, and transfer (the transfer rows: "
+                             "single-task fine-tuning and linear probes along a compute ladder)")
+    parser.add_argument("--transfer_starts", default="",
+                        help="with transfer: comma-separated starts to run, from random and the ladder's multiples "
+                             "(e.g. random,1); default all. The table is written from every finished run.")
+    parser.add_argument("--transfer_tasks", default="",
+                        help=f"with transfer: comma-separated fine-tuning tasks to run, from "
+                             f"{', '.join(study_transfer.FINETUNE_TASKS)}; default all")
     parser.add_argument("--out", default="study", help="results go to OUT/PRESET/")
     parser.add_argument("--text_file_pattern", help="the pre-training text for the text source (cpu preset)")
     parser.add_argument("--glue_dir", help="local GLUE TSVs (GLUE_DIR); unset: TFDS")
@@ -268,7 +424,7 @@ def main(argv=None) -> int:
                         help="print the commands (e.g. to run on a pod slice) instead of running them")
     args = parser.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if r not in ROWS and r != "transfer"]
     if unknown or not rows:
         parser.error(f"unknown --rows {unknown or args.rows!r}; choose from {', '.join(ROWS)}")
     if args.scale_down < 1 or args.vocab_pieces < 200:
@@ -277,32 +433,66 @@ def main(argv=None) -> int:
     cli.import_tensorflow_quietly()  # this process reads checkpoints: TensorFlow comes in, with its start-up lines
     study = Study(args.preset, args.out, args)
     if args.seeds:
-        study.preset = dataclasses.replace(study.preset, seeds=tuple(int(s) for s in args.seeds.split(",")))
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+        transfer = study.preset.transfer and dataclasses.replace(study.preset.transfer, seeds=seeds, probe_seeds=seeds)
+        study.preset = dataclasses.replace(study.preset, seeds=seeds, transfer=transfer)
+    if "transfer" in rows and study.preset.transfer is None:
+        parser.error(f"the {args.preset} preset defines no transfer rows")
     if study.preset.pretrain_source == "text" and not args.text_file_pattern:
         parser.error(f"the {args.preset} preset pre-trains on your text: set --text_file_pattern "
                      "(make study: STUDY_TEXT='/data/books/*.txt')")
     os.makedirs(study.folder, exist_ok=True)
-    results = {"preset": args.preset, "preset_settings": dataclasses.asdict(study.preset),
-               "scale_down": args.scale_down, "rows": {}}
-    if not args.print_commands:
+    table_rows = [r for r in rows if r != "transfer"]
+    if table_rows:
+        run_table_rows(study, table_rows)
+    if "transfer" in rows:
+        starts = [s for s in args.transfer_starts.split(",") if s]
+        tasks = [t for t in args.transfer_tasks.split(",") if t]
+        transfer = study_transfer.run(study, starts or None, tasks or None)
+        if not args.print_commands:
+            print(study_transfer.markdown(transfer))
+    if args.print_commands:  # for another machine: its own `python`
+        print("\n".join(shlex.join(["python", *c[1:]]) for c in study.commands))
+    return 0
+
+
+def run_table_rows(study: "Study", rows: list[str]):
+    """Tables 1 and 4: pre-train per objective, fine-tune per benchmark mixture and seed, tabulate."""
+    p = study.preset
+    settings = {k: v for k, v in dataclasses.asdict(p).items() if k != "transfer"}
+    results = {"preset": study.name, "preset_settings": settings, "scale_down": study.args.scale_down, "rows": {}}
+    if not study.args.print_commands:
         results["rows"] = earlier_rows(study.folder, results)
     for row in rows:
         objective = ROWS[row][0]
-        start = study.pretrain(objective) if objective else None
+        start = study.pretrain(objective, ROW_MULTIPLES.get(row, 1)) if objective else None
         runs = []
-        for seed in study.preset.seeds:
+        for seed in p.seeds:
             scores = {}
-            for mixture in study.preset.finetune_mixtures:
+            for mixture in p.finetune_mixtures:
                 scores.update(task_scores(study.finetune(row, mixture, start, seed)))
             runs.append({"seed": seed, "tasks": scores, **benchmark_averages(scores)})
-        if not args.print_commands:
-            results["rows"][row] = {**summarise(row, runs), "seeds": runs}
+        if not study.args.print_commands:
+            results["rows"][row] = {**summarise(row, runs), "seeds": runs,
+                                    "flops": row_flops(study, objective, ROW_MULTIPLES.get(row, 1))}
             write_results(study.folder, results)  # after each row: a study cut short keeps the rows it finished
-    if args.print_commands:  # for another machine: its own `python`
-        print("\n".join(shlex.join(["python", *c[1:]]) for c in study.commands))
-        return 0
-    print(markdown(results))
-    return 0
+    if not study.args.print_commands:
+        print(markdown(results))
+
+
+def row_flops(study: "Study", objective: str | None, multiple: int = 1) -> dict:
+    """Model FLOPs (t5pod.flops) of a row's pre-training and of one seed's fine-tunings; the epochs of
+    each fine-tuning task."""
+    p = study.preset
+    pretraining = study.flops(study.pretrain_steps(multiple), p.pretrain_batch, study.pretrain_lengths(objective)) \
+        if objective else 0.0
+    finetuning = sum(study.flops(study.steps(p.finetune_steps[m]), p.finetune_batch, p.finetune_lengths)
+                     for m in p.finetune_mixtures)
+    epochs = {}
+    for m in p.finetune_mixtures:
+        if training_sizes(m):
+            epochs.update(study.epochs(m, p.finetune_lengths, study.steps(p.finetune_steps[m]), p.finetune_batch))
+    return {"pretraining": pretraining, "finetuning_per_seed": finetuning, "epochs": epochs}
 
 
 def earlier_rows(folder: str, results: dict) -> dict:

@@ -308,6 +308,33 @@ def _eval(args) -> int:
     return 0
 
 
+def _probe(args) -> int:
+    from t5pod import ginconf as gin_layer
+
+    _join(args)
+    if args.random_init_seed is not None:  # random weights: no checkpoint to name
+        if any(b.split("=", 1)[0].strip() == "CHECKPOINT_PATH" for b in args.gin_bindings):
+            raise ValueError("probe takes CHECKPOINT_PATH or --random_init_seed, not both.")
+        args.gin_bindings = ["CHECKPOINT_PATH = ''", *args.gin_bindings]
+    ginconf = _parse_gin(args, ("tasks.gin", "runs/infer.gin"), gin_layer.DATA_COMMAND_MACROS)
+    ginconf.register_tasks()
+    import jax
+
+    from t5pod import infer_io, probe
+
+    config = ginconf.infer_config()
+    predictor = probe.make_predictor(ginconf.model_config(), config, ginconf.vocabulary(), args.random_init_seed)
+    result = probe.probe(predictor, args.task, config.task_feature_lengths, args.train_split, args.eval_split,
+                         args.eval_task)
+    row = {**result.as_dict(), "checkpoint": None if args.random_init_seed is not None else config.checkpoint_path,
+           "random_init_seed": args.random_init_seed}
+    if jax.process_index() == 0:
+        print(json.dumps(row))
+        if args.output_file:
+            infer_io.append_jsonl(args.output_file, [row])
+    return 0
+
+
 def _plan(args) -> int:
     if args.num_devices:
         # Fake CPU devices stand in for the pod's; set before JAX starts.
@@ -452,6 +479,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="evaluate every checkpoint in CHECKPOINT_PATH and report the best per task")
     _add_multihost_flags(evaluate)
     evaluate.set_defaults(run=_eval)
+
+    probe_parser = commands.add_parser(
+        "probe", help="Linear probe of a frozen encoder (a checkpoint's or random weights) on a task.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_macro_help(
+            "runs/infer.gin", example="python -m t5pod probe --gin_file=/tmp/run/config.gin "
+            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --task=glue_sst2_1k_v002"))
+    _add_gin_flags(probe_parser)
+    probe_parser.add_argument("--task", required=True, help="a classification task or STS-B (its train split is fitted)")
+    probe_parser.add_argument("--random_init_seed", type=int, metavar="SEED",
+                              help="probe freshly initialised weights instead of CHECKPOINT_PATH's")
+    probe_parser.add_argument("--train_split", default="train")
+    probe_parser.add_argument("--eval_split", default="validation")
+    probe_parser.add_argument("--eval_task", help="score on this task's eval split (default: the benchmark task "
+                                                  "a transfer subset was cut from, i.e. its dev set)")
+    probe_parser.add_argument("--output_file", help="append the result to this JSONL file")
+    _add_multihost_flags(probe_parser)
+    probe_parser.set_defaults(run=_probe)
 
     train_vocab = commands.add_parser("train-vocab", help="Train a SentencePiece vocabulary (T5 conventions).")
     train_vocab.add_argument("--input", required=True, help="file pattern: text, .jsonl, .tfrecord, optionally .gz")

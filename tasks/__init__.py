@@ -3,7 +3,7 @@ defaults; register_all() registers again with explicit settings (the CLI calls i
 
 import os
 
-from tasks import generation, glue, mixtures, pretraining
+from tasks import generation, glue, mixtures, pretraining, transfer
 from t5pod.data import demo_corpus, vocabularies
 
 
@@ -25,6 +25,7 @@ def register_all(vocabulary_path: str = vocabularies.DEFAULT_VOCABULARY_PATH, *,
                          tfds_data_dir=tfds_data_dir, noise_density=noise_density,
                          mean_noise_span_length=mean_noise_span_length)
     glue.register(vocabulary, glue_dir=glue_dir, superglue_dir=superglue_dir, tfds_data_dir=tfds_data_dir)
+    transfer.register(vocabulary, glue_dir=glue_dir, tfds_data_dir=tfds_data_dir)
     generation.register(vocabulary, task_files=task_files, tfds_data_dir=tfds_data_dir)
     mixtures.register(mixing_rate_limit=mixing_rate_limit, mixing_temperature=mixing_temperature,
                       pretraining_size=pretraining_size)

@@ -19,10 +19,12 @@ SUPER_GLUE_SIZES = {
     "super_glue_wsc_v102_simple_eval": 0, "super_glue_axb_v102": 0, "super_glue_axg_v102": 0,
 }
 # The members whose training files are small enough to fetch and keep by hand (no MNLI, QQP, QNLI,
-# BoolQ, MultiRC, ReCoRD, WiC): the study's cpu preset fine-tunes on these.
-SMALL_TASKS = ["glue_cola_v002", "glue_sst2_v002", "glue_mrpc_v002", "glue_stsb_v002", "glue_rte_v002",
-               "super_glue_cb_v102", "super_glue_rte_v102", "super_glue_wsc_v102_simple_train",
-               "super_glue_wsc_v102_simple_eval"]
+# BoolQ, MultiRC, ReCoRD, WiC): the study's cpu preset fine-tunes on these, one mixture per
+# benchmark as the paper does (GLUE's RTE and SuperGLUE's RTE are the same data: one in each).
+SMALL_GLUE_TASKS = ["glue_cola_v002", "glue_sst2_v002", "glue_mrpc_v002", "glue_stsb_v002", "glue_rte_v002"]
+SMALL_SUPER_GLUE_TASKS = ["super_glue_cb_v102", "super_glue_rte_v102", "super_glue_wsc_v102_simple_train",
+                          "super_glue_wsc_v102_simple_eval"]
+SMALL_TASKS = SMALL_GLUE_TASKS + SMALL_SUPER_GLUE_TASKS
 # Training examples of c4/en:3.0.1: far above any limit K, so its rate is K (paper §3.5.2).
 C4_EXAMPLES = 364_868_892
 # Paper §3.7: the artificial size of the unsupervised task per model size.
@@ -44,6 +46,9 @@ def register(*, mixing_rate_limit: float | None = None, mixing_temperature: floa
     supervised = {**GLUE_SIZES, **SUPER_GLUE_SIZES}
     _add("glue_super_glue_proportional", proportional(supervised))
     _add("glue_super_glue_small_proportional", proportional({task: supervised[task] for task in SMALL_TASKS}))
+    _add("glue_small_proportional", proportional({task: GLUE_SIZES[task] for task in SMALL_GLUE_TASKS}))
+    _add("super_glue_small_proportional",
+         proportional({task: SUPER_GLUE_SIZES[task] for task in SMALL_SUPER_GLUE_TASKS}))
     if pretraining_size not in PRETRAINING_SIZES:
         raise ValueError(f"MULTITASK_PRETRAINING_SIZE {pretraining_size!r} is not one of {sorted(PRETRAINING_SIZES)}.")
     multitask = {"c4_v220_span_corruption": PRETRAINING_SIZES[pretraining_size], **supervised}

@@ -33,7 +33,8 @@ def readme_commands() -> list[str]:
 def test_readme_has_commands():
     commands = readme_commands()
     assert any(c.startswith("make pretrain") for c in commands) and any(c.startswith("make finetune") for c in commands)
-    for command in ("train", "data", "infer", "eval", "convert-hf", "train-vocab", "plan", "cache-tasks", "export-hf"):
+    for command in ("train", "data", "infer", "eval", "probe", "convert-hf", "train-vocab", "plan", "cache-tasks",
+                    "export-hf"):
         assert any(c.startswith(f"python -m t5pod {command} ") for c in commands), command
 
 
@@ -104,6 +105,8 @@ def test_readme_command_runs(command, fixtures):
         # Measured, not skipped: test_bench_quick_run runs bench/run.py end to end in its quick mode,
         # and test_the_accelerator_path_runs_on_cpu its GPU/TPU path.
         pytest.skip("the benchmark takes minutes; tests/test_performance_tools.py covers its parts")
+    elif argv[:4] == ["python", "-m", "t5pod", "probe"]:
+        argv += ["--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
     elif argv[:4] in (["python", "-m", "t5pod", "infer"], ["python", "-m", "t5pod", "eval"]):
         argv += ["--gin.MAX_DECODE_LENGTH=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
     elif argv[:4] == ["python", "-m", "t5pod", "cache-tasks"]:

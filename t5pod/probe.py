@@ -1,0 +1,118 @@
+"""Linear probes of a frozen encoder (`python -m t5pod probe`): how much a task's answer can be read
+off the mean-pooled encoder outputs with a linear model, from a checkpoint or from random weights.
+
+Features are the encoder's final outputs averaged over each input's tokens ([examples, embed]),
+computed on the mesh like decoding. Classification tasks (class-name targets) fit scikit-learn's
+logistic regression, regression tasks (STS-B) ridge regression; the regularisation strength is
+chosen by 5-fold cross-validation on the training features alone, and the fitted model is scored
+once on the evaluation split: accuracy x 100, or Pearson correlation x 100.
+"""
+
+import dataclasses
+import warnings
+
+import jax
+import numpy as np
+from flax import linen as nn
+from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.model_selection import KFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from tasks import transfer
+from t5pod import evaluation, inference, models, partitioning
+from t5pod.configs import InferConfig, T5Config
+from t5pod.data import benchmarks, pipeline
+from t5pod.data.glue_metrics import as_text
+
+REGULARISATION_GRID = tuple(10.0 ** k for k in range(-4, 5))  # C for logistic, alpha for ridge
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    task: str
+    kind: str  # "classification" (score: accuracy x 100) or "regression" (Pearson x 100)
+    score: float
+    train_examples: int
+    eval_examples: int
+    regularisation: float  # the cross-validated C (logistic) or alpha (ridge)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def random_params(model_config: T5Config, layout, seed: int):
+    """Freshly initialised parameters (as a fine-tuning from random weights starts), laid out on the mesh."""
+    model = models.build(model_config)
+    features = models.dummy_features(model_config)
+    init = jax.jit(lambda rng: nn.unbox(model.init(rng, **features)["params"]), out_shardings=layout.param_shardings)
+    with layout.mesh, nn.logical_axis_rules(layout.rules):
+        return init(jax.random.PRNGKey(seed))
+
+
+def _base_task(task_name: str) -> str:
+    return transfer.SUBSETS.get(task_name, (task_name,))[0]
+
+
+def task_kind(task_name: str) -> str:
+    """"classification" for tasks whose targets are class names, "regression" for STS-B."""
+    base = _base_task(task_name)
+    if base in benchmarks.LABEL_CLASSES:
+        return "classification"
+    if base.startswith("glue_stsb"):
+        return "regression"
+    raise ValueError(f"probe takes a classification task or STS-B, not {task_name!r} (e.g. glue_sst2_1k_v002).")
+
+
+def features_and_labels(predictor, task_name: str, split: str, lengths: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled encodings [examples, embed], labels [examples]) of a task split, labels as the task's
+    postprocessor reads its targets (class ids, or STS-B's float)."""
+    task = pipeline.get_task_or_mixture(task_name)
+    rows = evaluation.task_rows(task_name, split, lengths)
+    if not rows:
+        raise ValueError(f"{task_name}/{split} has no examples to probe.")
+    postprocess = task.postprocess_fn
+    labels = np.array([postprocess(as_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows],
+                      np.float64)
+    return predictor.encode_ids([r["input_ids"] for r in rows]), labels
+
+
+def fit_and_score(kind: str, train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
+                  eval_y: np.ndarray, folds: int = 5) -> tuple[float, float]:
+    """(score x 100 on the evaluation set, chosen regularisation) of a linear model fitted on the
+    standardised training features, its strength chosen by cross-validation on them alone."""
+    if kind == "classification":
+        linear = LogisticRegressionCV(Cs=list(REGULARISATION_GRID), cv=folds, max_iter=2000, scoring="accuracy")
+        with warnings.catch_warnings():  # scikit-learn's notice of a future change to its fitted attributes
+            warnings.simplefilter("ignore", FutureWarning)
+            model = make_pipeline(StandardScaler(), linear).fit(train_x, train_y.astype(int))
+        return 100.0 * float(np.mean(model.predict(eval_x) == eval_y.astype(int))), float(linear.C_[0])
+    linear = RidgeCV(alphas=list(REGULARISATION_GRID), cv=KFold(folds, shuffle=True, random_state=0))
+    model = make_pipeline(StandardScaler(), linear).fit(train_x, train_y)
+    predictions = model.predict(eval_x)
+    if np.allclose(predictions, predictions[0], rtol=0, atol=1e-9):
+        return 0.0, float(linear.alpha_)  # a constant prediction has no correlation: no skill
+    return 100.0 * float(np.corrcoef(predictions, eval_y)[0, 1]), float(linear.alpha_)
+
+
+def probe(predictor, task_name: str, lengths: dict, train_split: str = "train",
+          eval_split: str = "validation", eval_task: str | None = None) -> ProbeResult:
+    """Fits a linear probe on task_name's train_split and scores it on eval_task's (default the base
+    benchmark task's: a transfer subset is scored on the dev set) eval_split."""
+    kind = task_kind(task_name)
+    eval_task = eval_task or _base_task(task_name)
+    train_x, train_y = features_and_labels(predictor, task_name, train_split, lengths)
+    eval_x, eval_y = features_and_labels(predictor, eval_task, eval_split, lengths)
+    score, strength = fit_and_score(kind, train_x, train_y, eval_x, eval_y)
+    return ProbeResult(task_name, kind, score, len(train_y), len(eval_y), strength)
+
+
+def make_predictor(model_config: T5Config, config: InferConfig, vocabulary, random_init_seed: int | None = None):
+    """A Predictor over config.checkpoint_path's parameters, or over random ones (random_init_seed set)."""
+    if model_config.is_decoder_only:
+        raise ValueError("probe reads an encoder: it takes encoder-decoder models only.")
+    if random_init_seed is None:
+        return inference.Predictor(model_config, config, vocabulary)
+    layout = inference.mesh_layout(model_config, partitioning.make_mesh(config.mesh_shape), config.fsdp)
+    return inference.Predictor(model_config, config, vocabulary, mesh=layout.mesh,
+                               params=random_params(model_config, layout, random_init_seed))
