@@ -90,7 +90,8 @@ def comparison(task: str, compute: int | None, method: str, pretrained: list[flo
     if len(pretrained) >= 2 and len(random) >= 2:
         difference, low, high = welch_interval(pretrained, random)
         row.update(difference=difference, ci95=[low, high])
-    elif pretrained and random:  # one pre-trained probe is deterministic: the interval is random weights' alone
+    elif method == "probe" and pretrained and random:  # a checkpoint's probe is deterministic: the
+        # interval is random weights' alone
         spread = welch_interval([pretrained[0]] * 2, random) if len(random) >= 2 else None
         row.update(difference=statistics.fmean(pretrained) - statistics.fmean(random),
                    ci95=[spread[1], spread[2]] if spread else None)

@@ -103,6 +103,11 @@ def test_welch_interval_matches_scipy_and_a_hand_computation():
     assert row["ci95"] == pytest.approx([interval.low, interval.high])
     with pytest.raises(ValueError, match="at least two scores"):
         module.welch_interval([1.0], [1.0, 2.0])
+    # One fine-tuning seed on a side: no interval yet. A checkpoint's probe is one deterministic score:
+    # its interval is the random side's alone (sd 1 over 3 seeds: t(0.975, 2) / sqrt(3) = 2.48).
+    assert "ci95" not in module.comparison("stsb", 1, "finetune", [10.0], [1.0, 2.0])
+    probed = module.comparison("sst2_4k", 1, "probe", [65.0], [50.0, 51.0, 52.0])
+    assert probed["difference"] == 14.0 and probed["ci95"] == pytest.approx([14 - 2.4841, 14 + 2.4841], abs=1e-3)
 
 
 def test_linear_fits_score_signal_and_no_signal():
