@@ -39,6 +39,7 @@ Presets:
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -180,13 +181,9 @@ class Study:
             return
         print(f"[study] {what}: {shlex.join(command[1:])}", flush=True)
         start = time.time()
-        env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
-        with open(os.path.join(self.folder, "log.txt"), "a", encoding="utf-8") as log:
-            log.write(f"\n$ {shlex.join(command)}\n")
-            log.flush()
-            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if result.returncode:
-            raise SystemExit(f"[study] {what} failed (exit {result.returncode}); its output is in "
+        returncode = self._logged(command)
+        if returncode:
+            raise SystemExit(f"[study] {what} failed (exit {returncode}); its output is in "
                              f"{os.path.join(self.folder, 'log.txt')}. Run the same command again to resume.")
         if not _finished(model_dir, steps):  # stopped early with its checkpoint saved (SIGTERM exits 0)
             from t5pod import checkpoints
@@ -204,11 +201,16 @@ class Study:
         if self.args.print_commands:
             return
         print(f"[study] {what}", flush=True)
+        if self._logged(command):
+            raise SystemExit(f"[study] {what} failed; its output is in {os.path.join(self.folder, 'log.txt')}.")
+
+    def _logged(self, command: list[str]) -> int:
+        """Runs command with its output appended to log.txt (after the command line); its exit status."""
+        env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", ""))
         with open(os.path.join(self.folder, "log.txt"), "a", encoding="utf-8") as log:
             log.write(f"\n$ {shlex.join(command)}\n")
             log.flush()
-            if subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode:
-                raise SystemExit(f"[study] {what} failed; its output is in {os.path.join(self.folder, 'log.txt')}.")
+            return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
     def vocabulary(self) -> str:
         if self.preset.vocabulary:
@@ -306,12 +308,19 @@ class Study:
         seen = steps * batch * self.examples_per_row(mixture, lengths)
         return {task: round(seen / sum(sizes.values()), 2) for task in sizes}
 
-    def model_flops_per_example(self, lengths: dict) -> float:
-        """t5pod.flops's training FLOPs of one packed row of these lengths, for the preset's model."""
-        from t5pod import flops, ginconf
+    @functools.cached_property
+    def model_config(self):
+        """The preset's T5Config, from its model gin files (parsed once)."""
+        from t5pod import ginconf
 
         ginconf.parse(list(self.preset.model_gin), [f"t5pod.T5Config.vocab_size = {self.preset.vocab_size}"])
-        return flops.train_flops_per_example(ginconf.model_config(), lengths["inputs"], lengths["targets"])
+        return ginconf.model_config()
+
+    def model_flops_per_example(self, lengths: dict) -> float:
+        """t5pod.flops's training FLOPs of one packed row of these lengths, for the preset's model."""
+        from t5pod import flops
+
+        return flops.train_flops_per_example(self.model_config, lengths["inputs"], lengths["targets"])
 
     def flops(self, steps: int, batch: int, lengths: dict) -> float:
         return steps * batch * self.model_flops_per_example(lengths)
@@ -326,7 +335,7 @@ def training_sizes(mixture: str) -> dict[str, int]:
         sizes[name] = train if train is not None else sizes[base] - heldout
     members = {"glue_small_proportional": mixtures.SMALL_GLUE_TASKS,
                "super_glue_small_proportional": mixtures.SMALL_SUPER_GLUE_TASKS,
-               **{n.replace("_v002", "_with_dev"): [n] for n in transfer.SUBSETS}}.get(mixture)
+               **{transfer.mixture_name(n): [n] for n in transfer.SUBSETS}}.get(mixture)
     if members is None:
         return {}  # the paper preset's full mixtures: not counted here
     return {task: sizes[task] for task in members if sizes[task]}

@@ -27,6 +27,11 @@ SUBSETS = {
 }
 
 
+def mixture_name(subset: str) -> str:
+    """The mixture that trains on a subset and evaluates its benchmark's dev set too."""
+    return subset.replace("_v002", "_with_dev")
+
+
 def split_rows(rows: list, train: int | None, heldout: int, seed: int = SUBSET_SEED) -> dict[str, list]:
     """{"train": [...], "validation": [...]}: a seeded permutation's first `heldout` rows held out,
     the next `train` (None: the rest) for training. The same seed gives nested training subsets."""
@@ -65,6 +70,6 @@ def register(vocabulary, *, glue_dir=None, tfds_data_dir=None):
         seqio.TaskRegistry.remove(name)
         seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors, output_features=features,
                                postprocess_fn=glue._postprocess_fn(base), metric_fns=list(benchmarks.metric_fns(base)))
-        mixture = name.replace("_v002", "_with_dev")
+        mixture = mixture_name(name)
         seqio.MixtureRegistry.remove(mixture)
         seqio.MixtureRegistry.add(mixture, [(name, 1.0), (base, 0.0)])
