@@ -227,6 +227,8 @@ class Study:
 
     def data_settings(self) -> dict:
         settings = {"VOCABULARY_PATH": self.vocabulary(), "t5pod.T5Config.vocab_size": self.preset.vocab_size}
+        if self.args.text_paragraphs:
+            settings["TEXT_PARAGRAPHS"] = True
         for flag, macro in (("text_file_pattern", "TEXT_FILE_PATTERN"), ("glue_dir", "GLUE_DIR"),
                             ("superglue_dir", "SUPERGLUE_DIR")):
             if getattr(self.args, flag):
@@ -265,11 +267,13 @@ class Study:
                            p.finetune_settings, f"fine-tuning {row} on {mixture}, seed {seed}")
         return model_dir
 
-    def finetune_transfer(self, task: str, start_name: str, start: str | None, seed: int) -> str:
+    def finetune_transfer(self, task: str, start_name: str, start: str | None, seed: int, skip: tuple = ()) -> str:
+        """One transfer fine-tuning run; skip: parameter patterns left at their fresh initialisation."""
         t = self.preset.transfer
         model_dir = os.path.join(self.folder, "runs", f"transfer_{task}_{start_name}_seed{seed}")
+        settings = {**t.settings, **({"INITIAL_CHECKPOINT_SKIP": list(skip)} if skip else {})}
         self._finetune_run(model_dir, study_transfer.FINETUNE_TASKS[task][0], start, seed, t.lengths[task],
-                           self.steps(t.steps[task]), self.steps(t.period[task]), t.batch, t.settings,
+                           self.steps(t.steps[task]), self.steps(t.period[task]), t.batch, settings,
                            f"transfer fine-tuning {task} from {start_name}, seed {seed}")
         return model_dir
 
@@ -417,13 +421,18 @@ def main(argv=None) -> int:
                         help=f"comma-separated, from: {', '.join(ROWS)}, and transfer (the transfer rows: "
                              "single-task fine-tuning and linear probes along a compute ladder)")
     parser.add_argument("--transfer_starts", default="",
-                        help="with transfer: comma-separated starts to run, from random and the ladder's multiples "
-                             "(e.g. random,1); default all. The table is written from every finished run.")
+                        help="with transfer: comma-separated starts to run, from random, the ladder's multiples "
+                             "(e.g. random,1) and their encoder starts (e.g. 1-encoder: the pre-trained encoder "
+                             "with a fresh decoder); default random and the multiples. The table is written from "
+                             "every finished run.")
     parser.add_argument("--transfer_tasks", default="",
                         help=f"with transfer: comma-separated fine-tuning tasks to run, from "
                              f"{', '.join(study_transfer.FINETUNE_TASKS)}; default all")
     parser.add_argument("--out", default="study", help="results go to OUT/PRESET/")
     parser.add_argument("--text_file_pattern", help="the pre-training text for the text source (cpu preset)")
+    parser.add_argument("--text_paragraphs", action="store_true",
+                        help="one pre-training document per blank-line-separated block of the text, not per line "
+                             "(hard-wrapped books: a line is a fragment of a sentence)")
     parser.add_argument("--glue_dir", help="local GLUE TSVs (GLUE_DIR); unset: TFDS")
     parser.add_argument("--superglue_dir", help="local SuperGLUE JSONL (SUPERGLUE_DIR); unset: TFDS")
     parser.add_argument("--vocab_pieces", type=int, default=8000, help="pieces of the trained vocabulary")

@@ -12,6 +12,7 @@ t, unequal variances). Results go to <out>/<preset>/transfer.json and transfer.m
 """
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -25,6 +26,11 @@ FINETUNE_TASKS = {
 }
 # name in transfer.json: the probed task (its train split is fitted; scored on its benchmark's dev set)
 PROBE_TASKS = {"sst2_1k": "glue_sst2_1k_v002", "sst2_4k": "glue_sst2_4k_v002", "stsb": "glue_stsb_heldout_v002"}
+# method in transfer.json: the suffix of its runs' start label (the whole pre-trained model, or its
+# encoder and embeddings with a fresh decoder)
+FINETUNE_METHODS = {"finetune": "", "finetune_encoder": "_encoder"}
+# An encoder start keeps these parameters at their fresh initialisation (INITIAL_CHECKPOINT_SKIP).
+FRESH_DECODER = ("decoder/.*",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +143,12 @@ def checkpoint_key(path: str | None) -> str | None:
 
 
 def probe_rows(path: str) -> list[dict]:
+    """The encoder-output probes in path (rows without "features" predate the embeddings probe)."""
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r for r in rows if r.get("features", "encoder") == "encoder"]
 
 
 def probe_command(study, task: str, checkpoint: str | None, seed: int | None, output: str) -> list[str]:
@@ -154,27 +162,35 @@ def probe_command(study, task: str, checkpoint: str | None, seed: int | None, ou
     return command + ([f"--random_init_seed={seed}"] if seed is not None else [])
 
 
+def start_names(ladder: list[str]) -> list[str]:
+    """random, each rung, and each rung's encoder start ("1-encoder": the pre-trained encoder and
+    embeddings with a freshly initialised decoder)."""
+    return ["random", *ladder, *[f"{m}-encoder" for m in ladder]]
+
+
 def run(study, starts: list[str] | None = None, tasks: list[str] | None = None) -> list[dict]:
     """The transfer rows: random weights first (no pre-training needed), then each
-    rung of the ladder: pre-train to it, probe it, fine-tune from it. Writes transfer.json after each start."""
+    rung of the ladder: pre-train to it, probe it, fine-tune from it (and, when asked for, from its
+    encoder alone). Writes transfer.json after each start."""
     t = study.preset.transfer
     ladder = [str(m) for m in t.ladder]
     starts = starts or ["random", *ladder]
-    unknown = [s for s in starts if s not in ["random", *ladder]]
+    unknown = [s for s in starts if s not in start_names(ladder)]
     if unknown:
-        raise SystemExit(f"[study] unknown --transfer_starts {unknown}; choose from random, {', '.join(ladder)}")
+        raise SystemExit(f"[study] unknown --transfer_starts {unknown}; choose from {', '.join(start_names(ladder))}")
     tasks = tasks or list(FINETUNE_TASKS)
     if set(tasks) - set(FINETUNE_TASKS):
         raise SystemExit(f"[study] unknown --transfer_tasks {sorted(set(tasks) - set(FINETUNE_TASKS))}; choose from "
                          f"{', '.join(FINETUNE_TASKS)}")
     probes_path = os.path.join(study.folder, "probes.jsonl")
-    for start_name in ["random", *ladder]:
+    for start_name in start_names(ladder):
         if start_name not in starts:
             continue
-        checkpoint = None if start_name == "random" else study.pretrain("iid_denoising", int(start_name))
-        label = "random" if start_name == "random" else f"iid_denoising_{start_name}x"
+        rung, encoder_only = start_name.removesuffix("-encoder"), start_name.endswith("-encoder")
+        checkpoint = None if start_name == "random" else study.pretrain("iid_denoising", int(rung))
+        label = "random" if start_name == "random" else f"iid_denoising_{rung}x" + ("_encoder" if encoder_only else "")
         done = probe_rows(probes_path)
-        for task in PROBE_TASKS:
+        for task in PROBE_TASKS if not encoder_only else ():  # the rung's own probes read the same encoder
             for seed in (t.probe_seeds if checkpoint is None else (None,)):
                 key = checkpoint_key(checkpoint)
                 if any(r["task"] == PROBE_TASKS[task] and checkpoint_key(r.get("checkpoint")) == key
@@ -184,7 +200,7 @@ def run(study, starts: list[str] | None = None, tasks: list[str] | None = None) 
                                   f"probe {task} of {label}" + (f", seed {seed}" if seed is not None else ""))
         for task in tasks:
             for seed in t.seeds:
-                study.finetune_transfer(task, label, checkpoint, seed)
+                study.finetune_transfer(task, label, checkpoint, seed, FRESH_DECODER if encoder_only else ())
         if not study.args.print_commands:
             rows = table(study, probes_path)
             write(study.folder, rows, {"preset": study.name, "scale_down": study.args.scale_down,
@@ -208,13 +224,14 @@ def table(study, probes_path: str) -> list[dict]:
         checkpoint = os.path.join(runs, "pretrain_iid_denoising", "checkpoints", str(study.pretrain_steps(multiple)))
         pretraining_flops = study.flops(study.pretrain_steps(multiple), p.pretrain_batch,
                                         study.pretrain_lengths("iid_denoising"))
-        for task in FINETUNE_TASKS:
-            pretrained, random = finetuned(task, f"iid_denoising_{multiple}x"), finetuned(task, "random")
+        for task, (method, suffix) in itertools.product(FINETUNE_TASKS, FINETUNE_METHODS.items()):
+            pretrained = finetuned(task, f"iid_denoising_{multiple}x{suffix}")
+            random = finetuned(task, "random")
             if not pretrained or not random:
                 continue
             finetuning_flops = study.flops(study.steps(t.steps[task]), t.batch, t.lengths[task])
             rows.append(comparison(
-                task, multiple, "finetune", [s["dev"] for s in pretrained], [s["dev"] for s in random],
+                task, multiple, method, [s["dev"] for s in pretrained], [s["dev"] for s in random],
                 {"pretraining_flops": pretraining_flops, "finetuning_flops_per_run": finetuning_flops,
                  "epochs": study.epochs(FINETUNE_TASKS[task][0], t.lengths[task],
                                         study.steps(t.steps[task]), t.batch),

@@ -325,7 +325,7 @@ def _probe(args) -> int:
     config = ginconf.infer_config()
     predictor = probe.make_predictor(ginconf.model_config(), config, ginconf.vocabulary(), args.random_init_seed)
     result = probe.probe(predictor, args.task, config.task_feature_lengths, args.train_split, args.eval_split,
-                         args.eval_task)
+                         args.eval_task, args.features)
     row = {**result.as_dict(), "checkpoint": None if args.random_init_seed is not None else config.checkpoint_path,
            "random_init_seed": args.random_init_seed}
     if jax.process_index() == 0:
@@ -493,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe_parser.add_argument("--eval_split", default="validation")
     probe_parser.add_argument("--eval_task", help="score on this task's eval split (default: the benchmark task "
                                                   "a transfer subset was cut from, i.e. its dev set)")
+    probe_parser.add_argument("--features", choices=("encoder", "embeddings"), default="encoder",
+                              help="pool the encoder's outputs, or the token embeddings it reads")
     probe_parser.add_argument("--output_file", help="append the result to this JSONL file")
     _add_multihost_flags(probe_parser)
     probe_parser.set_defaults(run=_probe)

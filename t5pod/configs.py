@@ -6,6 +6,7 @@ here, so the configs can be read and checked before any accelerator is touched.
 """
 
 import dataclasses
+import re
 from typing import Any
 
 import ml_dtypes
@@ -150,6 +151,9 @@ class TrainConfig:
     eval_steps: int = 20
     eval_split: str = "validation"
     initial_checkpoint_path: str | None = None
+    # Regular expressions over parameter paths ('decoder/.*'): the parameters they match fully keep
+    # their fresh initialisation instead of the initial checkpoint's (T5X's assignment_map to None).
+    initial_checkpoint_skip: tuple = ()
     mesh_shape: tuple = (-1, 1)
     fsdp: bool = False
     random_seed: int = 0
@@ -193,6 +197,18 @@ class TrainConfig:
                              f"{self.inference_eval_examples}.")
         if not self.model_dir:
             raise ValueError("MODEL_DIR is empty; set --gin.MODEL_DIR=\"'/path/to/run'\".")
+        if isinstance(self.initial_checkpoint_skip, str):
+            raise ValueError(f"INITIAL_CHECKPOINT_SKIP is a list of patterns, e.g. ['decoder/.*'], not the string "
+                             f"{self.initial_checkpoint_skip!r}.")
+        if self.initial_checkpoint_skip and not self.initial_checkpoint_path:
+            raise ValueError("INITIAL_CHECKPOINT_SKIP names parameters to leave out of INITIAL_CHECKPOINT_PATH, which "
+                             "is not set.")
+        for pattern in self.initial_checkpoint_skip:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"INITIAL_CHECKPOINT_SKIP pattern {pattern!r} is not a regular expression: "
+                                 f"{error}.") from None
 
 
 @dataclasses.dataclass(frozen=True)

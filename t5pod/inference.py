@@ -8,6 +8,7 @@ beam search and scoring are each one jitted program.
 """
 
 import dataclasses
+import functools
 import time
 from typing import Sequence
 
@@ -129,8 +130,10 @@ class Predictor:
                                out_shardings=layout.replicated)
         self._score = jax.jit(lambda params, batch: decoding.score(model, params, batch),
                               in_shardings=(layout.param_shardings, layout.rows), out_shardings=layout.replicated)
-        self._pooled = jax.jit(lambda params, inputs: mean_pooled_encoding(model, params, inputs),
-                               in_shardings=(layout.param_shardings, layout.rows), out_shardings=layout.replicated)
+        self._pooled = {features: jax.jit(functools.partial(mean_pooled_encoding, model, features=features),
+                                          in_shardings=(layout.param_shardings, layout.rows),
+                                          out_shardings=layout.replicated)
+                        for features in POOLED_FEATURES}
 
     def load_step(self, step: int):
         """Switches to another checkpoint of the same run (no recompilation)."""
@@ -176,15 +179,18 @@ class Predictor:
         batch = {k: self._global(v) for k, v in features.items()}
         return [float(s) for s in _host(self._run(self._score, self.params, batch))[:len(input_ids)]]
 
-    def encode_batch(self, input_ids: list) -> np.ndarray:
-        """Mean-pooled encoder outputs [rows, embed] (float32) for up to INFER_BATCH_SIZE rows of input ids."""
+    def encode_batch(self, input_ids: list, features: str = "encoder") -> np.ndarray:
+        """Mean-pooled encoder outputs (or input embeddings: features="embeddings") [rows, embed]
+        (float32) for up to INFER_BATCH_SIZE rows of input ids."""
         inputs = self._global(self._local(input_ids, self.config.input_length))
-        return np.asarray(_host(self._run(self._pooled, self.params, inputs))[:len(input_ids)], np.float32)
+        if features not in self._pooled:
+            raise ValueError(f"pooled features are one of {POOLED_FEATURES}, not {features!r}.")
+        return np.asarray(_host(self._run(self._pooled[features], self.params, inputs))[:len(input_ids)], np.float32)
 
-    def encode_ids(self, input_ids: list) -> np.ndarray:
+    def encode_ids(self, input_ids: list, features: str = "encoder") -> np.ndarray:
         """encode_batch over any number of rows, in order: [rows, embed]."""
         size = self.config.batch_size
-        return np.concatenate([self.encode_batch(input_ids[start:start + size])
+        return np.concatenate([self.encode_batch(input_ids[start:start + size], features)
                                for start in range(0, len(input_ids), size)])
 
     def predict_ids(self, input_ids: list, on_batch=None) -> list[list[int]]:
@@ -203,10 +209,19 @@ class Predictor:
                 for s in self.score_batch(input_ids[start:start + size], target_ids[start:start + size])]
 
 
-def mean_pooled_encoding(model, params, encoder_input_tokens):
-    """encoder_input_tokens [batch, length] -> the encoder's outputs averaged over each row's
-    non-padding tokens [batch, embed], in float32 (the features of a linear probe)."""
-    encoded = model.apply({"params": params}, encoder_input_tokens, method=model.encode).astype(jnp.float32)
+POOLED_FEATURES = ("encoder", "embeddings")
+
+
+def mean_pooled_encoding(model, params, encoder_input_tokens, features: str = "encoder"):
+    """encoder_input_tokens [batch, length] -> the encoder's outputs ("encoder") or the token
+    embeddings it starts from ("embeddings") averaged over each row's non-padding tokens
+    [batch, embed], in float32 (the features of a linear probe)."""
+    if features == "encoder":
+        encoded = model.apply({"params": params}, encoder_input_tokens, method=model.encode).astype(jnp.float32)
+    elif features == "embeddings":
+        encoded = params["token_embedder"]["embedding"][encoder_input_tokens].astype(jnp.float32)
+    else:
+        raise ValueError(f"pooled features are one of {POOLED_FEATURES}, not {features!r}.")
     mask = (encoder_input_tokens > 0)[..., None].astype(jnp.float32)
     return (encoded * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
 

@@ -2,7 +2,8 @@
 off the mean-pooled encoder outputs with a linear model, from a checkpoint or from random weights.
 
 Features are the encoder's final outputs averaged over each input's tokens ([examples, embed]),
-computed on the mesh like decoding. Classification tasks (class-name targets) fit scikit-learn's
+computed on the mesh like decoding; `--features=embeddings` averages the token embeddings the
+encoder reads instead (what pre-training put in the embedding table alone). Classification tasks (class-name targets) fit scikit-learn's
 logistic regression, regression tasks (STS-B) ridge regression; the regularisation strength is
 chosen by 5-fold cross-validation on the training features alone, and the fitted model is scored
 once on the evaluation split: accuracy x 100, or Pearson correlation x 100.
@@ -36,6 +37,7 @@ class ProbeResult:
     train_examples: int
     eval_examples: int
     regularisation: float  # the cross-validated C (logistic) or alpha (ridge)
+    features: str = "encoder"  # or "embeddings"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -64,9 +66,11 @@ def task_kind(task_name: str) -> str:
     raise ValueError(f"probe takes a classification task or STS-B, not {task_name!r} (e.g. glue_sst2_1k_v002).")
 
 
-def features_and_labels(predictor, task_name: str, split: str, lengths: dict) -> tuple[np.ndarray, np.ndarray]:
+def features_and_labels(predictor, task_name: str, split: str, lengths: dict,
+                        features: str = "encoder") -> tuple[np.ndarray, np.ndarray]:
     """(pooled encodings [examples, embed], labels [examples]) of a task split, labels as the task's
-    postprocessor reads its targets (class ids, or STS-B's float)."""
+    postprocessor reads its targets (class ids, or STS-B's float). features: "encoder" (the encoder's
+    outputs) or "embeddings" (the token embeddings it reads)."""
     task = pipeline.get_task_or_mixture(task_name)
     rows = evaluation.task_rows(task_name, split, lengths)
     if not rows:
@@ -74,7 +78,7 @@ def features_and_labels(predictor, task_name: str, split: str, lengths: dict) ->
     postprocess = task.postprocess_fn
     labels = np.array([postprocess(as_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows],
                       np.float64)
-    return predictor.encode_ids([r["input_ids"] for r in rows]), labels
+    return predictor.encode_ids([r["input_ids"] for r in rows], features), labels
 
 
 def fit_and_score(kind: str, train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
@@ -96,15 +100,17 @@ def fit_and_score(kind: str, train_x: np.ndarray, train_y: np.ndarray, eval_x: n
 
 
 def probe(predictor, task_name: str, lengths: dict, train_split: str = "train",
-          eval_split: str = "validation", eval_task: str | None = None) -> ProbeResult:
+          eval_split: str = "validation", eval_task: str | None = None, features: str = "encoder") -> ProbeResult:
     """Fits a linear probe on task_name's train_split and scores it on eval_task's (default the base
     benchmark task's: a transfer subset is scored on the dev set) eval_split."""
+    if features not in inference.POOLED_FEATURES:
+        raise ValueError(f"probe --features is one of {', '.join(inference.POOLED_FEATURES)}, not {features!r}.")
     kind = task_kind(task_name)
     eval_task = eval_task or _base_task(task_name)
-    train_x, train_y = features_and_labels(predictor, task_name, train_split, lengths)
-    eval_x, eval_y = features_and_labels(predictor, eval_task, eval_split, lengths)
+    train_x, train_y = features_and_labels(predictor, task_name, train_split, lengths, features)
+    eval_x, eval_y = features_and_labels(predictor, eval_task, eval_split, lengths, features)
     score, strength = fit_and_score(kind, train_x, train_y, eval_x, eval_y)
-    return ProbeResult(task_name, kind, score, len(train_y), len(eval_y), strength)
+    return ProbeResult(task_name, kind, score, len(train_y), len(eval_y), strength, features)
 
 
 def make_predictor(model_config: T5Config, config: InferConfig, vocabulary, random_init_seed: int | None = None):

@@ -3,6 +3,7 @@ state -> restore -> compile -> loop (log, evaluate, checkpoint, preemption) -> f
 
 import dataclasses
 import functools
+import re
 import signal
 import time
 from typing import Callable
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
 import optax
@@ -136,6 +138,22 @@ def _read_initial_params(path: str, model_config: T5Config, params, abstract_par
         restored = checkpoints.restore_params(path, without, _drop_adapters(abstract_params))
         return _overlay(params, restored)
     return checkpoints.restore_params(path, model_config, abstract_params)
+
+
+def keep_fresh(initial, fresh, patterns: tuple):
+    """initial's parameters, except those whose path ('decoder/layers_0/self_attention/query/kernel')
+    fully matches one of patterns: those keep their value in fresh."""
+    if not patterns:
+        return initial
+    paths = traverse_util.flatten_dict(fresh, sep="/")
+    for pattern in patterns:
+        if not any(re.fullmatch(pattern, path) for path in paths):
+            examples = ", ".join(sorted(paths)[:3])
+            raise ValueError(f"INITIAL_CHECKPOINT_SKIP pattern {pattern!r} matches no parameter; paths look like "
+                             f"{examples}, e.g. 'decoder/.*' for the whole decoder.")
+    kept = traverse_util.flatten_dict(initial, sep="/")
+    chosen = {path: value if any(re.fullmatch(p, path) for p in patterns) else kept[path] for path, value in paths.items()}
+    return traverse_util.unflatten_dict(chosen, sep="/")
 
 
 def _drop_adapters(tree):
@@ -270,7 +288,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
             state = setup.init(jax.random.PRNGKey(config.random_seed))
             if config.initial_checkpoint_path:
                 params = _initial_params(config.initial_checkpoint_path, model_config, state.params, abstract.params)
-                state = state.replace(params=params)
+                state = state.replace(params=keep_fresh(params, state.params, config.initial_checkpoint_skip))
 
         lease = run_lock.RunLease(config.model_dir, config.lease_timeout_s)
         preemption, checkpointer = _Preemption(), None
@@ -298,7 +316,9 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                 writer.print(f"Resumed from {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER}/{resume_step} "
                              f"(step {resume_step}).")
             elif config.initial_checkpoint_path:
-                writer.print(f"Initialised parameters from {config.initial_checkpoint_path} (optimizer reset).")
+                skipped = (f"; freshly initialised: {', '.join(config.initial_checkpoint_skip)}"
+                           if config.initial_checkpoint_skip else "")
+                writer.print(f"Initialised parameters from {config.initial_checkpoint_path} (optimizer reset{skipped}).")
 
             eval_fn = jax.jit(functools.partial(train_step.eval_step, model=setup.model, z_loss=config.z_loss),
                               in_shardings=(shardings.params, batch_sharding(mesh)),

@@ -139,3 +139,52 @@ def test_adapters_fine_tune_from_a_checkpoint_without_adapters(tmp_path):
                                   pretrained["encoder"]["layers_0"]["attention"]["query"])
     np.testing.assert_array_equal(tuned["token_embedder"]["embedding"], pretrained["token_embedder"]["embedding"])
     assert tuned["decoder"]["layers_1"]["adapter"]["wo"].shape == (8, 32)
+
+
+def test_keep_fresh_takes_the_matched_parameters_from_the_fresh_initialisation():
+    init = lambda seed: nn.unbox(models.build(MODEL).init(jax.random.PRNGKey(seed), **models.dummy_features(MODEL))["params"])
+    pretrained, fresh = init(7), init(8)
+    mixed = trainer.keep_fresh(pretrained, fresh, ("decoder/.*",))
+    np.testing.assert_array_equal(mixed["decoder"]["layers_1"]["mlp"]["wo"],
+                                  fresh["decoder"]["layers_1"]["mlp"]["wo"])
+    np.testing.assert_array_equal(mixed["encoder"]["layers_0"]["attention"]["query"],
+                                  pretrained["encoder"]["layers_0"]["attention"]["query"])
+    np.testing.assert_array_equal(mixed["token_embedder"]["embedding"], pretrained["token_embedder"]["embedding"])
+    assert trainer.keep_fresh(pretrained, fresh, ()) is pretrained
+    # A pattern matches whole paths: 'decoder' alone names no parameter.
+    with pytest.raises(ValueError, match="'decoder' matches no parameter.*'decoder/.\\*'"):
+        trainer.keep_fresh(pretrained, fresh, ("decoder",))
+
+
+def test_initial_checkpoint_skip_settings_are_checked():
+    settings = dict(model_dir="/run", mixture_or_task_name="demo_span_corruption", train_steps=1, batch_size=8,
+                    task_feature_lengths={"inputs": 24, "targets": 8})
+    with pytest.raises(ValueError, match="list of patterns.*not the string 'decoder/.\\*'"):
+        TrainConfig(**settings, initial_checkpoint_path="/ckpt", initial_checkpoint_skip="decoder/.*")
+    with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH, which is not set"):
+        TrainConfig(**settings, initial_checkpoint_skip=("decoder/.*",))
+    with pytest.raises(ValueError, match="'decoder/\\(' is not a regular expression"):
+        TrainConfig(**settings, initial_checkpoint_path="/ckpt", initial_checkpoint_skip=("decoder/(",))
+
+
+@pytest.mark.slow
+def test_fine_tuning_with_a_fresh_decoder(tmp_path):
+    """INITIAL_CHECKPOINT_SKIP=['decoder/.*']: the encoder and embeddings start from the checkpoint,
+    the decoder from random weights (a learning rate of 1e-9 keeps one step's changes negligible)."""
+    pretrained = nn.unbox(models.build(MODEL).init(jax.random.PRNGKey(7), **models.dummy_features(MODEL))["params"])
+    checkpoints.save_params(str(tmp_path / "pretrained"), pretrained, MODEL)
+    config = TrainConfig(
+        model_dir=str(tmp_path / "run"), mixture_or_task_name="demo_span_corruption",
+        task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=1, batch_size=8, log_period=1,
+        checkpoint_period=1, schedule="constant", learning_rate=1e-9, async_checkpointing=False,
+        initial_checkpoint_path=str(tmp_path / "pretrained"), initial_checkpoint_skip=("decoder/.*",))
+    trainer.train(config, MODEL)
+    tuned = checkpoints.restore_params(str(tmp_path / "run"), MODEL, nn.unbox(models.abstract_variables(MODEL)["params"]))
+    np.testing.assert_allclose(tuned["encoder"]["layers_1"]["mlp"]["wi_0"],
+                               pretrained["encoder"]["layers_1"]["mlp"]["wi_0"], atol=1e-6)
+    np.testing.assert_allclose(tuned["token_embedder"]["embedding"], pretrained["token_embedder"]["embedding"], atol=1e-6)
+    for path in (("layers_0", "self_attention", "query"), ("logits_dense",)):
+        before, after = pretrained["decoder"], tuned["decoder"]
+        for key in path:
+            before, after = before[key], after[key]
+        assert np.abs(np.asarray(after) - np.asarray(before)).max() > 0.01, path

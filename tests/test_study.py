@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -194,17 +195,17 @@ def test_transfer_rows_run_random_first_then_each_rung_and_tabulate(tmp_path, mo
     monkeypatch.setattr(cli, "import_tensorflow_quietly", lambda: None)
     log = []
     # Pre-trained dev accuracy rises with the rung (70 + 2 * rung + seed); random weights give 60 + seed.
-    dev = lambda label, seed: (60.0 if label == "random" else 70.0 + 2 * int(label.split("_")[-1][0])) + seed
+    dev = lambda label, seed: (60.0 if label == "random" else 70.0 + 2 * int(re.search(r"(\d)x", label)[1])) + seed
 
     def pretrain(self, objective, multiple=1):
         log.append(f"pretrain {multiple}x")
         return os.path.join(self.folder, "runs", f"pretrain_{objective}", "checkpoints", str(4500 * multiple))
 
-    def finetune_transfer(self, task, label, start, seed):  # as Study._run: a finished run is skipped
+    def finetune_transfer(self, task, label, start, seed, skip=()):  # as Study._run: a finished run is skipped
         folder = tmp_path / "cpu" / "runs" / f"transfer_{task}_{label}_seed{seed}" / "inference_eval"
         if folder.exists():
             return
-        log.append(f"finetune {task} {label} {seed}")
+        log.append(f"finetune {task} {label} {seed}" + (f" skip {','.join(skip)}" if skip else ""))
         folder.mkdir(parents=True)
         _, heldout, dev_task, metric = study.study_transfer.FINETUNE_TASKS[task]
         (folder / f"{heldout}-metrics.jsonl").write_text(json.dumps({"step": 32, metric: 50.0}) + "\n")
@@ -219,7 +220,9 @@ def test_transfer_rows_run_random_first_then_each_rung_and_tabulate(tmp_path, mo
         score = 50.0 + (seed or 0) if checkpoint is None else 65.0
         with open(tmp_path / "cpu" / "probes.jsonl", "a") as f:
             row = {"task": task, "score": score, "checkpoint": checkpoint, "random_init_seed": seed}
-            f.write(json.dumps(row) + "\n")
+            # An embeddings probe of the same start (`probe --features=embeddings`) is not a table row.
+            f.write(json.dumps({**row, "score": 99.0, "features": "embeddings"}) + "\n")
+            f.write(json.dumps({**row, "features": "encoder"}) + "\n")
 
     monkeypatch.setattr(study.Study, "pretrain", pretrain)
     monkeypatch.setattr(study.Study, "finetune_transfer", finetune_transfer)
@@ -257,6 +260,21 @@ def test_transfer_rows_run_random_first_then_each_rung_and_tabulate(tmp_path, mo
     study.main(["--rows=transfer", "--seeds=0,1,2", f"--out={tmp_path}", "--text_file_pattern=books/*.txt"])
     assert not [line for line in log if line.startswith(("finetune", "probe"))]
 
+    # The encoder start of rung 2: the rung's checkpoint, the decoder left fresh, no probes of its own.
+    log.clear()
+    study.main(["--rows=transfer", "--seeds=0,1,2", f"--out={tmp_path}", "--text_file_pattern=books/*.txt",
+                "--transfer_starts=2-encoder", "--transfer_tasks=sst2_1k"])
+    assert log == ["pretrain 2x"] + [f"finetune sst2_1k iid_denoising_2x_encoder {seed} skip decoder/.*"
+                                     for seed in (0, 1, 2)]
+    rows = json.loads((tmp_path / "cpu" / "transfer.json").read_text())
+    encoder = [r for r in rows if r["method"] == "finetune_encoder"]
+    assert [(r["task"], r["compute"]) for r in encoder] == [("sst2_1k", 2)]
+    # dev() reads the rung from the label's digit: 74 + seed, against random weights' 60 + seed.
+    assert encoder[0]["pretrained"] == [74.0, 75.0, 76.0] and encoder[0]["difference"] == pytest.approx(14.0)
+    with pytest.raises(SystemExit, match="unknown --transfer_starts \\['3-encoder'\\]"):
+        study.main(["--rows=transfer", f"--out={tmp_path}", "--text_file_pattern=books/*.txt",
+                    "--transfer_starts=3-encoder"])
+
 
 def test_gpu_preset_prints_its_commands(tmp_path):
     printed = _study(tmp_path, "--preset=gpu", "--print_commands", "--rows=transfer")
@@ -270,6 +288,11 @@ def test_gpu_preset_prints_its_commands(tmp_path):
     assert len(finetunes) == 2 * 2  # two tasks x two starts, one seed (the test's --seeds=0)
     assert sum("--gin.INITIAL_CHECKPOINT_PATH=None" in c for c in finetunes) == 2
     assert len([c for c in commands if " probe " in c]) == 3 + 3
+    assert "TEXT_PARAGRAPHS" not in printed.stdout
+    paragraphs = _study(tmp_path, "--preset=gpu", "--print_commands", "--rows=transfer", "--text_paragraphs")
+    assert paragraphs.returncode == 0, paragraphs.stderr[-3000:]
+    lines = paragraphs.stdout.strip().splitlines()
+    assert len(lines) == len(commands) and all("--gin.TEXT_PARAGRAPHS=True" in c for c in lines)
 
 
 @pytest.mark.slow

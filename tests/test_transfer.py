@@ -142,6 +142,13 @@ def test_pooled_features_are_the_mean_over_each_rows_tokens():
         tokens = jnp.array([row + [1]])  # the EOS the predictor closes every row with; no padding
         encoded = np.asarray(model.apply({"params": host_params}, tokens, method=model.encode))[0]
         np.testing.assert_allclose(pooled, encoded.mean(axis=0), rtol=1e-4, atol=1e-5)
+    # The embeddings probe reads the table alone: each row's mean of its tokens' rows (EOS is id 1).
+    table = np.asarray(host_params["token_embedder"]["embedding"])
+    embedded = predictor.encode_ids(rows, features="embeddings")
+    for row, pooled in zip(rows, embedded):
+        np.testing.assert_allclose(pooled, table[row + [1]].mean(axis=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="encoder.*embeddings.*not 'decoder'"):
+        predictor.encode_ids(rows, features="decoder")
 
 
 def _probe(*flags):
@@ -173,6 +180,7 @@ def test_probe_command_on_random_weights(tmp_path):
     assert row["task"] == "glue_sst2_v002" and row["kind"] == "classification" and row["random_init_seed"] == 0
     assert row["train_examples"] == 24 and row["eval_examples"] == 24 and row["checkpoint"] is None
     assert 0 <= row["score"] <= 100 and math.isclose(row["score"] * 24 / 100, round(row["score"] * 24 / 100))
+    assert row["features"] == "encoder"
     assert json.loads(done.stdout.strip().splitlines()[-1]) == row
     assert "FutureWarning" not in done.stderr
     both = _probe("--task=glue_sst2_v002", "--random_init_seed=0", "--gin.CHECKPOINT_PATH='/tmp/run'")
