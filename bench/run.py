@@ -128,7 +128,7 @@ def compile_time(layers: int, scan: bool) -> float:
 def pipeline_rows_per_s(task: str, lengths: dict, seconds: float = 5.0) -> float:
     import tensorflow as tf
 
-    import tasks  # noqa: F401
+    from t5pod import tasks  # noqa: F401
     from t5pod.data import pipeline
 
     dataset = pipeline.get_dataset(task, lengths, "train", seed=0, shard_index=0, num_shards=1)
@@ -152,7 +152,7 @@ def data_feed(seconds: float) -> dict:
     rows per second on one core, and the cores a TPU v3-8 host needs to feed T5 1.1 base at 50% MFU."""
     import glob
 
-    import tasks
+    from t5pod import tasks
     from t5pod.data import text_sources, vocabularies
 
     files = sorted(glob.glob(os.path.join(SHARED_TEXT, "*.txt")))
@@ -195,7 +195,7 @@ def cpu_results() -> dict:
                "cpu_count": os.cpu_count()}
     peak = matmul_peak()
     results["matmul_peak_flops"] = peak
-    import tasks
+    from t5pod import tasks
 
     tasks.register_all()
     sizes = [("tiny", model("tiny", vocab_size=2176), 8 if QUICK else 32, (64, 16) if QUICK else (128, 32), True)]

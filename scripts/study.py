@@ -332,7 +332,7 @@ class Study:
 
 def training_sizes(mixture: str) -> dict[str, int]:
     """Training examples of each member of a fine-tuning mixture that trains (rate above 0)."""
-    from tasks import mixtures, transfer
+    from t5pod.tasks import mixtures, transfer
 
     sizes = {**mixtures.GLUE_SIZES, **mixtures.SUPER_GLUE_SIZES}
     for name, (base, train, heldout) in transfer.SUBSETS.items():

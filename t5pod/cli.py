@@ -34,7 +34,7 @@ def _macro_help(*gin_files: str, example: str) -> str:
     """The run macros of gin files (gin/…) with their defaults and comments, for --help."""
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parent.parent / "gin"
+    folder = Path(configs.shipped_gin_dir())
     lines = [f"run macros (defaults from {folder}; set with --gin.NAME=VALUE or --gin_bindings='NAME = VALUE'):"]
     for name in gin_files:
         for line in (folder / name).read_text().splitlines():
@@ -149,7 +149,7 @@ def _cache_tasks(args) -> int:
     ginconf.register_tasks()
     import functools
 
-    import tasks
+    from t5pod import tasks
     from t5pod.data import caching
 
     names = [n for n in args.tasks.split(",") if n]

@@ -6,6 +6,8 @@ here, so the configs can be read and checked before any accelerator is touched.
 """
 
 import dataclasses
+import importlib.resources
+import pathlib
 import re
 from typing import Any
 
@@ -36,6 +38,15 @@ ARCHITECTURES = (
     "decoder_only",             # a language model: one causal stack over inputs and targets concatenated
     "prefix_lm",                # one stack, fully visible over the inputs part, causal over the targets
 )
+
+
+def shipped_gin_dir() -> str:
+    """The folder of the shipped gin files: the package resource t5pod/gin of an installed wheel, or
+    gin/ at the top of a source checkout (an editable install)."""
+    installed = importlib.resources.files("t5pod") / "gin"
+    if installed.is_dir():
+        return str(installed)
+    return str(pathlib.Path(__file__).resolve().parent.parent / "gin")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,12 +13,13 @@ from typing import Sequence
 import gin
 import seqio
 
-import tasks
+from t5pod import tasks
+from t5pod import configs
 from t5pod.configs import InferConfig, T5Config, TrainConfig
 from t5pod.data import demo_corpus, vocabularies
 
-# The gin/ folder of this checkout; always on the search path so `include 'models/...'` works.
-GIN_DIR = str(Path(__file__).resolve().parent.parent / "gin")
+# Always on the search path, so that `include 'models/...'` works from any directory.
+GIN_DIR = configs.shipped_gin_dir()
 
 _search_paths: list[str] = []
 

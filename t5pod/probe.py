@@ -20,7 +20,7 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tasks import transfer
+from t5pod.tasks import transfer
 from t5pod import evaluation, inference, models, partitioning
 from t5pod.configs import InferConfig, T5Config
 from t5pod.data import benchmarks, pipeline

@@ -3,7 +3,7 @@ defaults; register_all() registers again with explicit settings (the CLI calls i
 
 import os
 
-from tasks import generation, glue, mixtures, pretraining, transfer
+from . import generation, glue, mixtures, pretraining, transfer
 from t5pod.data import demo_corpus, vocabularies
 
 

@@ -17,7 +17,7 @@ import seqio
 import tensorflow as tf
 
 from t5pod.data import generation_files, generation_metrics
-from tasks import glue
+from . import glue
 
 LANGUAGES = {"en": "English", "de": "German", "fr": "French", "ro": "Romanian"}
 # task: (TFDS name, splits, article field, summary field)

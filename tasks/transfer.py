@@ -15,7 +15,7 @@ and metrics are the base task's, so the scores are in the paper's units.
 import numpy as np
 import seqio
 
-from tasks import glue
+from . import glue
 from t5pod.data import benchmarks, glue_formats
 
 SUBSET_SEED = 20261203  # fixed: every run and every probe sees the same subsets

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-import tasks  # noqa: F401  (registers the demo tasks)
+from t5pod import tasks  # noqa: F401  (registers the demo tasks)
 from t5pod import checkpoints, decoder_only, decoding, ginconf, inference, models, network, trainer
 from t5pod.configs import InferConfig, T5Config, TrainConfig
 from t5pod.data import demo_corpus

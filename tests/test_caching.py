@@ -8,7 +8,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-import tasks
+from t5pod import tasks
 from t5pod import cli, trainer
 from t5pod.configs import T5Config, TrainConfig
 from t5pod.data import demo_corpus, text_sources

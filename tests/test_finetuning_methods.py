@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-import tasks  # noqa: F401  (registers the demo tasks)
+from t5pod import tasks  # noqa: F401  (registers the demo tasks)
 from t5pod import checkpoints, ginconf, models, optimizer, partitioning, trainer
 from t5pod.configs import T5Config, TrainConfig
 

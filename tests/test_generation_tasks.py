@@ -10,7 +10,7 @@ import sacrebleu
 import seqio
 from rouge_score import rouge_scorer
 
-import tasks
+from t5pod import tasks
 from t5pod.data import generation_files, generation_metrics
 
 

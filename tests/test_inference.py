@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import hf_reference
-import tasks
+from t5pod import tasks
 from t5pod import decoding, evaluation, ginconf
 from t5pod.data import demo_corpus
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-import tasks
+from t5pod import tasks
 from t5pod import flops, ginconf, models, planning, trainer
 from t5pod.configs import T5Config, TrainConfig
 

@@ -13,7 +13,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-import tasks
+from t5pod import tasks
 from t5pod.data import demo_corpus, pipeline, text_sources, vocabularies
 
 

@@ -158,7 +158,7 @@ def test_study_table_flags_parse(row, flags):
     model, train = ginconf.model_config(), ginconf.train_config()
     if models:
         assert model.architecture != "encoder_decoder" or model.num_layers == 6
-    import tasks
+    from t5pod import tasks
 
     try:
         ginconf.register_tasks()

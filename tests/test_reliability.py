@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tasks
+from t5pod import tasks
 from t5pod import checkpoints, decoding, partitioning, run_dir, run_lock, trainer
 from t5pod.configs import T5Config, TrainConfig
 

@@ -11,8 +11,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-import tasks
-from tasks import mixtures
+from t5pod import tasks
+from t5pod.tasks import mixtures
 from t5pod import ginconf
 from t5pod.data import demo_corpus, mixing
 

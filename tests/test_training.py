@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tasks
+from t5pod import tasks
 from t5pod import checkpoints, optimizer, partitioning, train_step, trainer
 from t5pod.configs import T5Config, TrainConfig
 

@@ -17,7 +17,7 @@ from scipy import stats
 from conftest import BENCHMARK_ROWS, REPO
 from t5pod import inference, models, probe
 from t5pod.configs import InferConfig, T5Config
-from tasks import transfer
+from t5pod.tasks import transfer
 
 
 def _study_transfer():
@@ -50,7 +50,7 @@ def test_subsets_are_disjoint_nested_and_fixed():
 def test_sst2_1k_task_on_the_real_training_file(shared_data):
     import seqio
 
-    import tasks
+    from t5pod import tasks
 
     tasks.register_all("demo", glue_dir=str(shared_data / "glue"))
     lengths = {"inputs": 128, "targets": 8}
