@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from t5pod import checkpoints, inference, partitioning
+from t5pod import checkpoints, hf_names, inference, partitioning
 from t5pod.configs import T5Config
 from t5pod.hf_import import ConversionError, check_new_folder, new_folder
 
@@ -41,46 +41,19 @@ def unstack_layers(params: dict) -> dict:
     return unstacked
 
 
-def _attention(out: dict, prefix: str, attention: dict, cfg: T5Config):
-    e, hd = cfg.d_model, cfg.num_heads * cfg.d_kv
-    # ours: [embed, heads, kv] and [heads, kv, embed]; torch Linear: [out, in].
-    for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v")):
-        out[f"{prefix}.{theirs}.weight"] = attention[ours].reshape(e, hd).T
-    out[f"{prefix}.o.weight"] = attention["out"].reshape(hd, e).T
-
-
-def _mlp(out: dict, prefix: str, mlp: dict, cfg: T5Config):
-    for name in (("wi_0", "wi_1") if cfg.is_gated else ("wi",)) + ("wo",):
-        out[f"{prefix}.{name}.weight"] = mlp[name].T
-
-
 def hf_tensors(params: dict, cfg: T5Config) -> dict[str, np.ndarray]:
     """t5pod's unscanned parameters under the reference's tensor names and layouts."""
     if cfg.architecture != "encoder_decoder" or cfg.adapter_dim:
         raise ConversionError("export-hf writes encoder-decoder T5 models without adapters; this checkpoint is "
                               f"{cfg.architecture!r} (adapter_dim {cfg.adapter_dim}).")
-    out = {"shared.weight": params["token_embedder"]["embedding"]}
-    encoder, decoder = params["encoder"], params["decoder"]
-    out["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = encoder["relpos_bias"]["rel_embedding"].T
-    for i in range(cfg.num_layers):
-        layer, p = encoder[f"layers_{i}"], f"encoder.block.{i}.layer"
-        out[f"{p}.0.layer_norm.weight"] = layer["pre_attention_layer_norm"]["scale"]
-        _attention(out, f"{p}.0.SelfAttention", layer["attention"], cfg)
-        out[f"{p}.1.layer_norm.weight"] = layer["pre_mlp_layer_norm"]["scale"]
-        _mlp(out, f"{p}.1.DenseReluDense", layer["mlp"], cfg)
-    out["encoder.final_layer_norm.weight"] = encoder["encoder_norm"]["scale"]
-    out["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = decoder["relpos_bias"]["rel_embedding"].T
-    for i in range(cfg.decoder_layers):
-        layer, p = decoder[f"layers_{i}"], f"decoder.block.{i}.layer"
-        out[f"{p}.0.layer_norm.weight"] = layer["pre_self_attention_layer_norm"]["scale"]
-        _attention(out, f"{p}.0.SelfAttention", layer["self_attention"], cfg)
-        out[f"{p}.1.layer_norm.weight"] = layer["pre_cross_attention_layer_norm"]["scale"]
-        _attention(out, f"{p}.1.EncDecAttention", layer["encoder_decoder_attention"], cfg)
-        out[f"{p}.2.layer_norm.weight"] = layer["pre_mlp_layer_norm"]["scale"]
-        _mlp(out, f"{p}.2.DenseReluDense", layer["mlp"], cfg)
-    out["decoder.final_layer_norm.weight"] = decoder["decoder_norm"]["scale"]
+    out = {}
+    for name in hf_names.tensor_names(cfg):
+        value = params
+        for key in name.path:
+            value = value[key]
+        out[name.hf] = hf_names.to_hf(name, np.asarray(value))
     if not cfg.tie_word_embeddings:
-        out["lm_head.weight"] = decoder["logits_dense"].T
+        out["lm_head.weight"] = params["decoder"]["logits_dense"].T
     return {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in out.items()}
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from safetensors import SafetensorError, safe_open
 
-from t5pod import checkpoints
+from t5pod import checkpoints, hf_names
 from t5pod.configs import FEED_FORWARD_PROJECTIONS, T5Config
 
 
@@ -111,61 +111,17 @@ class _Reader:
         return value
 
 
-def _attention(r: _Reader, prefix: str, cfg: T5Config) -> dict:
-    e, h, d = cfg.d_model, cfg.num_heads, cfg.d_kv
-    # torch Linear weights are [out, in]; ours are [embed, heads, kv] and [heads, kv, embed].
-    return {
-        "query": r.take(f"{prefix}.q.weight", (h * d, e)).T.reshape(e, h, d),
-        "key": r.take(f"{prefix}.k.weight", (h * d, e)).T.reshape(e, h, d),
-        "value": r.take(f"{prefix}.v.weight", (h * d, e)).T.reshape(e, h, d),
-        "out": r.take(f"{prefix}.o.weight", (e, h * d)).T.reshape(h, d, e),
-    }
-
-
-def _mlp(r: _Reader, prefix: str, cfg: T5Config) -> dict:
-    e, f = cfg.d_model, cfg.d_ff
-    names = ("wi_0", "wi_1") if cfg.is_gated else ("wi",)
-    mlp = {n: r.take(f"{prefix}.{n}.weight", (f, e)).T for n in names}
-    mlp["wo"] = r.take(f"{prefix}.wo.weight", (e, f)).T
-    return mlp
-
-
-def _norm(r: _Reader, name: str, cfg: T5Config) -> dict:
-    return {"scale": r.take(name, (cfg.d_model,))}
-
-
 def convert_tensors(tensors: dict[str, np.ndarray], config: T5Config, hf_config: dict) -> tuple[dict, T5Config]:
     """Maps reference tensor names and layouts to t5pod's (unscanned) parameter tree."""
     r = _Reader(tensors)
     cfg = config
-    relpos = (cfg.relative_attention_num_buckets, cfg.num_heads)
-    embedding = r.take("shared.weight", (cfg.vocab_size, cfg.d_model))
-
-    encoder = {"relpos_bias": {"rel_embedding": r.take(
-        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", relpos).T}}
-    for i in range(cfg.num_layers):
-        p = f"encoder.block.{i}.layer"
-        encoder[f"layers_{i}"] = {
-            "pre_attention_layer_norm": _norm(r, f"{p}.0.layer_norm.weight", cfg),
-            "attention": _attention(r, f"{p}.0.SelfAttention", cfg),
-            "pre_mlp_layer_norm": _norm(r, f"{p}.1.layer_norm.weight", cfg),
-            "mlp": _mlp(r, f"{p}.1.DenseReluDense", cfg),
-        }
-    encoder["encoder_norm"] = _norm(r, "encoder.final_layer_norm.weight", cfg)
-
-    decoder = {"relpos_bias": {"rel_embedding": r.take(
-        "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", relpos).T}}
-    for i in range(cfg.decoder_layers):
-        p = f"decoder.block.{i}.layer"
-        decoder[f"layers_{i}"] = {
-            "pre_self_attention_layer_norm": _norm(r, f"{p}.0.layer_norm.weight", cfg),
-            "self_attention": _attention(r, f"{p}.0.SelfAttention", cfg),
-            "pre_cross_attention_layer_norm": _norm(r, f"{p}.1.layer_norm.weight", cfg),
-            "encoder_decoder_attention": _attention(r, f"{p}.1.EncDecAttention", cfg),
-            "pre_mlp_layer_norm": _norm(r, f"{p}.2.layer_norm.weight", cfg),
-            "mlp": _mlp(r, f"{p}.2.DenseReluDense", cfg),
-        }
-    decoder["decoder_norm"] = _norm(r, "decoder.final_layer_norm.weight", cfg)
+    params: dict = {}
+    for name in hf_names.tensor_names(cfg):
+        node = params
+        for key in name.path[:-1]:
+            node = node.setdefault(key, {})
+        node[name.path[-1]] = hf_names.from_hf(name, r.take(name.hf, hf_names.hf_shape(name)))
+    embedding, decoder = params["token_embedder"]["embedding"], params["decoder"]
 
     # Output layer. Older exports say tie_word_embeddings=false for T5 1.1 (separate lm_head, no
     # logit scaling); newer transformers write scale_decoder_outputs and may tie the two.
@@ -189,7 +145,6 @@ def convert_tensors(tensors: dict[str, np.ndarray], config: T5Config, hf_config:
     unused = {n for n in unused if "EncDecAttention.relative_attention_bias" not in n}  # unused by the reference too
     if unused:
         raise ConversionError(f"The checkpoint has tensors t5pod does not know: {sorted(unused)[:5]}")
-    params = {"token_embedder": {"embedding": embedding}, "encoder": encoder, "decoder": decoder}
     return params, cfg
 
 

@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 from flax import linen as nn
+from flax import traverse_util
 
 import hf_reference
-from t5pod import checkpoints, cli, ginconf, layers, models, network
+from t5pod import checkpoints, cli, ginconf, hf_names, layers, models, network
+from t5pod.configs import T5Config
 
 
 def _load_converted(out_dir):
@@ -132,3 +134,29 @@ def test_restoring_into_another_model_is_refused(tmp_path):
     abstract = nn.unbox(models.abstract_variables(other)["params"])
     with pytest.raises(checkpoints.CheckpointError, match="d_ff: checkpoint 64 vs config 128"):
         checkpoints.restore_params(str(tmp_path / "out"), other, abstract)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_the_name_map_covers_every_parameter_and_its_layouts_invert(gated):
+    """hf_names: one entry per parameter but the untied lm_head, each at the parameter's shape, and
+    to_hf/from_hf inverse; layouts checked on a hand-built kernel."""
+    cfg = T5Config(vocab_size=40, d_model=8, d_kv=3, d_ff=12, num_heads=2, num_layers=2, num_decoder_layers=3,
+                   feed_forward_proj="gated-gelu" if gated else "relu", tie_word_embeddings=False)
+    params = traverse_util.flatten_dict(nn.unbox(models.abstract_variables(cfg)["params"]))
+    names = hf_names.tensor_names(cfg)
+    assert len({n.hf for n in names}) == len(names)
+    assert {n.path: n.shape for n in names} == {p: tuple(v.shape) for p, v in params.items()
+                                                if p != ("decoder", "logits_dense")}
+    rng = np.random.default_rng(0)
+    for name in names:
+        value = rng.normal(size=name.shape)
+        theirs = hf_names.to_hf(name, value)
+        assert theirs.shape == hf_names.hf_shape(name)
+        np.testing.assert_array_equal(hf_names.from_hf(name, theirs), value)
+    query = next(n for n in names if n.path == ("encoder", "layers_0", "attention", "query"))
+    kernel = np.arange(8 * 2 * 3).reshape(8, 2, 3)  # [embed, heads, kv]
+    # torch's q.weight row h * d_kv + k is head h's kv unit k; its column is the embedding unit.
+    assert hf_names.to_hf(query, kernel)[1 * 3 + 2, 5] == kernel[5, 1, 2]
+    out = next(n for n in names if n.path == ("decoder", "layers_2", "encoder_decoder_attention", "out"))
+    kernel = np.arange(2 * 3 * 8).reshape(2, 3, 8)  # [heads, kv, embed]
+    assert hf_names.to_hf(out, kernel)[6, 1 * 3 + 0] == kernel[1, 0, 6]
