@@ -57,9 +57,9 @@ study: install
 	$(BIN)/python scripts/study.py --preset=cpu --glue_dir='$(GLUE_DIR)' --superglue_dir='$(SUPERGLUE_DIR)' \
 		--text_file_pattern='$(STUDY_TEXT)' $(STUDY_ARGS)
 
-# Speed and memory figures (bench/run.py): prints a table, writes bench/results.json.
+# Speed and memory figures (python -m bench.run): prints a table, writes bench/results.json.
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 # Rewrites the pin list from the current environment.
 lock: install

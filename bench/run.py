@@ -1,4 +1,4 @@
-"""`make bench`: t5pod's speed and memory, side by side with the reference and the machine.
+"""`make bench` (`python -m bench.run`): t5pod's speed and memory, side by side with the reference and the machine.
 
 Prints a table and writes bench/results.json. Figures (see issue 7 for the goals):
   matmul_peak_flops       large float32 jnp.dot on this machine: the MFU denominator
@@ -37,9 +37,8 @@ import numpy as np  # noqa: E402
 
 from t5pod import flops, ginconf, partitioning  # noqa: E402
 
-import accelerator  # noqa: E402  (bench/accelerator.py)
-import profile_step  # noqa: E402
-from decoding import decode_figures  # noqa: E402  (bench/decoding.py)
+from bench import accelerator, profile_step  # noqa: E402
+from bench.decoding import decode_figures  # noqa: E402
 from t5pod.configs import TrainConfig  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

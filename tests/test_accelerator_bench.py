@@ -1,7 +1,6 @@
 """The parts of the accelerator benchmark that do not need an accelerator: the batch that fills a
 device, the bfloat16 policy, the peak table, the FLOP split and the profile's grouping of ops."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,13 +8,11 @@ import sys
 
 import pytest
 
+from bench import profile_step
 from conftest import REPO
 from t5pod import flops, planning
 from t5pod.configs import T5Config, TrainConfig
 
-_spec = importlib.util.spec_from_file_location("profile_step", REPO / "bench" / "profile_step.py")
-profile_step = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(profile_step)
 
 MODEL = T5Config(vocab_size=256, d_model=64, d_kv=16, num_heads=4, d_ff=256, num_layers=4, dropout_rate=0.0,
                  scan_layers=True)
@@ -129,8 +126,8 @@ def test_the_accelerator_path_runs_on_cpu(tmp_path):
     memory = 200_000_000
     env = dict(os.environ, XLA_FLAGS="", BENCH_QUICK="1", BENCH_ACCELERATOR_PATH="1",
                BENCH_DEVICE_MEMORY_BYTES=str(memory), BENCH_OUTPUT=str(output))
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "run.py")], capture_output=True, text=True,
-                          timeout=900, env=env)
+    done = subprocess.run([sys.executable, "-m", "bench.run"], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(output.read_text())
     assert results["gpu"] == {"device": "NVIDIA H200", "train": []}  # kept

@@ -104,8 +104,8 @@ def test_bench_quick_run(tmp_path):
 
     env = dict(os.environ, XLA_FLAGS="", BENCH_QUICK="1", BENCH_OUTPUT=str(tmp_path / "results.json"))
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the benchmark measures compilation
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "run.py")], capture_output=True, text=True,
-                          timeout=900, env=env)
+    done = subprocess.run([sys.executable, "-m", "bench.run"], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.load(open(tmp_path / "results.json"))["cpu"]
     (tiny,) = results["train"]
