@@ -121,15 +121,26 @@ def test_fine_tuning_gin_files():
     assert ginconf.train_config().gradual_unfreezing and ginconf.model_config().adapter_dim == 0
 
 
-@pytest.mark.slow
-def test_adapters_fine_tune_from_a_checkpoint_without_adapters(tmp_path):
-    pretrained = nn.unbox(models.build(MODEL).init(jax.random.PRNGKey(7), **models.dummy_features(MODEL))["params"])
+def _saved_checkpoint(tmp_path, seed: int = 7) -> dict:
+    """MODEL's parameters initialised from seed, saved as the checkpoint tmp_path/pretrained."""
+    pretrained = nn.unbox(models.build(MODEL).init(jax.random.PRNGKey(seed), **models.dummy_features(MODEL))["params"])
     checkpoints.save_params(str(tmp_path / "pretrained"), pretrained, MODEL)
-    config = TrainConfig(
+    return pretrained
+
+
+def _one_step_from_checkpoint(tmp_path, learning_rate: float, **overrides) -> TrainConfig:
+    """One fine-tuning step from tmp_path/pretrained into tmp_path/run, checkpointed."""
+    return TrainConfig(
         model_dir=str(tmp_path / "run"), mixture_or_task_name="demo_span_corruption",
         task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=1, batch_size=8, log_period=1,
-        checkpoint_period=1, schedule="constant", learning_rate=1e-3, async_checkpointing=False,
-        initial_checkpoint_path=str(tmp_path / "pretrained"), trainable="adapters")
+        checkpoint_period=1, schedule="constant", learning_rate=learning_rate, async_checkpointing=False,
+        initial_checkpoint_path=str(tmp_path / "pretrained"), **overrides)
+
+
+@pytest.mark.slow
+def test_adapters_fine_tune_from_a_checkpoint_without_adapters(tmp_path):
+    pretrained = _saved_checkpoint(tmp_path)
+    config = _one_step_from_checkpoint(tmp_path, 1e-3, trainable="adapters")
     with_adapters = dataclasses.replace(MODEL, adapter_dim=8)
     trainer.train(config, with_adapters)
     tuned = checkpoints.restore_params(str(tmp_path / "run"), with_adapters,
@@ -171,13 +182,8 @@ def test_initial_checkpoint_skip_settings_are_checked():
 def test_fine_tuning_with_a_fresh_decoder(tmp_path):
     """INITIAL_CHECKPOINT_SKIP=['decoder/.*']: the encoder and embeddings start from the checkpoint,
     the decoder from random weights (a learning rate of 1e-9 keeps one step's changes negligible)."""
-    pretrained = nn.unbox(models.build(MODEL).init(jax.random.PRNGKey(7), **models.dummy_features(MODEL))["params"])
-    checkpoints.save_params(str(tmp_path / "pretrained"), pretrained, MODEL)
-    config = TrainConfig(
-        model_dir=str(tmp_path / "run"), mixture_or_task_name="demo_span_corruption",
-        task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=1, batch_size=8, log_period=1,
-        checkpoint_period=1, schedule="constant", learning_rate=1e-9, async_checkpointing=False,
-        initial_checkpoint_path=str(tmp_path / "pretrained"), initial_checkpoint_skip=("decoder/.*",))
+    pretrained = _saved_checkpoint(tmp_path)
+    config = _one_step_from_checkpoint(tmp_path, 1e-9, initial_checkpoint_skip=("decoder/.*",))
     trainer.train(config, MODEL)
     tuned = checkpoints.restore_params(str(tmp_path / "run"), MODEL, nn.unbox(models.abstract_variables(MODEL)["params"]))
     np.testing.assert_allclose(tuned["encoder"]["layers_1"]["mlp"]["wi_0"],
