@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # 15m22s with 2 workers, 14m57s with 3, cold compilation cache); work stealing evens the tail.
 TEST_WORKERS ?= 3
 
-.PHONY: install install-tpu test test-fast pretrain finetune study bench lock clean
+.PHONY: install install-tpu test test-fast pretrain finetune study bench docs lock clean
 
 install: $(STAMP)
 
@@ -62,6 +62,10 @@ bench: install
 	$(BIN)/python -m bench.run
 
 # Rewrites the pin list from the current environment.
+# docs/settings.md, the table of gin macros, from the comments beside them in gin/.
+docs: install
+	$(BIN)/python -m t5pod.settings docs/settings.md
+
 lock: install
 	( sed -n '1,2p' requirements.lock; $(BIN)/pip freeze --exclude-editable | grep -v '^t5pod' | sed 's/+cpu$$//' ) > requirements.lock.new
 	mv requirements.lock.new requirements.lock

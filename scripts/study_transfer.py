@@ -190,14 +190,15 @@ def run(study, starts: list[str] | None = None, tasks: list[str] | None = None) 
         checkpoint = None if start_name == "random" else study.pretrain("iid_denoising", int(rung))
         label = "random" if start_name == "random" else f"iid_denoising_{rung}x" + ("_encoder" if encoder_only else "")
         done = probe_rows(probes_path)
-        for task in PROBE_TASKS if not encoder_only else ():  # the rung's own probes read the same encoder
+        for task in PROBE_TASKS:  # an encoder start's probes are its rung's (the same encoder): run once
             for seed in (t.probe_seeds if checkpoint is None else (None,)):
                 key = checkpoint_key(checkpoint)
                 if any(r["task"] == PROBE_TASKS[task] and checkpoint_key(r.get("checkpoint")) == key
                        and r.get("random_init_seed") == seed for r in done):
                     continue
                 study.run_command(probe_command(study, task, checkpoint, seed, probes_path),
-                                  f"probe {task} of {label}" + (f", seed {seed}" if seed is not None else ""))
+                                  f"probe {task} of {label.removesuffix('_encoder')}"
+                                  + (f", seed {seed}" if seed is not None else ""))
         for task in tasks:
             for seed in t.seeds:
                 study.finetune_transfer(task, label, checkpoint, seed, FRESH_DECODER if encoder_only else ())

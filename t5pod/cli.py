@@ -31,16 +31,12 @@ def _add_gin_flags(parser: argparse.ArgumentParser):
 
 
 def _macro_help(*gin_files: str, example: str) -> str:
-    """The run macros of gin files (gin/…) with their defaults and comments, for --help."""
-    from pathlib import Path
+    """The run macros of gin files (gin/…) with their defaults and meanings, for --help."""
+    from t5pod import settings
 
-    folder = Path(configs.shipped_gin_dir())
-    lines = [f"run macros (defaults from {folder}; set with --gin.NAME=VALUE or --gin_bindings='NAME = VALUE'):"]
-    for name in gin_files:
-        for line in (folder / name).read_text().splitlines():
-            if line and line[0].isupper() and "=" in line and "." not in line.split("=")[0]:
-                lines.append("  " + line)
-    return "\n".join(lines + ["", "example:", "  " + example])
+    lines = [f"run macros (defaults from {configs.shipped_gin_dir()}; set with --gin.NAME=VALUE or "
+             "--gin_bindings='NAME = VALUE'):"]
+    return "\n".join(lines + settings.help_text(*gin_files) + ["", "example:", "  " + example])
 
 
 def _add_multihost_flags(parser: argparse.ArgumentParser):

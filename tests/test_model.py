@@ -93,8 +93,8 @@ def test_parameter_counts_match_published(name):
 
 
 def _readme_size_rows():
-    """(gin file, d_model, d_ff, heads, d_kv, enc layers, dec layers, stated count) from README.md."""
-    text = (REPO / "README.md").read_text()
+    """(gin file, d_model, d_ff, heads, d_kv, enc layers, dec layers, stated count) from docs/training.md."""
+    text = (REPO / "docs" / "training.md").read_text()
     rows = re.findall(r"^\| `models/([\w/]+)\.gin`[^|]*\| (\d+) \| (\d+) \| (\d+) × (\d+) \| (\d+)/(\d+) \| ([\d.]+[MB]) \|$",
                       text, flags=re.M)
     return [(name, *map(int, numbers), stated) for name, *numbers, stated in rows]

@@ -1,5 +1,6 @@
-"""Every command in README.md runs, in a fast variant: placeholders point at small fixtures and
-training commands get a tiny model, the demo task and two steps."""
+"""Every command in README.md and the docs/ pages runs, in a fast variant: placeholders point at
+small fixtures and training commands get a tiny model, the demo task and two steps (a fine-tuning
+from a converted checkpoint keeps its model and checkpoint). The pages link to each other soundly."""
 
 import os
 import re
@@ -19,15 +20,40 @@ FAST_TRAIN = ["--gin_file=models/tiny.gin", "--gin.MIXTURE_OR_TASK_NAME='demo_sp
               "--gin.EVAL_PERIOD=0", "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.VOCABULARY_PATH=%s"]
 
 
+DOCS = REPO / "docs"
+
+
+def pages() -> list:
+    """README.md and the docs/ pages."""
+    return [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
 def readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    """The commands of every `sh` block of the README and the docs pages, each once."""
     commands = []
-    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
-            line = line.split("  #")[0].strip()
-            if line.startswith(("python -m t5pod", "make ")):
-                commands.append(line)
+    for page in pages():
+        for block in re.findall(r"```sh\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.splitlines():
+                line = line.split("  #")[0].strip()
+                if line.startswith(("python -m t5pod", "make ")) and line not in commands:
+                    commands.append(line)
     return commands
+
+
+def test_the_readme_is_short_and_links_every_docs_page():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.encode()) < 12_000
+    linked = set(re.findall(r"\]\(docs/([\w.-]+\.md)\)", readme))
+    assert linked == {page.name for page in DOCS.glob("*.md")} - {"README.md"}
+
+
+def test_links_between_pages_resolve():
+    broken = []
+    for page in [*pages(), REPO / "study" / "README.md"]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not target.startswith(("http://", "https://")) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert broken == []
 
 
 def test_readme_has_commands():
@@ -96,6 +122,10 @@ def test_readme_command_runs(command, fixtures):
         # The committed SST-2 rows: evaluating each checkpoint on the whole dev set adds a minute.
         argv += [f"PRETRAINED={fixtures['@pretrained']}", f"GLUE_DIR={BENCHMARK_ROWS / 'glue'}",
                  "FINETUNE_ARGS=" + " ".join(shlex.quote(f) for f in fast)]
+    elif argv[:4] == ["python", "-m", "t5pod", "train"] and any("INITIAL_CHECKPOINT_PATH" in a for a in argv):
+        # Fine-tuning a converted checkpoint: its own model and vocabulary, two steps of short rows.
+        argv += ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0",
+                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
     elif argv[:4] == ["python", "-m", "t5pod", "train"]:
         argv += [f.replace("%s", repr(vocabulary)) for f in FAST_TRAIN]
     elif argv[:4] == ["python", "-m", "t5pod", "plan"]:
@@ -123,9 +153,8 @@ def test_readme_command_runs(command, fixtures):
 
 
 def study_rows() -> list[tuple[str, str]]:
-    """(paper row, ROW_FLAGS cell) of the README's table of the paper's §3 study."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## The paper's study")[1].split("\n## ")[0]
+    """(paper row, ROW_FLAGS cell) of the table of the paper's §3 study (docs/paper-study.md)."""
+    section = (DOCS / "paper-study.md").read_text().split("\n## ")[0]
     rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ")]
     return [(row.strip(), flags.strip()) for row, flags in rows if row.strip() != "paper table, row"]
 

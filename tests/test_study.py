@@ -260,12 +260,18 @@ def test_transfer_rows_run_random_first_then_each_rung_and_tabulate(tmp_path, mo
     study.main(["--rows=transfer", "--seeds=0,1,2", f"--out={tmp_path}", "--text_file_pattern=books/*.txt"])
     assert not [line for line in log if line.startswith(("finetune", "probe"))]
 
-    # The encoder start of rung 2: the rung's checkpoint, the decoder left fresh, no probes of its own.
+    # The encoder start of rung 2: the rung's checkpoint, the decoder left fresh; the rung's probes are
+    # its own (the same encoder), so it runs only those that are missing (here the lost STS-B row).
+    probes_file = tmp_path / "cpu" / "probes.jsonl"
+    rows = [json.loads(line) for line in probes_file.read_text().splitlines()]
+    lost = lambda r: r["task"] == "glue_stsb_heldout_v002" and str(r["checkpoint"]).endswith("/9000")
+    assert sum(map(lost, rows)) == 2  # the encoder and embeddings rows of that probe
+    probes_file.write_text("".join(json.dumps(r) + "\n" for r in rows if not lost(r)))
     log.clear()
     study.main(["--rows=transfer", "--seeds=0,1,2", f"--out={tmp_path}", "--text_file_pattern=books/*.txt",
                 "--transfer_starts=2-encoder", "--transfer_tasks=sst2_1k"])
-    assert log == ["pretrain 2x"] + [f"finetune sst2_1k iid_denoising_2x_encoder {seed} skip decoder/.*"
-                                     for seed in (0, 1, 2)]
+    assert log == ["pretrain 2x", "probe stsb of iid_denoising_2x"] + [
+        f"finetune sst2_1k iid_denoising_2x_encoder {seed} skip decoder/.*" for seed in (0, 1, 2)]
     rows = json.loads((tmp_path / "cpu" / "transfer.json").read_text())
     encoder = [r for r in rows if r["method"] == "finetune_encoder"]
     assert [(r["task"], r["compute"]) for r in encoder] == [("sst2_1k", 2)]
