@@ -183,87 +183,15 @@ def _join(args):
 
 
 def _infer(args) -> int:
-    if bool(args.input_file) == bool(args.task):
-        raise ValueError("infer needs either --input_file=IN or --task=NAME (with --split).")
-    if not args.output_file:
-        raise ValueError("infer needs --output_file=OUT (JSONL).")
-    if args.input_file and not os.path.isfile(args.input_file):
-        raise FileNotFoundError(f"Input file {args.input_file} not found.")
     from t5pod import infer_io
 
-    total = infer_io.count_rows(args.input_file) if args.input_file else None
-    if total == 0:
-        raise ValueError(f"Input file {args.input_file} is empty: nothing to {args.mode}.")
+    total = infer_io.check_request(args.input_file, args.task, args.output_file, args.mode)
     _join(args)
     ginconf = _parse_gin(args, ("tasks.gin", "runs/infer.gin"))
     ginconf.register_tasks()
-    import jax
-
-    from t5pod import checkpoints, distributed, inference
-
-    model_config, config, vocabulary = ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary()
-    source = os.path.abspath(args.input_file) if args.input_file else f"{args.task}:{args.split}"
-    settings = {"input": source, "mode": args.mode, "checkpoint_path": checkpoints.absolute(config.checkpoint_path),
-                "checkpoint_step": checkpoints.latest_step(config.checkpoint_path), "model": model_config.checkpoint_fields(),
-                **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("checkpoint_path", "mesh_shape", "fsdp")}}
-    output = infer_io.ResumableOutput(args.output_file, settings)
-
-    def check_output() -> int:
-        infer_io.check_output_path(args.output_file)
-        return output.rows_done(config.batch_size)
-
-    done = distributed.checked_by_first(check_output)  # before anything is restored or decoded
-    predictor = inference.Predictor(model_config, config, vocabulary)
-    if args.task:
-        lengths = {"inputs": config.input_length, "targets": config.target_length}
-        from t5pod import evaluation
-
-        rows = ({"inputs": r["inputs_pretokenized"].decode(), "targets": r["targets_pretokenized"].decode(),
-                 "_ids": r["input_ids"], "_where": f"{args.task} {args.split} example {i + 1}"}
-                for i, r in enumerate(evaluation.task_examples(args.task, args.split, lengths)))
-        total = evaluation.task_size(args.task, args.split)
-    else:
-        rows = infer_io.input_rows(args.input_file, args.mode)
-    is_writer = jax.process_index() == 0
-    if is_writer and done:
-        print(f"Continuing {output.partial}: its first {done} rows are kept.", flush=True)
-    progress = Progress(total, done, enabled=is_writer)
-    for number, batch in infer_io.batches(rows, config.batch_size, skip=done):
-        results = _infer_batch(predictor, batch, number, args.mode)
-        if is_writer:
-            output.write(results)
-        progress.update(len(batch))
-    if is_writer:
-        output.finish()
-        progress.done(f"Wrote {progress.rows} {'scores' if args.mode == 'score' else 'predictions'} to "
-                      f"{args.output_file}")
+    infer_io.infer(ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary(), args.output_file, args.mode,
+                   args.input_file, args.task, args.split, total)
     return 0
-
-
-def _infer_batch(predictor, batch: list[dict], number: int, mode: str) -> list[dict]:
-    """Output rows for one batch of input rows; this process encodes only the rows it owns."""
-    from t5pod import distributed, inference
-
-    encode, owned = predictor.vocabulary.encode, [predictor.owns(i) for i in range(len(batch))]
-    input_ids = [(r.get("_ids") or encode(r["inputs"])) if mine else None for r, mine in zip(batch, owned)]
-    clean = [{k: v for k, v in r.items() if k not in ("_ids", "_where")} for r in batch]
-    if mode == "predict":
-        predictions = predictor.predict_batch(input_ids, number)
-        return [{**r, "prediction": predictor.vocabulary.decode(p), "prediction_ids": p}
-                for r, p in zip(clean, predictions)]
-    refusal = None
-    target_ids = [encode(r["targets"]) if mine else None for r, mine in zip(batch, owned)]
-    try:
-        for row, ids, targets, mine in zip(batch, input_ids, target_ids, owned):
-            if mine:
-                inference.check_fits(ids, predictor.config.input_length, "inputs", row["_where"])
-                inference.check_fits(targets, predictor.config.target_length, "targets", row["_where"])
-    except inference.InferenceError as error:
-        refusal = error
-    if distributed.agree(refusal is not None):  # a row refused on one process stops them all
-        raise refusal or inference.InferenceError("another process refused a row of this batch; its error says which.")
-    scores = predictor.score_batch(input_ids, target_ids)
-    return [{**r, "score": s} for r, s in zip(clean, scores)]
 
 
 def _eval(args) -> int:
@@ -272,35 +200,12 @@ def _eval(args) -> int:
     _join(args)
     ginconf = _parse_gin(args, ("tasks.gin", "runs/eval.gin"), gin_layer.EVAL_COMMAND_MACROS)
     ginconf.register_tasks()
-    import jax
+    from t5pod import evaluation
 
-    from t5pod import checkpoints, evaluation, infer_io, inference, metric_writers
-
-    config = ginconf.infer_config()
-    name, split = ginconf.macro("MIXTURE_OR_TASK_NAME"), ginconf.macro("EVAL_SPLIT")
-    if not evaluation.tasks_with_metrics(name, split):
-        raise evaluation.EvaluationError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
-    predictor = inference.Predictor(ginconf.model_config(), config, ginconf.vocabulary())
-    lengths = {"inputs": config.input_length, "targets": config.target_length}
-    out_dir = ginconf.macro("EVAL_OUTPUT_DIR") or config.checkpoint_path
-    newest = checkpoints.latest_step(config.checkpoint_path) or 0
-    steps = checkpoints.all_steps(config.checkpoint_path) if args.all_checkpoints else [newest]
-    is_writer = jax.process_index() == 0
-    writer, rows = metric_writers.MetricWriter(out_dir, enabled=is_writer), []
-    loaded = newest  # the Predictor starts with the newest checkpoint
-    for step in steps:
-        if step != loaded:
-            predictor.load_step(step)
-            loaded = step
-        for task, metrics in evaluation.run(predictor, name, split, lengths, step, out_dir, writer,
-                                            use_cached=ginconf.macro("USE_CACHED_TASKS")).items():
-            rows.append({"step": step, "split": split, "task": task, **metrics})
-    writer.close()
-    if is_writer:
-        infer_io.append_jsonl(os.path.join(out_dir, "eval_metrics.jsonl"), rows)
-    if len(steps) > 1 and is_writer:  # the files are process 0's
-        for task, (step, metric, score) in sorted(evaluation.best_steps(out_dir, sorted({r["task"] for r in rows})).items()):
-            writer.print(f"best {task}: step {step} ({metric} {score:.2f})")
+    evaluation.evaluate_checkpoints(ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary(),
+                                    ginconf.macro("MIXTURE_OR_TASK_NAME"), ginconf.macro("EVAL_SPLIT"),
+                                    ginconf.macro("EVAL_OUTPUT_DIR"), args.all_checkpoints,
+                                    ginconf.macro("USE_CACHED_TASKS"))
     return 0
 
 
@@ -314,20 +219,10 @@ def _probe(args) -> int:
         args.gin_bindings = ["CHECKPOINT_PATH = ''", *args.gin_bindings]
     ginconf = _parse_gin(args, ("tasks.gin", "runs/infer.gin"), gin_layer.DATA_COMMAND_MACROS)
     ginconf.register_tasks()
-    import jax
+    from t5pod import probe
 
-    from t5pod import infer_io, probe
-
-    config = ginconf.infer_config()
-    predictor = probe.make_predictor(ginconf.model_config(), config, ginconf.vocabulary(), args.random_init_seed)
-    result = probe.probe(predictor, args.task, config.task_feature_lengths, args.train_split, args.eval_split,
-                         args.eval_task, args.features)
-    row = {**result.as_dict(), "checkpoint": None if args.random_init_seed is not None else config.checkpoint_path,
-           "random_init_seed": args.random_init_seed}
-    if jax.process_index() == 0:
-        print(json.dumps(row))
-        if args.output_file:
-            infer_io.append_jsonl(args.output_file, [row])
+    probe.run(ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary(), args.task, args.random_init_seed,
+              args.train_split, args.eval_split, args.eval_task, args.features, args.output_file)
     return 0
 
 

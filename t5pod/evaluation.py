@@ -17,7 +17,7 @@ import jax
 import seqio
 import tensorflow as tf
 
-from t5pod import decoding, metric_writers
+from t5pod import checkpoints, decoding, inference, metric_writers
 from t5pod.progress import Progress
 from t5pod.data import pipeline
 from t5pod.data.glue_metrics import as_text
@@ -141,3 +141,37 @@ def best_steps(out_dir: str, task_names: list[str]) -> dict[str, tuple[int, str,
                 if task not in best or row[metric] > best[task][2]:
                     best[task] = (row["step"], metric, row[metric])
     return best
+
+
+def evaluate_checkpoints(model_config, config, vocabulary, name: str, split: str = "validation",
+                         out_dir: str | None = None, all_checkpoints: bool = False,
+                         use_cached: bool = False) -> list[dict]:
+    """`t5pod eval` as a function: evaluates the newest checkpoint of config.checkpoint_path (or every
+    one) on the tasks of `name` that have metrics, on the mesh of config; every process of a
+    multi-host job calls it. Appends a row per task and step to out_dir/eval_metrics.jsonl (default
+    out_dir: the checkpoint path), writes the inference_eval/ files and TensorBoard rows, and with
+    several checkpoints prints the best step per task. Returns the rows."""
+    if not tasks_with_metrics(name, split):
+        raise EvaluationError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
+    predictor = inference.Predictor(model_config, config, vocabulary)
+    lengths = {"inputs": config.input_length, "targets": config.target_length}
+    out_dir = out_dir or config.checkpoint_path
+    newest = checkpoints.latest_step(config.checkpoint_path) or 0
+    steps = checkpoints.all_steps(config.checkpoint_path) if all_checkpoints else [newest]
+    is_writer = jax.process_index() == 0
+    writer, rows = metric_writers.MetricWriter(out_dir, enabled=is_writer), []
+    loaded = newest  # the Predictor starts with the newest checkpoint
+    for step in steps:
+        if step != loaded:
+            predictor.load_step(step)
+            loaded = step
+        for task, metrics in run(predictor, name, split, lengths, step, out_dir, writer, use_cached=use_cached).items():
+            rows.append({"step": step, "split": split, "task": task, **metrics})
+    writer.close()
+    if is_writer:
+        metric_writers.append_lines(os.path.join(out_dir, "eval_metrics.jsonl"),
+                                    [json.dumps(row, ensure_ascii=False) for row in rows])
+    if len(steps) > 1 and is_writer:  # the files are process 0's
+        for task, (step, metric, score) in sorted(best_steps(out_dir, sorted({r["task"] for r in rows})).items()):
+            writer.print(f"best {task}: step {step} ({metric} {score:.2f})")
+    return rows

@@ -1,5 +1,6 @@
-"""The files of `infer`: inputs streamed line by line (never held whole), and an output written as
-batches finish, so that a killed run continues where it stopped when run again.
+"""`infer` as a function (`infer`), and its files: inputs streamed line by line (never held whole),
+and an output written as batches finish, so that a killed run continues where it stopped when run
+again.
 
 While it runs, OUT.partial holds the finished rows in input order and OUT.partial.json the
 settings they were made with; when every row is done OUT.partial becomes OUT. A rerun with the
@@ -7,14 +8,19 @@ same settings keeps the rows already written and skips their inputs; one with ot
 refused rather than mixing two runs in one file.
 """
 
+import dataclasses
 import itertools
 import json
 import os
 import tempfile
 from typing import Iterable, Iterator
 
-from t5pod import metric_writers
+import jax
+
+from t5pod import checkpoints, distributed, evaluation, inference, metric_writers
+from t5pod.configs import InferConfig, T5Config
 from t5pod.inference import InferenceError
+from t5pod.progress import Progress
 
 
 def is_jsonl(path: str) -> bool:
@@ -153,3 +159,86 @@ def batches(rows: Iterable[dict], batch_size: int, skip: int = 0) -> Iterator[tu
     while batch := list(itertools.islice(rows, batch_size)):
         yield number, batch
         number += 1
+
+
+def check_request(input_file: str | None, task: str | None, output_file: str | None, mode: str) -> int | None:
+    """Refuses a request that names no input (or two), no output or a missing or empty input file;
+    returns the input file's rows (None for a task)."""
+    if bool(input_file) == bool(task):
+        raise ValueError("infer needs either --input_file=IN or --task=NAME (with --split).")
+    if not output_file:
+        raise ValueError("infer needs --output_file=OUT (JSONL).")
+    if input_file and not os.path.isfile(input_file):
+        raise FileNotFoundError(f"Input file {input_file} not found.")
+    total = count_rows(input_file) if input_file else None
+    if total == 0:
+        raise ValueError(f"Input file {input_file} is empty: nothing to {mode}.")
+    return total
+
+
+def infer(model_config: T5Config, config: InferConfig, vocabulary, output_file: str, mode: str = "predict",
+          input_file: str | None = None, task: str | None = None, split: str = "validation",
+          total: int | None = None) -> int:
+    """Predicts (mode "predict") or scores ("score") every row of input_file, or of a task's split, into
+    output_file on the mesh of config; every process of a multi-host job calls it and process 0 writes.
+    A killed run called again with the same settings continues after the rows written. total: the
+    input file's rows when the caller has checked the request already. Returns the rows written."""
+    if total is None:
+        total = check_request(input_file, task, output_file, mode)
+    source = os.path.abspath(input_file) if input_file else f"{task}:{split}"
+    settings = {"input": source, "mode": mode, "checkpoint_path": checkpoints.absolute(config.checkpoint_path),
+                "checkpoint_step": checkpoints.latest_step(config.checkpoint_path), "model": model_config.checkpoint_fields(),
+                **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("checkpoint_path", "mesh_shape", "fsdp")}}
+    output = ResumableOutput(output_file, settings)
+
+    def check_output() -> int:
+        check_output_path(output_file)
+        return output.rows_done(config.batch_size)
+
+    done = distributed.checked_by_first(check_output)  # before anything is restored or decoded
+    predictor = inference.Predictor(model_config, config, vocabulary)
+    if task:
+        lengths = {"inputs": config.input_length, "targets": config.target_length}
+        rows = ({"inputs": r["inputs_pretokenized"].decode(), "targets": r["targets_pretokenized"].decode(),
+                 "_ids": r["input_ids"], "_where": f"{task} {split} example {i + 1}"}
+                for i, r in enumerate(evaluation.task_examples(task, split, lengths)))
+        total = evaluation.task_size(task, split)
+    else:
+        rows = input_rows(input_file, mode)
+    is_writer = jax.process_index() == 0
+    if is_writer and done:
+        print(f"Continuing {output.partial}: its first {done} rows are kept.", flush=True)
+    progress = Progress(total, done, enabled=is_writer)
+    for number, batch in batches(rows, config.batch_size, skip=done):
+        results = _infer_batch(predictor, batch, number, mode)
+        if is_writer:
+            output.write(results)
+        progress.update(len(batch))
+    if is_writer:
+        output.finish()
+        progress.done(f"Wrote {progress.rows} {'scores' if mode == 'score' else 'predictions'} to {output_file}")
+    return progress.rows
+
+
+def _infer_batch(predictor, batch: list[dict], number: int, mode: str) -> list[dict]:
+    """Output rows for one batch of input rows; this process encodes only the rows it owns."""
+    encode, owned = predictor.vocabulary.encode, [predictor.owns(i) for i in range(len(batch))]
+    input_ids = [(r.get("_ids") or encode(r["inputs"])) if mine else None for r, mine in zip(batch, owned)]
+    clean = [{k: v for k, v in r.items() if k not in ("_ids", "_where")} for r in batch]
+    if mode == "predict":
+        predictions = predictor.predict_batch(input_ids, number)
+        return [{**r, "prediction": predictor.vocabulary.decode(p), "prediction_ids": p}
+                for r, p in zip(clean, predictions)]
+    refusal = None
+    target_ids = [encode(r["targets"]) if mine else None for r, mine in zip(batch, owned)]
+    try:
+        for row, ids, targets, mine in zip(batch, input_ids, target_ids, owned):
+            if mine:
+                inference.check_fits(ids, predictor.config.input_length, "inputs", row["_where"])
+                inference.check_fits(targets, predictor.config.target_length, "targets", row["_where"])
+    except InferenceError as error:
+        refusal = error
+    if distributed.agree(refusal is not None):  # a row refused on one process stops them all
+        raise refusal or InferenceError("another process refused a row of this batch; its error says which.")
+    scores = predictor.score_batch(input_ids, target_ids)
+    return [{**r, "score": s} for r, s in zip(clean, scores)]

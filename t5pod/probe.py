@@ -10,6 +10,7 @@ once on the evaluation split: accuracy x 100, or Pearson correlation x 100.
 """
 
 import dataclasses
+import json
 import warnings
 
 import jax
@@ -21,7 +22,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from t5pod.tasks import transfer
-from t5pod import evaluation, inference, models, partitioning
+from t5pod import evaluation, inference, metric_writers, models, partitioning
 from t5pod.configs import InferConfig, T5Config
 from t5pod.data import benchmarks, pipeline
 from t5pod.data.glue_metrics import as_text
@@ -122,3 +123,20 @@ def make_predictor(model_config: T5Config, config: InferConfig, vocabulary, rand
     layout = inference.mesh_layout(model_config, partitioning.make_mesh(config.mesh_shape), config.fsdp)
     return inference.Predictor(model_config, config, vocabulary, mesh=layout.mesh,
                                params=random_params(model_config, layout, random_init_seed))
+
+
+def run(model_config: T5Config, config: InferConfig, vocabulary, task_name: str, random_init_seed: int | None = None,
+        train_split: str = "train", eval_split: str = "validation", eval_task: str | None = None,
+        features: str = "encoder", output_file: str | None = None) -> dict:
+    """`t5pod probe` as a function: probes config.checkpoint_path's encoder (or fresh random weights
+    with random_init_seed) on task_name; process 0 prints the result row and appends it to
+    output_file. Returns the row."""
+    predictor = make_predictor(model_config, config, vocabulary, random_init_seed)
+    result = probe(predictor, task_name, config.task_feature_lengths, train_split, eval_split, eval_task, features)
+    row = {**result.as_dict(), "checkpoint": None if random_init_seed is not None else config.checkpoint_path,
+           "random_init_seed": random_init_seed}
+    if jax.process_index() == 0:
+        print(json.dumps(row))
+        if output_file:
+            metric_writers.append_lines(output_file, [json.dumps(row, ensure_ascii=False)])
+    return row

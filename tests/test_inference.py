@@ -223,6 +223,22 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
     plain = [json.loads(line) for line in open(tmp_path / "p.jsonl")]
     assert [(r["inputs"], r["prediction"]) for r in plain] == [(r["inputs"], r["prediction"]) for r in predicted[:5]]
 
+    # The same drivers called from Python with plain configs (gin only for the model's size) give
+    # the commands' results.
+    from t5pod import configs, infer_io
+
+    ginconf.parse(["models/tiny.gin"], ["t5pod.T5Config.vocab_size = 2176"])
+    model = ginconf.model_config()
+    config = configs.InferConfig(checkpoint_path=str(run), task_feature_lengths={"inputs": 64, "targets": 4},
+                                 batch_size=8)
+    vocabulary = demo_corpus.vocabulary()
+    tasks.register_all("demo", glue_dir=str(benchmark_rows / "glue"))
+    assert infer_io.infer(model, config, vocabulary, str(tmp_path / "py.jsonl"), task="glue_sst2_v002") == 24
+    assert [json.loads(line) for line in open(tmp_path / "py.jsonl")] == predicted
+    rows = evaluation.evaluate_checkpoints(model, config, vocabulary, "glue_sst2_v002", out_dir=str(tmp_path / "py"))
+    assert [(r["step"], r["accuracy"]) for r in rows] == [(4, metrics[-1]["accuracy"])]
+    assert [json.loads(line) for line in open(tmp_path / "py" / "eval_metrics.jsonl")] == rows
+
 
 def _infer_process(run, rows_file, output, *flags, argv_only=False):
     argv = ["infer", "--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176",
