@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from t5pod import flops, inference, partitioning, planning, trainer
+from t5pod import flops, inference, partitioning, planning, train_loop, trainer
 from t5pod.configs import InferConfig, TrainConfig
 
 CONFIGS = ("t5_1_1/base", "t5_1_1/large")
@@ -60,7 +60,7 @@ class TrainStepTimer:
         with mesh, nn.logical_axis_rules(self.rules):
             self.state = setup.init(jax.random.PRNGKey(0))
             step = trainer.make_train_step(train_config, setup, mesh)
-            self.data = trainer.global_batch(batch, mesh)
+            self.data = train_loop.global_batch(batch, mesh)
             start = time.perf_counter()
             self.lowered = step.lower(self.state, self.data, jax.random.PRNGKey(0))
             self.compiled = self.lowered.compile()

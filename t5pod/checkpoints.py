@@ -8,13 +8,16 @@ under MODEL_DIR/data_positions/<step>/process_<i>; a convert-hf OUT_DIR holds th
 directly.
 """
 
+import dataclasses
 import logging
 import os
+import re
 import time
 from typing import Any
 
 import orbax.checkpoint as ocp
 import tensorflow as tf
+from flax import traverse_util
 
 from t5pod import metric_writers
 from t5pod.configs import T5Config
@@ -249,3 +252,53 @@ class TrainCheckpointer:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def read_initial_params(path: str, model_config: T5Config, params, abstract_params):
+    """INITIAL_CHECKPOINT_PATH's parameters, in abstract_params' shardings; adapters the checkpoint
+    lacks keep their value in params (their fresh initialisation)."""
+    try:
+        return _read_initial_params(path, model_config, params, abstract_params)
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds for a bad folder
+        raise CheckpointError(
+            f"INITIAL_CHECKPOINT_PATH {path} cannot be read ({describe_read_error(error)}); point it at a "
+            "run's MODEL_DIR or a convert-hf OUT_DIR.") from None
+
+
+def _read_initial_params(path: str, model_config: T5Config, params, abstract_params):
+    _, metadata = read_metadata(path)
+    if model_config.adapter_dim and not metadata.get("architecture", {}).get("adapter_dim", 0):
+        without = dataclasses.replace(model_config, adapter_dim=0)
+        restored = restore_params(path, without, _drop_adapters(abstract_params))
+        return _overlay(params, restored)
+    return restore_params(path, model_config, abstract_params)
+
+
+def keep_fresh(initial, fresh, patterns: tuple):
+    """initial's parameters, except those whose path ('decoder/layers_0/self_attention/query/kernel')
+    fully matches one of patterns: those keep their value in fresh."""
+    if not patterns:
+        return initial
+    paths = traverse_util.flatten_dict(fresh, sep="/")
+    for pattern in patterns:
+        if not any(re.fullmatch(pattern, path) for path in paths):
+            examples = ", ".join(sorted(paths)[:3])
+            raise ValueError(f"INITIAL_CHECKPOINT_SKIP pattern {pattern!r} matches no parameter; paths look like "
+                             f"{examples}, e.g. 'decoder/.*' for the whole decoder.")
+    kept = traverse_util.flatten_dict(initial, sep="/")
+    chosen = {path: value if any(re.fullmatch(p, path) for p in patterns) else kept[path] for path, value in paths.items()}
+    return traverse_util.unflatten_dict(chosen, sep="/")
+
+
+def _drop_adapters(tree):
+    if not isinstance(tree, dict):
+        return tree
+    return {k: _drop_adapters(v) for k, v in tree.items() if k != "adapter"}
+
+
+def _overlay(base, update):
+    if not isinstance(base, dict):
+        return update
+    return {k: _overlay(v, update[k]) if k in update else v for k, v in base.items()}

@@ -119,3 +119,13 @@ def fine_tuning_optimizer(make_inner, params, *, trainable: str = "all", unfreez
     labels = jax.tree_util.tree_map(lambda d: f"unfrozen_at_{d * unfreeze_every}", depth)
     return optax.multi_transform(
         {f"unfrozen_at_{d * unfreeze_every}": _start_at(make_inner(), d * unfreeze_every) for d in groups}, labels)
+
+
+def for_run(schedule, params, *, trainable: str, gradual_unfreezing: bool, train_steps: int,
+            num_layers: dict[str, int]) -> optax.GradientTransformation:
+    """A run's optimizer: Adafactor on `schedule`, restricted to what the fine-tuning method trains.
+    Gradual unfreezing spreads the layers over train_steps in equal episodes, one per layer of the
+    deepest stack (num_layers: layers per stack)."""
+    unfreeze_every = -(-train_steps // max(num_layers.values())) if gradual_unfreezing else 0
+    return fine_tuning_optimizer(lambda: adafactor(schedule), params, trainable=trainable,
+                                 unfreeze_every=unfreeze_every, num_layers=num_layers)

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from flax import linen as nn  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
-from t5pod import partitioning, train_step, trainer  # noqa: E402
+from t5pod import partitioning, train_loop, train_step, trainer  # noqa: E402
 from test_training import MODEL, _config, _fixed_batch  # noqa: E402
 
 config = _config("/unused", mesh_shape=(4, 2))
@@ -33,7 +33,7 @@ losses = []
 with mesh, nn.logical_axis_rules(setup.rules):
     state = setup.init(jax.random.PRNGKey(0))
     step = trainer.make_train_step(config, setup, mesh)
-    batch = trainer.global_batch(local, mesh)
+    batch = train_loop.global_batch(local, mesh)
     for i in range(3):
         state, metrics = step(state, batch, jax.random.fold_in(jax.random.PRNGKey(1), i))
         losses.append(train_step.summarize(jax.device_get(metrics))["loss"])

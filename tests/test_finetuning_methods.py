@@ -9,7 +9,7 @@ import pytest
 from flax import linen as nn
 
 from t5pod import tasks  # noqa: F401  (registers the demo tasks)
-from t5pod import checkpoints, ginconf, models, optimizer, partitioning, trainer
+from t5pod import checkpoints, ginconf, models, optimizer, partitioning, train_loop, trainer
 from t5pod.configs import T5Config, TrainConfig
 
 MODEL = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
@@ -35,7 +35,7 @@ def _train(model_config, steps, mesh_shape=(4, 2), **overrides):
     with mesh, nn.logical_axis_rules(setup.rules):
         state = setup.init(jax.random.PRNGKey(0))
         step = trainer.make_train_step(config, setup, mesh)
-        batch = jax.device_put(_batch(), trainer.batch_sharding(mesh))
+        batch = jax.device_put(_batch(), train_loop.batch_sharding(mesh))
         history = [jax.device_get(state.params)]
         for i in range(steps):
             state, _ = step(state, batch, jax.random.PRNGKey(i))
@@ -155,16 +155,16 @@ def test_adapters_fine_tune_from_a_checkpoint_without_adapters(tmp_path):
 def test_keep_fresh_takes_the_matched_parameters_from_the_fresh_initialisation():
     init = lambda seed: nn.unbox(models.build(MODEL).init(jax.random.PRNGKey(seed), **models.dummy_features(MODEL))["params"])
     pretrained, fresh = init(7), init(8)
-    mixed = trainer.keep_fresh(pretrained, fresh, ("decoder/.*",))
+    mixed = checkpoints.keep_fresh(pretrained, fresh, ("decoder/.*",))
     np.testing.assert_array_equal(mixed["decoder"]["layers_1"]["mlp"]["wo"],
                                   fresh["decoder"]["layers_1"]["mlp"]["wo"])
     np.testing.assert_array_equal(mixed["encoder"]["layers_0"]["attention"]["query"],
                                   pretrained["encoder"]["layers_0"]["attention"]["query"])
     np.testing.assert_array_equal(mixed["token_embedder"]["embedding"], pretrained["token_embedder"]["embedding"])
-    assert trainer.keep_fresh(pretrained, fresh, ()) is pretrained
+    assert checkpoints.keep_fresh(pretrained, fresh, ()) is pretrained
     # A pattern matches whole paths: 'decoder' alone names no parameter.
     with pytest.raises(ValueError, match="'decoder' matches no parameter.*'decoder/.\\*'"):
-        trainer.keep_fresh(pretrained, fresh, ("decoder",))
+        checkpoints.keep_fresh(pretrained, fresh, ("decoder",))
 
 
 def test_initial_checkpoint_skip_settings_are_checked():

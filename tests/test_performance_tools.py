@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from t5pod import tasks
-from t5pod import flops, ginconf, models, planning, trainer
+from t5pod import flops, ginconf, models, planning, train_loop, trainer
 from t5pod.configs import T5Config, TrainConfig
 
 
@@ -159,7 +159,7 @@ def test_the_train_loop_refuses_hidden_host_to_device_copies(tmp_path, monkeypat
     tasks.register_all()
     model = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, dropout_rate=0.0)
     # A metric sum that adds a host array copies it to the device on every step.
-    monkeypatch.setattr(trainer, "_add_sums", lambda totals, metrics: {
+    monkeypatch.setattr(train_loop, "_add_sums", lambda totals, metrics: {
         k: v + np.ones((), np.float32) for k, v in metrics.items()})
     # Steps 2 and 3 share a logging window, so step 3 adds its sums to step 2's.
     with pytest.raises(jax.errors.JaxRuntimeError, match="Disallowed host-to-device transfer"):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from t5pod import tasks
-from t5pod import checkpoints, optimizer, partitioning, train_step, trainer
+from t5pod import checkpoints, optimizer, partitioning, train_loop, train_step, trainer
 from t5pod.configs import T5Config, TrainConfig
 
 MODEL = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
@@ -74,7 +74,7 @@ def _one_step(mesh_shape, fsdp=False, num_microbatches=1, model_config=MODEL):
         with nn.logical_axis_rules(setup.rules):
             state = setup.init(jax.random.PRNGKey(0))
             step = trainer.make_train_step(config, setup, mesh)
-            batch = jax.device_put(_fixed_batch(), trainer.batch_sharding(mesh))
+            batch = jax.device_put(_fixed_batch(), train_loop.batch_sharding(mesh))
             state, metrics = step(state, batch, jax.random.PRNGKey(1))
     return jax.device_get(state.params), train_step.summarize(jax.device_get(metrics)), state
 
@@ -192,3 +192,57 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     reached = _rows(tmp_path / "run")[-1]["step"]
     assert checkpoints.latest_step(str(tmp_path / "run")) == reached
 
+
+
+def _counting_run(train_steps: int, nan_at: int | None = None):
+    """A run for train_loop.loop whose step adds 1 to the state's step; the metrics of step n: a
+    loss sum of n over 2 target tokens (NaN at nan_at), 1 correct, learning rate n."""
+    import types
+
+    mesh = partitioning.make_mesh((-1, 1))
+
+    @jax.jit
+    def step_fn(state, batch, rng):
+        n = (state.step + 1).astype(jnp.float32)
+        loss = jnp.where(n == (nan_at or -1), jnp.nan, n)
+        metrics = {"loss_sum": loss + 0 * batch["x"].sum(), "z_loss_sum": 0 * n, "correct_sum": 0 * n + 1,
+                   "weight_sum": 0 * n + 2, "learning_rate": n}
+        return state.replace(step=state.step + 1), metrics
+
+    state = jax.device_put(train_step.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=()),
+                           partitioning.replicated(mesh))
+    batches = iter([{"x": np.ones((8, 2), np.float32)}] * (train_steps + 1))
+    config = types.SimpleNamespace(train_steps=train_steps, random_seed=0)
+    return types.SimpleNamespace(config=config, mesh=mesh, step_fn=step_fn, state=state, train_iterator=batches,
+                                 first_batch=next(batches))
+
+
+def test_the_loop_runs_each_hook_when_due_in_order_and_stops_when_asked():
+    run, calls = _counting_run(10), []
+    window = train_loop.MetricWindow({"model_flops_per_step": 1.0}, 1.0, 1, first_step=0)
+
+    def log(step, state):
+        summary = window.summary()  # the mean of the window's losses: (sum of its steps) / (2 per step)
+        calls.append(("log", step, int(state.step), summary["loss"], summary["learning_rate"]))
+
+    hooks = [train_loop.Hook(log, train_loop.periodic(3, 1, 10)),
+             train_loop.Hook(lambda step, state: calls.append(("save", step)), train_loop.periodic(4, 10))]
+    assert train_loop.loop(run, window, hooks, lambda: False, on_stop=None) == 10
+    # Logs at 1, 3, 6, 9, 10: windows {1}, {2, 3}, {4, 5, 6}, {7, 8, 9}, {10}; saves at 4, 8, 10 after the log.
+    assert calls == [("log", 1, 1, 0.5, 1.0), ("log", 3, 3, 1.25, 3.0), ("save", 4), ("log", 6, 6, 2.5, 6.0),
+                     ("save", 8), ("log", 9, 9, 4.0, 9.0), ("log", 10, 10, 5.0, 10.0), ("save", 10)]
+    assert int(run.state.step) == 10
+
+    run, calls = _counting_run(10), []
+    window = train_loop.MetricWindow({"model_flops_per_step": 1.0}, 1.0, 1, first_step=0)
+    asked = lambda: int(run.state.step) >= 5  # noqa: E731
+    stopped = train_loop.loop(run, window, hooks[1:], asked, lambda step, state: calls.append(("stop", step)))
+    assert stopped == 5 and calls == [("save", 4), ("stop", 5)]
+
+
+def test_the_loop_names_the_step_whose_loss_is_not_finite():
+    run = _counting_run(10, nan_at=3)
+    window = train_loop.MetricWindow({"model_flops_per_step": 1.0}, 1.0, 1, first_step=0)
+    with pytest.raises(train_loop.TrainingError, match="The loss became nan at step 3"):
+        train_loop.loop(run, window, [], lambda: False, on_stop=None)
+    assert int(run.state.step) == 3  # found while step 4 ran: its state is never handed to a hook
