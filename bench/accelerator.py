@@ -41,8 +41,10 @@ def matmul_dtypes(lowered_text: str) -> list[str]:
 def random_batch(high: int, batch: int, lengths) -> dict:
     """Train features [batch, length] int32 of random token ids in [2, high), fully weighted."""
     rng = np.random.default_rng(0)
-    b = {"encoder_input_tokens": rng.integers(2, high, (batch, lengths[0])),
-         "decoder_target_tokens": rng.integers(2, high, (batch, lengths[1]))}
+    b = {
+        "encoder_input_tokens": rng.integers(2, high, (batch, lengths[0])),
+        "decoder_target_tokens": rng.integers(2, high, (batch, lengths[1])),
+    }
     b["decoder_input_tokens"] = np.pad(b["decoder_target_tokens"][:, :-1], ((0, 0), (1, 0)))
     b["decoder_loss_weights"] = np.ones_like(b["decoder_target_tokens"])
     return {k: v.astype(np.int32) for k, v in b.items()}
@@ -82,27 +84,45 @@ def measure(name: str, model_config, lengths, memory_bytes: int, steps: int, min
     """Fits the batch, then times train steps and greedy decoding on all devices (data axis)."""
     devices = jax.devices()
     model_config = dataclasses.replace(model_config, dtype="bfloat16", dropout_rate=0.0, scan_layers=True)
-    train_config = TrainConfig(model_dir="/unused", mixture_or_task_name="unused",
-                               task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]}, train_steps=1,
-                               batch_size=len(devices), mesh_shape=(len(devices), 1))
+    train_config = TrainConfig(
+        model_dir="/unused",
+        mixture_or_task_name="unused",
+        task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
+        train_steps=1,
+        batch_size=len(devices),
+        mesh_shape=(len(devices), 1),
+    )
     fit = planning.fit_batch(model_config, train_config, memory_bytes, min_rows_per_device=min_rows_per_device)
     model_config = dataclasses.replace(model_config, remat_policy=fit["remat_policy"])
     train_config = dataclasses.replace(train_config, batch_size=fit["batch_size"])
     mesh = partitioning.make_mesh(train_config.mesh_shape, devices)
-    timer = TrainStepTimer(model_config, train_config, mesh,
-                           random_batch(model_config.vocab_size, fit["batch_size"], lengths))
+    timer = TrainStepTimer(
+        model_config, train_config, mesh, random_batch(model_config.vocab_size, fit["batch_size"], lengths)
+    )
     times = timer.seconds(steps)
     params = timer.state.params
     step_s = statistics.median(times)
     peak = flops.peak_flops_per_device(devices[0]) * len(devices)
     step_flops = flops.train_flops_per_example(model_config, *lengths) * fit["batch_size"]
-    row = {"config": name, "device_kind": devices[0].device_kind, "devices": len(devices),
-           "dtypes": {"params": sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(params)}),
-                      "matmuls": matmul_dtypes(timer.lowered.as_text())},
-           "memory_bytes_per_device": memory_bytes, "remat_policy": fit["remat_policy"],
-           "batch": fit["batch_size"], "planned_peak_bytes": fit["plan"]["peak_bytes"], "tried": fit["tried"],
-           "lengths": list(lengths), "step_s": step_s, "train_tokens_per_s": fit["batch_size"] * sum(lengths) / step_s,
-           "peak_flops": peak, "mfu": step_flops / step_s / peak}
+    row = {
+        "config": name,
+        "device_kind": devices[0].device_kind,
+        "devices": len(devices),
+        "dtypes": {
+            "params": sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(params)}),
+            "matmuls": matmul_dtypes(timer.lowered.as_text()),
+        },
+        "memory_bytes_per_device": memory_bytes,
+        "remat_policy": fit["remat_policy"],
+        "batch": fit["batch_size"],
+        "planned_peak_bytes": fit["plan"]["peak_bytes"],
+        "tried": fit["tried"],
+        "lengths": list(lengths),
+        "step_s": step_s,
+        "train_tokens_per_s": fit["batch_size"] * sum(lengths) / step_s,
+        "peak_flops": peak,
+        "mfu": step_flops / step_s / peak,
+    }
     row.update(decode_speed(model_config, params, mesh, fit["batch_size"], lengths))
     return row
 
@@ -110,8 +130,12 @@ def measure(name: str, model_config, lengths, memory_bytes: int, steps: int, min
 def decode_speed(model_config, params, mesh, batch: int, lengths) -> dict:
     """Greedy tokens/s of the Predictor (what `infer` runs) on the run's parameters: a batch of
     random full-length inputs, up to lengths[1] new tokens each; tokens after a row's EOS are not counted."""
-    config = InferConfig(checkpoint_path="/unused", batch_size=batch, mesh_shape=tuple(mesh.devices.shape),
-                         task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]})
+    config = InferConfig(
+        checkpoint_path="/unused",
+        batch_size=batch,
+        mesh_shape=tuple(mesh.devices.shape),
+        task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
+    )
     predictor = inference.Predictor(model_config, config, vocabulary=None, mesh=mesh, params=params)
     rows = random_batch(model_config.vocab_size, batch, lengths)["encoder_input_tokens"][:, :-1].tolist()
     start = time.perf_counter()
@@ -123,15 +147,23 @@ def decode_speed(model_config, params, mesh, batch: int, lengths) -> dict:
         start = time.perf_counter()
         predictor.predict_batch(rows)
         times.append(time.perf_counter() - start)
-    return {"decode_batch": batch, "decode_compile_s": compile_s, "decode_generated_tokens": generated,
-            "decode_tokens_per_s": generated / statistics.median(times)}
+    return {
+        "decode_batch": batch,
+        "decode_compile_s": compile_s,
+        "decode_generated_tokens": generated,
+        "decode_tokens_per_s": generated / statistics.median(times),
+    }
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'config':14} {'device':24} {'dtype':>9} {'remat':>9} {'batch':>5} {'step s':>7} {'tokens/s':>9} "
-             f"{'MFU':>6} {'decode tok/s':>12}"]
+    lines = [
+        f"{'config':14} {'device':24} {'dtype':>9} {'remat':>9} {'batch':>5} {'step s':>7} {'tokens/s':>9} "
+        f"{'MFU':>6} {'decode tok/s':>12}"
+    ]
     for r in rows:
-        lines.append(f"{r['config']:14} {r['device_kind'][:24]:24} {'bf16/f32':>9} {r['remat_policy']:>9} "
-                     f"{r['batch']:5d} {r['step_s']:7.3f} {r['train_tokens_per_s']:9.0f} {r['mfu']:6.1%} "
-                     f"{r['decode_tokens_per_s']:12.0f}")
+        lines.append(
+            f"{r['config']:14} {r['device_kind'][:24]:24} {'bf16/f32':>9} {r['remat_policy']:>9} "
+            f"{r['batch']:5d} {r['step_s']:7.3f} {r['train_tokens_per_s']:9.0f} {r['mfu']:6.1%} "
+            f"{r['decode_tokens_per_s']:12.0f}"
+        )
     return "\n".join(lines)

@@ -28,17 +28,32 @@ def _hf_model(name_config, directory: str):
     torch.manual_seed(0)
     os.makedirs(directory, exist_ok=True)
     c = name_config
-    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(
-        vocab_size=c.vocab_size, d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff, num_heads=c.num_heads,
-        num_layers=c.num_layers, num_decoder_layers=c.decoder_layers, feed_forward_proj=c.feed_forward_proj,
-        tie_word_embeddings=c.tie_word_embeddings, dropout_rate=0.0, decoder_start_token_id=0, eos_token_id=1,
-        pad_token_id=0)).eval()
+    hf = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            vocab_size=c.vocab_size,
+            d_model=c.d_model,
+            d_kv=c.d_kv,
+            d_ff=c.d_ff,
+            num_heads=c.num_heads,
+            num_layers=c.num_layers,
+            num_decoder_layers=c.decoder_layers,
+            feed_forward_proj=c.feed_forward_proj,
+            tie_word_embeddings=c.tie_word_embeddings,
+            dropout_rate=0.0,
+            decoder_start_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+        )
+    ).eval()
     if c.tie_word_embeddings:
         hf.save_pretrained(directory, safe_serialization=True)
         return hf
     hf.lm_head.weight = torch.nn.Parameter(torch.randn(c.vocab_size, c.d_model) * 0.05)
-    state = {k: v.contiguous() for k, v in hf.state_dict().items()
-             if k not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")}
+    state = {
+        k: v.contiguous()
+        for k, v in hf.state_dict().items()
+        if k not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+    }
     save_file(state, os.path.join(directory, "model.safetensors"))
     config = hf.config.to_dict()
     config["tie_word_embeddings"] = False
@@ -56,23 +71,33 @@ def decode_figures(name: str, config, batch: int, input_length: int, decode_leng
     with tempfile.TemporaryDirectory() as folder:
         hf = _hf_model(config, os.path.join(folder, "hf"))
         converted = hf_import.convert(os.path.join(folder, "hf"), os.path.join(folder, "t5pod"))
-        infer_config = InferConfig(checkpoint_path=os.path.join(folder, "t5pod"), batch_size=batch,
-                                   task_feature_lengths={"inputs": input_length, "targets": decode_length})
-        predictor = inference.Predictor(converted, infer_config, vocabulary=None,
-                                        mesh=partitioning.make_mesh((1, 1), jax.devices()[:1]))
+        infer_config = InferConfig(
+            checkpoint_path=os.path.join(folder, "t5pod"),
+            batch_size=batch,
+            task_feature_lengths={"inputs": input_length, "targets": decode_length},
+        )
+        predictor = inference.Predictor(
+            converted, infer_config, vocabulary=None, mesh=partitioning.make_mesh((1, 1), jax.devices()[:1])
+        )
         start = time.perf_counter()
         ours = predictor.predict_batch(rows)  # compiles
         compile_s = time.perf_counter() - start
 
     ids = torch.zeros((batch, input_length), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, :len(row) + 1] = torch.tensor(row + [decoding.EOS])
+        ids[i, : len(row) + 1] = torch.tensor(row + [decoding.EOS])
     mask = (ids > 0).long()
 
     def generate():
         with torch.no_grad():
-            out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=decode_length, do_sample=False,
-                              num_beams=1, use_cache=True)
+            out = hf.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=decode_length,
+                do_sample=False,
+                num_beams=1,
+                use_cache=True,
+            )
         return [decoding.strip_after_eos(row[1:]) for row in out.tolist()]
 
     theirs = generate()
@@ -86,9 +111,16 @@ def decode_figures(name: str, config, batch: int, input_length: int, decode_leng
         start = time.perf_counter()
         generate()
         reference.append(time.perf_counter() - start)
-    row = {"config": name, "batch": batch, "input_length": input_length, "decode_length": decode_length,
-           "generated_tokens": generated, "same_predictions": f"{same}/{batch}", "compile_s": compile_s,
-           "decode_tokens_per_s": generated / statistics.median(mine),
-           "reference_tokens_per_s": generated / statistics.median(reference)}
+    row = {
+        "config": name,
+        "batch": batch,
+        "input_length": input_length,
+        "decode_length": decode_length,
+        "generated_tokens": generated,
+        "same_predictions": f"{same}/{batch}",
+        "compile_s": compile_s,
+        "decode_tokens_per_s": generated / statistics.median(mine),
+        "reference_tokens_per_s": generated / statistics.median(reference),
+    }
     row["decode_speedup"] = row["decode_tokens_per_s"] / row["reference_tokens_per_s"]
     return row

@@ -19,8 +19,15 @@ import jax
 
 from t5pod import flops
 
-PARTS = ("attention projections", "attention scores and values", "feed-forward", "output layer",
-         "loss (cross entropy)", "optimizer", "other (norms, embeddings, residuals, scan and layout copies)")
+PARTS = (
+    "attention projections",
+    "attention scores and values",
+    "feed-forward",
+    "output layer",
+    "loss (cross entropy)",
+    "optimizer",
+    "other (norms, embeddings, residuals, scan and layout copies)",
+)
 # An op's part: the first rule whose pattern occurs in its op_name. A scope shows as `/scope/`, or
 # as `jvp(scope)` and `transpose(jvp(scope))` where a transformation begins inside it.
 RULES = (
@@ -90,15 +97,27 @@ def profile(compiled, run_step, model_config, batch: int, lengths: tuple[int, in
     total_s = sum(seconds.values())
     flop_parts = flops.train_flops_by_part(model_config, *lengths)
     total_flops = sum(flop_parts.values())
-    return {"batch": batch, "lengths": list(lengths), "step_s": step_s, "op_seconds_per_step": total_s,
-            "parts": {part: {"time_share": seconds[part] / total_s if total_s else 0.0,
-                             "flop_share": flop_parts.get(part, 0.0) / total_flops} for part in PARTS}}
+    return {
+        "batch": batch,
+        "lengths": list(lengths),
+        "step_s": step_s,
+        "op_seconds_per_step": total_s,
+        "parts": {
+            part: {
+                "time_share": seconds[part] / total_s if total_s else 0.0,
+                "flop_share": flop_parts.get(part, 0.0) / total_flops,
+            }
+            for part in PARTS
+        },
+    }
 
 
 def format_profile(name: str, result: dict) -> str:
-    lines = [f"where the step's time goes: {name}, batch {result['batch']}, {tuple(result['lengths'])}, "
-             f"{result['step_s']:.2f} s per traced step",
-             f"  {'part':56} {'time':>6} {'FLOPs':>6}"]
+    lines = [
+        f"where the step's time goes: {name}, batch {result['batch']}, {tuple(result['lengths'])}, "
+        f"{result['step_s']:.2f} s per traced step",
+        f"  {'part':56} {'time':>6} {'FLOPs':>6}",
+    ]
     for part, shares in result["parts"].items():
         lines.append(f"  {part:56} {shares['time_share']:6.1%} {shares['flop_share']:6.1%}")
     return "\n".join(lines)

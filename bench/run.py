@@ -53,7 +53,7 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
     for _ in range(reps):
         out = f(a, a)
     out.block_until_ready()
-    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 def model(name: str, **overrides):
@@ -63,9 +63,14 @@ def model(name: str, **overrides):
 
 def t5pod_step(config, batch, lengths) -> accelerator.TrainStepTimer:
     """The train step on one device, compiled and run once."""
-    train_config = TrainConfig(model_dir="/unused", mixture_or_task_name="unused",
-                               task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
-                               train_steps=1, batch_size=batch, mesh_shape=(1, 1))
+    train_config = TrainConfig(
+        model_dir="/unused",
+        mixture_or_task_name="unused",
+        task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
+        train_steps=1,
+        batch_size=batch,
+        mesh_shape=(1, 1),
+    )
     mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
     return accelerator.TrainStepTimer(config, train_config, mesh, accelerator.random_batch(2000, batch, lengths))
 
@@ -77,20 +82,39 @@ def reference_step(config, batch, lengths):
     from transformers.optimization import Adafactor
 
     torch.manual_seed(0)
-    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(
-        vocab_size=config.vocab_size, d_model=config.d_model, d_kv=config.d_kv, d_ff=config.d_ff,
-        num_heads=config.num_heads, num_layers=config.num_layers, num_decoder_layers=config.decoder_layers,
-        feed_forward_proj=config.feed_forward_proj, tie_word_embeddings=config.tie_word_embeddings,
-        dropout_rate=0.0)).train()
-    optimizer = Adafactor(hf.parameters(), lr=1e-2, scale_parameter=True, relative_step=False, warmup_init=False,
-                          decay_rate=-0.8, clip_threshold=1.0)
+    hf = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            vocab_size=config.vocab_size,
+            d_model=config.d_model,
+            d_kv=config.d_kv,
+            d_ff=config.d_ff,
+            num_heads=config.num_heads,
+            num_layers=config.num_layers,
+            num_decoder_layers=config.decoder_layers,
+            feed_forward_proj=config.feed_forward_proj,
+            tie_word_embeddings=config.tie_word_embeddings,
+            dropout_rate=0.0,
+        )
+    ).train()
+    optimizer = Adafactor(
+        hf.parameters(),
+        lr=1e-2,
+        scale_parameter=True,
+        relative_step=False,
+        warmup_init=False,
+        decay_rate=-0.8,
+        clip_threshold=1.0,
+    )
     data = {k: torch.tensor(v, dtype=torch.long) for k, v in accelerator.random_batch(2000, batch, lengths).items()}
 
     def run(n):
         start = time.perf_counter()
         for _ in range(n):
-            loss = hf(input_ids=data["encoder_input_tokens"], decoder_input_ids=data["decoder_input_tokens"],
-                      labels=data["decoder_target_tokens"]).loss
+            loss = hf(
+                input_ids=data["encoder_input_tokens"],
+                decoder_input_ids=data["decoder_input_tokens"],
+                labels=data["decoder_target_tokens"],
+            ).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -111,8 +135,15 @@ def train_figures(name, config, batch, lengths, peak, with_reference):
     step_s = statistics.median(mine)
     tokens = batch * sum(lengths)
     step_flops = flops.train_flops_per_example(config, *lengths) * batch
-    row = {"config": name, "batch": batch, "lengths": list(lengths), "step_s": step_s,
-           "train_tokens_per_s": tokens / step_s, "mfu": step_flops / step_s / peak, "compile_s": ours.compile_s}
+    row = {
+        "config": name,
+        "batch": batch,
+        "lengths": list(lengths),
+        "step_s": step_s,
+        "train_tokens_per_s": tokens / step_s,
+        "mfu": step_flops / step_s / peak,
+        "compile_s": ours.compile_s,
+    }
     if reference:
         row["reference_tokens_per_s"] = tokens / statistics.median(theirs)
         row["reference_speedup"] = row["train_tokens_per_s"] / row["reference_tokens_per_s"]
@@ -166,18 +197,35 @@ def data_feed(seconds: float) -> dict:
     base = model("t5_1_1/base")
     per_example = flops.train_flops_per_example(base, 512, 114)
     needed = V3_8_HOST["chips"] * V3_8_HOST["peak_flops"] * 0.5 / per_example
-    return {"vocabulary_pieces": 32000, "rows_per_s_one_core": rows_per_core,
-            "t5_1_1_base_train_flops_per_row": per_example, "v3_8_rows_per_s_at_50pct_mfu": needed,
-            "v3_8_cores_needed": needed / rows_per_core, "v3_8_vcpus": V3_8_HOST["vcpus"]}
+    return {
+        "vocabulary_pieces": 32000,
+        "rows_per_s_one_core": rows_per_core,
+        "t5_1_1_base_train_flops_per_row": per_example,
+        "v3_8_rows_per_s_at_50pct_mfu": needed,
+        "v3_8_cores_needed": needed / rows_per_core,
+        "v3_8_vcpus": V3_8_HOST["vcpus"],
+    }
 
 
 def xxl_plan(remat: str, fsdp: bool) -> dict:
-    flags = ["--gin_file=runs/pretrain.gin", "--gin_file=models/t5_1_1/xxl.gin", "--gin.MODEL_DIR='/unused'",
-             "--gin.MESH_SHAPE=(8, 8)", "--gin.BATCH_SIZE=64", f"--gin.FSDP={fsdp}",
-             "--gin.t5pod.T5Config.scan_layers=True", f"--gin.t5pod.T5Config.remat_policy='{remat}'",
-             "--gin.t5pod.T5Config.dtype='bfloat16'"]
-    done = subprocess.run([sys.executable, "-m", "t5pod", "plan", "--num_devices=64", "--json", *flags],
-                          capture_output=True, text=True, timeout=1800, env=dict(os.environ, XLA_FLAGS=""))
+    flags = [
+        "--gin_file=runs/pretrain.gin",
+        "--gin_file=models/t5_1_1/xxl.gin",
+        "--gin.MODEL_DIR='/unused'",
+        "--gin.MESH_SHAPE=(8, 8)",
+        "--gin.BATCH_SIZE=64",
+        f"--gin.FSDP={fsdp}",
+        "--gin.t5pod.T5Config.scan_layers=True",
+        f"--gin.t5pod.T5Config.remat_policy='{remat}'",
+        "--gin.t5pod.T5Config.dtype='bfloat16'",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "t5pod", "plan", "--num_devices=64", "--json", *flags],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=dict(os.environ, XLA_FLAGS=""),
+    )
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -190,8 +238,11 @@ def step_profile(name: str, config, batch: int, lengths) -> dict:
 
 
 def cpu_results() -> dict:
-    results = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-               "cpu_count": os.cpu_count()}
+    results = {
+        "device": jax.devices()[0].device_kind,
+        "platform": jax.devices()[0].platform,
+        "cpu_count": os.cpu_count(),
+    }
     peak = matmul_peak()
     results["matmul_peak_flops"] = peak
     from t5pod import tasks
@@ -199,21 +250,30 @@ def cpu_results() -> dict:
     tasks.register_all()
     sizes = [("tiny", model("tiny", vocab_size=2176), 8 if QUICK else 32, (64, 16) if QUICK else (128, 32), True)]
     if not QUICK:
-        sizes += [("t5_1_1/small", model("t5_1_1/small"), 4, (128, 32), True),
-                  ("base width, 2 layers", model("t5_1_1/base", num_layers=2, num_decoder_layers=2), 8, (128, 32), False)]
-    results["train"] = [train_figures(n, c, b, l, peak, ref) for n, c, b, l, ref in sizes]
-    results["decode"] = [decode_figures("tiny", model("tiny", vocab_size=2176), 8, 32, 8, 2)] if QUICK else [
-        decode_figures("t5_1_1/small", model("t5_1_1/small"), batch, 128, 32, 5) for batch in (1, 8, 32)]
-    results["profile"] = (step_profile("tiny", model("tiny", vocab_size=2176), 8, (64, 16)) if QUICK else
-                          step_profile("t5_1_1/base", model("t5_1_1/base", scan_layers=True), 2, (512, 114)))
+        sizes += [
+            ("t5_1_1/small", model("t5_1_1/small"), 4, (128, 32), True),
+            ("base width, 2 layers", model("t5_1_1/base", num_layers=2, num_decoder_layers=2), 8, (128, 32), False),
+        ]
+    results["train"] = [train_figures(n, c, b, lengths, peak, ref) for n, c, b, lengths, ref in sizes]
+    results["decode"] = (
+        [decode_figures("tiny", model("tiny", vocab_size=2176), 8, 32, 8, 2)]
+        if QUICK
+        else [decode_figures("t5_1_1/small", model("t5_1_1/small"), batch, 128, 32, 5) for batch in (1, 8, 32)]
+    )
+    results["profile"] = (
+        step_profile("tiny", model("tiny", vocab_size=2176), 8, (64, 16))
+        if QUICK
+        else step_profile("t5_1_1/base", model("t5_1_1/base", scan_layers=True), 2, (512, 114))
+    )
 
     layers_big = 3 if QUICK else 24
     results["compile_s"] = {f"scan_{n}": compile_time(n, True) for n in (2, layers_big)}
     results["scan_compile_ratio_24_vs_2"] = results["compile_s"][f"scan_{layers_big}"] / results["compile_s"]["scan_2"]
     if not QUICK:  # the smoke run measures the scanned stack only
         results["compile_s"].update({f"unrolled_{n}": compile_time(n, False) for n in (2, layers_big)})
-        results["unrolled_compile_ratio_24_vs_2"] = (results["compile_s"][f"unrolled_{layers_big}"]
-                                                      / results["compile_s"]["unrolled_2"])
+        results["unrolled_compile_ratio_24_vs_2"] = (
+            results["compile_s"][f"unrolled_{layers_big}"] / results["compile_s"]["unrolled_2"]
+        )
 
     demo_rows = pipeline_rows_per_s("demo_span_corruption", {"inputs": 128, "targets": 32}, 2 if QUICK else 5)
     tiny = results["train"][0]
@@ -246,8 +306,13 @@ def accelerator_results() -> dict:
         configs, lengths, min_rows, steps = [(n, model(n)) for n in accelerator.CONFIGS], accelerator.LENGTHS, 32, 5
     rows = [accelerator.measure(name, config, lengths, memory, steps, min_rows) for name, config in configs]
     print(accelerator.format_rows(rows))
-    return {"device": device.device_kind, "platform": device.platform, "devices": jax.device_count(),
-            "peak_flops_per_device": flops.peak_flops_per_device(device), "train": rows}
+    return {
+        "device": device.device_kind,
+        "platform": device.platform,
+        "devices": jax.device_count(),
+        "peak_flops_per_device": flops.peak_flops_per_device(device),
+        "train": rows,
+    }
 
 
 def main():
@@ -271,31 +336,47 @@ def main():
 
 
 def print_table(r):
-    print(f"device: {r['device']} ({r['platform']}, {r['cpu_count']} cores); "
-          f"float32 matmul peak {r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s")
-    print(f"{'config':24} {'batch':>5} {'lengths':>9} {'step s':>8} {'tokens/s':>9} {'MFU':>6} {'ref tok/s':>9} {'speedup':>7}")
+    print(
+        f"device: {r['device']} ({r['platform']}, {r['cpu_count']} cores); "
+        f"float32 matmul peak {r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s"
+    )
+    print(
+        f"{'config':24} {'batch':>5} {'lengths':>9} {'step s':>8} {'tokens/s':>9} {'MFU':>6} "
+        f"{'ref tok/s':>9} {'speedup':>7}"
+    )
     for row in r["train"]:
-        print(f"{row['config']:24} {row['batch']:5d} {str(tuple(row['lengths'])):>9} {row['step_s']:8.3f} "
-              f"{row['train_tokens_per_s']:9.0f} {row['mfu']:6.3f} {row.get('reference_tokens_per_s', float('nan')):9.0f} "
-              f"{row.get('reference_speedup', float('nan')):7.2f}")
+        print(
+            f"{row['config']:24} {row['batch']:5d} {str(tuple(row['lengths'])):>9} {row['step_s']:8.3f} "
+            f"{row['train_tokens_per_s']:9.0f} {row['mfu']:6.3f} "
+            f"{row.get('reference_tokens_per_s', float('nan')):9.0f} "
+            f"{row.get('reference_speedup', float('nan')):7.2f}"
+        )
     for row in r["decode"]:
-        print(f"greedy decoding {row['config']}, batch {row['batch']}, {row['input_length']} -> {row['decode_length']} "
-              f"tokens: {row['decode_tokens_per_s']:.0f} tokens/s vs generate {row['reference_tokens_per_s']:.0f} "
-              f"(decode_speedup {row['decode_speedup']:.2f}; same predictions {row['same_predictions']})")
+        print(
+            f"greedy decoding {row['config']}, batch {row['batch']}, {row['input_length']} -> {row['decode_length']} "
+            f"tokens: {row['decode_tokens_per_s']:.0f} tokens/s vs generate {row['reference_tokens_per_s']:.0f} "
+            f"(decode_speedup {row['decode_speedup']:.2f}; same predictions {row['same_predictions']})"
+        )
     print(profile_step.format_profile(r["profile"]["config"], r["profile"]))
     print("compile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["compile_s"].items()))
-    print(f"scan_compile_ratio_24_vs_2 {r['scan_compile_ratio_24_vs_2']:.2f} "
-          f"(unrolled: {r.get('unrolled_compile_ratio_24_vs_2', float('nan')):.2f})")
+    print(
+        f"scan_compile_ratio_24_vs_2 {r['scan_compile_ratio_24_vs_2']:.2f} "
+        f"(unrolled: {r.get('unrolled_compile_ratio_24_vs_2', float('nan')):.2f})"
+    )
     print("pipeline_feed_ratio " + ", ".join(f"{k} {v:.1f}" for k, v in r["pipeline_feed_ratio"].items()))
     feed = r.get("data_feed", {})
     if "rows_per_s_one_core" in feed:
-        print(f"span corruption 512/114, 32k vocabulary: {feed['rows_per_s_one_core']:.1f} rows/s on one core; "
-              f"a TPU v3-8 host feeding T5 1.1 base at 50% MFU needs {feed['v3_8_rows_per_s_at_50pct_mfu']:.0f} rows/s "
-              f"= {feed['v3_8_cores_needed']:.1f} of its {feed['v3_8_vcpus']} vCPUs")
+        print(
+            f"span corruption 512/114, 32k vocabulary: {feed['rows_per_s_one_core']:.1f} rows/s on one core; "
+            f"a TPU v3-8 host feeding T5 1.1 base at 50% MFU needs {feed['v3_8_rows_per_s_at_50pct_mfu']:.0f} rows/s "
+            f"= {feed['v3_8_cores_needed']:.1f} of its {feed['v3_8_vcpus']} vCPUs"
+        )
     for name, plan in r.get("xxl_peak_bytes", {}).items():
         peak = plan.get("peak_bytes")
-        print(f"T5 1.1 XXL on 64 devices (8x8), {name}: " +
-              (f"peak {peak / 2**30:.2f} GiB/device" if peak else plan.get("error", "?")))
+        print(
+            f"T5 1.1 XXL on 64 devices (8x8), {name}: "
+            + (f"peak {peak / 2**30:.2f} GiB/device" if peak else plan.get("error", "?"))
+        )
 
 
 if __name__ == "__main__":

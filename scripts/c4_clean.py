@@ -23,8 +23,7 @@ from t5pod.data import c4_cleaning  # noqa: E402
 
 
 def _open(path, mode):
-    return gzip.open(path, mode + "t", encoding="utf-8") if path.endswith(".gz") else open(
-        path, mode, encoding="utf-8")
+    return gzip.open(path, mode + "t", encoding="utf-8") if path.endswith(".gz") else open(path, mode, encoding="utf-8")
 
 
 def is_json(path: str) -> bool:
@@ -46,8 +45,9 @@ def read_documents(paths):
                 try:
                     yield json.loads(line)["text"]
                 except (json.JSONDecodeError, KeyError, TypeError) as error:
-                    raise ValueError(f"{path}:{number}: not a JSON object with a 'text' field "
-                                     f"({type(error).__name__}: {error})") from None
+                    raise ValueError(
+                        f"{path}:{number}: not a JSON object with a 'text' field ({type(error).__name__}: {error})"
+                    ) from None
 
 
 def _rules(parser, args) -> c4_cleaning.CleaningRules:
@@ -71,12 +71,19 @@ def main(argv=None):
     parser.add_argument("--input", required=True, help="file pattern (plain text or .jsonl, optionally .gz)")
     parser.add_argument("--output", required=True, help="output .jsonl (or .jsonl.gz) file")
     parser.add_argument("--bad_words", help="text file, one bad word or phrase per line (default: rule off)")
-    parser.add_argument("--language", choices=c4_cleaning.LANGUAGE_FILTERS, default="langdetect",
-                        help="English filter: langdetect >= 0.99 as C4 (default), a fast stop-word heuristic, or off")
+    parser.add_argument(
+        "--language",
+        choices=c4_cleaning.LANGUAGE_FILTERS,
+        default="langdetect",
+        help="English filter: langdetect >= 0.99 as C4 (default), a fast stop-word heuristic, or off",
+    )
     parser.add_argument("--no_dedup", action="store_true", help="skip line dedup")
-    parser.add_argument("--beam", action="store_true",
-                        help="run as an Apache Beam pipeline (DirectRunner, or Beam's flags, e.g. --runner=DataflowRunner); "
-                             "--output is then a prefix of output-NNNNN-of-MMMMM.jsonl shards")
+    parser.add_argument(
+        "--beam",
+        action="store_true",
+        help="run as an Apache Beam pipeline (DirectRunner, or Beam's flags, e.g. --runner=DataflowRunner); "
+        "--output is then a prefix of output-NNNNN-of-MMMMM.jsonl shards",
+    )
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and not args.beam:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam's flags go with --beam)")
@@ -97,8 +104,9 @@ def main(argv=None):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the output the usual permissions.
     try:
-        with (gzip.open(tmp, "wt", encoding="utf-8") if args.output.endswith(".gz")
-              else open(tmp, "w", encoding="utf-8")) as f:
+        with (
+            gzip.open(tmp, "wt", encoding="utf-8") if args.output.endswith(".gz") else open(tmp, "w", encoding="utf-8")
+        ) as f:
             for text in c4_cleaning.clean_pages(read_documents(paths), cleaner=cleaner):
                 f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
         os.replace(tmp, args.output)

@@ -68,9 +68,18 @@ ROWS = {
 }
 # Rows pre-trained for a multiple of the preset's steps (the same run, continued).
 ROW_MULTIPLES = {"baseline_2x": 2}
-GLUE_TASKS = ("glue_cola_v002", "glue_sst2_v002", "glue_mrpc_v002", "glue_stsb_v002", "glue_rte_v002",
-              "glue_mnli_v002", "glue_mnli_matched_v002", "glue_mnli_mismatched_v002", "glue_qqp_v002",
-              "glue_qnli_v002")
+GLUE_TASKS = (
+    "glue_cola_v002",
+    "glue_sst2_v002",
+    "glue_mrpc_v002",
+    "glue_stsb_v002",
+    "glue_rte_v002",
+    "glue_mnli_v002",
+    "glue_mnli_matched_v002",
+    "glue_mnli_mismatched_v002",
+    "glue_qqp_v002",
+    "glue_qnli_v002",
+)
 # Objectives whose targets are the whole text need targets as long as the inputs.
 FULL_TARGETS = ("prefix_lm", "bert_style", "deshuffling", "mass_style")
 
@@ -102,15 +111,26 @@ class Preset:
 # 16 target tokens 2.2 (74 steps an epoch): 320 steps are 40 epochs of SST-2 1k, 750 are 10 of STS-B.
 # Each run is evaluated 10 times (every 4 epochs of SST-2 1k, every epoch of STS-B).
 CPU_TRANSFER = study_transfer.TransferSettings(
-    steps={"sst2_1k": 320, "stsb": 750}, period={"sst2_1k": 32, "stsb": 75},
-    lengths={"sst2_1k": {"inputs": 128, "targets": 8}, "stsb": {"inputs": 128, "targets": 16}}, batch=32,
+    steps={"sst2_1k": 320, "stsb": 750},
+    period={"sst2_1k": 32, "stsb": 75},
+    lengths={"sst2_1k": {"inputs": 128, "targets": 8}, "stsb": {"inputs": 128, "targets": 16}},
+    batch=32,
     settings={"LEARNING_RATE": 3e-3, "DROPOUT_RATE": 0.0, "LOG_PERIOD": 100, "EVAL_STEPS": 1},
-    seeds=(0, 1, 2, 3, 4), ladder=(1, 2, 4), probe_seeds=(0, 1, 2, 3, 4))
+    seeds=(0, 1, 2, 3, 4),
+    ladder=(1, 2, 4),
+    probe_seeds=(0, 1, 2, 3, 4),
+)
 
 PRESETS = {
     "cpu": Preset(
-        model_gin=("models/tiny.gin",), vocab_size=8192, vocabulary=None, pretrain_source="text",
-        pretrain_steps=4500, pretrain_batch=32, input_length=128, targets_length=48,
+        model_gin=("models/tiny.gin",),
+        vocab_size=8192,
+        vocabulary=None,
+        pretrain_source="text",
+        pretrain_steps=4500,
+        pretrain_batch=32,
+        input_length=128,
+        targets_length=48,
         pretrain_settings={"WARMUP_STEPS": 1000, "LOG_PERIOD": 250},
         # As the paper: GLUE's and SuperGLUE's tasks each one examples-proportional mixture, no limit,
         # which gives every task of a mixture the same number of epochs. Measured packing: 2.64 GLUE
@@ -118,50 +138,83 @@ PRESETS = {
         # task (SST-2's 67k examples included) and 900 steps 10.1 of each SuperGLUE task.
         finetune_mixtures=("glue_small_proportional", "super_glue_small_proportional"),
         finetune_steps={"glue_small_proportional": 10500, "super_glue_small_proportional": 900},
-        finetune_batch=32, finetune_lengths={"inputs": 128, "targets": 8},
+        finetune_batch=32,
+        finetune_lengths={"inputs": 128, "targets": 8},
         finetune_period={"glue_small_proportional": 1500, "super_glue_small_proportional": 150},
         # Measured on SST-2 (study/README.md): 1e-3, the paper's rate, is too slow for a run this
         # short, and dropout 0.1 on a model pre-trained without dropout holds a pre-trained start on
         # one class for its first 200-400 steps. Both starts use the same settings.
         finetune_settings={"LEARNING_RATE": 3e-3, "DROPOUT_RATE": 0.0, "LOG_PERIOD": 250, "EVAL_STEPS": 1},
-        pretrain_dropout=0.0, seeds=(0, 1), transfer=CPU_TRANSFER),
+        pretrain_dropout=0.0,
+        seeds=(0, 1),
+        transfer=CPU_TRANSFER,
+    ),
     # For one H100/H200-class GPU: T5 1.1 small (8,192-entry embeddings, 52M parameters) in bfloat16,
     # 8,000 pre-training steps of 128 x 512 tokens: 1.1e17 model FLOPs (t5pod.flops), about 8 minutes
     # at 240 TFLOP/s (30% of an H200's bfloat16 peak); then the transfer rows from both starts with
     # three seeds (a few more minutes, mostly compilation). Not yet run on a GPU.
     "gpu": Preset(
-        model_gin=("models/t5_1_1/small.gin",), vocab_size=8192, vocabulary=None, pretrain_source="text",
-        pretrain_steps=8000, pretrain_batch=128, input_length=512, targets_length=192,
+        model_gin=("models/t5_1_1/small.gin",),
+        vocab_size=8192,
+        vocabulary=None,
+        pretrain_source="text",
+        pretrain_steps=8000,
+        pretrain_batch=128,
+        input_length=512,
+        targets_length=192,
         pretrain_settings={"WARMUP_STEPS": 1000, "LOG_PERIOD": 100, "t5pod.T5Config.dtype": "bfloat16"},
         finetune_mixtures=("glue_small_proportional", "super_glue_small_proportional"),
         finetune_steps={"glue_small_proportional": 2000, "super_glue_small_proportional": 300},
-        finetune_batch=32, finetune_lengths={"inputs": 128, "targets": 8},
+        finetune_batch=32,
+        finetune_lengths={"inputs": 128, "targets": 8},
         finetune_period={"glue_small_proportional": 500, "super_glue_small_proportional": 50},
         finetune_settings={"LEARNING_RATE": 1e-3, "DROPOUT_RATE": 0.0, "LOG_PERIOD": 100, "EVAL_STEPS": 1},
-        pretrain_dropout=0.0, seeds=(0,),
-        transfer=dataclasses.replace(CPU_TRANSFER, ladder=(1,), seeds=(0, 1, 2), probe_seeds=(0, 1, 2), settings={
-            "LEARNING_RATE": 1e-3, "DROPOUT_RATE": 0.0, "LOG_PERIOD": 100, "EVAL_STEPS": 1})),
+        pretrain_dropout=0.0,
+        seeds=(0,),
+        transfer=dataclasses.replace(
+            CPU_TRANSFER,
+            ladder=(1,),
+            seeds=(0, 1, 2),
+            probe_seeds=(0, 1, 2),
+            settings={"LEARNING_RATE": 1e-3, "DROPOUT_RATE": 0.0, "LOG_PERIOD": 100, "EVAL_STEPS": 1},
+        ),
+    ),
     # The paper's baseline (§3.1): T5 1.0 base on C4, 2^19 pre-training steps of 128 x 512 tokens
     # (about 34B tokens), then 2^18 fine-tuning steps on each benchmark's mixture, dropout 0.1.
     "paper": Preset(
-        model_gin=("models/t5_1_0/base.gin",), vocab_size=32128,
-        vocabulary="gs://t5-data/vocabs/cc_all.32000/sentencepiece.model", pretrain_source="c4_v220",
-        pretrain_steps=2**19, pretrain_batch=128, input_length=512, targets_length=192, pretrain_settings={},
+        model_gin=("models/t5_1_0/base.gin",),
+        vocab_size=32128,
+        vocabulary="gs://t5-data/vocabs/cc_all.32000/sentencepiece.model",
+        pretrain_source="c4_v220",
+        pretrain_steps=2**19,
+        pretrain_batch=128,
+        input_length=512,
+        targets_length=192,
+        pretrain_settings={},
         finetune_mixtures=("glue_v002_proportional", "super_glue_v102_proportional"),
         finetune_steps={"glue_v002_proportional": 2**18, "super_glue_v102_proportional": 2**18},
-        finetune_batch=128, finetune_lengths={"inputs": 512, "targets": 84},
+        finetune_batch=128,
+        finetune_lengths={"inputs": 512, "targets": 84},
         finetune_period={"glue_v002_proportional": 5000, "super_glue_v102_proportional": 5000},
-        finetune_settings={"DROPOUT_RATE": 0.1}, pretrain_dropout=0.0, seeds=(0,), transfer=None),
+        finetune_settings={"DROPOUT_RATE": 0.1},
+        pretrain_dropout=0.0,
+        seeds=(0,),
+        transfer=None,
+    ),
 }
 
 
 def _train_command(gin_files, settings: dict) -> list[str]:
-    return ([sys.executable, "-m", "t5pod", "train"] + [f"--gin_file={f}" for f in gin_files]
-            + [f"--gin.{name}={value!r}" for name, value in settings.items()])
+    return (
+        [sys.executable, "-m", "t5pod", "train"]
+        + [f"--gin_file={f}" for f in gin_files]
+        + [f"--gin.{name}={value!r}" for name, value in settings.items()]
+    )
 
 
 def _finished(model_dir: str, steps: int) -> bool:
     from t5pod import checkpoints
+
     return os.path.isdir(model_dir) and (checkpoints.latest_step(model_dir) or 0) >= steps
 
 
@@ -183,12 +236,17 @@ class Study:
         start = time.time()
         returncode = self._logged(command)
         if returncode:
-            raise SystemExit(f"[study] {what} failed (exit {returncode}); its output is in "
-                             f"{os.path.join(self.folder, 'log.txt')}. Run the same command again to resume.")
+            raise SystemExit(
+                f"[study] {what} failed (exit {returncode}); its output is in "
+                f"{os.path.join(self.folder, 'log.txt')}. Run the same command again to resume."
+            )
         if not _finished(model_dir, steps):  # stopped early with its checkpoint saved (SIGTERM exits 0)
             from t5pod import checkpoints
-            raise SystemExit(f"[study] {what} stopped at step {checkpoints.latest_step(model_dir) or 0} of {steps} "
-                             "(preempted?); the runs after it need it whole. Run the same command again to resume.")
+
+            raise SystemExit(
+                f"[study] {what} stopped at step {checkpoints.latest_step(model_dir) or 0} of {steps} "
+                "(preempted?); the runs after it need it whole. Run the same command again to resume."
+            )
         print(f"[study] {what}: done in {time.time() - start:.0f} s", flush=True)
 
     @staticmethod
@@ -217,20 +275,33 @@ class Study:
             return self.preset.vocabulary
         path = os.path.join(self.folder, "vocab", "spm8k.model")
         if not os.path.exists(path) and not self.args.print_commands:
-            command = [sys.executable, "-m", "t5pod", "train-vocab", f"--input={self.args.text_file_pattern}",
-                       f"--output={path}", f"--vocab_size={self.args.vocab_pieces}", "--max_sentences=400000"]
+            command = [
+                sys.executable,
+                "-m",
+                "t5pod",
+                "train-vocab",
+                f"--input={self.args.text_file_pattern}",
+                f"--output={path}",
+                f"--vocab_size={self.args.vocab_pieces}",
+                "--max_sentences=400000",
+            ]
             print(f"[study] vocabulary: {shlex.join(command[1:])}", flush=True)
             if subprocess.run(command, stdout=subprocess.DEVNULL).returncode:  # train-vocab's error went to stderr
-                raise SystemExit(f"[study] the vocabulary could not be trained from {self.args.text_file_pattern!r}; "
-                                 "see train-vocab's error above.")
+                raise SystemExit(
+                    f"[study] the vocabulary could not be trained from {self.args.text_file_pattern!r}; "
+                    "see train-vocab's error above."
+                )
         return path
 
     def data_settings(self) -> dict:
         settings = {"VOCABULARY_PATH": self.vocabulary(), "t5pod.T5Config.vocab_size": self.preset.vocab_size}
         if self.args.text_paragraphs:
             settings["TEXT_PARAGRAPHS"] = True
-        for flag, macro in (("text_file_pattern", "TEXT_FILE_PATTERN"), ("glue_dir", "GLUE_DIR"),
-                            ("superglue_dir", "SUPERGLUE_DIR")):
+        for flag, macro in (
+            ("text_file_pattern", "TEXT_FILE_PATTERN"),
+            ("glue_dir", "GLUE_DIR"),
+            ("superglue_dir", "SUPERGLUE_DIR"),
+        ):
             if getattr(self.args, flag):
                 settings[macro] = getattr(self.args, flag)
         return settings
@@ -241,15 +312,25 @@ class Study:
         p = self.preset
         model_dir = os.path.join(self.folder, "runs", f"pretrain_{objective}")
         steps = self.pretrain_steps(multiple)
-        settings = {**self.data_settings(), "MODEL_DIR": model_dir,
-                    "MIXTURE_OR_TASK_NAME": f"{p.pretrain_source}_{objective}",
-                    "TASK_FEATURE_LENGTHS": self.pretrain_lengths(objective),
-                    "TRAIN_STEPS": steps, "BATCH_SIZE": p.pretrain_batch, "DROPOUT_RATE": p.pretrain_dropout,
-                    # Three checkpoints per 1x, so a pre-training cut short resumes from at most a third
-                    # back, and every rung of the compute ladder is a kept checkpoint.
-                    "CHECKPOINT_PERIOD": max(1, self.pretrain_steps(1) // 3), **p.pretrain_settings}
-        self._run(_train_command(("runs/pretrain.gin",) + p.model_gin, settings), model_dir, steps,
-                  f"pre-training {objective}" + (f" to {multiple}x" if multiple > 1 else ""))
+        settings = {
+            **self.data_settings(),
+            "MODEL_DIR": model_dir,
+            "MIXTURE_OR_TASK_NAME": f"{p.pretrain_source}_{objective}",
+            "TASK_FEATURE_LENGTHS": self.pretrain_lengths(objective),
+            "TRAIN_STEPS": steps,
+            "BATCH_SIZE": p.pretrain_batch,
+            "DROPOUT_RATE": p.pretrain_dropout,
+            # Three checkpoints per 1x, so a pre-training cut short resumes from at most a third
+            # back, and every rung of the compute ladder is a kept checkpoint.
+            "CHECKPOINT_PERIOD": max(1, self.pretrain_steps(1) // 3),
+            **p.pretrain_settings,
+        }
+        self._run(
+            _train_command(("runs/pretrain.gin",) + p.model_gin, settings),
+            model_dir,
+            steps,
+            f"pre-training {objective}" + (f" to {multiple}x" if multiple > 1 else ""),
+        )
         return os.path.join(model_dir, "checkpoints", str(steps))
 
     def pretrain_steps(self, multiple: int = 1) -> int:
@@ -263,8 +344,18 @@ class Study:
         p = self.preset
         model_dir = os.path.join(self.folder, "runs", f"finetune_{row}_{mixture}_seed{seed}")
         steps, period = self.steps(p.finetune_steps[mixture]), self.steps(p.finetune_period[mixture])
-        self._finetune_run(model_dir, mixture, start, seed, p.finetune_lengths, steps, period, p.finetune_batch,
-                           p.finetune_settings, f"fine-tuning {row} on {mixture}, seed {seed}")
+        self._finetune_run(
+            model_dir,
+            mixture,
+            start,
+            seed,
+            p.finetune_lengths,
+            steps,
+            period,
+            p.finetune_batch,
+            p.finetune_settings,
+            f"fine-tuning {row} on {mixture}, seed {seed}",
+        )
         return model_dir
 
     def finetune_transfer(self, task: str, start_name: str, start: str | None, seed: int, skip: tuple = ()) -> str:
@@ -272,16 +363,36 @@ class Study:
         t = self.preset.transfer
         model_dir = os.path.join(self.folder, "runs", f"transfer_{task}_{start_name}_seed{seed}")
         settings = {**t.settings, **({"INITIAL_CHECKPOINT_SKIP": list(skip)} if skip else {})}
-        self._finetune_run(model_dir, study_transfer.FINETUNE_TASKS[task][0], start, seed, t.lengths[task],
-                           self.steps(t.steps[task]), self.steps(t.period[task]), t.batch, settings,
-                           f"transfer fine-tuning {task} from {start_name}, seed {seed}")
+        self._finetune_run(
+            model_dir,
+            study_transfer.FINETUNE_TASKS[task][0],
+            start,
+            seed,
+            t.lengths[task],
+            self.steps(t.steps[task]),
+            self.steps(t.period[task]),
+            t.batch,
+            settings,
+            f"transfer fine-tuning {task} from {start_name}, seed {seed}",
+        )
         return model_dir
 
     def _finetune_run(self, model_dir, mixture, start, seed, lengths, steps, period, batch, extra, what):
-        settings = {**self.data_settings(), "MODEL_DIR": model_dir, "MIXTURE_OR_TASK_NAME": mixture,
-                    "INITIAL_CHECKPOINT_PATH": start, "RANDOM_SEED": seed, "TASK_FEATURE_LENGTHS": lengths,
-                    "TRAIN_STEPS": steps, "BATCH_SIZE": batch, "CHECKPOINT_PERIOD": period,
-                    "EVAL_PERIOD": period, "KEEP_CHECKPOINTS": 1, "INFERENCE_EVAL": True, **extra}
+        settings = {
+            **self.data_settings(),
+            "MODEL_DIR": model_dir,
+            "MIXTURE_OR_TASK_NAME": mixture,
+            "INITIAL_CHECKPOINT_PATH": start,
+            "RANDOM_SEED": seed,
+            "TASK_FEATURE_LENGTHS": lengths,
+            "TRAIN_STEPS": steps,
+            "BATCH_SIZE": batch,
+            "CHECKPOINT_PERIOD": period,
+            "EVAL_PERIOD": period,
+            "KEEP_CHECKPOINTS": 1,
+            "INFERENCE_EVAL": True,
+            **extra,
+        }
         self._run(_train_command(("runs/finetune.gin",) + self.preset.model_gin, settings), model_dir, steps, what)
 
     def steps(self, steps: int) -> int:
@@ -295,8 +406,16 @@ class Study:
         key = f"{mixture} {lengths['inputs']}/{lengths['targets']}"
         if key not in known:
             settings = {**self.data_settings(), "TASK_FEATURE_LENGTHS": lengths}
-            command = [sys.executable, "-m", "t5pod", "data", f"--task={mixture}", "--split=train", "--stats=2000",
-                       "--features=model"] + [f"--gin.{k}={v!r}" for k, v in settings.items()]
+            command = [
+                sys.executable,
+                "-m",
+                "t5pod",
+                "data",
+                f"--task={mixture}",
+                "--split=train",
+                "--stats=2000",
+                "--features=model",
+            ] + [f"--gin.{k}={v!r}" for k, v in settings.items()]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"[study] measuring {mixture}'s packing failed: {done.stderr.strip()[-500:]}")
@@ -337,9 +456,11 @@ def training_sizes(mixture: str) -> dict[str, int]:
     sizes = {**mixtures.GLUE_SIZES, **mixtures.SUPER_GLUE_SIZES}
     for name, (base, train, heldout) in transfer.SUBSETS.items():
         sizes[name] = train if train is not None else sizes[base] - heldout
-    members = {"glue_small_proportional": mixtures.SMALL_GLUE_TASKS,
-               "super_glue_small_proportional": mixtures.SMALL_SUPER_GLUE_TASKS,
-               **{transfer.mixture_name(n): [n] for n in transfer.SUBSETS}}.get(mixture)
+    members = {
+        "glue_small_proportional": mixtures.SMALL_GLUE_TASKS,
+        "super_glue_small_proportional": mixtures.SMALL_SUPER_GLUE_TASKS,
+        **{transfer.mixture_name(n): [n] for n in transfer.SUBSETS},
+    }.get(mixture)
     if members is None:
         return {}  # the paper preset's full mixtures: not counted here
     return {task: sizes[task] for task in members if sizes[task]}
@@ -367,8 +488,10 @@ def task_scores(model_dir: str) -> dict[str, dict]:
 def benchmark_averages(scores: dict[str, dict]) -> dict[str, float]:
     glue = [s["score"] for t, s in scores.items() if t in GLUE_TASKS]
     super_glue = [s["score"] for t, s in scores.items() if t.startswith("super_glue")]
-    return {"glue_average": statistics.fmean(glue) if glue else None,
-            "super_glue_average": statistics.fmean(super_glue) if super_glue else None}
+    return {
+        "glue_average": statistics.fmean(glue) if glue else None,
+        "super_glue_average": statistics.fmean(super_glue) if super_glue else None,
+    }
 
 
 def _mean_spread(values: list[float]) -> dict:
@@ -378,14 +501,19 @@ def _mean_spread(values: list[float]) -> dict:
 def summarise(row: str, runs: list[dict]) -> dict:
     """Mean and half-range over seeds of every task score and of the benchmark averages."""
     tasks = sorted({t for run in runs for t in run["tasks"]})
-    summary = {"tasks": {t: _mean_spread([run["tasks"][t]["score"] for run in runs if t in run["tasks"]])
-                         for t in tasks}}
+    summary = {
+        "tasks": {t: _mean_spread([run["tasks"][t]["score"] for run in runs if t in run["tasks"]]) for t in tasks}
+    }
     for average in ("glue_average", "super_glue_average"):
         values = [run[average] for run in runs if run[average] is not None]
         summary[average] = _mean_spread(values) if values else None
     objective, description, paper_glue, paper_super_glue = ROWS[row]
-    summary.update(description=description, objective=objective, paper_glue_average=paper_glue,
-                   paper_super_glue_average=paper_super_glue)
+    summary.update(
+        description=description,
+        objective=objective,
+        paper_glue_average=paper_glue,
+        paper_super_glue_average=paper_super_glue,
+    )
     return summary
 
 
@@ -396,50 +524,77 @@ def _cell(value: dict | None) -> str:
 def markdown(results: dict) -> str:
     rows = results["rows"]
     tasks = sorted({t for r in rows.values() for t in r["tasks"]}, key=lambda t: (not t.startswith("glue"), t))
-    short = [t.replace("_v002", "").replace("_v102", "").replace("super_glue_", "sg_").replace("glue_", "")
-             for t in tasks]
-    lines = ["| row | GLUE avg | paper GLUE | SuperGLUE avg | paper SuperGLUE | " + " | ".join(short)
-             + " | pre-training FLOPs | fine-tuning FLOPs per seed |", "|---" * (7 + len(tasks)) + "|"]
+    short = [
+        t.replace("_v002", "").replace("_v102", "").replace("super_glue_", "sg_").replace("glue_", "") for t in tasks
+    ]
+    lines = [
+        "| row | GLUE avg | paper GLUE | SuperGLUE avg | paper SuperGLUE | "
+        + " | ".join(short)
+        + " | pre-training FLOPs | fine-tuning FLOPs per seed |",
+        "|---" * (7 + len(tasks)) + "|",
+    ]
     for name, r in rows.items():
         flops = r.get("flops") or {}
-        cells = [name, _cell(r["glue_average"]), f"{r['paper_glue_average']:.2f}", _cell(r["super_glue_average"]),
-                 f"{r['paper_super_glue_average']:.2f}"] + [_cell(r["tasks"].get(t)) for t in tasks]
+        cells = [
+            name,
+            _cell(r["glue_average"]),
+            f"{r['paper_glue_average']:.2f}",
+            _cell(r["super_glue_average"]),
+            f"{r['paper_super_glue_average']:.2f}",
+        ] + [_cell(r["tasks"].get(t)) for t in tasks]
         cells += [f"{flops[k]:.2e}" if k in flops else "–" for k in ("pretraining", "finetuning_per_seed")]
         lines.append("| " + " | ".join(cells) + " |")
     settings = results.get("preset_settings", {})
     dropout = (settings.get("finetune_settings") or {}).get("DROPOUT_RATE")
     if dropout is not None:
-        lines.append(f"\nDropout: pre-training {settings.get('pretrain_dropout', 0.0)}, fine-tuning {dropout}, "
-                     "the same for every start. Mean ± half-range over seeds; each task at its best evaluation.")
+        lines.append(
+            f"\nDropout: pre-training {settings.get('pretrain_dropout', 0.0)}, fine-tuning {dropout}, "
+            "the same for every start. Mean ± half-range over seeds; each task at its best evaluation."
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--rows", default="baseline,no_pretraining,prefix_lm,bert_style,deshuffling",
-                        help=f"comma-separated, from: {', '.join(ROWS)}, and transfer (the transfer rows: "
-                             "single-task fine-tuning and linear probes along a compute ladder)")
-    parser.add_argument("--transfer_starts", default="",
-                        help="with transfer: comma-separated starts to run, from random, the ladder's multiples "
-                             "(e.g. random,1) and their encoder starts (e.g. 1-encoder: the pre-trained encoder "
-                             "with a fresh decoder); default random and the multiples. The table is written from "
-                             "every finished run.")
-    parser.add_argument("--transfer_tasks", default="",
-                        help=f"with transfer: comma-separated fine-tuning tasks to run, from "
-                             f"{', '.join(study_transfer.FINETUNE_TASKS)}; default all")
+    parser.add_argument(
+        "--rows",
+        default="baseline,no_pretraining,prefix_lm,bert_style,deshuffling",
+        help=f"comma-separated, from: {', '.join(ROWS)}, and transfer (the transfer rows: "
+        "single-task fine-tuning and linear probes along a compute ladder)",
+    )
+    parser.add_argument(
+        "--transfer_starts",
+        default="",
+        help="with transfer: comma-separated starts to run, from random, the ladder's multiples "
+        "(e.g. random,1) and their encoder starts (e.g. 1-encoder: the pre-trained encoder "
+        "with a fresh decoder); default random and the multiples. The table is written from "
+        "every finished run.",
+    )
+    parser.add_argument(
+        "--transfer_tasks",
+        default="",
+        help=f"with transfer: comma-separated fine-tuning tasks to run, from "
+        f"{', '.join(study_transfer.FINETUNE_TASKS)}; default all",
+    )
     parser.add_argument("--out", default="study", help="results go to OUT/PRESET/")
     parser.add_argument("--text_file_pattern", help="the pre-training text for the text source (cpu preset)")
-    parser.add_argument("--text_paragraphs", action="store_true",
-                        help="one pre-training document per blank-line-separated block of the text, not per line "
-                             "(hard-wrapped books: a line is a fragment of a sentence)")
+    parser.add_argument(
+        "--text_paragraphs",
+        action="store_true",
+        help="one pre-training document per blank-line-separated block of the text, not per line "
+        "(hard-wrapped books: a line is a fragment of a sentence)",
+    )
     parser.add_argument("--glue_dir", help="local GLUE TSVs (GLUE_DIR); unset: TFDS")
     parser.add_argument("--superglue_dir", help="local SuperGLUE JSONL (SUPERGLUE_DIR); unset: TFDS")
     parser.add_argument("--vocab_pieces", type=int, default=8000, help="pieces of the trained vocabulary")
     parser.add_argument("--scale_down", type=int, default=1, help="divide every step count by this (for tests)")
     parser.add_argument("--seeds", help="comma-separated fine-tuning seeds, instead of the preset's")
-    parser.add_argument("--print_commands", action="store_true",
-                        help="print the commands (e.g. to run on a pod slice) instead of running them")
+    parser.add_argument(
+        "--print_commands",
+        action="store_true",
+        help="print the commands (e.g. to run on a pod slice) instead of running them",
+    )
     args = parser.parse_args(argv)
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS and r != "transfer"]
@@ -448,6 +603,7 @@ def main(argv=None) -> int:
     if args.scale_down < 1 or args.vocab_pieces < 200:
         parser.error("--scale_down must be at least 1 and --vocab_pieces at least 200")
     from t5pod import cli
+
     cli.import_tensorflow_quietly()  # this process reads checkpoints: TensorFlow comes in, with its start-up lines
     study = Study(args.preset, args.out, args)
     if args.seeds:
@@ -457,8 +613,10 @@ def main(argv=None) -> int:
     if "transfer" in rows and study.preset.transfer is None:
         parser.error(f"the {args.preset} preset defines no transfer rows")
     if study.preset.pretrain_source == "text" and not args.text_file_pattern:
-        parser.error(f"the {args.preset} preset pre-trains on your text: set --text_file_pattern "
-                     "(make study: STUDY_TEXT='/data/books/*.txt')")
+        parser.error(
+            f"the {args.preset} preset pre-trains on your text: set --text_file_pattern "
+            "(make study: STUDY_TEXT='/data/books/*.txt')"
+        )
     os.makedirs(study.folder, exist_ok=True)
     table_rows = [r for r in rows if r != "transfer"]
     if table_rows:
@@ -491,8 +649,11 @@ def run_table_rows(study: "Study", rows: list[str]):
                 scores.update(task_scores(study.finetune(row, mixture, start, seed)))
             runs.append({"seed": seed, "tasks": scores, **benchmark_averages(scores)})
         if not study.args.print_commands:
-            results["rows"][row] = {**summarise(row, runs), "seeds": runs,
-                                    "flops": row_flops(study, objective, ROW_MULTIPLES.get(row, 1))}
+            results["rows"][row] = {
+                **summarise(row, runs),
+                "seeds": runs,
+                "flops": row_flops(study, objective, ROW_MULTIPLES.get(row, 1)),
+            }
             write_results(study.folder, results)  # after each row: a study cut short keeps the rows it finished
     if not study.args.print_commands:
         print(markdown(results))
@@ -502,10 +663,14 @@ def row_flops(study: "Study", objective: str | None, multiple: int = 1) -> dict:
     """Model FLOPs (t5pod.flops) of a row's pre-training and of one seed's fine-tunings; the epochs of
     each fine-tuning task."""
     p = study.preset
-    pretraining = study.flops(study.pretrain_steps(multiple), p.pretrain_batch, study.pretrain_lengths(objective)) \
-        if objective else 0.0
-    finetuning = sum(study.flops(study.steps(p.finetune_steps[m]), p.finetune_batch, p.finetune_lengths)
-                     for m in p.finetune_mixtures)
+    pretraining = (
+        study.flops(study.pretrain_steps(multiple), p.pretrain_batch, study.pretrain_lengths(objective))
+        if objective
+        else 0.0
+    )
+    finetuning = sum(
+        study.flops(study.steps(p.finetune_steps[m]), p.finetune_batch, p.finetune_lengths) for m in p.finetune_mixtures
+    )
     epochs = {}
     for m in p.finetune_mixtures:
         if training_sizes(m):
@@ -520,7 +685,9 @@ def earlier_rows(folder: str, results: dict) -> dict:
         return {}
     with open(path, encoding="utf-8") as f:
         earlier = json.load(f)
-    settings = json.loads(json.dumps({k: results[k] for k in ("preset", "preset_settings", "scale_down")}))  # tuples: lists
+    settings = json.loads(
+        json.dumps({k: results[k] for k in ("preset", "preset_settings", "scale_down")})
+    )  # tuples: lists
     same = all(earlier.get(k) == v for k, v in settings.items())
     if same:
         return earlier["rows"]
@@ -534,8 +701,10 @@ def earlier_rows(folder: str, results: dict) -> dict:
 
 def write_results(folder: str, results: dict):
     """results.json and results.md (the table), each replaced whole so a reader never sees half a file."""
-    for name, text in (("results.json", json.dumps(results, indent=1, sort_keys=True)),
-                       ("results.md", markdown(results))):
+    for name, text in (
+        ("results.json", json.dumps(results, indent=1, sort_keys=True)),
+        ("results.md", markdown(results)),
+    ):
         path = os.path.join(folder, name)
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(text)

@@ -36,6 +36,7 @@ FRESH_DECODER = ("decoder/.*",)
 @dataclasses.dataclass(frozen=True)
 class TransferSettings:
     """Single-task fine-tuning per task: steps, evaluation period, lengths; shared: batch, settings."""
+
     steps: dict  # task -> training steps
     period: dict  # task -> steps between checkpoint evaluations
     lengths: dict  # task -> {"inputs": ..., "targets": ...}
@@ -68,9 +69,14 @@ def select(model_dir: str, task: str) -> dict:
         raise ValueError(f"{model_dir} has no held-out and dev evaluations of {task}.")
     best = max(heldout, key=lambda line: (_metric(line, metric), -line["step"]))
     last = max(line["step"] for line in heldout)
-    return {"step": best["step"], "heldout": _metric(best, metric), "dev": _metric(dev[best["step"]], metric),
-            "last_step": last, "dev_at_last_step": _metric(dev[last], metric),
-            "dev_best_any_step": max(_metric(line, metric) for line in dev.values())}
+    return {
+        "step": best["step"],
+        "heldout": _metric(best, metric),
+        "dev": _metric(dev[best["step"]], metric),
+        "last_step": last,
+        "dev_at_last_step": _metric(dev[last], metric),
+        "dev_best_any_step": max(_metric(line, metric) for line in dev.values()),
+    }
 
 
 def welch_interval(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -84,13 +90,14 @@ def welch_interval(a: list[float], b: list[float], confidence: float = 0.95) -> 
     se = math.sqrt(va + vb)
     if se == 0:
         return difference, difference, difference
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = stats.t.ppf(0.5 + confidence / 2, df) * se
     return difference, difference - half, difference + half
 
 
-def comparison(task: str, compute: int | None, method: str, pretrained: list[float], random: list[float],
-               extra: dict | None = None) -> dict:
+def comparison(
+    task: str, compute: int | None, method: str, pretrained: list[float], random: list[float], extra: dict | None = None
+) -> dict:
     """One transfer.json row: per-seed scores of both starts, the mean difference and its 95% interval."""
     row = {"task": task, "compute": compute, "method": method, "pretrained": pretrained, "random": random}
     if len(pretrained) >= 2 and len(random) >= 2:
@@ -99,8 +106,10 @@ def comparison(task: str, compute: int | None, method: str, pretrained: list[flo
     elif method == "probe" and pretrained and random:  # a checkpoint's probe is deterministic: the
         # interval is random weights' alone
         spread = welch_interval([pretrained[0]] * 2, random) if len(random) >= 2 else None
-        row.update(difference=statistics.fmean(pretrained) - statistics.fmean(random),
-                   ci95=[spread[1], spread[2]] if spread else None)
+        row.update(
+            difference=statistics.fmean(pretrained) - statistics.fmean(random),
+            ci95=[spread[1], spread[2]] if spread else None,
+        )
     return {**row, **(extra or {})}
 
 
@@ -113,23 +122,30 @@ def _cell(values: list[float]) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| method | task | compute | pre-trained (mean ± sd) | random (mean ± sd) | difference | 95% interval | "
-             "seeds | pre-training FLOPs |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | task | compute | pre-trained (mean ± sd) | random (mean ± sd) | difference | 95% interval | "
+        "seeds | pre-training FLOPs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         interval = f"[{r['ci95'][0]:+.1f}, {r['ci95'][1]:+.1f}]" if r.get("ci95") else "–"
         difference = f"{r['difference']:+.1f}" if "difference" in r else "–"
         flops = f"{r['pretraining_flops']:.2e}" if r.get("pretraining_flops") else "–"
-        lines.append(f"| {r['method']} | {r['task']} | {r['compute']}x | {_cell(r['pretrained'])} | "
-                     f"{_cell(r['random'])} | {difference} | {interval} | {len(r['pretrained'])} / "
-                     f"{len(r['random'])} | {flops} |")
+        lines.append(
+            f"| {r['method']} | {r['task']} | {r['compute']}x | {_cell(r['pretrained'])} | "
+            f"{_cell(r['random'])} | {difference} | {interval} | {len(r['pretrained'])} / "
+            f"{len(r['random'])} | {flops} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def write(folder: str, rows: list[dict], settings: dict):
     """transfer.json (the rows, and the settings that made them) and transfer.md, each replaced whole."""
-    for name, text in (("transfer.json", json.dumps(rows, indent=1)),
-                       ("transfer-settings.json", json.dumps(settings, indent=1, sort_keys=True)),
-                       ("transfer.md", markdown(rows))):
+    for name, text in (
+        ("transfer.json", json.dumps(rows, indent=1)),
+        ("transfer-settings.json", json.dumps(settings, indent=1, sort_keys=True)),
+        ("transfer.md", markdown(rows)),
+    ):
         path = os.path.join(folder, name)
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(text)
@@ -152,8 +168,11 @@ def probe_rows(path: str) -> list[dict]:
 
 
 def probe_command(study, task: str, checkpoint: str | None, seed: int | None, output: str) -> list[str]:
-    settings = {**study.data_settings(), "TASK_FEATURE_LENGTHS": {"inputs": study.preset.input_length, "targets": 8},
-                "INFER_BATCH_SIZE": 64}
+    settings = {
+        **study.data_settings(),
+        "TASK_FEATURE_LENGTHS": {"inputs": study.preset.input_length, "targets": 8},
+        "INFER_BATCH_SIZE": 64,
+    }
     if checkpoint:
         settings["CHECKPOINT_PATH"] = checkpoint
     command = [sys.executable, "-m", "t5pod", "probe", f"--task={PROBE_TASKS[task]}", f"--output_file={output}"]
@@ -180,8 +199,10 @@ def run(study, starts: list[str] | None = None, tasks: list[str] | None = None) 
         raise SystemExit(f"[study] unknown --transfer_starts {unknown}; choose from {', '.join(start_names(ladder))}")
     tasks = tasks or list(FINETUNE_TASKS)
     if set(tasks) - set(FINETUNE_TASKS):
-        raise SystemExit(f"[study] unknown --transfer_tasks {sorted(set(tasks) - set(FINETUNE_TASKS))}; choose from "
-                         f"{', '.join(FINETUNE_TASKS)}")
+        raise SystemExit(
+            f"[study] unknown --transfer_tasks {sorted(set(tasks) - set(FINETUNE_TASKS))}; choose from "
+            f"{', '.join(FINETUNE_TASKS)}"
+        )
     probes_path = os.path.join(study.folder, "probes.jsonl")
     for start_name in start_names(ladder):
         if start_name not in starts:
@@ -191,21 +212,30 @@ def run(study, starts: list[str] | None = None, tasks: list[str] | None = None) 
         label = "random" if start_name == "random" else f"iid_denoising_{rung}x" + ("_encoder" if encoder_only else "")
         done = probe_rows(probes_path)
         for task in PROBE_TASKS:  # an encoder start's probes are its rung's (the same encoder): run once
-            for seed in (t.probe_seeds if checkpoint is None else (None,)):
+            for seed in t.probe_seeds if checkpoint is None else (None,):
                 key = checkpoint_key(checkpoint)
-                if any(r["task"] == PROBE_TASKS[task] and checkpoint_key(r.get("checkpoint")) == key
-                       and r.get("random_init_seed") == seed for r in done):
+                if any(
+                    r["task"] == PROBE_TASKS[task]
+                    and checkpoint_key(r.get("checkpoint")) == key
+                    and r.get("random_init_seed") == seed
+                    for r in done
+                ):
                     continue
-                study.run_command(probe_command(study, task, checkpoint, seed, probes_path),
-                                  f"probe {task} of {label.removesuffix('_encoder')}"
-                                  + (f", seed {seed}" if seed is not None else ""))
+                study.run_command(
+                    probe_command(study, task, checkpoint, seed, probes_path),
+                    f"probe {task} of {label.removesuffix('_encoder')}"
+                    + (f", seed {seed}" if seed is not None else ""),
+                )
         for task in tasks:
             for seed in t.seeds:
                 study.finetune_transfer(task, label, checkpoint, seed, FRESH_DECODER if encoder_only else ())
         if not study.args.print_commands:
             rows = table(study, probes_path)
-            write(study.folder, rows, {"preset": study.name, "scale_down": study.args.scale_down,
-                                       "transfer": dataclasses.asdict(t)})
+            write(
+                study.folder,
+                rows,
+                {"preset": study.name, "scale_down": study.args.scale_down, "transfer": dataclasses.asdict(t)},
+            )
     return [] if study.args.print_commands else table(study, probes_path)
 
 
@@ -223,26 +253,47 @@ def table(study, probes_path: str) -> list[dict]:
     rows = []
     for multiple in t.ladder:
         checkpoint = os.path.join(runs, "pretrain_iid_denoising", "checkpoints", str(study.pretrain_steps(multiple)))
-        pretraining_flops = study.flops(study.pretrain_steps(multiple), p.pretrain_batch,
-                                        study.pretrain_lengths("iid_denoising"))
+        pretraining_flops = study.flops(
+            study.pretrain_steps(multiple), p.pretrain_batch, study.pretrain_lengths("iid_denoising")
+        )
         for task, (method, suffix) in itertools.product(FINETUNE_TASKS, FINETUNE_METHODS.items()):
             pretrained = finetuned(task, f"iid_denoising_{multiple}x{suffix}")
             random = finetuned(task, "random")
             if not pretrained or not random:
                 continue
             finetuning_flops = study.flops(study.steps(t.steps[task]), t.batch, t.lengths[task])
-            rows.append(comparison(
-                task, multiple, method, [s["dev"] for s in pretrained], [s["dev"] for s in random],
-                {"pretraining_flops": pretraining_flops, "finetuning_flops_per_run": finetuning_flops,
-                 "epochs": study.epochs(FINETUNE_TASKS[task][0], t.lengths[task],
-                                        study.steps(t.steps[task]), t.batch),
-                 "selected": {"pretrained": pretrained, "random": random}}))
+            rows.append(
+                comparison(
+                    task,
+                    multiple,
+                    method,
+                    [s["dev"] for s in pretrained],
+                    [s["dev"] for s in random],
+                    {
+                        "pretraining_flops": pretraining_flops,
+                        "finetuning_flops_per_run": finetuning_flops,
+                        "epochs": study.epochs(
+                            FINETUNE_TASKS[task][0], t.lengths[task], study.steps(t.steps[task]), t.batch
+                        ),
+                        "selected": {"pretrained": pretrained, "random": random},
+                    },
+                )
+            )
         for task, name in PROBE_TASKS.items():
-            pretrained = [r["score"] for r in probes
-                          if r["task"] == name and checkpoint_key(r.get("checkpoint")) == checkpoint_key(checkpoint)]
-            random = [r["score"] for r in probes if r["task"] == name and r.get("checkpoint") is None
-                      and r.get("random_init_seed") in t.probe_seeds]
+            pretrained = [
+                r["score"]
+                for r in probes
+                if r["task"] == name and checkpoint_key(r.get("checkpoint")) == checkpoint_key(checkpoint)
+            ]
+            random = [
+                r["score"]
+                for r in probes
+                if r["task"] == name and r.get("checkpoint") is None and r.get("random_init_seed") in t.probe_seeds
+            ]
             if pretrained and random:
-                rows.append(comparison(task, multiple, "probe", pretrained[-1:], random,
-                                       {"pretraining_flops": pretraining_flops}))
+                rows.append(
+                    comparison(
+                        task, multiple, "probe", pretrained[-1:], random, {"pretraining_flops": pretraining_flops}
+                    )
+                )
     return rows

@@ -39,8 +39,9 @@ def main(argv=None) -> int:
         files = text_sources.match_files(args.input)
     except text_sources.TextFileError as error:
         parser.error(str(error))
-    names = [os.path.join(args.output_dir, f"text-{i:05d}-of-{args.num_shards:05d}.tfrecord")
-             for i in range(args.num_shards)]
+    names = [
+        os.path.join(args.output_dir, f"text-{i:05d}-of-{args.num_shards:05d}.tfrecord") for i in range(args.num_shards)
+    ]
     if tf.io.gfile.exists(args.output_dir) and tf.io.gfile.glob(os.path.join(args.output_dir, "text-*.tfrecord")):
         parser.error(f"{args.output_dir} already holds text-*.tfrecord shards; choose a new --output_dir.")
     tf.io.gfile.makedirs(args.output_dir)

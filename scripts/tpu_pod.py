@@ -36,15 +36,18 @@ def commands(args) -> list[list[str]]:
         command = _gcloud_tpu(args, "create") + [f"--accelerator-type={args.accelerator}", f"--version={args.version}"]
         return [command + (["--spot"] if args.spot else [])]
     if args.command == "install":
-        remote = (f"(test -d {CHECKOUT} || git clone --branch {shlex.quote(args.branch)} {shlex.quote(args.repo)} "
-                  f"{CHECKOUT}) && cd {CHECKOUT} && git fetch && git checkout {shlex.quote(args.branch)} && "
-                  "git pull --ff-only && make install-tpu")
+        remote = (
+            f"(test -d {CHECKOUT} || git clone --branch {shlex.quote(args.branch)} {shlex.quote(args.repo)} "
+            f"{CHECKOUT}) && cd {CHECKOUT} && git fetch && git checkout {shlex.quote(args.branch)} && "
+            "git pull --ff-only && make install-tpu"
+        )
         return [_on_workers(args, remote)]
     if args.command == "train":
         flags = " ".join(shlex.quote(f) for f in args.train_flags if f != "--")
         model_dir = shlex.quote(f"--gin.MODEL_DIR='{args.model_dir}'")
-        remote = (f"cd {CHECKOUT} && nohup .venv/bin/python -m t5pod train --multihost {flags} {model_dir} "
-                  f"> {LOG} 2>&1 &")
+        remote = (
+            f"cd {CHECKOUT} && nohup .venv/bin/python -m t5pod train --multihost {flags} {model_dir} > {LOG} 2>&1 &"
+        )
         return [_on_workers(args, remote)]
     if args.command == "logs":
         return [_on_workers(args, f"tail -n 100 -f {CHECKOUT}/{LOG}", worker=str(args.worker))]

@@ -95,8 +95,9 @@ def save_params(directory: str, params: Any, config: T5Config, step: int = 0, ex
     """Writes params and the architecture metadata as checkpoint `step` under directory."""
     metadata = {"architecture": config.checkpoint_fields(), "step": step, **(extra_metadata or {})}
     with _manager(directory) as manager:
-        manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata)))
+        manager.save(
+            step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata))
+        )
         manager.wait_until_finished()
 
 
@@ -176,9 +177,14 @@ def data_position_path(model_dir: str, step: int, process_index: int) -> str:
 def restore_train_state(model_dir: str, step: int, abstract_state) -> tuple:
     """(params, opt_state, metadata) of a run's checkpoint, laid out as abstract_state says. Reads only."""
     with _manager(os.path.join(absolute(model_dir), CHECKPOINTS_FOLDER), read_only=True) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_state.params),
-            opt_state=ocp.args.StandardRestore(abstract_state.opt_state), metadata=ocp.args.JsonRestore()))
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_state.params),
+                opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
+                metadata=ocp.args.JsonRestore(),
+            ),
+        )
     return restored["params"], restored["opt_state"], restored["metadata"]
 
 
@@ -218,8 +224,7 @@ class TrainCheckpointer:
 
     def __init__(self, model_dir: str, keep: int | None = None, async_save: bool = True):
         self.model_dir = absolute(model_dir)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=async_save)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(os.path.join(self.model_dir, CHECKPOINTS_FOLDER), options=options)
 
     def _data_position(self, step: int, process_index: int) -> str:
@@ -229,9 +234,15 @@ class TrainCheckpointer:
         if data_iterator is not None:
             data_iterator.save(self._data_position(step, process_index))
         # Every process takes part; Orbax writes each array shard from the process that holds it.
-        self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
-            metadata=ocp.args.JsonSave({**metadata, "step": step})), force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state.params),
+                opt_state=ocp.args.StandardSave(state.opt_state),
+                metadata=ocp.args.JsonSave({**metadata, "step": step}),
+            ),
+            force=True,
+        )
         if process_index == 0:
             self._prune_data_positions(keep={step})
 
@@ -264,7 +275,8 @@ def read_initial_params(path: str, model_config: T5Config, params, abstract_para
     except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds for a bad folder
         raise CheckpointError(
             f"INITIAL_CHECKPOINT_PATH {path} cannot be read ({describe_read_error(error)}); point it at a "
-            "run's MODEL_DIR or a convert-hf OUT_DIR.") from None
+            "run's MODEL_DIR or a convert-hf OUT_DIR."
+        ) from None
 
 
 def _read_initial_params(path: str, model_config: T5Config, params, abstract_params):
@@ -285,10 +297,14 @@ def keep_fresh(initial, fresh, patterns: tuple):
     for pattern in patterns:
         if not any(re.fullmatch(pattern, path) for path in paths):
             examples = ", ".join(sorted(paths)[:3])
-            raise ValueError(f"INITIAL_CHECKPOINT_SKIP pattern {pattern!r} matches no parameter; paths look like "
-                             f"{examples}, e.g. 'decoder/.*' for the whole decoder.")
+            raise ValueError(
+                f"INITIAL_CHECKPOINT_SKIP pattern {pattern!r} matches no parameter; paths look like "
+                f"{examples}, e.g. 'decoder/.*' for the whole decoder."
+            )
     kept = traverse_util.flatten_dict(initial, sep="/")
-    chosen = {path: value if any(re.fullmatch(p, path) for p in patterns) else kept[path] for path, value in paths.items()}
+    chosen = {
+        path: value if any(re.fullmatch(p, path) for p in patterns) else kept[path] for path, value in paths.items()
+    }
     return traverse_util.unflatten_dict(chosen, sep="/")
 
 

@@ -21,33 +21,53 @@ from t5pod.progress import Progress  # noqa: E402
 
 def _add_gin_flags(parser: argparse.ArgumentParser):
     parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
-    parser.add_argument("--gin_bindings", action="append", default=[], metavar="BINDING",
-                        help="a gin binding or macro, T5X style (repeatable): --gin_bindings='TRAIN_STEPS = 100'; "
-                             "the same as --gin.TRAIN_STEPS=100")
+    parser.add_argument(
+        "--gin_bindings",
+        action="append",
+        default=[],
+        metavar="BINDING",
+        help="a gin binding or macro, T5X style (repeatable): --gin_bindings='TRAIN_STEPS = 100'; "
+        "the same as --gin.TRAIN_STEPS=100",
+    )
     parser.add_argument("--gin_search_paths", default="", help="comma-separated folders for gin includes")
-    parser.add_argument("--tfds_data_dir", metavar="DIR", help="TensorFlow Datasets folder (sets TFDS_DATA_DIR), as in T5X")
-    parser.add_argument("--seqio_additional_cache_dirs", default="", metavar="DIR[,DIR]",
-                        help="folders with seqio task caches (`t5pod cache-tasks`), read when USE_CACHED_TASKS=True")
+    parser.add_argument(
+        "--tfds_data_dir", metavar="DIR", help="TensorFlow Datasets folder (sets TFDS_DATA_DIR), as in T5X"
+    )
+    parser.add_argument(
+        "--seqio_additional_cache_dirs",
+        default="",
+        metavar="DIR[,DIR]",
+        help="folders with seqio task caches (`t5pod cache-tasks`), read when USE_CACHED_TASKS=True",
+    )
 
 
 def _macro_help(*gin_files: str, example: str) -> str:
     """The run macros of gin files (gin/…) with their defaults and meanings, for --help."""
     from t5pod import settings
 
-    lines = [f"run macros (defaults from {configs.shipped_gin_dir()}; set with --gin.NAME=VALUE or "
-             "--gin_bindings='NAME = VALUE'):"]
+    lines = [
+        f"run macros (defaults from {configs.shipped_gin_dir()}; set with --gin.NAME=VALUE or "
+        "--gin_bindings='NAME = VALUE'):"
+    ]
     return "\n".join(lines + settings.help_text(*gin_files) + ["", "example:", "  " + example])
 
 
 def _add_multihost_flags(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("multi-host (jax.distributed)")
-    group.add_argument("--multihost", action="store_true",
-                       help="join a multi-host job found by JAX itself (Cloud TPU VM slices, SLURM)")
+    group.add_argument(
+        "--multihost",
+        action="store_true",
+        help="join a multi-host job found by JAX itself (Cloud TPU VM slices, SLURM)",
+    )
     group.add_argument("--coordinator_address", help="HOST:PORT of process 0 (GPU clusters, CPU processes)")
     group.add_argument("--num_processes", type=int)
     group.add_argument("--process_id", type=int)
-    group.add_argument("--heartbeat_timeout_s", type=int, default=configs.DEFAULT_HEARTBEAT_TIMEOUT_S,
-                       help="seconds after which a silent process is declared dead and the others stop")
+    group.add_argument(
+        "--heartbeat_timeout_s",
+        type=int,
+        default=configs.DEFAULT_HEARTBEAT_TIMEOUT_S,
+        help="seconds after which a silent process is declared dead and the others stop",
+    )
 
 
 def _parse_gin(args, base_files=("tasks.gin",), read_directly=()):
@@ -69,9 +89,11 @@ def _convert_hf(args) -> int:
 
     config = hf_import.convert(args.src_dir, args.out_dir, Progress(None, what="tensors", prefix="reading: ").update)
     print(f"Converted {args.src_dir} -> {args.out_dir}")
-    print(f"  model: d_model={config.d_model} layers={config.num_layers}/{config.decoder_layers} "
-          f"heads={config.num_heads} feed_forward_proj={config.feed_forward_proj} "
-          f"tie_word_embeddings={config.tie_word_embeddings}")
+    print(
+        f"  model: d_model={config.d_model} layers={config.num_layers}/{config.decoder_layers} "
+        f"heads={config.num_heads} feed_forward_proj={config.feed_forward_proj} "
+        f"tie_word_embeddings={config.tie_word_embeddings}"
+    )
     print(f"  use it with: --gin_file={args.out_dir}/model.gin --gin.CHECKPOINT_PATH=\"'{args.out_dir}'\"")
     return 0
 
@@ -87,8 +109,9 @@ def _export_hf(args) -> int:
         folder = os.path.dirname(folder)
     found = [p for p in (os.path.join(folder, "model.gin"), os.path.join(folder, "config.gin")) if os.path.isfile(p)]
     if not args.gin_file and not found:
-        raise FileNotFoundError(f"No model.gin or config.gin next to {args.checkpoint_dir}; pass the model's gin file "
-                                "with --gin_file=...")
+        raise FileNotFoundError(
+            f"No model.gin or config.gin next to {args.checkpoint_dir}; pass the model's gin file with --gin_file=..."
+        )
     args.gin_file = args.gin_file or found[:1]
     ginconf = _parse_gin(args, base_files=())
     config = ginconf.model_config()
@@ -130,12 +153,21 @@ def _data(args) -> int:
     if args.stats:
         # Progress goes to stderr: stdout is the JSON line.
         progress = Progress(args.stats, what="examples", stream=sys.stderr)
-        stats = inspection.statistics(args.task, lengths, args.split, args.stats, model_features, args.seed, use_cached,
-                                      on_example=progress.update)
+        stats = inspection.statistics(
+            args.task,
+            lengths,
+            args.split,
+            args.stats,
+            model_features,
+            args.seed,
+            use_cached,
+            on_example=progress.update,
+        )
         print(json.dumps(stats))
         return 0
-    for row in inspection.examples(args.task, lengths, args.split, args.num_examples, model_features, args.seed,
-                                   use_cached):
+    for row in inspection.examples(
+        args.task, lengths, args.split, args.num_examples, model_features, args.seed, use_cached
+    ):
         print(json.dumps(row, ensure_ascii=False))
     return 0
 
@@ -162,8 +194,9 @@ def _cache_tasks(args) -> int:
 def _train(args) -> int:
     from t5pod import distributed
 
-    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, args.multihost,
-                           args.heartbeat_timeout_s)
+    distributed.initialize(
+        args.coordinator_address, args.num_processes, args.process_id, args.multihost, args.heartbeat_timeout_s
+    )
     ginconf = _parse_gin(args)
     model_config, train_config = ginconf.model_config(), ginconf.train_config()
     import gin
@@ -178,8 +211,9 @@ def _train(args) -> int:
 def _join(args):
     from t5pod import distributed
 
-    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, args.multihost,
-                           args.heartbeat_timeout_s)
+    distributed.initialize(
+        args.coordinator_address, args.num_processes, args.process_id, args.multihost, args.heartbeat_timeout_s
+    )
 
 
 def _infer(args) -> int:
@@ -189,8 +223,17 @@ def _infer(args) -> int:
     _join(args)
     ginconf = _parse_gin(args, ("tasks.gin", "runs/infer.gin"))
     ginconf.register_tasks()
-    infer_io.infer(ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary(), args.output_file, args.mode,
-                   args.input_file, args.task, args.split, total)
+    infer_io.infer(
+        ginconf.model_config(),
+        ginconf.infer_config(),
+        ginconf.vocabulary(),
+        args.output_file,
+        args.mode,
+        args.input_file,
+        args.task,
+        args.split,
+        total,
+    )
     return 0
 
 
@@ -202,10 +245,16 @@ def _eval(args) -> int:
     ginconf.register_tasks()
     from t5pod import evaluation
 
-    evaluation.evaluate_checkpoints(ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary(),
-                                    ginconf.macro("MIXTURE_OR_TASK_NAME"), ginconf.macro("EVAL_SPLIT"),
-                                    ginconf.macro("EVAL_OUTPUT_DIR"), args.all_checkpoints,
-                                    ginconf.macro("USE_CACHED_TASKS"))
+    evaluation.evaluate_checkpoints(
+        ginconf.model_config(),
+        ginconf.infer_config(),
+        ginconf.vocabulary(),
+        ginconf.macro("MIXTURE_OR_TASK_NAME"),
+        ginconf.macro("EVAL_SPLIT"),
+        ginconf.macro("EVAL_OUTPUT_DIR"),
+        args.all_checkpoints,
+        ginconf.macro("USE_CACHED_TASKS"),
+    )
     return 0
 
 
@@ -221,16 +270,27 @@ def _probe(args) -> int:
     ginconf.register_tasks()
     from t5pod import probe
 
-    probe.run(ginconf.model_config(), ginconf.infer_config(), ginconf.vocabulary(), args.task, args.random_init_seed,
-              args.train_split, args.eval_split, args.eval_task, args.features, args.output_file)
+    probe.run(
+        ginconf.model_config(),
+        ginconf.infer_config(),
+        ginconf.vocabulary(),
+        args.task,
+        args.random_init_seed,
+        args.train_split,
+        args.eval_split,
+        args.eval_task,
+        args.features,
+        args.output_file,
+    )
     return 0
 
 
 def _plan(args) -> int:
     if args.num_devices:
         # Fake CPU devices stand in for the pod's; set before JAX starts.
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.num_devices}")
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.num_devices}"
+        )
         os.environ["JAX_PLATFORMS"] = "cpu"
     ginconf = _parse_gin(args)
     from t5pod import planning
@@ -239,23 +299,33 @@ def _plan(args) -> int:
     if args.fit_batch:
         if not args.hbm_gib or args.hbm_gib <= 0:
             raise ValueError("plan --fit_batch needs the memory per device: add --hbm_gib (e.g. 16 for a TPU v3 core).")
-        fit = planning.fit_batch(model_config, train_config, int(args.hbm_gib * 2**30),
-                                 min_rows_per_device=args.min_rows_per_device)
+        fit = planning.fit_batch(
+            model_config, train_config, int(args.hbm_gib * 2**30), min_rows_per_device=args.min_rows_per_device
+        )
         model_config = dataclasses.replace(model_config, remat_policy=fit["remat_policy"])
         train_config = dataclasses.replace(train_config, batch_size=fit["batch_size"])
-        print(f"largest batch within 90% of {args.hbm_gib:g} GiB per device: {fit['batch_size']} with remat "
-              f"'{fit['remat_policy']}' (--gin.BATCH_SIZE={fit['batch_size']} "
-              f"--gin.t5pod.T5Config.remat_policy=\"'{fit['remat_policy']}'\")")
+        print(
+            f"largest batch within 90% of {args.hbm_gib:g} GiB per device: {fit['batch_size']} with remat "
+            f"'{fit['remat_policy']}' (--gin.BATCH_SIZE={fit['batch_size']} "
+            f"--gin.t5pod.T5Config.remat_policy=\"'{fit['remat_policy']}'\")"
+        )
     decode = configs.InferConfig(
-        checkpoint_path="", task_feature_lengths=train_config.task_feature_lengths, batch_size=train_config.batch_size,
-        max_decode_length=args.max_decode_length, beam_size=args.beam_size, mesh_shape=train_config.mesh_shape,
-        fsdp=train_config.fsdp)
+        checkpoint_path="",
+        task_feature_lengths=train_config.task_feature_lengths,
+        batch_size=train_config.batch_size,
+        max_decode_length=args.max_decode_length,
+        beam_size=args.beam_size,
+        mesh_shape=train_config.mesh_shape,
+        fsdp=train_config.fsdp,
+    )
     result = planning.plan(model_config, train_config, decode)
     if args.fit_batch:
         result["fit_tried"] = fit["tried"]  # [remat policy, batch, peak bytes] in the order compiled
     print(planning.format_plan(result, args.hbm_gib))
-    print(f"  step FLOPs        {result['model_flops_per_step'] / 1e12:8.3f} TFLOP "
-          f"(compiled in {result['compile_s']:.1f} s)")
+    print(
+        f"  step FLOPs        {result['model_flops_per_step'] / 1e12:8.3f} TFLOP "
+        f"(compiled in {result['compile_s']:.1f} s)"
+    )
     if args.json:
         print(json.dumps(result))
     return 0
@@ -263,8 +333,10 @@ def _plan(args) -> int:
 
 def _train_vocab(args) -> int:
     if args.vocab_size <= 0 or args.max_sentences <= 0:
-        raise ValueError(f"--vocab_size must be positive (got {args.vocab_size}), and so must --max_sentences "
-                         f"(got {args.max_sentences}).")
+        raise ValueError(
+            f"--vocab_size must be positive (got {args.vocab_size}), and so must --max_sentences "
+            f"(got {args.max_sentences})."
+        )
     from t5pod.data import text_sources, vocabularies
 
     progress = Progress(args.max_sentences, what="documents", prefix="reading: ")
@@ -276,31 +348,42 @@ def _train_vocab(args) -> int:
                 yield x["text"].decode("utf-8")
         progress.done("Training the SentencePiece model ...")
 
-    path = vocabularies.train_vocabulary(texts(), args.output, vocab_size=args.vocab_size, model_type=args.model_type,
-                                  max_sentences=args.max_sentences)
+    path = vocabularies.train_vocabulary(
+        texts(), args.output, vocab_size=args.vocab_size, model_type=args.model_type, max_sentences=args.max_sentences
+    )
     vocabulary = vocabularies.get_vocabulary(path)
-    print(f"Wrote {path}: {vocabulary.vocab_size} ids with 100 extra ids "
-          f"(<extra_id_0> = {vocabulary.vocab_size - 1}); model embedding size {vocabularies.padded_vocab_size(vocabulary)}.")
+    print(
+        f"Wrote {path}: {vocabulary.vocab_size} ids with 100 extra ids "
+        f"(<extra_id_0> = {vocabulary.vocab_size - 1}); "
+        f"model embedding size {vocabularies.padded_vocab_size(vocabulary)}."
+    )
     print(f"  use it with: --gin.VOCABULARY_PATH=\"'{path}'\"")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="t5pod", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="t5pod", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
-        "convert-hf", help="Import a Hugging Face T5 checkpoint folder (config.json + safetensors).")
+        "convert-hf", help="Import a Hugging Face T5 checkpoint folder (config.json + safetensors)."
+    )
     convert.add_argument("src_dir", metavar="SRC_DIR", help="folder with config.json and model.safetensors")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the Orbax checkpoint and model.gin")
     convert.set_defaults(run=_convert_hf)
 
     export = commands.add_parser(
-        "export-hf", help="Write a Hugging Face T5 folder (config.json, model.safetensors, spiece.model) from a checkpoint.")
+        "export-hf",
+        help="Write a Hugging Face T5 folder (config.json, model.safetensors, spiece.model) from a checkpoint.",
+    )
     _add_gin_flags(export)
-    export.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR",
-                        help="a run's MODEL_DIR, a converted checkpoint, or one checkpoint (…/checkpoints/N)")
+    export.add_argument(
+        "checkpoint_dir",
+        metavar="CHECKPOINT_DIR",
+        help="a run's MODEL_DIR, a converted checkpoint, or one checkpoint (…/checkpoints/N)",
+    )
     export.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the Hugging Face files")
     export.set_defaults(run=_export_hf)
 
@@ -309,26 +392,38 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--task", help="task or mixture name")
     data.add_argument("--split", default="train")
     data.add_argument("--num_examples", type=int, default=3)
-    data.add_argument("--features", choices=("task", "model"), default="task",
-                      help="task: preprocessed examples; model: after feature conversion and packing")
+    data.add_argument(
+        "--features",
+        choices=("task", "model"),
+        default="task",
+        help="task: preprocessed examples; model: after feature conversion and packing",
+    )
     data.add_argument("--stats", type=int, default=0, metavar="N", help="print statistics over N examples")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--list", action="store_true", help="list the registered tasks and mixtures")
     data.set_defaults(run=_data)
 
     cache = commands.add_parser(
-        "cache-tasks", help="Preprocess tasks once into seqio caches with Apache Beam (DirectRunner here; "
-                            "Beam's flags, e.g. --runner=DataflowRunner --project=P, pass through).")
+        "cache-tasks",
+        help="Preprocess tasks once into seqio caches with Apache Beam (DirectRunner here; "
+        "Beam's flags, e.g. --runner=DataflowRunner --project=P, pass through).",
+    )
     _add_gin_flags(cache)
     cache.add_argument("--tasks", required=True, help="comma-separated tasks or mixtures")
     cache.add_argument("--output_cache_dir", required=True, help="folder for the caches (gs:// works)")
     cache.set_defaults(run=_cache_tasks)
 
     train = commands.add_parser(
-        "train", help="Train (pretrain or fine-tune) with gin-configured settings.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_macro_help(
-            "runs/pretrain.gin", "tasks.gin", example="python -m t5pod train --gin_file=runs/pretrain.gin "
-            "--gin_file=models/t5_1_1/base.gin --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=1000"))
+        "train",
+        help="Train (pretrain or fine-tune) with gin-configured settings.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_macro_help(
+            "runs/pretrain.gin",
+            "tasks.gin",
+            example="python -m t5pod train --gin_file=runs/pretrain.gin "
+            "--gin_file=models/t5_1_1/base.gin --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=1000",
+        ),
+    )
     _add_gin_flags(train)
     _add_multihost_flags(train)
     train.set_defaults(run=_train)
@@ -340,17 +435,29 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     plan.add_argument("--beam_size", type=int, default=1, help="decoding: beams per row (BATCH_SIZE rows)")
     plan.add_argument("--max_decode_length", type=int, help="decoding: tokens per row (default: the targets length)")
-    plan.add_argument("--fit_batch", action="store_true",
-                      help="find the largest batch (doubling) and cheapest remat policy whose step fits --hbm_gib")
-    plan.add_argument("--min_rows_per_device", type=int, default=8,
-                      help="--fit_batch: the fewest rows per data device worth running without remat")
+    plan.add_argument(
+        "--fit_batch",
+        action="store_true",
+        help="find the largest batch (doubling) and cheapest remat policy whose step fits --hbm_gib",
+    )
+    plan.add_argument(
+        "--min_rows_per_device",
+        type=int,
+        default=8,
+        help="--fit_batch: the fewest rows per data device worth running without remat",
+    )
     plan.set_defaults(run=_plan)
 
     infer = commands.add_parser(
-        "infer", help="Predict or score inputs from a file or a task split.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_macro_help(
-            "runs/infer.gin", example="python -m t5pod infer --gin_file=/tmp/run/config.gin "
-            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --input_file=in.jsonl --output_file=out.jsonl"))
+        "infer",
+        help="Predict or score inputs from a file or a task split.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_macro_help(
+            "runs/infer.gin",
+            example="python -m t5pod infer --gin_file=/tmp/run/config.gin "
+            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --input_file=in.jsonl --output_file=out.jsonl",
+        ),
+    )
     _add_gin_flags(infer)
     infer.add_argument("--input_file", help="JSONL with `inputs` (and `targets` for score), or text lines")
     infer.add_argument("--task", help="read the inputs from this task instead")
@@ -361,31 +468,58 @@ def build_parser() -> argparse.ArgumentParser:
     infer.set_defaults(run=_infer)
 
     evaluate = commands.add_parser(
-        "eval", help="Evaluate a checkpoint on a task or mixture (seqio metrics).",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_macro_help(
-            "runs/eval.gin", "runs/infer.gin", example="python -m t5pod eval --gin_file=/tmp/run/config.gin "
-            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --gin.MIXTURE_OR_TASK_NAME=\"'glue_sst2_v002'\""))
+        "eval",
+        help="Evaluate a checkpoint on a task or mixture (seqio metrics).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_macro_help(
+            "runs/eval.gin",
+            "runs/infer.gin",
+            example="python -m t5pod eval --gin_file=/tmp/run/config.gin "
+            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --gin.MIXTURE_OR_TASK_NAME=\"'glue_sst2_v002'\"",
+        ),
+    )
     _add_gin_flags(evaluate)
-    evaluate.add_argument("--all_checkpoints", action="store_true",
-                          help="evaluate every checkpoint in CHECKPOINT_PATH and report the best per task")
+    evaluate.add_argument(
+        "--all_checkpoints",
+        action="store_true",
+        help="evaluate every checkpoint in CHECKPOINT_PATH and report the best per task",
+    )
     _add_multihost_flags(evaluate)
     evaluate.set_defaults(run=_eval)
 
     probe_parser = commands.add_parser(
-        "probe", help="Linear probe of a frozen encoder (a checkpoint's or random weights) on a task.",
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_macro_help(
-            "runs/infer.gin", example="python -m t5pod probe --gin_file=/tmp/run/config.gin "
-            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --task=glue_sst2_1k_v002"))
+        "probe",
+        help="Linear probe of a frozen encoder (a checkpoint's or random weights) on a task.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_macro_help(
+            "runs/infer.gin",
+            example="python -m t5pod probe --gin_file=/tmp/run/config.gin "
+            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --task=glue_sst2_1k_v002",
+        ),
+    )
     _add_gin_flags(probe_parser)
-    probe_parser.add_argument("--task", required=True, help="a classification task or STS-B (its train split is fitted)")
-    probe_parser.add_argument("--random_init_seed", type=int, metavar="SEED",
-                              help="probe freshly initialised weights instead of CHECKPOINT_PATH's")
+    probe_parser.add_argument(
+        "--task", required=True, help="a classification task or STS-B (its train split is fitted)"
+    )
+    probe_parser.add_argument(
+        "--random_init_seed",
+        type=int,
+        metavar="SEED",
+        help="probe freshly initialised weights instead of CHECKPOINT_PATH's",
+    )
     probe_parser.add_argument("--train_split", default="train")
     probe_parser.add_argument("--eval_split", default="validation")
-    probe_parser.add_argument("--eval_task", help="score on this task's eval split (default: the benchmark task "
-                                                  "a transfer subset was cut from, i.e. its dev set)")
-    probe_parser.add_argument("--features", choices=("encoder", "embeddings"), default="encoder",
-                              help="pool the encoder's outputs, or the token embeddings it reads")
+    probe_parser.add_argument(
+        "--eval_task",
+        help="score on this task's eval split (default: the benchmark task "
+        "a transfer subset was cut from, i.e. its dev set)",
+    )
+    probe_parser.add_argument(
+        "--features",
+        choices=("encoder", "embeddings"),
+        default="encoder",
+        help="pool the encoder's outputs, or the token embeddings it reads",
+    )
     probe_parser.add_argument("--output_file", help="append the result to this JSONL file")
     _add_multihost_flags(probe_parser)
     probe_parser.set_defaults(run=_probe)
@@ -409,8 +543,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from t5pod.run_lock import RunLockError
     from t5pod.trainer import TrainingError
 
-    return (ConversionError, CheckpointError, TrainingError, InferenceError, RunLockError, FileNotFoundError,
-            ValueError)
+    return (
+        ConversionError,
+        CheckpointError,
+        TrainingError,
+        InferenceError,
+        RunLockError,
+        FileNotFoundError,
+        ValueError,
+    )
 
 
 def import_tensorflow_quietly():
@@ -443,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
     # --gin.NAME=VALUE flags become gin bindings; argparse sees the rest.
-    bindings = [a[len("--gin."):] for a in argv if a.startswith("--gin.")]
+    bindings = [a[len("--gin.") :] for a in argv if a.startswith("--gin.")]
     parser = build_parser()
     args, unknown = parser.parse_known_args([a for a in argv if not a.startswith("--gin.")])
     if unknown and args.command != "cache-tasks":
@@ -465,13 +606,19 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         from t5pod import distributed
 
-        if getattr(args, "num_processes", None) or getattr(args, "multihost", False) or \
-                os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        if (
+            getattr(args, "num_processes", None)
+            or getattr(args, "multihost", False)
+            or os.environ.get("JAX_COORDINATOR_ADDRESS")
+        ):
             if distributed.is_peer_failure(error):
                 first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-                print(f"t5pod {args.command}: error: another process of this multi-host job stopped or became "
-                      f"unreachable ({first_line}); stopping too. Restart all processes: the run resumes from "
-                      "the newest checkpoint.", file=sys.stderr)
+                print(
+                    f"t5pod {args.command}: error: another process of this multi-host job stopped or became "
+                    f"unreachable ({first_line}); stopping too. Restart all processes: the run resumes from "
+                    "the newest checkpoint.",
+                    file=sys.stderr,
+                )
                 os._exit(3)  # the distributed runtime may block a normal exit
         raise
 

@@ -33,10 +33,10 @@ DTYPES = {"float32": np.dtype("float32"), "bfloat16": np.dtype(ml_dtypes.bfloat1
 # The architectures of the T5 paper's §3.2 comparison (Figure 4 and Table 2). A "half-layers"
 # encoder-decoder is "encoder_decoder" with num_layers and num_decoder_layers halved.
 ARCHITECTURES = (
-    "encoder_decoder",          # the T5 model: fully visible encoder, causal decoder with cross-attention
-    "shared_encoder_decoder",   # the same, with each decoder layer reusing its encoder layer's weights
-    "decoder_only",             # a language model: one causal stack over inputs and targets concatenated
-    "prefix_lm",                # one stack, fully visible over the inputs part, causal over the targets
+    "encoder_decoder",  # the T5 model: fully visible encoder, causal decoder with cross-attention
+    "shared_encoder_decoder",  # the same, with each decoder layer reusing its encoder layer's weights
+    "decoder_only",  # a language model: one causal stack over inputs and targets concatenated
+    "prefix_lm",  # one stack, fully visible over the inputs part, causal over the targets
 )
 
 
@@ -83,8 +83,7 @@ class T5Config:
     def __post_init__(self):
         if self.feed_forward_proj not in FEED_FORWARD_PROJECTIONS:
             raise ValueError(
-                f"Unknown feed_forward_proj {self.feed_forward_proj!r}; "
-                f"use one of {sorted(FEED_FORWARD_PROJECTIONS)}."
+                f"Unknown feed_forward_proj {self.feed_forward_proj!r}; use one of {sorted(FEED_FORWARD_PROJECTIONS)}."
             )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"Unknown remat_policy {self.remat_policy!r}; use one of {REMAT_POLICIES}.")
@@ -94,12 +93,16 @@ class T5Config:
             raise ValueError(f"Unknown architecture {self.architecture!r}; use one of {ARCHITECTURES}.")
         if self.architecture == "shared_encoder_decoder":
             if self.decoder_layers != self.num_layers:
-                raise ValueError("architecture='shared_encoder_decoder' shares each encoder layer with the decoder "
-                                 f"layer of the same index, so num_decoder_layers ({self.decoder_layers}) must equal "
-                                 f"num_layers ({self.num_layers}).")
+                raise ValueError(
+                    "architecture='shared_encoder_decoder' shares each encoder layer with the decoder "
+                    f"layer of the same index, so num_decoder_layers ({self.decoder_layers}) must equal "
+                    f"num_layers ({self.num_layers})."
+                )
             if self.scan_layers or self.remat_policy != "none":
-                raise ValueError("architecture='shared_encoder_decoder' runs unrolled layers only; set "
-                                 "scan_layers=False and remat_policy='none'.")
+                raise ValueError(
+                    "architecture='shared_encoder_decoder' runs unrolled layers only; set "
+                    "scan_layers=False and remat_policy='none'."
+                )
         if self.adapter_dim < 0:
             raise ValueError(f"T5Config.adapter_dim must be 0 (no adapters) or positive, got {self.adapter_dim}.")
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers"):
@@ -129,9 +132,19 @@ class T5Config:
 
     # Fields that decide parameter shapes; a checkpoint is only compatible when these agree.
     ARCHITECTURE_FIELDS = (
-        "vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers",
-        "feed_forward_proj", "tie_word_embeddings", "relative_attention_num_buckets", "scan_layers",
-        "architecture", "adapter_dim",
+        "vocab_size",
+        "d_model",
+        "d_kv",
+        "d_ff",
+        "num_heads",
+        "num_layers",
+        "num_decoder_layers",
+        "feed_forward_proj",
+        "tie_word_embeddings",
+        "relative_attention_num_buckets",
+        "scan_layers",
+        "architecture",
+        "adapter_dim",
     )
     # What checkpoints written before a field existed mean by its absence.
     ARCHITECTURE_DEFAULTS = {"architecture": "encoder_decoder", "adapter_dim": 0}
@@ -191,35 +204,50 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_lengths(self.task_feature_lengths, ("inputs", "targets"))
-        _check_positive(self, "train_steps", "batch_size", "checkpoint_period", "log_period", "eval_steps",
-                        "num_microbatches", "lease_timeout_s")
+        _check_positive(
+            self,
+            "train_steps",
+            "batch_size",
+            "checkpoint_period",
+            "log_period",
+            "eval_steps",
+            "num_microbatches",
+            "lease_timeout_s",
+        )
         _check_positive(self, "learning_rate")
         _check_not_negative(self, "warmup_steps", "eval_period", "z_loss", "label_smoothing")
         if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
-            raise ValueError(f"KEEP_CHECKPOINTS must be at least 1 (None keeps all), got {self.keep_checkpoints}: "
-                             "0 would delete every checkpoint of the run.")
+            raise ValueError(
+                f"KEEP_CHECKPOINTS must be at least 1 (None keeps all), got {self.keep_checkpoints}: "
+                "0 would delete every checkpoint of the run."
+            )
         if self.label_smoothing >= 1:
             raise ValueError(f"LABEL_SMOOTHING must be in [0, 1), got {self.label_smoothing}.")
         if self.loss_normalizing_factor is not None and self.loss_normalizing_factor <= 0:
             raise ValueError(f"LOSS_NORMALIZING_FACTOR must be positive (or None), got {self.loss_normalizing_factor}.")
         _check_mesh_shape(self.mesh_shape)
         if self.inference_eval_examples is not None and self.inference_eval_examples < 1:
-            raise ValueError(f"INFERENCE_EVAL_EXAMPLES must be positive (None: the whole split), got "
-                             f"{self.inference_eval_examples}.")
+            raise ValueError(
+                f"INFERENCE_EVAL_EXAMPLES must be positive (None: the whole split), got {self.inference_eval_examples}."
+            )
         if not self.model_dir:
             raise ValueError("MODEL_DIR is empty; set --gin.MODEL_DIR=\"'/path/to/run'\".")
         if isinstance(self.initial_checkpoint_skip, str):
-            raise ValueError(f"INITIAL_CHECKPOINT_SKIP is a list of patterns, e.g. ['decoder/.*'], not the string "
-                             f"{self.initial_checkpoint_skip!r}.")
+            raise ValueError(
+                f"INITIAL_CHECKPOINT_SKIP is a list of patterns, e.g. ['decoder/.*'], not the string "
+                f"{self.initial_checkpoint_skip!r}."
+            )
         if self.initial_checkpoint_skip and not self.initial_checkpoint_path:
-            raise ValueError("INITIAL_CHECKPOINT_SKIP names parameters to leave out of INITIAL_CHECKPOINT_PATH, which "
-                             "is not set.")
+            raise ValueError(
+                "INITIAL_CHECKPOINT_SKIP names parameters to leave out of INITIAL_CHECKPOINT_PATH, which is not set."
+            )
         for pattern in self.initial_checkpoint_skip:
             try:
                 re.compile(pattern)
             except re.error as error:
-                raise ValueError(f"INITIAL_CHECKPOINT_SKIP pattern {pattern!r} is not a regular expression: "
-                                 f"{error}.") from None
+                raise ValueError(
+                    f"INITIAL_CHECKPOINT_SKIP pattern {pattern!r} is not a regular expression: {error}."
+                ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,12 +290,24 @@ class InferConfig:
 
 
 # Macro names of the fields, for error messages (the run gin files bind each field from its macro).
-_MACROS = {"train_steps": "TRAIN_STEPS", "batch_size": "BATCH_SIZE (INFER_BATCH_SIZE for infer and eval)",
-           "checkpoint_period": "CHECKPOINT_PERIOD", "log_period": "LOG_PERIOD", "eval_steps": "EVAL_STEPS",
-           "num_microbatches": "NUM_MICROBATCHES", "learning_rate": "LEARNING_RATE", "warmup_steps": "WARMUP_STEPS",
-           "eval_period": "EVAL_PERIOD", "z_loss": "Z_LOSS", "label_smoothing": "LABEL_SMOOTHING",
-           "max_decode_length": "MAX_DECODE_LENGTH", "beam_size": "BEAM_SIZE", "alpha": "ALPHA",
-           "temperature": "TEMPERATURE", "top_k": "TOP_K"}
+_MACROS = {
+    "train_steps": "TRAIN_STEPS",
+    "batch_size": "BATCH_SIZE (INFER_BATCH_SIZE for infer and eval)",
+    "checkpoint_period": "CHECKPOINT_PERIOD",
+    "log_period": "LOG_PERIOD",
+    "eval_steps": "EVAL_STEPS",
+    "num_microbatches": "NUM_MICROBATCHES",
+    "learning_rate": "LEARNING_RATE",
+    "warmup_steps": "WARMUP_STEPS",
+    "eval_period": "EVAL_PERIOD",
+    "z_loss": "Z_LOSS",
+    "label_smoothing": "LABEL_SMOOTHING",
+    "max_decode_length": "MAX_DECODE_LENGTH",
+    "beam_size": "BEAM_SIZE",
+    "alpha": "ALPHA",
+    "temperature": "TEMPERATURE",
+    "top_k": "TOP_K",
+}
 
 
 def _name(field: str) -> str:
@@ -295,12 +335,15 @@ def _check_not_negative(config, *fields):
 
 def _check_lengths(lengths, keys):
     if not isinstance(lengths, dict):
-        raise ValueError(f"TASK_FEATURE_LENGTHS must be a dict like {{'inputs': 512, 'targets': 114}}, got {lengths!r}.")
+        raise ValueError(
+            f"TASK_FEATURE_LENGTHS must be a dict like {{'inputs': 512, 'targets': 114}}, got {lengths!r}."
+        )
     for key in keys:
         if key not in lengths:
-            raise ValueError(f"TASK_FEATURE_LENGTHS needs a {key!r} length, got {lengths}; e.g. "
-                             "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 114}\".")
+            raise ValueError(
+                f"TASK_FEATURE_LENGTHS needs a {key!r} length, got {lengths}; e.g. "
+                "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 114}\"."
+            )
     for key, value in lengths.items():
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"TASK_FEATURE_LENGTHS[{key!r}] must be a positive integer, got {value!r}.")
-

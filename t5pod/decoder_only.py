@@ -49,9 +49,17 @@ class DecoderOnly(nn.Module):
         return self.config.architecture == "prefix_lm"
 
     @nn.compact
-    def __call__(self, decoder_input_tokens, decoder_segment_ids=None, decoder_positions=None,
-                 decoder_causal_attention=None, *, enable_dropout: bool = False, decode: bool = False,
-                 prompt_mask=None):
+    def __call__(
+        self,
+        decoder_input_tokens,
+        decoder_segment_ids=None,
+        decoder_positions=None,
+        decoder_causal_attention=None,
+        *,
+        enable_dropout: bool = False,
+        decode: bool = False,
+        prompt_mask=None,
+    ):
         """With decode=True: the first call creates the cache (tokens of the full cache length);
         the next may pass a whole prompt [batch, prompt] with prompt_mask (False on padding
         slots, which stay masked), and later calls one token each."""
@@ -68,15 +76,21 @@ class DecoderOnly(nn.Module):
             prefix = decoder_causal_attention if self.is_prefix_lm else None
             mask = attention_mask(decoder_positions, decoder_segment_ids, prefix)
         bias = RelativePositionBias(
-            cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, cfg.num_heads,
-            bidirectional=self.is_prefix_lm, dtype=dtype, name="relpos_bias")(query_positions, key_positions)
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+            cfg.num_heads,
+            bidirectional=self.is_prefix_lm,
+            dtype=dtype,
+            name="relpos_bias",
+        )(query_positions, key_positions)
 
         embedder = Embed(cfg.vocab_size, cfg.d_model, dtype, name="token_embedder")
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         y = dropout(embedder(tokens), deterministic=deterministic)
         y = constrain(y, (BATCH, LENGTH, EMBED))
         y = layer_stack(EncoderLayer, cfg, cfg.num_layers, 2, "layers", deterministic=deterministic, decode=decode)(
-            y, mask, bias)
+            y, mask, bias
+        )
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
         y = dropout(y, deterministic=deterministic)
         return output_logits(self, cfg, embedder, y)
@@ -86,8 +100,7 @@ class DecoderOnly(nn.Module):
         batch, length = tokens.shape
         creating = not self.has_variable("cache", "step")
         step = self.variable("cache", "step", lambda: jnp.zeros((), jnp.int32))
-        key_positions = self.variable(
-            "cache", "key_positions", lambda: jnp.arange(length, dtype=jnp.int32)[None]).value
+        key_positions = self.variable("cache", "key_positions", lambda: jnp.arange(length, dtype=jnp.int32)[None]).value
         key_valid = self.variable("cache", "key_valid", lambda: jnp.ones((batch, length), bool))
         if creating:
             return key_positions, key_positions, make_causal_mask(key_positions, key_positions)

@@ -35,8 +35,9 @@ def choose_tokens(logits, rng, temperature: float = 0.0, top_k: int = 0):
     return jax.random.categorical(rng, scaled)
 
 
-def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, rng=None, temperature: float = 0.0,
-                  top_k: int = 0):
+def sample_decode(
+    model, params, encoder_input_tokens, max_decode_length: int, rng=None, temperature: float = 0.0, top_k: int = 0
+):
     """Greedy (temperature 0) or sampled decoding.
 
     encoder_input_tokens [batch, length_in] -> (tokens [batch, max_decode_length], log-prob sums [batch]);
@@ -65,8 +66,14 @@ def sample_decode(model, params, encoder_input_tokens, max_decode_length: int, r
         return (i < max_decode_length - 1) & ~jnp.all(done)
 
     tokens = jnp.zeros((batch, max_decode_length), jnp.int32)
-    init = (jnp.zeros((), jnp.int32), tokens, cache, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32),
-            logits)
+    init = (
+        jnp.zeros((), jnp.int32),
+        tokens,
+        cache,
+        jnp.zeros((batch,), bool),
+        jnp.zeros((batch,), jnp.float32),
+        logits,
+    )
     # The last position is chosen after the loop: no decoder step runs for logits nobody reads.
     i, tokens, _, done, scores, logits = jax.lax.while_loop(cond, body, init)
     _, tokens, _, scores = choose(i, tokens, done, scores, logits)
@@ -168,4 +175,3 @@ def strip_after_eos(ids) -> list[int]:
             break
         out.append(token)
     return out
-

@@ -14,9 +14,13 @@ from jax.experimental import multihost_utils
 from t5pod.configs import DEFAULT_HEARTBEAT_TIMEOUT_S
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, multihost: bool = False,
-               heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S) -> bool:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    multihost: bool = False,
+    heartbeat_timeout_s: int = DEFAULT_HEARTBEAT_TIMEOUT_S,
+) -> bool:
     """Joins the job's processes; returns False (and does nothing) for a single-process run."""
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if not coordinator_address and not multihost:
@@ -25,14 +29,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
         process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
         if num_processes is None or process_id is None:
-            raise ValueError("--coordinator_address needs --num_processes=N and --process_id=I "
-                             "(or JAX_NUM_PROCESSES / JAX_PROCESS_ID).")
+            raise ValueError(
+                "--coordinator_address needs --num_processes=N and --process_id=I "
+                "(or JAX_NUM_PROCESSES / JAX_PROCESS_ID)."
+            )
     if "cpu" in os.environ.get("JAX_PLATFORMS", "").split(","):
         # Cross-process collectives on CPU go through gloo.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout_s,
-                               initialization_timeout=120)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        heartbeat_timeout_seconds=heartbeat_timeout_s,
+        initialization_timeout=120,
+    )
     return True
 
 
@@ -44,8 +54,21 @@ def _env_int(name: str) -> int | None:
 def is_peer_failure(error: BaseException) -> bool:
     """Whether an error from a collective or the coordination service means another process died."""
     text = f"{type(error).__name__}: {error}".lower()
-    return any(word in text for word in ("connection", "heartbeat", "gloo", "coordination", "unavailable",
-                                        "peer", "deadline", "barrier", "socket", "closed"))
+    return any(
+        word in text
+        for word in (
+            "connection",
+            "heartbeat",
+            "gloo",
+            "coordination",
+            "unavailable",
+            "peer",
+            "deadline",
+            "barrier",
+            "socket",
+            "closed",
+        )
+    )
 
 
 def agree(flag: bool) -> bool:

@@ -48,8 +48,9 @@ def task_size(name: str, split: str) -> int | None:
         return None
 
 
-def task_rows(name: str, split: str, lengths: dict, max_examples: int | None = None,
-              use_cached: bool = False) -> list[dict]:
+def task_rows(
+    name: str, split: str, lengths: dict, max_examples: int | None = None, use_cached: bool = False
+) -> list[dict]:
     """The first max_examples (default: all) examples of a task split, with input token ids."""
     return list(itertools.islice(task_examples(name, split, lengths, use_cached), max_examples))
 
@@ -61,14 +62,14 @@ def tasks_with_metrics(name: str, split: str) -> list[seqio.Task]:
     return [task for task in tasks if task.metric_fns and split in task.splits]
 
 
-def evaluate_task(predictor, task: seqio.Task, split: str, lengths: dict, max_examples: int | None = None,
-                  use_cached: bool = False) -> tuple[dict, list[dict]]:
+def evaluate_task(
+    predictor, task: seqio.Task, split: str, lengths: dict, max_examples: int | None = None, use_cached: bool = False
+) -> tuple[dict, list[dict]]:
     """(metrics, one record per example: inputs, targets, prediction) of one task's split."""
     rows = task_rows(task.name, split, lengths, max_examples, use_cached)
     input_ids = [r["input_ids"] if predictor.owns(i) else None for i, r in enumerate(rows)]
     vocabulary = task.output_features["targets"].vocabulary
-    progress = Progress(len(rows), what="examples", prefix=f"{task.name} ({split}): ",
-                        enabled=jax.process_index() == 0)
+    progress = Progress(len(rows), what="examples", prefix=f"{task.name} ({split}): ", enabled=jax.process_index() == 0)
     predictions = [vocabulary.decode(p) for p in predictor.predict_ids(input_ids, progress.update)]
     postprocess = task.postprocess_fn or (lambda output, example=None, is_target=False: output)
     targets = [postprocess(as_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows]
@@ -77,13 +78,20 @@ def evaluate_task(predictor, task: seqio.Task, split: str, lengths: dict, max_ex
     for metric_fn in task.metric_fns:
         metrics.update({k: float(v) for k, v in metric_fn(targets, outputs).items()})
     metrics["examples"] = len(rows)
-    records = [{"inputs": as_text(r.get("inputs_pretokenized", b"")), "targets": as_text(r["targets_pretokenized"]),
-                "prediction": p} for r, p in zip(rows, predictions)]
+    records = [
+        {
+            "inputs": as_text(r.get("inputs_pretokenized", b"")),
+            "targets": as_text(r["targets_pretokenized"]),
+            "prediction": p,
+        }
+        for r, p in zip(rows, predictions)
+    ]
     return metrics, records
 
 
-def evaluate(predictor, name: str, split: str, lengths: dict, max_examples: int | None = None,
-             use_cached: bool = False) -> dict:
+def evaluate(
+    predictor, name: str, split: str, lengths: dict, max_examples: int | None = None, use_cached: bool = False
+) -> dict:
     """{task: metrics} for every task of `name` with metrics and the split."""
     tasks = tasks_with_metrics(name, split)
     if not tasks:
@@ -109,8 +117,17 @@ def write_inference_eval(out_dir: str, task: str, step: int, metrics: dict, reco
     return path
 
 
-def run(predictor, name: str, split: str, lengths: dict, step: int, out_dir: str, writer,
-        max_examples: int | None = None, use_cached: bool = False) -> dict:
+def run(
+    predictor,
+    name: str,
+    split: str,
+    lengths: dict,
+    step: int,
+    out_dir: str,
+    writer,
+    max_examples: int | None = None,
+    use_cached: bool = False,
+) -> dict:
     """Evaluates every task of `name` with metrics at `step`: inference_eval files, metrics.jsonl
     rows (split "inference_eval") and TensorBoard scalars inference_eval/<task>/<metric>, a console
     line per task. Every process decodes its share; process 0 writes. Returns {task: metrics}."""
@@ -143,9 +160,16 @@ def best_steps(out_dir: str, task_names: list[str]) -> dict[str, tuple[int, str,
     return best
 
 
-def evaluate_checkpoints(model_config, config, vocabulary, name: str, split: str = "validation",
-                         out_dir: str | None = None, all_checkpoints: bool = False,
-                         use_cached: bool = False) -> list[dict]:
+def evaluate_checkpoints(
+    model_config,
+    config,
+    vocabulary,
+    name: str,
+    split: str = "validation",
+    out_dir: str | None = None,
+    all_checkpoints: bool = False,
+    use_cached: bool = False,
+) -> list[dict]:
     """`t5pod eval` as a function: evaluates the newest checkpoint of config.checkpoint_path (or every
     one) on the tasks of `name` that have metrics, on the mesh of config; every process of a
     multi-host job calls it. Appends a row per task and step to out_dir/eval_metrics.jsonl (default
@@ -169,8 +193,9 @@ def evaluate_checkpoints(model_config, config, vocabulary, name: str, split: str
             rows.append({"step": step, "split": split, "task": task, **metrics})
     writer.close()
     if is_writer:
-        metric_writers.append_lines(os.path.join(out_dir, "eval_metrics.jsonl"),
-                                    [json.dumps(row, ensure_ascii=False) for row in rows])
+        metric_writers.append_lines(
+            os.path.join(out_dir, "eval_metrics.jsonl"), [json.dumps(row, ensure_ascii=False) for row in rows]
+        )
     if len(steps) > 1 and is_writer:  # the files are process 0's
         for task, (step, metric, score) in sorted(best_steps(out_dir, sorted({r["task"] for r in rows})).items()):
             writer.print(f"best {task}: step {step} ({metric} {score:.2f})")

@@ -34,19 +34,25 @@ def train_flops_by_part(config: T5Config, inputs_length: int, targets_length: in
     attention = 4 * d * inner
     if config.is_decoder_only:
         length, layers = inputs_length + targets_length, config.num_layers
-        return {"attention projections": 6.0 * layers * attention * length,
-                "attention scores and values": 12.0 * inner * layers * length ** 2 / 2,
-                "feed-forward": 6.0 * layers * mlp * length,
-                "output layer": 6.0 * d * config.vocab_size * length}
+        return {
+            "attention projections": 6.0 * layers * attention * length,
+            "attention scores and values": 12.0 * inner * layers * length**2 / 2,
+            "feed-forward": 6.0 * layers * mlp * length,
+            "output layer": 6.0 * d * config.vocab_size * length,
+        }
     enc, dec = config.num_layers, config.decoder_layers
     # Cross-attention: keys and values over the encoder's tokens, queries and outputs over the targets.
-    projections = ((enc * attention + dec * 2 * d * inner) * inputs_length
-                   + dec * (attention + 2 * d * inner) * targets_length)
-    return {"attention projections": 6.0 * projections,
-            "attention scores and values": 12.0 * inner * (enc * inputs_length ** 2 + dec * (
-                targets_length ** 2 / 2 + inputs_length * targets_length)),
-            "feed-forward": 6.0 * mlp * (enc * inputs_length + dec * targets_length),
-            "output layer": 6.0 * d * config.vocab_size * targets_length}
+    projections = (enc * attention + dec * 2 * d * inner) * inputs_length + dec * (
+        attention + 2 * d * inner
+    ) * targets_length
+    return {
+        "attention projections": 6.0 * projections,
+        "attention scores and values": 12.0
+        * inner
+        * (enc * inputs_length**2 + dec * (targets_length**2 / 2 + inputs_length * targets_length)),
+        "feed-forward": 6.0 * mlp * (enc * inputs_length + dec * targets_length),
+        "output layer": 6.0 * d * config.vocab_size * targets_length,
+    }
 
 
 def train_flops_per_example(config: T5Config, inputs_length: int, targets_length: int) -> float:
@@ -96,8 +102,10 @@ def describe_peak(device: jax.Device) -> str:
     """What MFU is measured against on this device, for the training log."""
     peak = peak_flops_per_device(device)
     if _data_sheet_peak(device) is None:
-        return (f"MFU is against {peak / 1e9:.0f} GFLOP/s per device, a float32 matmul timed at start-up "
-                "(it moves with the machine's load)")
+        return (
+            f"MFU is against {peak / 1e9:.0f} GFLOP/s per device, a float32 matmul timed at start-up "
+            "(it moves with the machine's load)"
+        )
     return f"MFU is against {peak / 1e12:.0f} TFLOP/s per device, the data sheet's dense bfloat16 peak"
 
 
@@ -110,4 +118,4 @@ def _measure_matmul_flops(device: jax.Device, size: int = 1024, repeats: int = 8
         start = time.perf_counter()
         matmul(x).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+    return 2 * size**3 / best

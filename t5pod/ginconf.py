@@ -7,7 +7,6 @@ import dataclasses
 import difflib
 import os
 import re
-from pathlib import Path
 from typing import Sequence
 
 import gin
@@ -31,9 +30,9 @@ EVAL_COMMAND_MACROS = ("MIXTURE_OR_TASK_NAME", "EVAL_SPLIT", "EVAL_OUTPUT_DIR", 
 # Macros of earlier releases: naming one is an error that says what replaced it.
 RETIRED_MACROS = {
     "INPUT_LENGTH": "inference reads its lengths from TASK_FEATURE_LENGTHS, as training does "
-                    "(e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\")",
+    "(e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\")",
     "TARGET_LENGTH": "inference reads its lengths from TASK_FEATURE_LENGTHS, as training does "
-                     "(e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\")",
+    "(e.g. --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\")",
 }
 # T5X bindings with a t5pod equivalent: a binding of the left name sets the macro on the right.
 T5X_BINDINGS = {
@@ -48,14 +47,18 @@ T5X_BINDINGS = {
 }
 # T5X bindings that mean something else here: naming one is an error that says what to set.
 T5X_REFUSED = {
-    "partitioning.PjitPartitioner.num_partitions":
+    "partitioning.PjitPartitioner.num_partitions": (
         "t5pod's mesh is MESH_SHAPE = (data, model); T5X's num_partitions is the model axis, e.g. "
-        "--gin.MESH_SHAPE=\"(-1, 8)\" for num_partitions = 8",
+        '--gin.MESH_SHAPE="(-1, 8)" for num_partitions = 8'
+    ),
     "partitioning.PjitPartitioner.model_parallel_submesh": "set MESH_SHAPE = (data, model) instead",
-    "utils.create_learning_rate_scheduler.factors":
-        "set LEARNING_RATE_SCHEDULE ('rsqrt': T5X's 'constant * rsqrt_decay'; 'constant') and WARMUP_STEPS",
-    "TRAIN_STEPS_RELATIVE": "TRAIN_STEPS counts the steps of this run (fine-tuning counts its own steps "
-                            "from 0, unlike T5X's total that includes pre-training); set --gin.TRAIN_STEPS",
+    "utils.create_learning_rate_scheduler.factors": (
+        "set LEARNING_RATE_SCHEDULE ('rsqrt': T5X's 'constant * rsqrt_decay'; 'constant') and WARMUP_STEPS"
+    ),
+    "TRAIN_STEPS_RELATIVE": (
+        "TRAIN_STEPS counts the steps of this run (fine-tuning counts its own steps "
+        "from 0, unlike T5X's total that includes pre-training); set --gin.TRAIN_STEPS"
+    ),
     "LOSS_NORMALIZING_FACTOR": "t5pod reports and optimizes the per-token mean loss; there is no factor to set",
     "INFER_OUTPUT_DIR": "infer writes the file named by --output_file=OUT",
 }
@@ -68,12 +71,19 @@ def _find_gin_files_by_path_only():
     working directory, 'runs/pretrain.gin' is taken for a resource of a package `runs` and the
     lookup fails. t5pod finds gin files by path only (the working directory, gin/ and
     --gin_search_paths); gin offers no public call to drop a reader."""
-    gin.config._FILE_READERS[:] = [(reader, exists) for reader, exists in gin.config._FILE_READERS
-                                   if getattr(exists, "__module__", "") != "gin.resource_reader"]
+    gin.config._FILE_READERS[:] = [
+        (reader, exists)
+        for reader, exists in gin.config._FILE_READERS
+        if getattr(exists, "__module__", "") != "gin.resource_reader"
+    ]
 
 
-def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_paths: Sequence[str] = (),
-          read_directly: Sequence[str] = ()):
+def parse(
+    gin_files: Sequence[str] = (),
+    bindings: Sequence[str] = (),
+    search_paths: Sequence[str] = (),
+    read_directly: Sequence[str] = (),
+):
     """Parses gin files and `X=value` bindings, later ones overriding earlier ones.
 
     A macro given on the command line must be read by some binding of the gin files, or be one of
@@ -86,9 +96,12 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_pa
             _search_paths.append(path)
             gin.add_config_file_search_path(path)
     for name in gin_files:
-        if not os.path.isfile(name) and not any(os.path.isfile(os.path.join(p, name)) for p in [GIN_DIR, *search_paths]):
-            raise FileNotFoundError(f"gin file {name!r} not found (searched the working directory, "
-                                    f"{GIN_DIR} and --gin_search_paths).")
+        if not os.path.isfile(name) and not any(
+            os.path.isfile(os.path.join(p, name)) for p in [GIN_DIR, *search_paths]
+        ):
+            raise FileNotFoundError(
+                f"gin file {name!r} not found (searched the working directory, {GIN_DIR} and --gin_search_paths)."
+            )
     gin.parse_config_files_and_bindings(list(gin_files), None, finalize_config=False)
     known_macros = _defined_macros()
     for name in sorted(known_macros & set(RETIRED_MACROS)):
@@ -123,8 +136,11 @@ def parse(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), search_pa
 def _defined_macros() -> set[str]:
     """Names of the macros bound so far (gin keeps them as bindings of the `macro` configurable)."""
     text = gin.config_str()
-    return {line.split("=")[0].strip() for line in text.splitlines()
-            if line and not line.startswith((" ", "#")) and "=" in line and "." not in line.split("=")[0]}
+    return {
+        line.split("=")[0].strip()
+        for line in text.splitlines()
+        if line and not line.startswith((" ", "#")) and "=" in line and "." not in line.split("=")[0]
+    }
 
 
 def register_tasks(cache_dirs=(), **settings):
@@ -150,7 +166,9 @@ def macro(name: str):
     try:
         return gin.query_parameter(f"%{name}")
     except ValueError:
-        raise ValueError(f"The gin macro {name} is not set; pass --gin.{name}=... or a gin file that sets it.") from None
+        raise ValueError(
+            f"The gin macro {name} is not set; pass --gin.{name}=... or a gin file that sets it."
+        ) from None
 
 
 # The dataclasses gin may bind. Commands get plain (gin-free) instances from the functions below.

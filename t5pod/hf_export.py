@@ -22,8 +22,9 @@ def host_params(checkpoint_dir: str, config: T5Config, step: int | None = None) 
     """The checkpoint's parameters as numpy arrays in host memory, unscanned (layers_0..N-1)."""
     cpu = jax.devices("cpu")[:1]
     layout = inference.mesh_layout(config, partitioning.make_mesh((1, 1), cpu), fsdp=False)
-    params = jax.tree_util.tree_map(np.asarray, checkpoints.restore_params(checkpoint_dir, config,
-                                                                           layout.abstract_params, step))
+    params = jax.tree_util.tree_map(
+        np.asarray, checkpoints.restore_params(checkpoint_dir, config, layout.abstract_params, step)
+    )
     return unstack_layers(params) if config.scan_layers else params
 
 
@@ -44,8 +45,10 @@ def unstack_layers(params: dict) -> dict:
 def hf_tensors(params: dict, cfg: T5Config) -> dict[str, np.ndarray]:
     """t5pod's unscanned parameters under the reference's tensor names and layouts."""
     if cfg.architecture != "encoder_decoder" or cfg.adapter_dim:
-        raise ConversionError("export-hf writes encoder-decoder T5 models without adapters; this checkpoint is "
-                              f"{cfg.architecture!r} (adapter_dim {cfg.adapter_dim}).")
+        raise ConversionError(
+            "export-hf writes encoder-decoder T5 models without adapters; this checkpoint is "
+            f"{cfg.architecture!r} (adapter_dim {cfg.adapter_dim})."
+        )
     out = {}
     for name in hf_names.tensor_names(cfg):
         value = params
@@ -60,19 +63,31 @@ def hf_tensors(params: dict, cfg: T5Config) -> dict[str, np.ndarray]:
 def hf_config(cfg: T5Config) -> dict:
     """config.json for transformers: T5 1.0 (tied, scaled logits) or T5 1.1 (separate lm_head)."""
     return {
-        "architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "is_encoder_decoder": True,
-        "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "d_kv": cfg.d_kv, "d_ff": cfg.d_ff,
-        "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "num_decoder_layers": cfg.decoder_layers,
-        "feed_forward_proj": cfg.feed_forward_proj, "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "is_encoder_decoder": True,
+        "vocab_size": cfg.vocab_size,
+        "d_model": cfg.d_model,
+        "d_kv": cfg.d_kv,
+        "d_ff": cfg.d_ff,
+        "num_heads": cfg.num_heads,
+        "num_layers": cfg.num_layers,
+        "num_decoder_layers": cfg.decoder_layers,
+        "feed_forward_proj": cfg.feed_forward_proj,
+        "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
         "relative_attention_max_distance": cfg.relative_attention_max_distance,
-        "layer_norm_epsilon": cfg.layer_norm_epsilon, "dropout_rate": cfg.dropout_rate,
-        "tie_word_embeddings": cfg.tie_word_embeddings, "decoder_start_token_id": 0, "pad_token_id": 0,
+        "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "dropout_rate": cfg.dropout_rate,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "decoder_start_token_id": 0,
+        "pad_token_id": 0,
         "eos_token_id": 1,
     }
 
 
-def export(checkpoint_dir: str, out_dir: str, config: T5Config, vocabulary_path: str | None = None,
-           step: int | None = None) -> int:
+def export(
+    checkpoint_dir: str, out_dir: str, config: T5Config, vocabulary_path: str | None = None, step: int | None = None
+) -> int:
     """Writes OUT_DIR (config.json, model.safetensors, spiece.model when vocabulary_path is a file)
     from the checkpoint (default: newest; a path …/N names one). OUT_DIR must be new or empty;
     a failed export leaves nothing behind. Returns the step exported."""

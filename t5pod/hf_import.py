@@ -36,7 +36,9 @@ def read_hf_config(src_dir: str) -> tuple[T5Config, dict]:
         with open(path, encoding="utf-8") as f:
             hf = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ConversionError(f"{path} is not valid JSON ({error}); re-download the checkpoint's config.json.") from None
+        raise ConversionError(
+            f"{path} is not valid JSON ({error}); re-download the checkpoint's config.json."
+        ) from None
     if not isinstance(hf, dict):
         raise ConversionError(f"{path} is not a T5 config (a JSON object is expected).")
     missing = [k for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers") if k not in hf]
@@ -47,15 +49,22 @@ def read_hf_config(src_dir: str) -> tuple[T5Config, dict]:
     projection = hf.get("feed_forward_proj", "relu")
     if projection not in FEED_FORWARD_PROJECTIONS:
         raise ConversionError(
-            f"{path}: unknown feed_forward_proj {projection!r}; t5pod supports {sorted(FEED_FORWARD_PROJECTIONS)}.")
+            f"{path}: unknown feed_forward_proj {projection!r}; t5pod supports {sorted(FEED_FORWARD_PROJECTIONS)}."
+        )
     config = T5Config(
-        vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_kv=hf["d_kv"], d_ff=hf["d_ff"],
-        num_heads=hf["num_heads"], num_layers=hf["num_layers"],
+        vocab_size=hf["vocab_size"],
+        d_model=hf["d_model"],
+        d_kv=hf["d_kv"],
+        d_ff=hf["d_ff"],
+        num_heads=hf["num_heads"],
+        num_layers=hf["num_layers"],
         num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
-        feed_forward_proj=projection, tie_word_embeddings=True,  # decided from the tensors, below
+        feed_forward_proj=projection,
+        tie_word_embeddings=True,  # decided from the tensors, below
         relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
         relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
-        dropout_rate=hf.get("dropout_rate", 0.1), layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+        dropout_rate=hf.get("dropout_rate", 0.1),
+        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
     )
     return config, hf
 
@@ -71,10 +80,19 @@ def read_safetensors(src_dir: str, on_tensor=None) -> dict[str, np.ndarray]:
         with open(index) as f:
             files = sorted({os.path.join(src_dir, name) for name in json.load(f)["weight_map"].values()})
     else:
-        pickled = [n for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
-                   if os.path.exists(os.path.join(src_dir, n))]
-        hint = (f" It has {', '.join(pickled)}, which t5pod does not read; re-save it as safetensors "
-                "(transformers: model.save_pretrained(dir, safe_serialization=True)).") if pickled else ""
+        pickled = [
+            n
+            for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+            if os.path.exists(os.path.join(src_dir, n))
+        ]
+        hint = (
+            (
+                f" It has {', '.join(pickled)}, which t5pod does not read; re-save it as safetensors "
+                "(transformers: model.save_pretrained(dir, safe_serialization=True))."
+            )
+            if pickled
+            else ""
+        )
         raise ConversionError(f"{src_dir} has no model.safetensors.{hint}")
     tensors = {}
     for path in files:
@@ -88,8 +106,10 @@ def read_safetensors(src_dir: str, on_tensor=None) -> dict[str, np.ndarray]:
                     if on_tensor:
                         on_tensor()
         except (OSError, ValueError, SafetensorError) as error:
-            raise ConversionError(f"{path} cannot be read as safetensors ({type(error).__name__}: "
-                                  f"{' '.join(str(error).split())[:200]}); it may be truncated: download it again.") from None
+            raise ConversionError(
+                f"{path} cannot be read as safetensors ({type(error).__name__}: "
+                f"{' '.join(str(error).split())[:200]}); it may be truncated: download it again."
+            ) from None
     return tensors
 
 
@@ -106,7 +126,8 @@ class _Reader:
         if tuple(value.shape) != tuple(shape):
             raise ConversionError(
                 f"Tensor {name!r} has shape {tuple(value.shape)} but config.json implies {tuple(shape)}; "
-                "the config and the weights disagree.")
+                "the config and the weights disagree."
+            )
         self.used.add(name)
         return value
 
@@ -136,7 +157,8 @@ def convert_tensors(tensors: dict[str, np.ndarray], config: T5Config, hf_config:
     if lm_head is not None and scaled:
         raise ConversionError(
             "The checkpoint has a separate lm_head but its config asks for T5 1.0 logit scaling; "
-            "t5pod supports tied+scaled (T5 1.0) or separate+unscaled (T5 1.1) output layers.")
+            "t5pod supports tied+scaled (T5 1.0) or separate+unscaled (T5 1.1) output layers."
+        )
     if lm_head is not None:
         decoder["logits_dense"] = np.array(lm_head.T)
     cfg = dataclasses.replace(cfg, tie_word_embeddings=lm_head is None)
@@ -154,9 +176,20 @@ def model_gin(config: T5Config, out_dir: str, vocabulary_path: str | None, sourc
         f"# Use with: --gin_file={os.path.join(out_dir, 'model.gin')} --gin.CHECKPOINT_PATH=\"'{out_dir}'\"",
         "",
     ]
-    for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers", "num_decoder_layers",
-                 "feed_forward_proj", "tie_word_embeddings", "relative_attention_num_buckets",
-                 "relative_attention_max_distance", "layer_norm_epsilon"):
+    for name in (
+        "vocab_size",
+        "d_model",
+        "d_kv",
+        "d_ff",
+        "num_heads",
+        "num_layers",
+        "num_decoder_layers",
+        "feed_forward_proj",
+        "tie_word_embeddings",
+        "relative_attention_num_buckets",
+        "relative_attention_max_distance",
+        "layer_norm_epsilon",
+    ):
         value = config.decoder_layers if name == "num_decoder_layers" else getattr(config, name)
         lines.append(f"t5pod.T5Config.{name} = {value!r}")
     if vocabulary_path:
@@ -204,8 +237,7 @@ def convert(src_dir: str, out_dir: str, on_tensor=None) -> T5Config:
         if os.path.isfile(os.path.join(src_dir, "spiece.model")):
             shutil.copy(os.path.join(src_dir, "spiece.model"), os.path.join(staging, "spiece.model"))
             vocabulary = os.path.join(out_dir, "spiece.model")
-        checkpoints.save_params(staging, params, config, step=0,
-                                extra_metadata={"source": os.path.abspath(src_dir)})
+        checkpoints.save_params(staging, params, config, step=0, extra_metadata={"source": os.path.abspath(src_dir)})
         with open(os.path.join(staging, "model.gin"), "w") as f:
             f.write(model_gin(config, out_dir, vocabulary, os.path.abspath(src_dir)))
     return config

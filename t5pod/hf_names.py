@@ -28,16 +28,18 @@ class TensorName:
 
 def _attention(hf: str, path: tuple, cfg: T5Config) -> list[TensorName]:
     e, h, d = cfg.d_model, cfg.num_heads, cfg.d_kv
-    return [TensorName(f"{hf}.{theirs}.weight", path + (ours,), "heads_in", (e, h, d))
-            for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v"))] + [
-        TensorName(f"{hf}.o.weight", path + ("out",), "heads_out", (h, d, e))]
+    return [
+        TensorName(f"{hf}.{theirs}.weight", path + (ours,), "heads_in", (e, h, d))
+        for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v"))
+    ] + [TensorName(f"{hf}.o.weight", path + ("out",), "heads_out", (h, d, e))]
 
 
 def _mlp(hf: str, path: tuple, cfg: T5Config) -> list[TensorName]:
     e, f = cfg.d_model, cfg.d_ff
     inputs = ("wi_0", "wi_1") if cfg.is_gated else ("wi",)
     return [TensorName(f"{hf}.{n}.weight", path + (n,), "transpose", (e, f)) for n in inputs] + [
-        TensorName(f"{hf}.wo.weight", path + ("wo",), "transpose", (f, e))]
+        TensorName(f"{hf}.wo.weight", path + ("wo",), "transpose", (f, e))
+    ]
 
 
 def _norm(hf: str, path: tuple, cfg: T5Config) -> TensorName:
@@ -47,11 +49,20 @@ def _norm(hf: str, path: tuple, cfg: T5Config) -> TensorName:
 # Per stack: its final norm, and each layer's sub-layers in order as (t5pod's norm, t5pod's
 # sub-layer, the reference's module); sub-layer j is the reference's `layer.j`.
 _STACKS = (
-    ("encoder", "encoder_norm", (("pre_attention_layer_norm", "attention", "SelfAttention"),
-                                 ("pre_mlp_layer_norm", "mlp", "DenseReluDense"))),
-    ("decoder", "decoder_norm", (("pre_self_attention_layer_norm", "self_attention", "SelfAttention"),
-                                 ("pre_cross_attention_layer_norm", "encoder_decoder_attention", "EncDecAttention"),
-                                 ("pre_mlp_layer_norm", "mlp", "DenseReluDense"))),
+    (
+        "encoder",
+        "encoder_norm",
+        (("pre_attention_layer_norm", "attention", "SelfAttention"), ("pre_mlp_layer_norm", "mlp", "DenseReluDense")),
+    ),
+    (
+        "decoder",
+        "decoder_norm",
+        (
+            ("pre_self_attention_layer_norm", "self_attention", "SelfAttention"),
+            ("pre_cross_attention_layer_norm", "encoder_decoder_attention", "EncDecAttention"),
+            ("pre_mlp_layer_norm", "mlp", "DenseReluDense"),
+        ),
+    ),
 )
 
 
@@ -60,8 +71,14 @@ def tensor_names(cfg: T5Config) -> list[TensorName]:
     relpos = (cfg.num_heads, cfg.relative_attention_num_buckets)
     names = [TensorName("shared.weight", ("token_embedder", "embedding"), "copy", (cfg.vocab_size, cfg.d_model))]
     for stack, final_norm, sublayers in _STACKS:
-        names.append(TensorName(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                                (stack, "relpos_bias", "rel_embedding"), "transpose", relpos))
+        names.append(
+            TensorName(
+                f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                (stack, "relpos_bias", "rel_embedding"),
+                "transpose",
+                relpos,
+            )
+        )
         for i in range(cfg.num_layers if stack == "encoder" else cfg.decoder_layers):
             for j, (norm, sublayer, module) in enumerate(sublayers):
                 hf, path = f"{stack}.block.{i}.layer.{j}", (stack, f"layers_{i}")

@@ -70,13 +70,17 @@ def _parse_row(path: str, number: int, line: str, jsonl: bool, mode: str) -> dic
             raise InferenceError(f"{path}:{number}: a JSON object with an `inputs` field is needed.")
         for key in ("inputs", "targets"):
             if key in row and not isinstance(row[key], str):
-                raise InferenceError(f"{path}:{number}: `{key}` must be a string, got "
-                                     f"{type(row[key]).__name__} {json.dumps(row[key])[:60]}.")
+                raise InferenceError(
+                    f"{path}:{number}: `{key}` must be a string, got "
+                    f"{type(row[key]).__name__} {json.dumps(row[key])[:60]}."
+                )
     else:
         row = {"inputs": line}
     if mode == "score" and "targets" not in row:
-        raise InferenceError(f"{path}:{number}: --mode=score needs a `targets` field on every line "
-                             "(JSONL: {\"inputs\": ..., \"targets\": ...}).")
+        raise InferenceError(
+            f"{path}:{number}: --mode=score needs a `targets` field on every line "
+            '(JSONL: {"inputs": ..., "targets": ...}).'
+        )
     row["_where"] = f"{path}:{number}"  # for error messages; not written out
     return row
 
@@ -91,8 +95,9 @@ def check_output_path(path: str):
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".infer-check-"):
             pass
     except OSError as error:
-        raise InferenceError(f"--output_file {path} cannot be written ({error.strerror}); choose a writable "
-                             "path.") from None
+        raise InferenceError(
+            f"--output_file {path} cannot be written ({error.strerror}); choose a writable path."
+        ) from None
 
 
 def append_jsonl(path: str, rows: Iterable[dict]):
@@ -119,10 +124,13 @@ class ResumableOutput:
                 saved = json.load(f)
         if saved != self.settings:
             saved = saved or {}
-            differences = ", ".join(f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in sorted(self.settings.items())
-                                    if saved.get(k) != v)
-            raise InferenceError(f"{self.partial} holds rows of an earlier infer with other settings ({differences}). "
-                                 f"Rerun with those settings to finish it, or delete {self.partial} to start again.")
+            differences = ", ".join(
+                f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in sorted(self.settings.items()) if saved.get(k) != v
+            )
+            raise InferenceError(
+                f"{self.partial} holds rows of an earlier infer with other settings ({differences}). "
+                f"Rerun with those settings to finish it, or delete {self.partial} to start again."
+            )
         with open(self.partial, "rb+") as f:
             lines = f.read().split(b"\n")[:-1]  # the last piece is empty, or a row cut off by a kill
             keep = len(lines) - len(lines) % batch_size
@@ -176,9 +184,17 @@ def check_request(input_file: str | None, task: str | None, output_file: str | N
     return total
 
 
-def infer(model_config: T5Config, config: InferConfig, vocabulary, output_file: str, mode: str = "predict",
-          input_file: str | None = None, task: str | None = None, split: str = "validation",
-          total: int | None = None) -> int:
+def infer(
+    model_config: T5Config,
+    config: InferConfig,
+    vocabulary,
+    output_file: str,
+    mode: str = "predict",
+    input_file: str | None = None,
+    task: str | None = None,
+    split: str = "validation",
+    total: int | None = None,
+) -> int:
     """Predicts (mode "predict") or scores ("score") every row of input_file, or of a task's split, into
     output_file on the mesh of config; every process of a multi-host job calls it and process 0 writes.
     A killed run called again with the same settings continues after the rows written. total: the
@@ -186,9 +202,14 @@ def infer(model_config: T5Config, config: InferConfig, vocabulary, output_file: 
     if total is None:
         total = check_request(input_file, task, output_file, mode)
     source = os.path.abspath(input_file) if input_file else f"{task}:{split}"
-    settings = {"input": source, "mode": mode, "checkpoint_path": checkpoints.absolute(config.checkpoint_path),
-                "checkpoint_step": checkpoints.latest_step(config.checkpoint_path), "model": model_config.checkpoint_fields(),
-                **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("checkpoint_path", "mesh_shape", "fsdp")}}
+    settings = {
+        "input": source,
+        "mode": mode,
+        "checkpoint_path": checkpoints.absolute(config.checkpoint_path),
+        "checkpoint_step": checkpoints.latest_step(config.checkpoint_path),
+        "model": model_config.checkpoint_fields(),
+        **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("checkpoint_path", "mesh_shape", "fsdp")},
+    }
     output = ResumableOutput(output_file, settings)
 
     def check_output() -> int:
@@ -199,9 +220,15 @@ def infer(model_config: T5Config, config: InferConfig, vocabulary, output_file: 
     predictor = inference.Predictor(model_config, config, vocabulary)
     if task:
         lengths = {"inputs": config.input_length, "targets": config.target_length}
-        rows = ({"inputs": r["inputs_pretokenized"].decode(), "targets": r["targets_pretokenized"].decode(),
-                 "_ids": r["input_ids"], "_where": f"{task} {split} example {i + 1}"}
-                for i, r in enumerate(evaluation.task_examples(task, split, lengths)))
+        rows = (
+            {
+                "inputs": r["inputs_pretokenized"].decode(),
+                "targets": r["targets_pretokenized"].decode(),
+                "_ids": r["input_ids"],
+                "_where": f"{task} {split} example {i + 1}",
+            }
+            for i, r in enumerate(evaluation.task_examples(task, split, lengths))
+        )
         total = evaluation.task_size(task, split)
     else:
         rows = input_rows(input_file, mode)
@@ -227,8 +254,9 @@ def _infer_batch(predictor, batch: list[dict], number: int, mode: str) -> list[d
     clean = [{k: v for k, v in r.items() if k not in ("_ids", "_where")} for r in batch]
     if mode == "predict":
         predictions = predictor.predict_batch(input_ids, number)
-        return [{**r, "prediction": predictor.vocabulary.decode(p), "prediction_ids": p}
-                for r, p in zip(clean, predictions)]
+        return [
+            {**r, "prediction": predictor.vocabulary.decode(p), "prediction_ids": p} for r, p in zip(clean, predictions)
+        ]
     refusal = None
     target_ids = [encode(r["targets"]) if mine else None for r, mine in zip(batch, owned)]
     try:

@@ -45,8 +45,10 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)),
-            (x.shape[-1],), jnp.float32,
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)),
+            (x.shape[-1],),
+            jnp.float32,
         )
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
@@ -65,8 +67,10 @@ class Embed(nn.Module):
 
     def setup(self):
         self.embedding = self.param(
-            "embedding", nn.with_logical_partitioning(normal(1.0), (VOCAB, EMBED)),
-            (self.vocab_size, self.features), jnp.float32,
+            "embedding",
+            nn.with_logical_partitioning(normal(1.0), (VOCAB, EMBED)),
+            (self.vocab_size, self.features),
+            jnp.float32,
         )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -129,7 +133,8 @@ class RelativePositionBias(nn.Module):
             nn.with_logical_partitioning(
                 nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"), (HEADS, RELPOS_BUCKETS)
             ),
-            (self.num_heads, self.num_buckets), jnp.float32,
+            (self.num_heads, self.num_buckets),
+            jnp.float32,
         )
         relative = key_positions[:, None, :] - query_positions[:, :, None]
         buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
@@ -158,8 +163,17 @@ class MultiHeadAttention(nn.Module):
         return kernel.astype(self.dtype)
 
     @nn.compact
-    def __call__(self, inputs_q, inputs_kv, mask, bias=None, *, deterministic: bool, decode: bool = False,
-                 decode_cross: bool = False):
+    def __call__(
+        self,
+        inputs_q,
+        inputs_kv,
+        mask,
+        bias=None,
+        *,
+        deterministic: bool,
+        decode: bool = False,
+        decode_cross: bool = False,
+    ):
         e, h, d = inputs_q.shape[-1], self.num_heads, self.d_kv
         qkv_axes = (EMBED, HEADS, KV)
         query = jnp.einsum("bqe,ehd->bqhd", inputs_q, self._kernel("query", (e, h, d), qkv_axes, (e * d) ** -0.5))

@@ -126,8 +126,14 @@ class MetricWriter:
         if not summary:
             return
         writer = self._summary_writer(split)
-        writer.write_scalars(step, {key if split == "train" else f"{split}/{key}": value
-                                    for key, value in metrics.items() if isinstance(value, (int, float))})
+        writer.write_scalars(
+            step,
+            {
+                key if split == "train" else f"{split}/{key}": value
+                for key, value in metrics.items()
+                if isinstance(value, (int, float))
+            },
+        )
         writer.flush()
 
     def write_run_settings(self, step: int, operative_config: str, hparams: dict):
@@ -136,7 +142,9 @@ class MetricWriter:
             return
         writer = self._summary_writer("train")
         # TensorBoard renders text as Markdown: indent by 4 spaces to show the config verbatim.
-        writer.write_texts(step, {"operative_config": "\n".join("    " + line for line in operative_config.splitlines())})
+        writer.write_texts(
+            step, {"operative_config": "\n".join("    " + line for line in operative_config.splitlines())}
+        )
         writer.write_hparams({k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()})
         writer.flush()
 

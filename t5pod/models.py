@@ -23,13 +23,22 @@ from t5pod.data import pipeline
 
 # Training features per architecture: (name, which length), in the feature converter's names.
 _ENCODER_DECODER_FEATURES = (
-    ("encoder_input_tokens", "inputs"), ("encoder_segment_ids", "inputs"), ("encoder_positions", "inputs"),
-    ("decoder_input_tokens", "targets"), ("decoder_target_tokens", "targets"), ("decoder_loss_weights", "targets"),
-    ("decoder_segment_ids", "targets"), ("decoder_positions", "targets"),
+    ("encoder_input_tokens", "inputs"),
+    ("encoder_segment_ids", "inputs"),
+    ("encoder_positions", "inputs"),
+    ("decoder_input_tokens", "targets"),
+    ("decoder_target_tokens", "targets"),
+    ("decoder_loss_weights", "targets"),
+    ("decoder_segment_ids", "targets"),
+    ("decoder_positions", "targets"),
 )
 _DECODER_ONLY_FEATURES = (
-    "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
-    "decoder_positions", "decoder_causal_attention",
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+    "decoder_segment_ids",
+    "decoder_positions",
+    "decoder_causal_attention",
 )
 _PACKING_FEATURES = ("segment_ids", "positions")
 
@@ -93,19 +102,24 @@ def scoring_features(config: T5Config, encoder_input_tokens: np.ndarray, decoder
     or (decoder-only) decoder_* [batch, length_in + length_out] with the loss on the targets.
     """
     if not config.is_decoder_only:
-        return {"encoder_input_tokens": encoder_input_tokens, "decoder_target_tokens": decoder_target_tokens,
-                "decoder_input_tokens": np.pad(decoder_target_tokens[:, :-1], ((0, 0), (1, 0)))}
+        return {
+            "encoder_input_tokens": encoder_input_tokens,
+            "decoder_target_tokens": decoder_target_tokens,
+            "decoder_input_tokens": np.pad(decoder_target_tokens[:, :-1], ((0, 0), (1, 0))),
+        }
     batch = encoder_input_tokens.shape[0]
     length = encoder_input_tokens.shape[1] + decoder_target_tokens.shape[1]
-    out = {k: np.zeros((batch, length), np.int32) for k in
-           ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights", "decoder_causal_attention")}
+    out = {
+        k: np.zeros((batch, length), np.int32)
+        for k in ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights", "decoder_causal_attention")
+    }
     for row, (inputs, targets) in enumerate(zip(encoder_input_tokens, decoder_target_tokens)):
         inputs, targets = inputs[inputs > 0], targets[targets > 0]
         tokens = np.concatenate([inputs, targets])
-        out["decoder_target_tokens"][row, :len(tokens)] = tokens
-        out["decoder_input_tokens"][row, 1:len(tokens)] = tokens[:-1]
-        out["decoder_loss_weights"][row, len(inputs):len(tokens)] = 1
-        out["decoder_causal_attention"][row, :len(inputs) + 1] = 1
+        out["decoder_target_tokens"][row, : len(tokens)] = tokens
+        out["decoder_input_tokens"][row, 1 : len(tokens)] = tokens[:-1]
+        out["decoder_loss_weights"][row, len(inputs) : len(tokens)] = 1
+        out["decoder_causal_attention"][row, : len(inputs) + 1] = 1
     return out
 
 
@@ -137,8 +151,9 @@ def init_decode_cache(model: nn.Module, params, encoder_input_tokens, length: in
         length += encoder_input_tokens.shape[1] + 1
 
         def create(params):
-            _, variables = model.apply({"params": params}, jnp.zeros((batch, length), jnp.int32), decode=True,
-                                       mutable=["cache"])
+            _, variables = model.apply(
+                {"params": params}, jnp.zeros((batch, length), jnp.int32), decode=True, mutable=["cache"]
+            )
             return variables["cache"]
 
         return _initial_cache(create, params, length)
@@ -146,8 +161,14 @@ def init_decode_cache(model: nn.Module, params, encoder_input_tokens, length: in
     def create(params):
         encoded = model.apply({"params": params}, encoder_input_tokens, method=network.Transformer.encode)
         _, variables = model.apply(
-            {"params": params}, encoded, encoder_input_tokens, jnp.zeros((batch, length), jnp.int32),
-            decode=True, mutable=["cache"], method=network.Transformer.decode)
+            {"params": params},
+            encoded,
+            encoder_input_tokens,
+            jnp.zeros((batch, length), jnp.int32),
+            decode=True,
+            mutable=["cache"],
+            method=network.Transformer.decode,
+        )
         return variables["cache"]
 
     return _initial_cache(create, params, length)
@@ -178,12 +199,14 @@ def begin_decoding(model: nn.Module, params, encoder_input_tokens, max_decode_le
     if isinstance(model, decoder_only.DecoderOnly):
         prompts, valid = decoder_only.right_aligned_prompts(encoder_input_tokens)
         cache = init_decode_cache(model, params, encoder_input_tokens, max_decode_length)
-        logits, variables = model.apply({"params": params, "cache": cache}, prompts, decode=True, prompt_mask=valid,
-                                        mutable=["cache"])
+        logits, variables = model.apply(
+            {"params": params, "cache": cache}, prompts, decode=True, prompt_mask=valid, mutable=["cache"]
+        )
 
         def step(tokens, cache):
-            logits, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], decode=True,
-                                            mutable=["cache"])
+            logits, variables = model.apply(
+                {"params": params, "cache": cache}, tokens[:, None], decode=True, mutable=["cache"]
+            )
             return logits[:, 0].astype(jnp.float32), variables["cache"]
 
         return step, logits[:, -1].astype(jnp.float32), variables["cache"]
@@ -194,9 +217,15 @@ def begin_decoding(model: nn.Module, params, encoder_input_tokens, max_decode_le
     # The cross-attention keys and values stay out of the loop's state: they never change, and a
     # decoding loop (beam search: reordering rows) then never copies them.
     def step(tokens, cache):
-        logits, variables = model.apply({"params": params, "cache": _merge(cache, cross)}, encoded,
-                                        encoder_input_tokens, tokens[:, None], decode=True, mutable=["cache"],
-                                        method=network.Transformer.decode)
+        logits, variables = model.apply(
+            {"params": params, "cache": _merge(cache, cross)},
+            encoded,
+            encoder_input_tokens,
+            tokens[:, None],
+            decode=True,
+            mutable=["cache"],
+            method=network.Transformer.decode,
+        )
         return logits[:, 0].astype(jnp.float32), _split_cross(variables["cache"])[1]
 
     start_tokens = jnp.zeros((encoder_input_tokens.shape[0],), jnp.int32)

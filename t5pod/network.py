@@ -11,8 +11,15 @@ from flax import linen as nn
 
 from t5pod.configs import T5Config
 from t5pod.layers import (
-    Embed, MlpBlock, MultiHeadAttention, RelativePositionBias, RMSNorm, constrain,
-    make_attention_mask, make_causal_mask, normal,
+    Embed,
+    MlpBlock,
+    MultiHeadAttention,
+    RelativePositionBias,
+    RMSNorm,
+    constrain,
+    make_attention_mask,
+    make_causal_mask,
+    normal,
 )
 from t5pod.partitioning import BATCH, EMBED, LAYERS, LENGTH, VOCAB
 
@@ -44,13 +51,22 @@ class EncoderLayer(nn.Module):
 
     def attend(self, x, mask, bias, *, deterministic: bool, decode: bool = False):
         """The self-attention sublayer with its residual."""
-        return _residual_attention(self.pre_attention_layer_norm, self.attention, self.dropout, x, mask, bias,
-                                   deterministic=deterministic, decode=decode)
+        return _residual_attention(
+            self.pre_attention_layer_norm,
+            self.attention,
+            self.dropout,
+            x,
+            mask,
+            bias,
+            deterministic=deterministic,
+            decode=decode,
+        )
 
     def feed_forward(self, x, *, deterministic: bool):
         """The feed-forward sublayer (and its adapter) with its residual."""
-        return _residual_feed_forward(self.pre_mlp_layer_norm, self.mlp, self.adapter, self.dropout, x,
-                                      deterministic=deterministic)
+        return _residual_feed_forward(
+            self.pre_mlp_layer_norm, self.mlp, self.adapter, self.dropout, x, deterministic=deterministic
+        )
 
     def __call__(self, x, mask, bias):
         x = self.attend(x, mask, bias, deterministic=self.deterministic, decode=self.decode)
@@ -87,27 +103,62 @@ class DecoderLayer(nn.Module):
         if self.shared is not None:
             y = self.shared.attend(y, self_mask, self_bias, deterministic=deterministic, decode=self.decode)
         else:
-            y = _residual_attention(self.pre_self_attention_layer_norm, self.self_attention, self.dropout, y,
-                                    self_mask, self_bias, deterministic=deterministic, decode=self.decode)
-        y = _residual_attention(self.pre_cross_attention_layer_norm, self.encoder_decoder_attention, self.dropout, y,
-                                cross_mask, None, deterministic=deterministic, keys_values=encoded,
-                                decode_cross=self.decode)
+            y = _residual_attention(
+                self.pre_self_attention_layer_norm,
+                self.self_attention,
+                self.dropout,
+                y,
+                self_mask,
+                self_bias,
+                deterministic=deterministic,
+                decode=self.decode,
+            )
+        y = _residual_attention(
+            self.pre_cross_attention_layer_norm,
+            self.encoder_decoder_attention,
+            self.dropout,
+            y,
+            cross_mask,
+            None,
+            deterministic=deterministic,
+            keys_values=encoded,
+            decode_cross=self.decode,
+        )
         if self.shared is not None:
             y = self.shared.feed_forward(y, deterministic=deterministic)
         else:
-            y = _residual_feed_forward(self.pre_mlp_layer_norm, self.mlp, self.adapter, self.dropout, y,
-                                       deterministic=deterministic)
+            y = _residual_feed_forward(
+                self.pre_mlp_layer_norm, self.mlp, self.adapter, self.dropout, y, deterministic=deterministic
+            )
         return constrain(y, (BATCH, LENGTH, EMBED)), None
 
 
-def _residual_attention(norm, attention, dropout, x, mask, bias, *, deterministic: bool, decode: bool = False,
-                        keys_values=None, decode_cross: bool = False):
+def _residual_attention(
+    norm,
+    attention,
+    dropout,
+    x,
+    mask,
+    bias,
+    *,
+    deterministic: bool,
+    decode: bool = False,
+    keys_values=None,
+    decode_cross: bool = False,
+):
     """x + dropout(attention(norm(x))): self-attention, or cross-attention over keys_values
     [batch, length_kv, embed] (decode_cross: their projections cached while decoding).
     x [batch, length, embed] -> same."""
     h = norm(x)
-    h = attention(h, h if keys_values is None else keys_values, mask, bias, deterministic=deterministic,
-                  decode=decode, decode_cross=decode_cross)
+    h = attention(
+        h,
+        h if keys_values is None else keys_values,
+        mask,
+        bias,
+        deterministic=deterministic,
+        decode=decode,
+        decode_cross=decode_cross,
+    )
     return x + dropout(h, deterministic=deterministic)
 
 
@@ -175,15 +226,21 @@ class Encoder(nn.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         mask = make_attention_mask(segment_ids, segment_ids)
         bias = RelativePositionBias(
-            cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, cfg.num_heads,
-            bidirectional=True, dtype=dtype, name="relpos_bias")(positions, positions)
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+            cfg.num_heads,
+            bidirectional=True,
+            dtype=dtype,
+            name="relpos_bias",
+        )(positions, positions)
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         x = dropout(self.shared_embedding(tokens), deterministic=deterministic)
         x = constrain(x, (BATCH, LENGTH, EMBED))
         if self.shared_layers:
             for layer in self.shared_layers:
-                x = layer.feed_forward(layer.attend(x, mask, bias, deterministic=deterministic),
-                                       deterministic=deterministic)
+                x = layer.feed_forward(
+                    layer.attend(x, mask, bias, deterministic=deterministic), deterministic=deterministic
+                )
         else:
             x = layer_stack(EncoderLayer, cfg, cfg.num_layers, 2, "layers", deterministic=deterministic)(x, mask, bias)
         x = RMSNorm(cfg.layer_norm_epsilon, dtype, name="encoder_norm")(x)
@@ -196,8 +253,17 @@ class Decoder(nn.Module):
     shared_layers: tuple = ()  # the encoder's layers, for the shared encoder-decoder
 
     @nn.compact
-    def __call__(self, encoded, encoder_segment_ids, tokens, segment_ids=None, positions=None, *,
-                 deterministic: bool = True, decode: bool = False):
+    def __call__(
+        self,
+        encoded,
+        encoder_segment_ids,
+        tokens,
+        segment_ids=None,
+        positions=None,
+        *,
+        deterministic: bool = True,
+        decode: bool = False,
+    ):
         """encoded [batch, length_in, embed], tokens [batch, length_out] -> logits [batch, length_out, vocab].
 
         With decode=True, tokens is [batch, 1] and the position comes from the cache; the first
@@ -210,7 +276,8 @@ class Decoder(nn.Module):
             creating = not self.has_variable("cache", "step")
             step = self.variable("cache", "step", lambda: jnp.zeros((), jnp.int32))
             key_positions = self.variable(
-                "cache", "key_positions", lambda: jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]).value
+                "cache", "key_positions", lambda: jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
+            ).value
             if creating:
                 query_positions = key_positions
             else:
@@ -226,8 +293,13 @@ class Decoder(nn.Module):
             query_positions = key_positions = positions
             self_mask = make_causal_mask(positions, positions) & make_attention_mask(segment_ids, segment_ids)
         self_bias = RelativePositionBias(
-            cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, cfg.num_heads,
-            bidirectional=False, dtype=dtype, name="relpos_bias")(query_positions, key_positions)
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+            cfg.num_heads,
+            bidirectional=False,
+            dtype=dtype,
+            name="relpos_bias",
+        )(query_positions, key_positions)
         cross_mask = make_attention_mask(segment_ids, encoder_segment_ids)
 
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
@@ -238,8 +310,9 @@ class Decoder(nn.Module):
                 layer = DecoderLayer(cfg, deterministic, decode, shared, name=f"layers_{i}")
                 y = layer(y, encoded, self_mask, self_bias, cross_mask)[0]
         else:
-            y = layer_stack(DecoderLayer, cfg, cfg.decoder_layers, 4, "layers", deterministic=deterministic,
-                       decode=decode)(y, encoded, self_mask, self_bias, cross_mask)
+            y = layer_stack(
+                DecoderLayer, cfg, cfg.decoder_layers, 4, "layers", deterministic=deterministic, decode=decode
+            )(y, encoded, self_mask, self_bias, cross_mask)
         y = RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
         y = dropout(y, deterministic=deterministic)
         return output_logits(self, cfg, self.shared_embedding, y)
@@ -252,9 +325,12 @@ def output_logits(module: nn.Module, cfg: T5Config, embedder: Embed, y):
         if cfg.tie_word_embeddings:
             logits = embedder.attend(y * cfg.d_model**-0.5)
         else:
-            kernel = module.param("logits_dense", nn.with_logical_partitioning(normal(cfg.d_model**-0.5),
-                                                                               (EMBED, VOCAB)),
-                                  (cfg.d_model, cfg.vocab_size), jnp.float32)
+            kernel = module.param(
+                "logits_dense",
+                nn.with_logical_partitioning(normal(cfg.d_model**-0.5), (EMBED, VOCAB)),
+                (cfg.d_model, cfg.vocab_size),
+                jnp.float32,
+            )
             logits = y @ kernel.astype(cfg.activation_dtype)
         return constrain(logits.astype(jnp.float32), (BATCH, LENGTH, VOCAB))
 
@@ -267,8 +343,14 @@ class Transformer(nn.Module):
     """
 
     config: T5Config
-    input_features = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids", "decoder_segment_ids",
-                      "encoder_positions", "decoder_positions")
+    input_features = (
+        "encoder_input_tokens",
+        "decoder_input_tokens",
+        "encoder_segment_ids",
+        "decoder_segment_ids",
+        "encoder_positions",
+        "decoder_positions",
+    )
 
     def setup(self):
         cfg = self.config
@@ -280,26 +362,62 @@ class Transformer(nn.Module):
         self.encoder = Encoder(cfg, self.token_embedder, shared)
         self.decoder = Decoder(cfg, self.token_embedder, shared)
 
-    def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None, *,
-               enable_dropout: bool = False):
-        return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                            deterministic=not enable_dropout)
+    def encode(
+        self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None, *, enable_dropout: bool = False
+    ):
+        return self.encoder(
+            encoder_input_tokens, encoder_segment_ids, encoder_positions, deterministic=not enable_dropout
+        )
 
-    def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
-               decoder_segment_ids=None, decoder_positions=None, *, enable_dropout: bool = False,
-               decode: bool = False):
+    def decode(
+        self,
+        encoded,
+        encoder_input_tokens,
+        decoder_input_tokens,
+        encoder_segment_ids=None,
+        decoder_segment_ids=None,
+        decoder_positions=None,
+        *,
+        enable_dropout: bool = False,
+        decode: bool = False,
+    ):
         if encoder_segment_ids is None:
             encoder_segment_ids = (encoder_input_tokens > 0).astype(jnp.int32)
-        return self.decoder(encoded, encoder_segment_ids, decoder_input_tokens, decoder_segment_ids,
-                            decoder_positions, deterministic=not enable_dropout, decode=decode)
+        return self.decoder(
+            encoded,
+            encoder_segment_ids,
+            decoder_input_tokens,
+            decoder_segment_ids,
+            decoder_positions,
+            deterministic=not enable_dropout,
+            decode=decode,
+        )
 
-    def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
-                 decoder_segment_ids=None, encoder_positions=None, decoder_positions=None, *,
-                 enable_dropout: bool = False, decode: bool = False):
-        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                              enable_dropout=enable_dropout)
-        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids,
-                           decoder_segment_ids, decoder_positions, enable_dropout=enable_dropout, decode=decode)
+    def __call__(
+        self,
+        encoder_input_tokens,
+        decoder_input_tokens,
+        encoder_segment_ids=None,
+        decoder_segment_ids=None,
+        encoder_positions=None,
+        decoder_positions=None,
+        *,
+        enable_dropout: bool = False,
+        decode: bool = False,
+    ):
+        encoded = self.encode(
+            encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout=enable_dropout
+        )
+        return self.decode(
+            encoded,
+            encoder_input_tokens,
+            decoder_input_tokens,
+            encoder_segment_ids,
+            decoder_segment_ids,
+            decoder_positions,
+            enable_dropout=enable_dropout,
+            decode=decode,
+        )
 
 
 def stack_layers(params: dict) -> dict:

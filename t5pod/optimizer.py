@@ -17,22 +17,35 @@ def learning_rate_schedule(kind: str, base_learning_rate: float, warmup_steps: i
     if kind == "rsqrt":
         if warmup_steps <= 0:
             raise ValueError(f"WARMUP_STEPS must be positive for the rsqrt schedule, got {warmup_steps}.")
-        return lambda step: base_learning_rate * jnp.reciprocal(jnp.sqrt(jnp.maximum(jnp.asarray(step, jnp.float32),
-                                                                                       warmup_steps)))
+        return lambda step: (
+            base_learning_rate * jnp.reciprocal(jnp.sqrt(jnp.maximum(jnp.asarray(step, jnp.float32), warmup_steps)))
+        )
     if kind == "constant":
         return lambda step: jnp.asarray(base_learning_rate, jnp.float32)
     raise ValueError(f"Unknown learning-rate schedule {kind!r}; use one of {SCHEDULES}.")
 
 
-def adafactor(learning_rate, *, decay_rate: float = 0.8, clipping_threshold: float | None = 1.0,
-              multiply_by_parameter_scale: bool = True, momentum: float | None = None,
-              min_dim_size_to_factor: int = 128) -> optax.GradientTransformation:
+def adafactor(
+    learning_rate,
+    *,
+    decay_rate: float = 0.8,
+    clipping_threshold: float | None = 1.0,
+    multiply_by_parameter_scale: bool = True,
+    momentum: float | None = None,
+    min_dim_size_to_factor: int = 128,
+) -> optax.GradientTransformation:
     """T5X's Adafactor: factored second moments with decay 1 - (step+1)^-0.8, update clipping at
     RMS 1.0, updates scaled by the parameter's RMS (at least 1e-3), no momentum."""
     return optax.adafactor(
-        learning_rate=learning_rate, decay_rate=decay_rate, clipping_threshold=clipping_threshold,
-        multiply_by_parameter_scale=multiply_by_parameter_scale, momentum=momentum,
-        min_dim_size_to_factor=min_dim_size_to_factor, eps=1e-30, factored=True)
+        learning_rate=learning_rate,
+        decay_rate=decay_rate,
+        clipping_threshold=clipping_threshold,
+        multiply_by_parameter_scale=multiply_by_parameter_scale,
+        momentum=momentum,
+        min_dim_size_to_factor=min_dim_size_to_factor,
+        eps=1e-30,
+        factored=True,
+    )
 
 
 # Fine-tuning methods of the paper's §3.5.1, as optax parameter groups. A group that never
@@ -67,8 +80,9 @@ def layer_from_top(path, num_layers: dict[str, int]) -> int | None:
         if name.startswith(("layers_", "shared_layers_")):
             return top - int(name.rsplit("_", 1)[1])
         if name == "layers":
-            raise ValueError("Gradual unfreezing needs one parameter set per layer; set "
-                             "t5pod.T5Config.scan_layers = False.")
+            raise ValueError(
+                "Gradual unfreezing needs one parameter set per layer; set t5pod.T5Config.scan_layers = False."
+            )
         if name.endswith("_norm"):
             return 0
         if name == "relpos_bias":
@@ -93,8 +107,9 @@ def _start_at(inner: optax.GradientTransformation, start_step: int) -> optax.Gra
     return optax.GradientTransformation(init, update)
 
 
-def fine_tuning_optimizer(make_inner, params, *, trainable: str = "all", unfreeze_every: int = 0,
-                          num_layers: dict[str, int] | None = None) -> optax.GradientTransformation:
+def fine_tuning_optimizer(
+    make_inner, params, *, trainable: str = "all", unfreeze_every: int = 0, num_layers: dict[str, int] | None = None
+) -> optax.GradientTransformation:
     """The optimizer make_inner() gives, restricted to the parameters the method trains.
 
     trainable='adapters': only adapters and layer norms train (paper §3.5.1). unfreeze_every > 0:
@@ -109,23 +124,29 @@ def fine_tuning_optimizer(make_inner, params, *, trainable: str = "all", unfreez
         raise ValueError("Adapters and gradual unfreezing are separate fine-tuning methods; choose one.")
     if trainable == "adapters":
         if not any("adapter" in _names(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)):
-            raise ValueError("TRAINABLE='adapters' but the model has no adapters; set t5pod.T5Config.adapter_dim "
-                             "(e.g. --gin_file=finetuning/adapters.gin).")
+            raise ValueError(
+                "TRAINABLE='adapters' but the model has no adapters; set t5pod.T5Config.adapter_dim "
+                "(e.g. --gin_file=finetuning/adapters.gin)."
+            )
         labels = jax.tree_util.tree_map_with_path(
-            lambda path, _: "train" if is_adapter_or_norm(path) else "frozen", params)
+            lambda path, _: "train" if is_adapter_or_norm(path) else "frozen", params
+        )
         return optax.multi_transform({"train": make_inner(), "frozen": optax.set_to_zero()}, labels)
     depth = jax.tree_util.tree_map_with_path(lambda path, _: layer_from_top(path, num_layers) or 0, params)
     groups = sorted(set(jax.tree_util.tree_leaves(depth)))
     labels = jax.tree_util.tree_map(lambda d: f"unfrozen_at_{d * unfreeze_every}", depth)
     return optax.multi_transform(
-        {f"unfrozen_at_{d * unfreeze_every}": _start_at(make_inner(), d * unfreeze_every) for d in groups}, labels)
+        {f"unfrozen_at_{d * unfreeze_every}": _start_at(make_inner(), d * unfreeze_every) for d in groups}, labels
+    )
 
 
-def for_run(schedule, params, *, trainable: str, gradual_unfreezing: bool, train_steps: int,
-            num_layers: dict[str, int]) -> optax.GradientTransformation:
+def for_run(
+    schedule, params, *, trainable: str, gradual_unfreezing: bool, train_steps: int, num_layers: dict[str, int]
+) -> optax.GradientTransformation:
     """A run's optimizer: Adafactor on `schedule`, restricted to what the fine-tuning method trains.
     Gradual unfreezing spreads the layers over train_steps in equal episodes, one per layer of the
     deepest stack (num_layers: layers per stack)."""
     unfreeze_every = -(-train_steps // max(num_layers.values())) if gradual_unfreezing else 0
-    return fine_tuning_optimizer(lambda: adafactor(schedule), params, trainable=trainable,
-                                 unfreeze_every=unfreeze_every, num_layers=num_layers)
+    return fine_tuning_optimizer(
+        lambda: adafactor(schedule), params, trainable=trainable, unfreeze_every=unfreeze_every, num_layers=num_layers
+    )

@@ -44,8 +44,10 @@ STANDARD_RULES: tuple[tuple[str, str | None], ...] = (
 # FSDP additionally splits parameters (and so optimizer state) over `data` along `embed`.
 # Activations keep `batch` on `data`: that rule comes first, so `embed` falls back to None.
 FSDP_RULES: tuple[tuple[str, str | None], ...] = tuple(
-    rule for logical, mesh_axis in STANDARD_RULES
-    for rule in ([(EMBED, DATA), (EMBED, None)] if logical == EMBED else [(logical, mesh_axis)]))
+    rule
+    for logical, mesh_axis in STANDARD_RULES
+    for rule in ([(EMBED, DATA), (EMBED, None)] if logical == EMBED else [(logical, mesh_axis)])
+)
 
 
 def logical_rules(fsdp: bool = False) -> tuple[tuple[str, str | None], ...]:
@@ -69,7 +71,7 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = 
         raise ValueError(
             f"MESH_SHAPE ({mesh_shape[0]}, {mesh_shape[1]}) does not divide the {len(devices)} "
             f"available devices: data * model must equal {len(devices)}. "
-            f"Fix it with e.g. --gin.MESH_SHAPE=\"({len(devices)}, 1)\"."
+            f'Fix it with e.g. --gin.MESH_SHAPE="({len(devices)}, 1)".'
         )
     return Mesh(np.asarray(devices).reshape(data, model), (DATA, MODEL))
 
@@ -104,9 +106,13 @@ def optimizer_state_shardings(abstract_opt_state, abstract_params, param_shardin
     placeholders are replicated.
     """
     params = {}
-    for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(abstract_params),
-                                      jax.tree_util.tree_leaves(param_shardings_tree)):
-        params[_dict_names(path)] = (tuple(leaf.shape), tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec)))
+    for (path, leaf), sharding in zip(
+        jax.tree_util.tree_leaves_with_path(abstract_params), jax.tree_util.tree_leaves(param_shardings_tree)
+    ):
+        params[_dict_names(path)] = (
+            tuple(leaf.shape),
+            tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec)),
+        )
 
     def lookup(names):
         # Grouped optimizers (optax.multi_transform) key their states by group label first.
@@ -127,8 +133,8 @@ def optimizer_state_shardings(abstract_opt_state, abstract_params, param_shardin
             dropped = {"v_row": order[-1], "v_col": order[-2]}
             for name, axis in dropped.items():
                 if name in _attr_names(path):
-                    kept = spec[:axis] + spec[axis + 1:]
-                    if shape[:axis] + shape[axis + 1:] == tuple(leaf.shape):
+                    kept = spec[:axis] + spec[axis + 1 :]
+                    if shape[:axis] + shape[axis + 1 :] == tuple(leaf.shape):
                         return NamedSharding(mesh, PartitionSpec(*kept))
         return replicated(mesh)
 
@@ -146,4 +152,5 @@ def check_divisible(abstract_tree, shardings_tree, mesh: Mesh, what: str = "para
                     raise ValueError(
                         f"MESH_SHAPE {tuple(mesh.shape.values())}: the {mesh.shape[axis]}-way `{axis}` axis does not "
                         f"divide {what} {name} (a dimension of {size}, shape {tuple(leaf.shape)}). Choose a `{axis}` "
-                        f"size that divides {size}.")
+                        f"size that divides {size}."
+                    )

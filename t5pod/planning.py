@@ -33,7 +33,8 @@ def plan(model_config: T5Config, config: TrainConfig, decode: InferConfig | None
     with mesh, nn.logical_axis_rules(setup.rules):
         _, report = trainer.compile_train_step(config, model_config, setup, mesh)
     return {
-        "devices": jax.device_count(), "mesh": dict(mesh.shape),
+        "devices": jax.device_count(),
+        "mesh": dict(mesh.shape),
         "params_bytes": _bytes_per_device(setup.abstract_state.params, setup.shardings.params),
         "opt_state_bytes": _bytes_per_device(setup.abstract_state.opt_state, setup.shardings.opt_state),
         **report,
@@ -45,8 +46,15 @@ def plan(model_config: T5Config, config: TrainConfig, decode: InferConfig | None
 REMAT_ORDER = ("none", "save_dots", "full")
 
 
-def fit_batch(model_config: T5Config, config: TrainConfig, memory_bytes: int, *, min_rows_per_device: int = 8,
-              max_rows_per_device: int = 1024, headroom: float = 0.9) -> dict:
+def fit_batch(
+    model_config: T5Config,
+    config: TrainConfig,
+    memory_bytes: int,
+    *,
+    min_rows_per_device: int = 8,
+    max_rows_per_device: int = 1024,
+    headroom: float = 0.9,
+) -> dict:
     """The largest global batch whose compiled train step fits memory_bytes per device.
 
     For each remat policy in REMAT_ORDER, the batch doubles from min_rows_per_device rows per
@@ -57,9 +65,11 @@ def fit_batch(model_config: T5Config, config: TrainConfig, memory_bytes: int, *,
     raises ValueError when no policy fits min_rows_per_device.
     """
     if memory_bytes <= 0 or not 0 < headroom <= 1 or not 0 < min_rows_per_device <= max_rows_per_device:
-        raise ValueError(f"fit_batch needs memory_bytes > 0, 0 < headroom <= 1 and 0 < min_rows_per_device <= "
-                         f"max_rows_per_device; got {memory_bytes}, {headroom}, {min_rows_per_device}, "
-                         f"{max_rows_per_device}.")
+        raise ValueError(
+            f"fit_batch needs memory_bytes > 0, 0 < headroom <= 1 and 0 < min_rows_per_device <= "
+            f"max_rows_per_device; got {memory_bytes}, {headroom}, {min_rows_per_device}, "
+            f"{max_rows_per_device}."
+        )
     data_devices = dict(trainer.validate(config).shape)["data"]
     budget, tried = headroom * memory_bytes, []
     for policy in REMAT_ORDER:
@@ -74,27 +84,33 @@ def fit_batch(model_config: T5Config, config: TrainConfig, memory_bytes: int, *,
             best, rows = (batch, result), rows * 2
         if best is not None:
             return {"remat_policy": policy, "batch_size": best[0], "plan": best[1], "tried": tried}
-    raise ValueError(f"The train step does not fit {memory_bytes / 2**30:.2f} GiB per device with "
-                     f"{min_rows_per_device} rows per device under any remat policy {REMAT_ORDER} (peaks: {tried}). "
-                     "Use more devices on the model axis, FSDP, or shorter sequences.")
+    raise ValueError(
+        f"The train step does not fit {memory_bytes / 2**30:.2f} GiB per device with "
+        f"{min_rows_per_device} rows per device under any remat policy {REMAT_ORDER} (peaks: {tried}). "
+        "Use more devices on the model axis, FSDP, or shorter sequences."
+    )
 
 
 def format_plan(result: dict, hbm_gib: float | None) -> str:
-    gib = 2 ** 30
-    lines = [f"mesh {result['mesh']} over {result['devices']} devices; per device:",
-             f"  parameters        {result['params_bytes'] / gib:8.3f} GiB",
-             f"  optimizer state   {result['opt_state_bytes'] / gib:8.3f} GiB",
-             f"  activations/temp  {result['temp_bytes'] / gib:8.3f} GiB",
-             f"  peak (compiled)   {result['peak_bytes'] / gib:8.3f} GiB"]
+    gib = 2**30
+    lines = [
+        f"mesh {result['mesh']} over {result['devices']} devices; per device:",
+        f"  parameters        {result['params_bytes'] / gib:8.3f} GiB",
+        f"  optimizer state   {result['opt_state_bytes'] / gib:8.3f} GiB",
+        f"  activations/temp  {result['temp_bytes'] / gib:8.3f} GiB",
+        f"  peak (compiled)   {result['peak_bytes'] / gib:8.3f} GiB",
+    ]
     if hbm_gib:
         fits = result["peak_bytes"] <= hbm_gib * gib
         lines.append(f"  {'fits' if fits else 'does NOT fit'} in {hbm_gib:g} GiB of HBM per device")
     if "decode_peak_bytes" in result:
         beams = f" x {result['decode_beam_size']} beams" if result["decode_beam_size"] > 1 else ""
-        lines += [f"decoding {result['decode_batch_size']} rows{beams} x {result['decode_length']} tokens; per device:",
-                  f"  parameters        {result['decode_params_bytes'] / gib:8.3f} GiB",
-                  f"  cache/temp        {result['decode_temp_bytes'] / gib:8.3f} GiB",
-                  f"  peak (compiled)   {result['decode_peak_bytes'] / gib:8.3f} GiB"]
+        lines += [
+            f"decoding {result['decode_batch_size']} rows{beams} x {result['decode_length']} tokens; per device:",
+            f"  parameters        {result['decode_params_bytes'] / gib:8.3f} GiB",
+            f"  cache/temp        {result['decode_temp_bytes'] / gib:8.3f} GiB",
+            f"  peak (compiled)   {result['decode_peak_bytes'] / gib:8.3f} GiB",
+        ]
         if hbm_gib:
             fits = result["decode_peak_bytes"] <= hbm_gib * gib
             lines.append(f"  {'fits' if fits else 'does NOT fit'} in {hbm_gib:g} GiB of HBM per device")

@@ -3,10 +3,11 @@ off the mean-pooled encoder outputs with a linear model, from a checkpoint or fr
 
 Features are the encoder's final outputs averaged over each input's tokens ([examples, embed]),
 computed on the mesh like decoding; `--features=embeddings` averages the token embeddings the
-encoder reads instead (what pre-training put in the embedding table alone). Classification tasks (class-name targets) fit scikit-learn's
-logistic regression, regression tasks (STS-B) ridge regression; the regularisation strength is
-chosen by 5-fold cross-validation on the training features alone, and the fitted model is scored
-once on the evaluation split: accuracy x 100, or Pearson correlation x 100.
+encoder reads instead (what pre-training put in the embedding table alone). Classification tasks
+(class-name targets) fit scikit-learn's logistic regression, regression tasks (STS-B) ridge
+regression; the regularisation strength is chosen by 5-fold cross-validation on the training
+features alone, and the fitted model is scored once on the evaluation split: accuracy x 100, or
+Pearson correlation x 100.
 """
 
 import dataclasses
@@ -27,7 +28,7 @@ from t5pod.configs import InferConfig, T5Config
 from t5pod.data import benchmarks, pipeline
 from t5pod.data.glue_metrics import as_text
 
-REGULARISATION_GRID = tuple(10.0 ** k for k in range(-4, 5))  # C for logistic, alpha for ridge
+REGULARISATION_GRID = tuple(10.0**k for k in range(-4, 5))  # C for logistic, alpha for ridge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _base_task(task_name: str) -> str:
 
 
 def task_kind(task_name: str) -> str:
-    """"classification" for tasks whose targets are class names, "regression" for STS-B."""
+    """ "classification" for tasks whose targets are class names, "regression" for STS-B."""
     base = _base_task(task_name)
     if base in benchmarks.LABEL_CLASSES:
         return "classification"
@@ -67,8 +68,9 @@ def task_kind(task_name: str) -> str:
     raise ValueError(f"probe takes a classification task or STS-B, not {task_name!r} (e.g. glue_sst2_1k_v002).")
 
 
-def features_and_labels(predictor, task_name: str, split: str, lengths: dict,
-                        features: str = "encoder") -> tuple[np.ndarray, np.ndarray]:
+def features_and_labels(
+    predictor, task_name: str, split: str, lengths: dict, features: str = "encoder"
+) -> tuple[np.ndarray, np.ndarray]:
     """(pooled encodings [examples, embed], labels [examples]) of a task split, labels as the task's
     postprocessor reads its targets (class ids, or STS-B's float). features: "encoder" (the encoder's
     outputs) or "embeddings" (the token embeddings it reads)."""
@@ -77,13 +79,15 @@ def features_and_labels(predictor, task_name: str, split: str, lengths: dict,
     if not rows:
         raise ValueError(f"{task_name}/{split} has no examples to probe.")
     postprocess = task.postprocess_fn
-    labels = np.array([postprocess(as_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows],
-                      np.float64)
+    labels = np.array(
+        [postprocess(as_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows], np.float64
+    )
     return predictor.encode_ids([r["input_ids"] for r in rows], features), labels
 
 
-def fit_and_score(kind: str, train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
-                  eval_y: np.ndarray, folds: int = 5) -> tuple[float, float]:
+def fit_and_score(
+    kind: str, train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, eval_y: np.ndarray, folds: int = 5
+) -> tuple[float, float]:
     """(score x 100 on the evaluation set, chosen regularisation) of a linear model fitted on the
     standardised training features, its strength chosen by cross-validation on them alone."""
     if kind == "classification":
@@ -100,8 +104,15 @@ def fit_and_score(kind: str, train_x: np.ndarray, train_y: np.ndarray, eval_x: n
     return 100.0 * float(np.corrcoef(predictions, eval_y)[0, 1]), float(linear.alpha_)
 
 
-def probe(predictor, task_name: str, lengths: dict, train_split: str = "train",
-          eval_split: str = "validation", eval_task: str | None = None, features: str = "encoder") -> ProbeResult:
+def probe(
+    predictor,
+    task_name: str,
+    lengths: dict,
+    train_split: str = "train",
+    eval_split: str = "validation",
+    eval_task: str | None = None,
+    features: str = "encoder",
+) -> ProbeResult:
     """Fits a linear probe on task_name's train_split and scores it on eval_task's (default the base
     benchmark task's: a transfer subset is scored on the dev set) eval_split."""
     if features not in inference.POOLED_FEATURES:
@@ -121,20 +132,33 @@ def make_predictor(model_config: T5Config, config: InferConfig, vocabulary, rand
     if random_init_seed is None:
         return inference.Predictor(model_config, config, vocabulary)
     layout = inference.mesh_layout(model_config, partitioning.make_mesh(config.mesh_shape), config.fsdp)
-    return inference.Predictor(model_config, config, vocabulary, mesh=layout.mesh,
-                               params=random_params(model_config, layout, random_init_seed))
+    return inference.Predictor(
+        model_config, config, vocabulary, mesh=layout.mesh, params=random_params(model_config, layout, random_init_seed)
+    )
 
 
-def run(model_config: T5Config, config: InferConfig, vocabulary, task_name: str, random_init_seed: int | None = None,
-        train_split: str = "train", eval_split: str = "validation", eval_task: str | None = None,
-        features: str = "encoder", output_file: str | None = None) -> dict:
+def run(
+    model_config: T5Config,
+    config: InferConfig,
+    vocabulary,
+    task_name: str,
+    random_init_seed: int | None = None,
+    train_split: str = "train",
+    eval_split: str = "validation",
+    eval_task: str | None = None,
+    features: str = "encoder",
+    output_file: str | None = None,
+) -> dict:
     """`t5pod probe` as a function: probes config.checkpoint_path's encoder (or fresh random weights
     with random_init_seed) on task_name; process 0 prints the result row and appends it to
     output_file. Returns the row."""
     predictor = make_predictor(model_config, config, vocabulary, random_init_seed)
     result = probe(predictor, task_name, config.task_feature_lengths, train_split, eval_split, eval_task, features)
-    row = {**result.as_dict(), "checkpoint": None if random_init_seed is not None else config.checkpoint_path,
-           "random_init_seed": random_init_seed}
+    row = {
+        **result.as_dict(),
+        "checkpoint": None if random_init_seed is not None else config.checkpoint_path,
+        "random_init_seed": random_init_seed,
+    }
     if jax.process_index() == 0:
         print(json.dumps(row))
         if output_file:

@@ -17,8 +17,16 @@ class Progress:
     stream: where the lines go (default stdout; stderr where stdout carries data).
     """
 
-    def __init__(self, total: int | None, done: int = 0, enabled: bool = True, every_s: float = 30.0,
-                 what: str = "rows", prefix: str = "", stream=None):
+    def __init__(
+        self,
+        total: int | None,
+        done: int = 0,
+        enabled: bool = True,
+        every_s: float = 30.0,
+        what: str = "rows",
+        prefix: str = "",
+        stream=None,
+    ):
         self.total, self.rows, self.enabled, self.every_s = total, done, enabled, every_s
         self.what, self.prefix, self.stream = what, prefix, stream
         self.start_rows, self.start = done, time.time()
@@ -39,5 +47,6 @@ class Progress:
 
     def done(self, message: str = ""):
         if self.enabled:
-            print(self.line(time.time()) + (f"\n{message}" if message else ""), file=self.stream or sys.stdout,
-                  flush=True)
+            print(
+                self.line(time.time()) + (f"\n{message}" if message else ""), file=self.stream or sys.stdout, flush=True
+            )

@@ -16,13 +16,27 @@ class RunDirError(ValueError):
 
 
 # What a MODEL_DIR of a t5pod run may hold; anything else there means it is not one.
-_RUN_DIR_ENTRIES = {checkpoints.CHECKPOINTS_FOLDER, checkpoints.DATA_POSITIONS_FOLDER, checkpoints.BROKEN_FOLDER,
-                    "config.gin", "metrics.jsonl", metric_writers.REMOTE_PARTS_FOLDER, "train", "eval", "inference_eval",
-                    "eval_metrics.jsonl", run_lock.LEASE_FILE}
+_RUN_DIR_ENTRIES = {
+    checkpoints.CHECKPOINTS_FOLDER,
+    checkpoints.DATA_POSITIONS_FOLDER,
+    checkpoints.BROKEN_FOLDER,
+    "config.gin",
+    "metrics.jsonl",
+    metric_writers.REMOTE_PARTS_FOLDER,
+    "train",
+    "eval",
+    "inference_eval",
+    "eval_metrics.jsonl",
+    run_lock.LEASE_FILE,
+}
 # Settings that decide the input stream: a resume that changes one cannot continue it.
-_STREAM_SETTINGS = {"batch_size": "BATCH_SIZE", "task_feature_lengths": "TASK_FEATURE_LENGTHS",
-                    "mixture_or_task_name": "MIXTURE_OR_TASK_NAME", "pack": "t5pod.TrainConfig.pack",
-                    "random_seed": "RANDOM_SEED"}
+_STREAM_SETTINGS = {
+    "batch_size": "BATCH_SIZE",
+    "task_feature_lengths": "TASK_FEATURE_LENGTHS",
+    "mixture_or_task_name": "MIXTURE_OR_TASK_NAME",
+    "pack": "t5pod.TrainConfig.pack",
+    "random_seed": "RANDOM_SEED",
+}
 
 
 def check_model_dir(config: TrainConfig):
@@ -45,14 +59,21 @@ def _model_dir_problem(config: TrainConfig) -> str | None:
         return None
     entries = {name.rstrip("/") for name in tf.io.gfile.listdir(model_dir)}
     if "model.gin" in entries or any(name.isdigit() for name in entries):
-        return (f"MODEL_DIR {model_dir} holds a converted checkpoint (convert-hf output), not a training run; "
-                f"training there would hide it. Start from it with --gin.INITIAL_CHECKPOINT_PATH=\"'{model_dir}'\" "
-                "and a new MODEL_DIR, or evaluate it with --gin.CHECKPOINT_PATH.")
-    foreign = sorted(name for name in entries - _RUN_DIR_ENTRIES
-                     if not (name.startswith("config-") and name.endswith(".gin")) and not name.startswith("."))
+        return (
+            f"MODEL_DIR {model_dir} holds a converted checkpoint (convert-hf output), not a training run; "
+            f"training there would hide it. Start from it with --gin.INITIAL_CHECKPOINT_PATH=\"'{model_dir}'\" "
+            "and a new MODEL_DIR, or evaluate it with --gin.CHECKPOINT_PATH."
+        )
+    foreign = sorted(
+        name
+        for name in entries - _RUN_DIR_ENTRIES
+        if not (name.startswith("config-") and name.endswith(".gin")) and not name.startswith(".")
+    )
     if foreign:
-        return (f"MODEL_DIR {model_dir} is not empty and is not a t5pod run folder (it holds "
-                f"{', '.join(foreign[:5])}); choose a new or empty MODEL_DIR.")
+        return (
+            f"MODEL_DIR {model_dir} is not empty and is not a t5pod run folder (it holds "
+            f"{', '.join(foreign[:5])}); choose a new or empty MODEL_DIR."
+        )
     return run_lock.refusal(model_dir, config.lease_timeout_s)
 
 
@@ -71,21 +92,25 @@ def resume_point(config: TrainConfig, model_config: T5Config, abstract, writer) 
         except checkpoints.CheckpointError as error:
             raise checkpoints.CheckpointError(
                 f"MODEL_DIR {config.model_dir} holds checkpoints of another model; refusing to overwrite or "
-                f"restore them. Use a new MODEL_DIR or the model.gin that matches. ({error})") from None
+                f"restore them. Use a new MODEL_DIR or the model.gin that matches. ({error})"
+            ) from None
         try:
             params, opt_state, metadata = checkpoints.restore_train_state(config.model_dir, step, abstract)
         except Exception as error:  # noqa: BLE001
             broken.append((step, checkpoints.describe_read_error(error)))
             continue
         for saved_step, reason in broken:
-            writer.print(f"Warning: checkpoint {saved_step} in {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER} "
-                         f"cannot be read ({reason}); it will be kept in {checkpoints.BROKEN_FOLDER}/ and the run "
-                         f"resumes from step {step}.")
+            writer.print(
+                f"Warning: checkpoint {saved_step} in {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER} "
+                f"cannot be read ({reason}); it will be kept in {checkpoints.BROKEN_FOLDER}/ and the run "
+                f"resumes from step {step}."
+            )
         return step, params, opt_state, metadata, broken
     if broken:
         raise checkpoints.CheckpointError(
             f"No checkpoint in {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER} can be read (step {broken[0][0]}: "
-            f"{broken[0][1]}). Move the folder away to start afresh, or restore it from a copy.")
+            f"{broken[0][1]}). Move the folder away to start afresh, or restore it from a copy."
+        )
     return None, None, None, None, []
 
 
@@ -93,15 +118,18 @@ def check_stream_settings(config: TrainConfig, saved: dict, step: int):
     """Refuses to continue a saved input position under settings that change the stream."""
     if config.restart_data_stream:
         return
-    changed = [f"{macro} {saved['data_settings'][name]!r} -> {getattr(config, name)!r}"
-               for name, macro in _STREAM_SETTINGS.items()
-               if name in saved.get("data_settings", {}) and saved["data_settings"][name] != getattr(config, name)]
+    changed = [
+        f"{macro} {saved['data_settings'][name]!r} -> {getattr(config, name)!r}"
+        for name, macro in _STREAM_SETTINGS.items()
+        if name in saved.get("data_settings", {}) and saved["data_settings"][name] != getattr(config, name)
+    ]
     if changed:
         raise RunDirError(
             f"Checkpoint {step} in {config.model_dir} was written with other input settings ({'; '.join(changed)}), "
             "so its saved input position does not apply. Restore the old settings, or pass "
             "--gin.RESTART_DATA_STREAM=True to continue from the checkpoint with the input stream restarted from "
-            "its seed.")
+            "its seed."
+        )
 
 
 def write_operative_config(model_dir: str, operative_config: str, resume_step: int | None):

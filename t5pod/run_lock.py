@@ -71,9 +71,11 @@ def refusal(model_dir: str, timeout_s: float) -> str | None:
         return None
     age = time.time() - float(lease.get("heartbeat", 0))
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(lease.get("started", 0))))
-    return (f"MODEL_DIR {model_dir} is in use by another run (host {lease.get('host')}, pid {lease.get('pid')}, "
-            f"started {started}, heartbeat {age:.0f} s ago). Stop that run or use another MODEL_DIR; a killed "
-            f"run's lease expires {timeout_s:.0f} s after its last heartbeat.")
+    return (
+        f"MODEL_DIR {model_dir} is in use by another run (host {lease.get('host')}, pid {lease.get('pid')}, "
+        f"started {started}, heartbeat {age:.0f} s ago). Stop that run or use another MODEL_DIR; a killed "
+        f"run's lease expires {timeout_s:.0f} s after its last heartbeat."
+    )
 
 
 class RunLease:
@@ -90,8 +92,14 @@ class RunLease:
         self.taken_over: dict | None = None  # the expired lease this run replaced, if any
 
     def _lease(self, started: float) -> dict:
-        return {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "started": started,
-                "heartbeat": time.time(), "timeout_s": self.timeout_s}
+        return {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": started,
+            "heartbeat": time.time(),
+            "timeout_s": self.timeout_s,
+        }
 
     def acquire(self):
         """Takes the lease, or raises RunLockError naming the live run that holds it."""
@@ -109,8 +117,10 @@ class RunLease:
         time.sleep(0.05)
         holder = _read(self.path)
         if holder is None or holder.get("owner") != self.owner:
-            raise RunLockError(f"MODEL_DIR {os.path.dirname(self.path)} was taken by another run starting at the "
-                               f"same time (host {holder and holder.get('host')}, pid {holder and holder.get('pid')}).")
+            raise RunLockError(
+                f"MODEL_DIR {os.path.dirname(self.path)} was taken by another run starting at the "
+                f"same time (host {holder and holder.get('host')}, pid {holder and holder.get('pid')})."
+            )
         self._thread = threading.Thread(target=self._beat, name="run-lease-heartbeat", daemon=True)
         self._thread.start()
         return self

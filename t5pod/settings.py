@@ -104,8 +104,11 @@ def settings() -> list[Setting]:
 
 def help_text(*gin_files: str) -> list[str]:
     """`NAME = default  # meaning` lines of the macros gin_files define, for a command's --help."""
-    return [f"  {m.name} = {m.default}" + (f"  # {m.meaning}" if m.meaning else "")
-            for gin_file in gin_files for m in read_macros(gin_file)]
+    return [
+        f"  {m.name} = {m.default}" + (f"  # {m.meaning}" if m.meaning else "")
+        for gin_file in gin_files
+        for m in read_macros(gin_file)
+    ]
 
 
 def _cell(text: str) -> str:
@@ -131,8 +134,7 @@ def markdown() -> str:
     ]
     for s in settings():
         values = sorted(set(s.defaults.values()))
-        default = (f"`{values[0]}`" if len(values) == 1
-                   else "; ".join(f"`{v}` ({f})" for f, v in s.defaults.items()))
+        default = f"`{values[0]}`" if len(values) == 1 else "; ".join(f"`{v}` ({f})" for f, v in s.defaults.items())
         changed = s.finetune_default is not None and s.finetune_default != s.defaults.get("runs/pretrain.gin")
         finetune = f"`{s.finetune_default}`" if changed else ""
         where = ", ".join(f"`{c}`" for c in s.commands) + f" (`{'`, `'.join(s.defaults)}`)"

@@ -69,8 +69,7 @@ class MetricWindow:
         return summary
 
 
-def loop(run, window: MetricWindow, hooks: list[Hook], stop_requested: Callable[[], bool],
-         on_stop: Callable) -> int:
+def loop(run, window: MetricWindow, hooks: list[Hook], stop_requested: Callable[[], bool], on_stop: Callable) -> int:
     """Steps run (a trainer.PreparedRun: its config, mesh, compiled step_fn, state, train_iterator
     and first_batch) from run.state to TRAIN_STEPS, running each hook when it is due. When
     stop_requested() on any process, every process calls on_stop(step, state) and returns early.
@@ -112,5 +111,7 @@ def _check_finite(pending):
     step, metrics = pending
     loss = float(jax.device_get(metrics["loss_sum"]))
     if not np.isfinite(loss):
-        raise TrainingError(f"The loss became {loss} at step {step}; stopping. The last good checkpoint is kept; "
-                            "lower LEARNING_RATE or check the data.")
+        raise TrainingError(
+            f"The loss became {loss} at step {step}; stopping. The last good checkpoint is kept; "
+            "lower LEARNING_RATE or check the data."
+        )

@@ -42,20 +42,31 @@ def cross_entropy_with_z_loss(logits, targets, weights, z_loss: float, label_smo
 
 def _loss_sums(params, batch, rng, *, model, z_loss, label_smoothing, enable_dropout):
     inputs = {k: batch[k] for k in model.input_features if k in batch}
-    logits = model.apply({"params": params}, **inputs, enable_dropout=enable_dropout,
-                         rngs={"dropout": rng} if enable_dropout else None)
+    logits = model.apply(
+        {"params": params}, **inputs, enable_dropout=enable_dropout, rngs={"dropout": rng} if enable_dropout else None
+    )
     with jax.named_scope("cross_entropy"):
         weights = batch["decoder_loss_weights"].astype(jnp.float32)
-        loss_sum, z_sum = cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"], weights, z_loss,
-                                                    label_smoothing)
+        loss_sum, z_sum = cross_entropy_with_z_loss(
+            logits, batch["decoder_target_tokens"], weights, z_loss, label_smoothing
+        )
         correct = jnp.sum((jnp.argmax(logits, -1) == batch["decoder_target_tokens"]) * weights)
-    return loss_sum, {"loss_sum": loss_sum, "z_loss_sum": z_sum, "correct_sum": correct,
-                      "weight_sum": jnp.sum(weights)}
+    return loss_sum, {"loss_sum": loss_sum, "z_loss_sum": z_sum, "correct_sum": correct, "weight_sum": jnp.sum(weights)}
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model, optimizer: optax.GradientTransformation,
-               schedule: Callable, z_loss: float, label_smoothing: float = 0.0, num_microbatches: int = 1,
-               loss_normalizing_factor: float | None = None) -> tuple[TrainState, dict]:
+def train_step(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    model,
+    optimizer: optax.GradientTransformation,
+    schedule: Callable,
+    z_loss: float,
+    label_smoothing: float = 0.0,
+    num_microbatches: int = 1,
+    loss_normalizing_factor: float | None = None,
+) -> tuple[TrainState, dict]:
     """One optimizer step. rng is this step's key (the trainer passes fold_in(seed, step)).
 
     The loss optimised is the sum of token losses over the global batch divided by the number of
@@ -68,7 +79,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model, optimiz
         grads, sums = grad_fn(state.params, batch, rng, **kwargs)
     else:
         micro = jax.tree_util.tree_map(
-            lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:]), batch)
+            lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:]), batch
+        )
 
         def accumulate(carry, index_and_batch):
             index, microbatch = index_and_batch
@@ -100,9 +112,13 @@ def eval_step(params, batch: dict, *, model, z_loss: float) -> dict:
 def summarize(sums: dict) -> dict:
     """Host side: per-token means from summed metrics."""
     weight = max(float(sums["weight_sum"]), 1e-8)
-    summary = {"loss": float(sums["loss_sum"]) / weight, "z_loss": float(sums["z_loss_sum"]) / weight,
-               "cross_entropy": (float(sums["loss_sum"]) - float(sums["z_loss_sum"])) / weight,
-               "accuracy": float(sums["correct_sum"]) / weight, "target_tokens": int(sums["weight_sum"])}
+    summary = {
+        "loss": float(sums["loss_sum"]) / weight,
+        "z_loss": float(sums["z_loss_sum"]) / weight,
+        "cross_entropy": (float(sums["loss_sum"]) - float(sums["z_loss_sum"])) / weight,
+        "accuracy": float(sums["correct_sum"]) / weight,
+        "target_tokens": int(sums["weight_sum"]),
+    }
     for key in ("learning_rate", "grad_norm"):
         if key in sums:
             summary[key] = float(sums[key])

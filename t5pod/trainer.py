@@ -17,8 +17,19 @@ import tensorflow as tf
 from jax.experimental import multihost_utils
 
 from t5pod import (
-    checkpoints, evaluation, flops, inference, metric_writers, models, optimizer, partitioning,
-    progress, run_dir, run_lock, train_loop, train_step,
+    checkpoints,
+    evaluation,
+    flops,
+    inference,
+    metric_writers,
+    models,
+    optimizer,
+    partitioning,
+    progress,
+    run_dir,
+    run_lock,
+    train_loop,
+    train_step,
 )
 from t5pod.configs import InferConfig, T5Config, TrainConfig
 from t5pod.train_loop import TrainingError
@@ -30,13 +41,17 @@ def validate(config: TrainConfig):
     mesh = partitioning.make_mesh(config.mesh_shape)  # raises a clear error if it does not divide
     data_parallel = mesh.shape[partitioning.DATA]
     if config.batch_size % data_parallel:
-        raise ValueError(f"BATCH_SIZE {config.batch_size} is not divisible by the data-parallel mesh size "
-                         f"{data_parallel}; use a multiple of {data_parallel}.")
+        raise ValueError(
+            f"BATCH_SIZE {config.batch_size} is not divisible by the data-parallel mesh size "
+            f"{data_parallel}; use a multiple of {data_parallel}."
+        )
     if config.batch_size % jax.process_count():
         raise ValueError(f"BATCH_SIZE {config.batch_size} is not divisible by the {jax.process_count()} processes.")
     if (config.batch_size // data_parallel) % config.num_microbatches:
-        raise ValueError(f"NUM_MICROBATCHES {config.num_microbatches} does not divide the per-replica batch "
-                         f"{config.batch_size // data_parallel}.")
+        raise ValueError(
+            f"NUM_MICROBATCHES {config.num_microbatches} does not divide the per-replica batch "
+            f"{config.batch_size // data_parallel}."
+        )
     if config.trainable not in optimizer.TRAINABLE:
         raise ValueError(f"Unknown TRAINABLE {config.trainable!r}; use one of {optimizer.TRAINABLE}.")
     if config.train_steps <= 0 or config.log_period <= 0 or config.checkpoint_period <= 0:
@@ -45,10 +60,17 @@ def validate(config: TrainConfig):
 
 
 def _data_iterator(config: TrainConfig, model_config: T5Config, split: str, shuffle: bool, num_epochs=None):
-    dataset = pipeline.get_dataset(config.mixture_or_task_name, config.task_feature_lengths, split, shuffle=shuffle,
-                                   seed=config.random_seed, pack=config.pack, num_epochs=num_epochs,
-                                   use_cached=config.use_cached,
-                                   converter=models.feature_converter(model_config, config.pack))
+    dataset = pipeline.get_dataset(
+        config.mixture_or_task_name,
+        config.task_feature_lengths,
+        split,
+        shuffle=shuffle,
+        seed=config.random_seed,
+        pack=config.pack,
+        num_epochs=num_epochs,
+        use_cached=config.use_cached,
+        converter=models.feature_converter(model_config, config.pack),
+    )
     return pipeline.CheckpointableIterator(pipeline.batched(dataset, config.batch_size // jax.process_count()))
 
 
@@ -78,9 +100,14 @@ def create_state(model_config: T5Config, config: TrainConfig, mesh) -> StateSetu
     features = models.dummy_features(model_config, 1, lengths["inputs"], lengths["targets"])
 
     boxed = jax.eval_shape(lambda rng: model.init(rng, **features)["params"], jax.random.PRNGKey(0))
-    tx = optimizer.for_run(schedule, nn.unbox(boxed), trainable=config.trainable,
-                          gradual_unfreezing=config.gradual_unfreezing, train_steps=config.train_steps,
-                          num_layers=models.layers_per_stack(model_config))
+    tx = optimizer.for_run(
+        schedule,
+        nn.unbox(boxed),
+        trainable=config.trainable,
+        gradual_unfreezing=config.gradual_unfreezing,
+        train_steps=config.train_steps,
+        num_layers=models.layers_per_stack(model_config),
+    )
 
     def init(rng):
         params = nn.unbox(model.init(rng, **features)["params"])
@@ -89,21 +116,33 @@ def create_state(model_config: T5Config, config: TrainConfig, mesh) -> StateSetu
     param_shardings = nn.unbox(partitioning.param_shardings(boxed, mesh, rules))
     abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = train_step.TrainState(
-        step=partitioning.replicated(mesh), params=param_shardings,
-        opt_state=partitioning.optimizer_state_shardings(abstract.opt_state, abstract.params, param_shardings, mesh))
-    abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        step=partitioning.replicated(mesh),
+        params=param_shardings,
+        opt_state=partitioning.optimizer_state_shardings(abstract.opt_state, abstract.params, param_shardings, mesh),
+    )
+    abstract = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
     return StateSetup(model, tx, schedule, rules, abstract, shardings, jax.jit(init, out_shardings=shardings))
 
 
 def make_train_step(config: TrainConfig, setup: StateSetup, mesh):
     """train_step jitted once with explicit shardings; the state is donated."""
     return jax.jit(
-        functools.partial(train_step.train_step, model=setup.model, optimizer=setup.optimizer,
-                          schedule=setup.schedule, z_loss=config.z_loss, label_smoothing=config.label_smoothing,
-                          num_microbatches=config.num_microbatches,
-                          loss_normalizing_factor=config.loss_normalizing_factor),
+        functools.partial(
+            train_step.train_step,
+            model=setup.model,
+            optimizer=setup.optimizer,
+            schedule=setup.schedule,
+            z_loss=config.z_loss,
+            label_smoothing=config.label_smoothing,
+            num_microbatches=config.num_microbatches,
+            loss_normalizing_factor=config.loss_normalizing_factor,
+        ),
         in_shardings=(setup.shardings, train_loop.batch_sharding(mesh), partitioning.replicated(mesh)),
-        out_shardings=(setup.shardings, partitioning.replicated(mesh)), donate_argnums=(0,))
+        out_shardings=(setup.shardings, partitioning.replicated(mesh)),
+        donate_argnums=(0,),
+    )
 
 
 def compile_train_step(config: TrainConfig, model_config: T5Config, setup: StateSetup, mesh) -> tuple:
@@ -115,33 +154,43 @@ def compile_train_step(config: TrainConfig, model_config: T5Config, setup: State
     and logical-rules context.
     """
     batch = models.batch_spec(model_config, config.batch_size, config.task_feature_lengths, config.pack)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=train_loop.batch_sharding(mesh)) for k, v in batch.items()}
+    batch = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=train_loop.batch_sharding(mesh)) for k, v in batch.items()
+    }
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioning.replicated(mesh))
     start = time.time()
     compiled = make_train_step(config, setup, mesh).lower(setup.abstract_state, batch, rng).compile()
     compile_s = time.time() - start
     memory = compiled.memory_analysis()
-    sizes = {key: int(getattr(memory, f"{key}_size_in_bytes", 0)) if memory is not None else 0
-             for key in ("argument", "output", "alias", "temp")}
+    sizes = {
+        key: int(getattr(memory, f"{key}_size_in_bytes", 0)) if memory is not None else 0
+        for key in ("argument", "output", "alias", "temp")
+    }
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost or {}
     lengths = config.task_feature_lengths
     report = {
-        "argument_bytes": sizes["argument"], "output_bytes": sizes["output"], "alias_bytes": sizes["alias"],
-        "temp_bytes": sizes["temp"], "peak_bytes": sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"],
+        "argument_bytes": sizes["argument"],
+        "output_bytes": sizes["output"],
+        "alias_bytes": sizes["alias"],
+        "temp_bytes": sizes["temp"],
+        "peak_bytes": sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"],
         "model_flops_per_step": flops.train_flops_per_example(model_config, lengths["inputs"], lengths["targets"])
         * config.batch_size,
-        "compiled_flops_per_device": float(cost.get("flops", 0.0)), "compile_s": compile_s,
+        "compiled_flops_per_device": float(cost.get("flops", 0.0)),
+        "compile_s": compile_s,
     }
     return compiled, report
 
 
 def format_step_report(report: dict) -> str:
-    gib = 2 ** 30
-    return (f"Compiled the train step in {report['compile_s']:.1f} s; per device: arguments "
-            f"{report['argument_bytes'] / gib:.3f} GiB, outputs {report['output_bytes'] / gib:.3f} GiB, temporaries "
-            f"{report['temp_bytes'] / gib:.3f} GiB, peak {report['peak_bytes'] / gib:.3f} GiB; "
-            f"{report['model_flops_per_step'] / 1e12:.4g} model TFLOP per step.")
+    gib = 2**30
+    return (
+        f"Compiled the train step in {report['compile_s']:.1f} s; per device: arguments "
+        f"{report['argument_bytes'] / gib:.3f} GiB, outputs {report['output_bytes'] / gib:.3f} GiB, temporaries "
+        f"{report['temp_bytes'] / gib:.3f} GiB, peak {report['peak_bytes'] / gib:.3f} GiB; "
+        f"{report['model_flops_per_step'] / 1e12:.4g} model TFLOP per step."
+    )
 
 
 class _Preemption:
@@ -163,11 +212,14 @@ def _first_batch(iterator, config: TrainConfig) -> dict:
     try:
         return next(iterator)
     except StopIteration:
-        raise TrainingError(f"{config.mixture_or_task_name} gave no full batch of {config.batch_size} examples; "
-                            "check its data files or lower BATCH_SIZE.") from None
+        raise TrainingError(
+            f"{config.mixture_or_task_name} gave no full batch of {config.batch_size} examples; "
+            "check its data files or lower BATCH_SIZE."
+        ) from None
     except (tf.errors.OpError, UnicodeDecodeError) as error:
-        raise TrainingError(f"Reading the first batch of {config.mixture_or_task_name} failed: "
-                            f"{' '.join(str(error).split())[:300]}") from None
+        raise TrainingError(
+            f"Reading the first batch of {config.mixture_or_task_name} failed: {' '.join(str(error).split())[:300]}"
+        ) from None
 
 
 @dataclasses.dataclass
@@ -194,28 +246,42 @@ def prepare(config: TrainConfig, model_config: T5Config, writer: metric_writers.
     data, the compiled step (before any state exists, so that a step that does not fit fails
     first), then the state: restored from MODEL_DIR, or initialised (from INITIAL_CHECKPOINT_PATH)."""
     mesh = validate(config)
-    if config.inference_eval and config.eval_period and not evaluation.tasks_with_metrics(
-            config.mixture_or_task_name, config.eval_split):
-        raise ValueError(f"INFERENCE_EVAL=True, but no task of {config.mixture_or_task_name} has metrics and a "
-                         f"{config.eval_split!r} split; set --gin.INFERENCE_EVAL=False (loss-only evaluation).")
+    if (
+        config.inference_eval
+        and config.eval_period
+        and not evaluation.tasks_with_metrics(config.mixture_or_task_name, config.eval_split)
+    ):
+        raise ValueError(
+            f"INFERENCE_EVAL=True, but no task of {config.mixture_or_task_name} has metrics and a "
+            f"{config.eval_split!r} split; set --gin.INFERENCE_EVAL=False (loss-only evaluation)."
+        )
     run_dir.check_model_dir(config)
     setup = create_state(model_config, config, mesh)
     train_iterator = _data_iterator(config, model_config, "train", shuffle=True)
     first_batch = _first_batch(train_iterator, config)
-    metadata = {"architecture": model_config.checkpoint_fields(), "mixture_or_task_name": config.mixture_or_task_name,
-                "process_count": jax.process_count(), "data_settings": run_dir.stream_settings(config)}
+    metadata = {
+        "architecture": model_config.checkpoint_fields(),
+        "mixture_or_task_name": config.mixture_or_task_name,
+        "process_count": jax.process_count(),
+        "data_settings": run_dir.stream_settings(config),
+    }
     with mesh, nn.logical_axis_rules(setup.rules):
         step_fn, report = compile_train_step(config, model_config, setup, mesh)
-        resume_step, params, opt_state, saved, broken = run_dir.resume_point(config, model_config,
-                                                                             setup.abstract_state, writer)
+        resume_step, params, opt_state, saved, broken = run_dir.resume_point(
+            config, model_config, setup.abstract_state, writer
+        )
         if resume_step is not None:
             state = train_step.TrainState(
                 step=jax.device_put(jnp.asarray(resume_step, jnp.int32), setup.shardings.step),
-                params=params, opt_state=opt_state)
+                params=params,
+                opt_state=opt_state,
+            )
             first_batch = None
             if saved.get("process_count", 1) != jax.process_count():  # each process's shard changed
-                writer.print(f"Warning: the checkpoint was written by {saved.get('process_count')} processes, this "
-                             f"run has {jax.process_count()}; the input stream restarts from its seed.")
+                writer.print(
+                    f"Warning: the checkpoint was written by {saved.get('process_count')} processes, this "
+                    f"run has {jax.process_count()}; the input stream restarts from its seed."
+                )
             elif config.restart_data_stream:
                 writer.print("RESTART_DATA_STREAM=True: the input stream restarts from its seed.")
             else:
@@ -224,16 +290,31 @@ def prepare(config: TrainConfig, model_config: T5Config, writer: metric_writers.
         else:
             state = setup.init(jax.random.PRNGKey(config.random_seed))
             if config.initial_checkpoint_path:
-                params = checkpoints.read_initial_params(config.initial_checkpoint_path, model_config, state.params,
-                                                         setup.abstract_state.params)
-                state = state.replace(params=checkpoints.keep_fresh(params, state.params,
-                                                                    config.initial_checkpoint_skip))
-    return PreparedRun(config, model_config, mesh, setup, step_fn, report, state, train_iterator, first_batch,
-                       resume_step, broken, metadata)
+                params = checkpoints.read_initial_params(
+                    config.initial_checkpoint_path, model_config, state.params, setup.abstract_state.params
+                )
+                state = state.replace(
+                    params=checkpoints.keep_fresh(params, state.params, config.initial_checkpoint_skip)
+                )
+    return PreparedRun(
+        config,
+        model_config,
+        mesh,
+        setup,
+        step_fn,
+        report,
+        state,
+        train_iterator,
+        first_batch,
+        resume_step,
+        broken,
+        metadata,
+    )
 
 
-def standard_hooks(run: PreparedRun, writer, window: train_loop.MetricWindow, checkpointer,
-                   logged: dict) -> list[train_loop.Hook]:
+def standard_hooks(
+    run: PreparedRun, writer, window: train_loop.MetricWindow, checkpointer, logged: dict
+) -> list[train_loop.Hook]:
     """Log (steps 1, every LOG_PERIOD, the last), evaluate and decode the evaluation split (every
     EVAL_PERIOD), checkpoint (every CHECKPOINT_PERIOD, the last): in this order after a step."""
     config, model_config, mesh = run.config, run.model_config, run.mesh
@@ -243,15 +324,22 @@ def standard_hooks(run: PreparedRun, writer, window: train_loop.MetricWindow, ch
         logged.update(window.summary())
         writer.write(step, logged)
         eta = (config.train_steps - step) / max(logged["steps_per_s"], 1e-9)
-        speed = ("(first steps include the input pipeline's start-up)" if window.first_window else
-                 f"{logged['steps_per_s']:.2f} steps/s  {logged['tokens_per_s']:.0f} tokens/s  "
-                 f"MFU {logged['mfu']:.1%}  ETA {progress.format_duration(eta)}")
-        writer.print(f"step {step}/{config.train_steps}  loss {logged['loss']:.4f}  acc {logged['accuracy']:.3f}  "
-                     f"z_loss {logged['z_loss']:.2e}  lr {logged['learning_rate']:.2e}  {speed}")
+        speed = (
+            "(first steps include the input pipeline's start-up)"
+            if window.first_window
+            else f"{logged['steps_per_s']:.2f} steps/s  {logged['tokens_per_s']:.0f} tokens/s  "
+            f"MFU {logged['mfu']:.1%}  ETA {progress.format_duration(eta)}"
+        )
+        writer.print(
+            f"step {step}/{config.train_steps}  loss {logged['loss']:.4f}  acc {logged['accuracy']:.3f}  "
+            f"z_loss {logged['z_loss']:.2e}  lr {logged['learning_rate']:.2e}  {speed}"
+        )
 
-    eval_fn = jax.jit(functools.partial(train_step.eval_step, model=run.setup.model, z_loss=config.z_loss),
-                      in_shardings=(run.setup.shardings.params, train_loop.batch_sharding(mesh)),
-                      out_shardings=partitioning.replicated(mesh))
+    eval_fn = jax.jit(
+        functools.partial(train_step.eval_step, model=run.setup.model, z_loss=config.z_loss),
+        in_shardings=(run.setup.shardings.params, train_loop.batch_sharding(mesh)),
+        out_shardings=partitioning.replicated(mesh),
+    )
 
     def evaluate(step: int, state):
         _evaluate(config, model_config, eval_fn, state.params, mesh, writer, step)
@@ -262,14 +350,25 @@ def standard_hooks(run: PreparedRun, writer, window: train_loop.MetricWindow, ch
         nonlocal predictor
         predictor = predictor or _training_predictor(config, model_config, mesh, state.params)
         predictor.params = state.params
-        evaluation.run(predictor, config.mixture_or_task_name, config.eval_split, config.task_feature_lengths, step,
-                       config.model_dir, writer, config.inference_eval_examples, config.use_cached)
+        evaluation.run(
+            predictor,
+            config.mixture_or_task_name,
+            config.eval_split,
+            config.task_feature_lengths,
+            step,
+            config.model_dir,
+            writer,
+            config.inference_eval_examples,
+            config.use_cached,
+        )
 
     def save(step: int, state):
         checkpointer.save(step, state, run.metadata, run.train_iterator, jax.process_index())
 
-    hooks = [train_loop.Hook(log, train_loop.periodic(config.log_period, 1, config.train_steps)),
-             train_loop.Hook(evaluate, train_loop.periodic(config.eval_period))]
+    hooks = [
+        train_loop.Hook(log, train_loop.periodic(config.log_period, 1, config.train_steps)),
+        train_loop.Hook(evaluate, train_loop.periodic(config.eval_period)),
+    ]
     if config.inference_eval:
         hooks.append(train_loop.Hook(inference_eval, train_loop.periodic(config.eval_period)))
     return hooks + [train_loop.Hook(save, train_loop.periodic(config.checkpoint_period, config.train_steps))]
@@ -297,20 +396,29 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                 lease.acquire()
                 run_dir.write_operative_config(config.model_dir, operative_config, run.resume_step)
                 for step_number, _ in run.broken:
-                    writer.print(f"Moved unreadable checkpoint {step_number} to "
-                                 f"{checkpoints.move_to_broken(config.model_dir, step_number)}.")
+                    writer.print(
+                        f"Moved unreadable checkpoint {step_number} to "
+                        f"{checkpoints.move_to_broken(config.model_dir, step_number)}."
+                    )
             writer.open()
-            writer.write_run_settings(run.resume_step or 0, operative_config, {
-                **{f"train/{k}": v for k, v in dataclasses.asdict(config).items()},
-                **{f"model/{k}": v for k, v in dataclasses.asdict(model_config).items()}})
-            checkpointer = checkpoints.TrainCheckpointer(config.model_dir, config.keep_checkpoints,
-                                                         config.async_checkpointing)
+            writer.write_run_settings(
+                run.resume_step or 0,
+                operative_config,
+                {
+                    **{f"train/{k}": v for k, v in dataclasses.asdict(config).items()},
+                    **{f"model/{k}": v for k, v in dataclasses.asdict(model_config).items()},
+                },
+            )
+            checkpointer = checkpoints.TrainCheckpointer(
+                config.model_dir, config.keep_checkpoints, config.async_checkpointing
+            )
             _print_start(run, writer)
             first_step = int(jax.device_get(run.state.step))
             writer.write(first_step, run.report, split="compile", summary=False)
             peak_flops = flops.peak_flops_per_device(jax.local_devices()[0]) * jax.device_count()
-            window = train_loop.MetricWindow(run.report, peak_flops, config.batch_size * sum(config.task_feature_lengths.values()),
-                                  first_step)
+            window = train_loop.MetricWindow(
+                run.report, peak_flops, config.batch_size * sum(config.task_feature_lengths.values()), first_step
+            )
             hooks = standard_hooks(run, writer, window, checkpointer, logged)
             saves = hooks[-1]
 
@@ -318,8 +426,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                 if not saves.due(step):
                     saves.action(step, state)
                 checkpointer.wait()
-                writer.print(f"Preempted (SIGTERM): saved a checkpoint at step {step}; run the same command to "
-                             "resume.")
+                writer.print(f"Preempted (SIGTERM): saved a checkpoint at step {step}; run the same command to resume.")
 
             run_start = time.time()
             step = train_loop.loop(run, window, hooks, lambda: preemption.requested, stop)
@@ -329,30 +436,44 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                 checkpointer.close()
             writer.close()
             lease.release()
-        writer.print(f"Done at step {step} in {progress.format_duration(time.time() - run_start)}. Checkpoints: "
-                     f"{config.model_dir}/checkpoints; metrics: {config.model_dir}/metrics.jsonl; "
-                     f"TensorBoard: tensorboard --logdir {config.model_dir}")
+        writer.print(
+            f"Done at step {step} in {progress.format_duration(time.time() - run_start)}. Checkpoints: "
+            f"{config.model_dir}/checkpoints; metrics: {config.model_dir}/metrics.jsonl; "
+            f"TensorBoard: tensorboard --logdir {config.model_dir}"
+        )
     return {"step": step, **logged}
 
 
 def _print_start(run: PreparedRun, writer):
     config = run.config
-    writer.print(f"Training {config.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
-                 f"{jax.devices()[0].platform} device(s), mesh {dict(run.mesh.shape)}.")
+    writer.print(
+        f"Training {config.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s), mesh {dict(run.mesh.shape)}."
+    )
     writer.print(format_step_report(run.report) + f" {flops.describe_peak(jax.local_devices()[0])}.")
     if run.resume_step is not None:
-        writer.print(f"Resumed from {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER}/{run.resume_step} "
-                     f"(step {run.resume_step}).")
+        writer.print(
+            f"Resumed from {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER}/{run.resume_step} "
+            f"(step {run.resume_step})."
+        )
     elif config.initial_checkpoint_path:
-        skipped = (f"; freshly initialised: {', '.join(config.initial_checkpoint_skip)}"
-                   if config.initial_checkpoint_skip else "")
+        skipped = (
+            f"; freshly initialised: {', '.join(config.initial_checkpoint_skip)}"
+            if config.initial_checkpoint_skip
+            else ""
+        )
         writer.print(f"Initialised parameters from {config.initial_checkpoint_path} (optimizer reset{skipped}).")
 
 
 def _training_predictor(config: TrainConfig, model_config: T5Config, mesh, params) -> inference.Predictor:
     """Greedy decoding of the evaluation split on the training mesh, with the training batch size."""
-    infer_config = InferConfig(checkpoint_path=config.model_dir, task_feature_lengths=config.task_feature_lengths,
-                               batch_size=config.batch_size, mesh_shape=config.mesh_shape, fsdp=config.fsdp)
+    infer_config = InferConfig(
+        checkpoint_path=config.model_dir,
+        task_feature_lengths=config.task_feature_lengths,
+        batch_size=config.batch_size,
+        mesh_shape=config.mesh_shape,
+        fsdp=config.fsdp,
+    )
     return inference.Predictor(model_config, infer_config, vocabulary=None, mesh=mesh, params=params)
 
 

@@ -78,8 +78,14 @@ def _source(task: str, tfds_name: str, splits: tuple, files: dict | None, read, 
         return seqio.FunctionDataSource(local, splits=tuple(files))
 
     def tfds_dataset(split: str, shuffle_files: bool, seed=None):
-        dataset = glue.tfds_dataset(tfds_name, split, tfds_data_dir, f"read local files: --gin.TASK_FILES=\"{{'{task}': "
-                                    f"{{'{split}': 'FILES'}}}}\"", shuffle_files, seed)
+        dataset = glue.tfds_dataset(
+            tfds_name,
+            split,
+            tfds_data_dir,
+            f"read local files: --gin.TASK_FILES=\"{{'{task}': {{'{split}': 'FILES'}}}}\"",
+            shuffle_files,
+            seed,
+        )
         if task in SQUAD:  # answers as a flat list of strings, as the local reader gives them
             dataset = dataset.map(lambda x: {**x, "answers": x["answers"]["text"]})
         return dataset
@@ -91,24 +97,45 @@ def register(vocabulary, *, task_files: dict | None = None, tfds_data_dir: str |
     task_files = dict(task_files or {})
     unknown = sorted(set(task_files) - set(TASK_NAMES))
     if unknown:
-        raise ValueError(f"TASK_FILES names {unknown[0]!r}, which is none of the tasks that read files: "
-                         f"{', '.join(TASK_NAMES)} (GLUE and SuperGLUE read GLUE_DIR and SUPERGLUE_DIR).")
+        raise ValueError(
+            f"TASK_FILES names {unknown[0]!r}, which is none of the tasks that read files: "
+            f"{', '.join(TASK_NAMES)} (GLUE and SuperGLUE read GLUE_DIR and SUPERGLUE_DIR)."
+        )
     features = {"inputs": seqio.Feature(vocabulary, add_eos=True), "targets": seqio.Feature(vocabulary, add_eos=True)}
     tail = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos_after_trim]
 
     def add(task, source, formatter, metric_fn, postprocess_fn=None):
         seqio.TaskRegistry.remove(task)
-        seqio.TaskRegistry.add(task, source=source, preprocessors=[seqio.map_over_dataset(formatter), *tail],
-                               output_features=features, postprocess_fn=postprocess_fn, metric_fns=[metric_fn])
+        seqio.TaskRegistry.add(
+            task,
+            source=source,
+            preprocessors=[seqio.map_over_dataset(formatter), *tail],
+            output_features=features,
+            postprocess_fn=postprocess_fn,
+            metric_fns=[metric_fn],
+        )
 
     for task, (tfds_name, splits, article, summary) in SUMMARIZATION.items():
         read = functools.partial(generation_files.read_summaries, article_key=article, summary_key=summary)
-        add(task, _source(task, tfds_name, splits, task_files.get(task), read, tfds_data_dir),
-            functools.partial(summarize, article_key=article, summary_key=summary), generation_metrics.rouge)
+        add(
+            task,
+            _source(task, tfds_name, splits, task_files.get(task), read, tfds_data_dir),
+            functools.partial(summarize, article_key=article, summary_key=summary),
+            generation_metrics.rouge,
+        )
     for task, (tfds_name, splits, source, target) in TRANSLATION.items():
         read = functools.partial(generation_files.read_translations, source=source, target=target)
-        add(task, _source(task, tfds_name, splits, task_files.get(task), read, tfds_data_dir),
-            functools.partial(translate, source=source, target=target), generation_metrics.bleu)
+        add(
+            task,
+            _source(task, tfds_name, splits, task_files.get(task), read, tfds_data_dir),
+            functools.partial(translate, source=source, target=target),
+            generation_metrics.bleu,
+        )
     for task, (tfds_name, splits) in SQUAD.items():
-        add(task, _source(task, tfds_name, splits, task_files.get(task), generation_files.read_squad, tfds_data_dir),
-            squad, generation_metrics.squad, generation_metrics.all_answers)
+        add(
+            task,
+            _source(task, tfds_name, splits, task_files.get(task), generation_files.read_squad, tfds_data_dir),
+            squad,
+            generation_metrics.squad,
+            generation_metrics.all_answers,
+        )

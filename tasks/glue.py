@@ -49,26 +49,36 @@ def _rows(task: str, split: str, glue_dir, superglue_dir, tfds_data_dir):
 
 
 def _tfds_rows(tfds_name: str, split: str, data_dir, reader):
-    local = {"glue": "set GLUE_DIR to the GLUE TSV files",
-             "super_glue": "set SUPERGLUE_DIR to the SuperGLUE JSONL files"}.get(reader)
+    local = {
+        "glue": "set GLUE_DIR to the GLUE TSV files",
+        "super_glue": "set SUPERGLUE_DIR to the SuperGLUE JSONL files",
+    }.get(reader)
     import tensorflow_datasets as tfds  # here: it takes seconds to import and only TFDS reads need it
 
     return tfds.as_numpy(tfds_dataset(tfds_name, split, data_dir, local))
 
 
-def tfds_dataset(tfds_name: str, split: str, data_dir, local_hint: str | None = None, shuffle_files: bool = False,
-                 seed: int | None = None) -> tf.data.Dataset:
+def tfds_dataset(
+    tfds_name: str,
+    split: str,
+    data_dir,
+    local_hint: str | None = None,
+    shuffle_files: bool = False,
+    seed: int | None = None,
+) -> tf.data.Dataset:
     """A TFDS split, or one error saying how to provide it (local_hint: the way to use local files)."""
     import tensorflow_datasets as tfds  # here: it takes seconds to import and only TFDS reads need it
 
     try:
         return tfds.builder(tfds_name, data_dir=data_dir).as_dataset(
-            split=split, shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=seed))
+            split=split, shuffle_files=shuffle_files, read_config=tfds.ReadConfig(shuffle_seed=seed)
+        )
     except Exception as error:  # TFDS raises several kinds when data is missing
         raise FileNotFoundError(
             f"TFDS dataset {tfds_name} ({split}) is not available in {data_dir or 'the default TFDS data dir'} "
             f"({type(error).__name__}). Prepare it where there is internet (`tfds build {tfds_name.split(':')[0]}`) "
-            f"and set TFDS_DATA_DIR{', or ' + local_hint if local_hint else ''}.") from None
+            f"and set TFDS_DATA_DIR{', or ' + local_hint if local_hint else ''}."
+        ) from None
 
 
 def strings_dataset(columns: dict[str, list]) -> tf.data.Dataset:
@@ -88,8 +98,11 @@ def _examples_dataset(examples: list[dict]) -> tf.data.Dataset:
     """Formatted examples as one in-memory dataset."""
     if not examples:
         raise ValueError("The split has no examples.")
-    columns = {"inputs": [x["inputs"] for x in examples], "targets": [x["targets"] for x in examples],
-               "idx": [str(x.get("idx", "")) for x in examples]}
+    columns = {
+        "inputs": [x["inputs"] for x in examples],
+        "targets": [x["targets"] for x in examples],
+        "idx": [str(x.get("idx", "")) for x in examples],
+    }
     for key in ("group", "answers"):
         if key in examples[0]:
             columns[key] = [x[key] for x in examples]
@@ -110,11 +123,20 @@ def _dataset_fn(task: str, glue_dir, superglue_dir, tfds_data_dir):
 
 def register(vocabulary, *, glue_dir=None, superglue_dir=None, tfds_data_dir=None):
     features = {"inputs": seqio.Feature(vocabulary, add_eos=True), "targets": seqio.Feature(vocabulary, add_eos=True)}
-    preprocessors = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                     seqio.preprocessors.append_eos_after_trim]
+    preprocessors = [
+        seqio.preprocessors.tokenize,
+        seqio.CacheDatasetPlaceholder(),
+        seqio.preprocessors.append_eos_after_trim,
+    ]
     for task in benchmarks.TASK_NAMES:
         splits = tuple(benchmarks.TFDS_NAMES[task][2])
         source = seqio.FunctionDataSource(_dataset_fn(task, glue_dir, superglue_dir, tfds_data_dir), splits=splits)
         seqio.TaskRegistry.remove(task)
-        seqio.TaskRegistry.add(task, source=source, preprocessors=preprocessors, output_features=features,
-                               postprocess_fn=_postprocess_fn(task), metric_fns=list(benchmarks.metric_fns(task)))
+        seqio.TaskRegistry.add(
+            task,
+            source=source,
+            preprocessors=preprocessors,
+            output_features=features,
+            postprocess_fn=_postprocess_fn(task),
+            metric_fns=list(benchmarks.metric_fns(task)),
+        )

@@ -38,14 +38,23 @@ def _demo_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -
     return dataset.map(lambda i, x: x)
 
 
-def register(vocabulary, *, text_file_pattern: str | None = None, text_paragraphs: bool = False,
-             text_validation_file_pattern: str | None = None, text_validation_fraction: float = 0.01,
-             tfds_data_dir: str | None = None, noise_density: float = 0.15, mean_noise_span_length: float = 3.0):
+def register(
+    vocabulary,
+    *,
+    text_file_pattern: str | None = None,
+    text_paragraphs: bool = False,
+    text_validation_file_pattern: str | None = None,
+    text_validation_fraction: float = 0.01,
+    tfds_data_dir: str | None = None,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+):
     """Tasks `<source>_<objective>` for the sources c4_v220, text and demo and every objective of
     t5pod.objectives.OBJECTIVES, e.g. c4_v220_span_corruption or demo_bert_style."""
     c4 = seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME, tfds_data_dir=tfds_data_dir)
-    text = text_sources.TextFileSource(text_file_pattern or "", text_validation_file_pattern, text_paragraphs,
-                                       text_validation_fraction)
+    text = text_sources.TextFileSource(
+        text_file_pattern or "", text_validation_file_pattern, text_paragraphs, text_validation_fraction
+    )
     demo = seqio.FunctionDataSource(_demo_dataset_fn, splits=("train", "validation"))
     for name in objectives.OBJECTIVES:
         objective = objectives.objective(name, noise_density, mean_noise_span_length)
@@ -56,5 +65,6 @@ def register(vocabulary, *, text_file_pattern: str | None = None, text_paragraph
 
 def _add(name, source, preprocessors, features, **kwargs):
     seqio.TaskRegistry.remove(name)
-    seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors, output_features=features,
-                           metric_fns=[], **kwargs)
+    seqio.TaskRegistry.add(
+        name, source=source, preprocessors=preprocessors, output_features=features, metric_fns=[], **kwargs
+    )

@@ -42,7 +42,7 @@ def split_rows(rows: list, train: int | None, heldout: int, seed: int = SUBSET_S
         raise ValueError(f"the training file has {len(rows)} examples; the subset needs {needed}.")
     order = np.random.RandomState(seed).permutation(len(rows))
     held = [rows[i] for i in order[:heldout]]
-    rest = order[heldout:] if train is None else order[heldout:heldout + train]
+    rest = order[heldout:] if train is None else order[heldout : heldout + train]
     return {"train": [rows[i] for i in rest], "validation": held}
 
 
@@ -62,14 +62,24 @@ def _dataset_fn(name: str, base: str, train: int | None, heldout: int, glue_dir,
 
 def register(vocabulary, *, glue_dir=None, tfds_data_dir=None):
     features = {"inputs": seqio.Feature(vocabulary, add_eos=True), "targets": seqio.Feature(vocabulary, add_eos=True)}
-    preprocessors = [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                     seqio.preprocessors.append_eos_after_trim]
+    preprocessors = [
+        seqio.preprocessors.tokenize,
+        seqio.CacheDatasetPlaceholder(),
+        seqio.preprocessors.append_eos_after_trim,
+    ]
     for name, (base, train, heldout) in SUBSETS.items():
-        source = seqio.FunctionDataSource(_dataset_fn(name, base, train, heldout, glue_dir, tfds_data_dir),
-                                          splits=("train", "validation"))
+        source = seqio.FunctionDataSource(
+            _dataset_fn(name, base, train, heldout, glue_dir, tfds_data_dir), splits=("train", "validation")
+        )
         seqio.TaskRegistry.remove(name)
-        seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors, output_features=features,
-                               postprocess_fn=glue._postprocess_fn(base), metric_fns=list(benchmarks.metric_fns(base)))
+        seqio.TaskRegistry.add(
+            name,
+            source=source,
+            preprocessors=preprocessors,
+            output_features=features,
+            postprocess_fn=glue._postprocess_fn(base),
+            metric_fns=list(benchmarks.metric_fns(base)),
+        )
         mixture = mixture_name(name)
         seqio.MixtureRegistry.remove(mixture)
         seqio.MixtureRegistry.add(mixture, [(name, 1.0), (base, 0.0)])

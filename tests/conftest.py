@@ -11,7 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # It changes no numbers: a cached executable is the one the compiler would produce.
 import tempfile
 
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"t5pod-tests-jax-cache-{os.getuid()}"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"t5pod-tests-jax-cache-{os.getuid()}")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -58,10 +60,25 @@ def pretrained_demo_run(tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (run / "checkpoints").is_dir():
             done = subprocess.run(
-                [sys.executable, "-m", "t5pod", "train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{run}'",
-                 "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
-                 "--gin.LOG_PERIOD=1", "--gin.EVAL_PERIOD=0"],
-                capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=600, cwd=REPO)
+                [
+                    sys.executable,
+                    "-m",
+                    "t5pod",
+                    "train",
+                    "--gin_file=demo.gin",
+                    f"--gin.MODEL_DIR='{run}'",
+                    "--gin.TRAIN_STEPS=2",
+                    "--gin.BATCH_SIZE=4",
+                    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+                    "--gin.LOG_PERIOD=1",
+                    "--gin.EVAL_PERIOD=0",
+                ],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, XLA_FLAGS=""),
+                timeout=600,
+                cwd=REPO,
+            )
             assert done.returncode == 0, done.stderr[-3000:]
     return run
 

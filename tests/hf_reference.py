@@ -8,17 +8,46 @@ import numpy as np
 # Small configurations covering both generations and the awkward shapes.
 CONFIGS = {
     # T5 1.0: ReLU, tied output layer with logit scaling; written by save_pretrained.
-    "t5_1_0": dict(vocab_size=160, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-                   num_decoder_layers=2, feed_forward_proj="relu", tie_word_embeddings=True),
+    "t5_1_0": dict(
+        vocab_size=160,
+        d_model=32,
+        d_kv=8,
+        num_heads=4,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        feed_forward_proj="relu",
+        tie_word_embeddings=True,
+    ),
     # T5 1.1: gated-GELU, separate lm_head, d_kv*heads != d_model, more decoder than encoder
     # layers, and a short max_distance so the logarithmic buckets are exercised.
-    "t5_1_1": dict(vocab_size=160, d_model=32, d_kv=8, num_heads=6, d_ff=48, num_layers=2,
-                   num_decoder_layers=3, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                   relative_attention_num_buckets=16, relative_attention_max_distance=20),
+    "t5_1_1": dict(
+        vocab_size=160,
+        d_model=32,
+        d_kv=8,
+        num_heads=6,
+        d_ff=48,
+        num_layers=2,
+        num_decoder_layers=3,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=20,
+    ),
     # mT5: T5 1.1's architecture under model_type "mt5" (MT5ForConditionalGeneration on the hub),
     # here with an encoder deeper than the decoder and a vocabulary that is no multiple of 128.
-    "mt5": dict(vocab_size=250, d_model=24, d_kv=6, num_heads=4, d_ff=40, num_layers=3, num_decoder_layers=1,
-                feed_forward_proj="gated-gelu", tie_word_embeddings=False, model_type="mt5"),
+    "mt5": dict(
+        vocab_size=250,
+        d_model=24,
+        d_kv=6,
+        num_heads=4,
+        d_ff=40,
+        num_layers=3,
+        num_decoder_layers=1,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        model_type="mt5",
+    ),
 }
 
 
@@ -39,8 +68,11 @@ def make_checkpoint(kind: str, directory: str, seed: int = 0, **overrides):
     # Recent transformers always tie lm_head to the embedding; T5 1.1 checkpoints have their own.
     # Give it its own weights and write the file the way T5 1.1 checkpoints on the hub are.
     model.lm_head.weight = torch.nn.Parameter(torch.randn(options["vocab_size"], options["d_model"]) * 0.3)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()
-             if k not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")}
+    state = {
+        k: v.contiguous()
+        for k, v in model.state_dict().items()
+        if k not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+    }
     save_file(state, os.path.join(directory, "model.safetensors"))
     config = model.config.to_dict()
     config.pop("scale_decoder_outputs", None)
@@ -70,7 +102,9 @@ def reference_logits(model, inputs, decoder_inputs) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(inputs, dtype=torch.long),
-                    attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
-                    decoder_input_ids=torch.tensor(decoder_inputs, dtype=torch.long))
+        out = model(
+            input_ids=torch.tensor(inputs, dtype=torch.long),
+            attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
+            decoder_input_ids=torch.tensor(decoder_inputs, dtype=torch.long),
+        )
     return out.logits.numpy()

@@ -28,7 +28,7 @@ mesh = partitioning.make_mesh((4, 2))
 setup = trainer.create_state(MODEL, config, mesh)
 rows = _fixed_batch()
 per_process = len(rows["encoder_input_tokens"]) // num_processes
-local = {k: v[process_id * per_process:(process_id + 1) * per_process] for k, v in rows.items()}
+local = {k: v[process_id * per_process : (process_id + 1) * per_process] for k, v in rows.items()}
 losses = []
 with mesh, nn.logical_axis_rules(setup.rules):
     state = setup.init(jax.random.PRNGKey(0))

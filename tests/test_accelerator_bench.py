@@ -14,20 +14,34 @@ from t5pod import flops, planning
 from t5pod.configs import T5Config, TrainConfig
 
 
-MODEL = T5Config(vocab_size=256, d_model=64, d_kv=16, num_heads=4, d_ff=256, num_layers=4, dropout_rate=0.0,
-                 scan_layers=True)
-CONFIG = TrainConfig(model_dir="/unused", mixture_or_task_name="unused",
-                     task_feature_lengths={"inputs": 256, "targets": 8}, train_steps=1, batch_size=8,
-                     mesh_shape=(-1, 1))  # data 8 on the 8 fake devices
+MODEL = T5Config(
+    vocab_size=256, d_model=64, d_kv=16, num_heads=4, d_ff=256, num_layers=4, dropout_rate=0.0, scan_layers=True
+)
+CONFIG = TrainConfig(
+    model_dir="/unused",
+    mixture_or_task_name="unused",
+    task_feature_lengths={"inputs": 256, "targets": 8},
+    train_steps=1,
+    batch_size=8,
+    mesh_shape=(-1, 1),
+)  # data 8 on the 8 fake devices
 
 
 @pytest.fixture
 def fake_peaks(monkeypatch):
     """plan() replaced by a table of peak bytes per (remat policy, global batch): the test sets the
     memory, so the expected choice follows from the table by hand."""
-    peaks = {("none", 8): 300, ("none", 16): 500, ("none", 32): 900,
-             ("save_dots", 8): 200, ("save_dots", 16): 350, ("save_dots", 32): 600,
-             ("full", 8): 150, ("full", 16): 250, ("full", 32): 450}
+    peaks = {
+        ("none", 8): 300,
+        ("none", 16): 500,
+        ("none", 32): 900,
+        ("save_dots", 8): 200,
+        ("save_dots", 16): 350,
+        ("save_dots", 32): 600,
+        ("full", 8): 150,
+        ("full", 16): 250,
+        ("full", 32): 450,
+    }
     calls = []
 
     def plan(model_config, config, decode=None):
@@ -63,9 +77,13 @@ def test_fit_batch_says_when_nothing_fits(fake_peaks):
         planning.fit_batch(MODEL, CONFIG, 100, min_rows_per_device=1, headroom=1.0)
     assert fake_peaks == [("none", 8), ("save_dots", 8), ("full", 8)]
     fake_peaks.clear()
-    for bad in (dict(memory_bytes=0), dict(memory_bytes=500, headroom=0.0), dict(memory_bytes=500, headroom=1.5),
-                dict(memory_bytes=500, min_rows_per_device=0), dict(memory_bytes=500, min_rows_per_device=8,
-                                                                    max_rows_per_device=4)):
+    for bad in (
+        dict(memory_bytes=0),
+        dict(memory_bytes=500, headroom=0.0),
+        dict(memory_bytes=500, headroom=1.5),
+        dict(memory_bytes=500, min_rows_per_device=0),
+        dict(memory_bytes=500, min_rows_per_device=8, max_rows_per_device=4),
+    ):
         with pytest.raises(ValueError, match="fit_batch needs"):
             planning.fit_batch(MODEL, CONFIG, **bad)
     assert not fake_peaks  # refused before compiling anything
@@ -75,9 +93,18 @@ def test_peak_table_matches_the_device_kinds_jax_reports():
     class Device:
         platform = "gpu"
 
-    for kind, peak in [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-                       ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA A100 80GB PCIe", 312e12), ("TPU v4", 275e12),
-                       ("TPU v3", 61.5e12), ("TPU v5p", 459e12), ("TPU v5 lite", 197e12), ("TPU v6 lite", 918e12)]:
+    for kind, peak in [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-40GB", 312e12),
+        ("NVIDIA A100 80GB PCIe", 312e12),
+        ("TPU v4", 275e12),
+        ("TPU v3", 61.5e12),
+        ("TPU v5p", 459e12),
+        ("TPU v5 lite", 197e12),
+        ("TPU v6 lite", 918e12),
+    ]:
         Device.device_kind = kind
         assert flops.peak_flops_per_device(Device()) == peak, kind
 
@@ -113,9 +140,16 @@ ENTRY %main.1 (p0: f32[8,16]) -> (f32[8,16], s32[]) {
 
 def test_profile_groups_ops_by_the_scope_that_made_them():
     assert profile_step.instruction_parts(HLO) == {
-        "ynn_fusion.3": "attention scores and values", "fusion.7": "loss (cross entropy)", "dot.2": "output layer",
-        "while.4": None, "fusion.9": "optimizer", "fusion.10": profile_step.PARTS[-1],
-        "fusion.11": "attention projections", "copy.5": profile_step.PARTS[-1], "fusion.12": "feed-forward"}
+        "ynn_fusion.3": "attention scores and values",
+        "fusion.7": "loss (cross entropy)",
+        "dot.2": "output layer",
+        "while.4": None,
+        "fusion.9": "optimizer",
+        "fusion.10": profile_step.PARTS[-1],
+        "fusion.11": "attention projections",
+        "copy.5": profile_step.PARTS[-1],
+        "fusion.12": "feed-forward",
+    }
 
 
 @pytest.mark.slow
@@ -124,10 +158,17 @@ def test_the_accelerator_path_runs_on_cpu(tmp_path):
     output = tmp_path / "results.json"
     output.write_text(json.dumps({"gpu": {"device": "NVIDIA H200", "train": []}}))  # another machine's section
     memory = 200_000_000
-    env = dict(os.environ, XLA_FLAGS="", BENCH_QUICK="1", BENCH_ACCELERATOR_PATH="1",
-               BENCH_DEVICE_MEMORY_BYTES=str(memory), BENCH_OUTPUT=str(output))
-    done = subprocess.run([sys.executable, "-m", "bench.run"], capture_output=True, text=True,
-                          timeout=900, env=env, cwd=REPO)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="",
+        BENCH_QUICK="1",
+        BENCH_ACCELERATOR_PATH="1",
+        BENCH_DEVICE_MEMORY_BYTES=str(memory),
+        BENCH_OUTPUT=str(output),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run"], capture_output=True, text=True, timeout=900, env=env, cwd=REPO
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(output.read_text())
     assert results["gpu"] == {"device": "NVIDIA H200", "train": []}  # kept

@@ -4,7 +4,6 @@ each architecture through the same training, checkpoint and inference paths."""
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -15,8 +14,17 @@ from t5pod.configs import InferConfig, T5Config, TrainConfig
 from t5pod.data import demo_corpus
 from t5pod.layers import make_attention_mask
 
-SMALL = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_heads=4, num_layers=2, dropout_rate=0.0,
-                 relative_attention_num_buckets=8, relative_attention_max_distance=12)
+SMALL = T5Config(
+    vocab_size=64,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_heads=4,
+    num_layers=2,
+    dropout_rate=0.0,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=12,
+)
 
 
 def _params(config, seed=0, scale=1.0):
@@ -34,10 +42,16 @@ def test_figure_3_masks_by_hand():
     assert causal.astype(int).tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     assert prefix.astype(int).tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     # Packed: two examples in one row never see each other; each has its own prefix.
-    packed = decoder_only.attention_mask(np.array([[0, 1, 2, 0, 1]]), np.array([[1, 1, 1, 2, 2]]),
-                                         np.array([[1, 1, 0, 1, 0]]))
+    packed = decoder_only.attention_mask(
+        np.array([[0, 1, 2, 0, 1]]), np.array([[1, 1, 1, 2, 2]]), np.array([[1, 1, 0, 1, 0]])
+    )
     assert np.asarray(packed)[0, 0].astype(int).tolist() == [
-        [1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
+        [1, 1, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [0, 0, 0, 1, 0],
+        [0, 0, 0, 1, 1],
+    ]
 
 
 @pytest.mark.parametrize("architecture", ["decoder_only", "prefix_lm"])
@@ -71,8 +85,8 @@ def _naive_greedy(model, params, inputs, length):
         for _ in range(length):
             sequence = [0] + prompt + generated
             tokens, causal = np.zeros((1, total), np.int32), np.zeros((1, total), np.int32)
-            tokens[0, :len(sequence)] = sequence
-            causal[0, :len(prompt) + 1] = 1
+            tokens[0, : len(sequence)] = sequence
+            causal[0, : len(prompt) + 1] = 1
             logits = forward(params, tokens, causal)
             generated.append(int(np.argmax(logits[0, len(sequence) - 1])))
         out.append(generated)
@@ -101,8 +115,11 @@ def test_score_of_the_decoder_only_model_sums_target_log_probs():
     assert features["decoder_input_tokens"].tolist() == [[0, 5, 6, 1, 7, 8, 0]]
     assert features["decoder_loss_weights"].tolist() == [[0, 0, 0, 1, 1, 1, 0]]
     assert features["decoder_causal_attention"].tolist() == [[1, 1, 1, 1, 0, 0, 0]]
-    logits = model.apply({"params": params}, features["decoder_input_tokens"],
-                         decoder_causal_attention=features["decoder_causal_attention"])
+    logits = model.apply(
+        {"params": params},
+        features["decoder_input_tokens"],
+        decoder_causal_attention=features["decoder_causal_attention"],
+    )
     log_probs = jax.nn.log_softmax(logits[0])
     want = float(log_probs[3, 7] + log_probs[4, 8] + log_probs[5, 1])
     assert float(decoding.score(model, params, features)[0]) == pytest.approx(want, rel=1e-5)
@@ -122,7 +139,10 @@ def test_shared_encoder_decoder_has_one_set_of_layers():
     encoded = model.apply({"params": params}, inputs, method=network.Transformer.encode)
     changed = jax.tree_util.tree_map(lambda x: x, params)
     changed["shared_layers_1"]["mlp"]["wo"] = params["shared_layers_1"]["mlp"]["wo"] * 2
-    decode = lambda p: model.apply({"params": p}, encoded, inputs, targets, method=network.Transformer.decode)
+
+    def decode(p):
+        return model.apply({"params": p}, encoded, inputs, targets, method=network.Transformer.decode)
+
     assert np.abs(np.asarray(decode(changed) - decode(params))).max() > 1e-4
 
 
@@ -154,21 +174,45 @@ def test_bad_architecture_settings_are_clear_errors():
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["shared_encoder_decoder", "decoder_only", "prefix_lm"])
 def test_each_architecture_trains_sharded_resumes_and_decodes(tmp_path, architecture):
-    model_config = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-                            dropout_rate=0.0, architecture=architecture)
+    model_config = T5Config(
+        vocab_size=2176,
+        d_model=32,
+        d_kv=8,
+        num_heads=4,
+        d_ff=64,
+        num_layers=2,
+        dropout_rate=0.0,
+        architecture=architecture,
+    )
     config = TrainConfig(
-        model_dir=str(tmp_path / "run"), mixture_or_task_name="demo_span_corruption",
-        task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=2, batch_size=8, checkpoint_period=1,
-        log_period=1, mesh_shape=(4, 2), async_checkpointing=False)
-    straight = trainer.train(dataclasses.replace(config, model_dir=str(tmp_path / "straight"), train_steps=3),
-                             model_config)
+        model_dir=str(tmp_path / "run"),
+        mixture_or_task_name="demo_span_corruption",
+        task_feature_lengths={"inputs": 64, "targets": 16},
+        train_steps=2,
+        batch_size=8,
+        checkpoint_period=1,
+        log_period=1,
+        mesh_shape=(4, 2),
+        async_checkpointing=False,
+    )
+    straight = trainer.train(
+        dataclasses.replace(config, model_dir=str(tmp_path / "straight"), train_steps=3), model_config
+    )
     first = trainer.train(config, model_config)
     resumed = trainer.train(dataclasses.replace(config, train_steps=3), model_config)
     assert first["step"] == 2 and resumed["step"] == straight["step"] == 3
     assert resumed["loss"] == straight["loss"]  # the resumed step 3 is the uninterrupted run's, bit for bit
-    predictor = inference.Predictor(model_config, InferConfig(
-        checkpoint_path=str(tmp_path / "run"), batch_size=2, task_feature_lengths={"inputs": 16, "targets": 128},
-        max_decode_length=4, mesh_shape=(2, 4)), demo_corpus.vocabulary())
+    predictor = inference.Predictor(
+        model_config,
+        InferConfig(
+            checkpoint_path=str(tmp_path / "run"),
+            batch_size=2,
+            task_feature_lengths={"inputs": 16, "targets": 128},
+            max_decode_length=4,
+            mesh_shape=(2, 4),
+        ),
+        demo_corpus.vocabulary(),
+    )
     predictions = predictor.predict_ids([[5, 6, 7], [8, 9]])
     assert len(predictions) == 2 and all(len(p) <= 4 for p in predictions)
     assert predictor.score_ids([[5, 6, 7]], [[10, 11]])[0] < 0

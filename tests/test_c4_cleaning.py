@@ -15,25 +15,29 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 LONG_WORD = "x" * 1001
 # Line rules in C4's order; each expected line worked out by hand from c4_utils.clean_page's rules.
-RULES_PAGE = "\n".join([
-    "Home",                                                          # no end mark
-    "The quick brown fox jumps over the lazy dog. It was a sunny day.",
-    "Please enable JavaScript to view this page.",                   # javascript
-    "Short line here.",                                              # 3 words
-    'He wrote to them "hello world"',                                # a closing quote is an end mark
-    "Our site uses cookies to improve your experience.",             # policy
-    "See the full list of the items below...",                       # ellipsis
-    "   ",                                                           # blank: no end mark
-    "  Did the dog care about that at all? Nobody really knows!  ",
-    "The war began in 1914.[3] It ended in 1918.[citation needed]",  # citations removed
-    f"A very long word {LONG_WORD} is in this line.",                # word over 1000 characters
-])
-RULES_PAGE_CLEAN = "\n".join([
-    "The quick brown fox jumps over the lazy dog. It was a sunny day.",
-    'He wrote to them "hello world"',
-    "Did the dog care about that at all? Nobody really knows!",
-    "The war began in 1914. It ended in 1918.",
-])
+RULES_PAGE = "\n".join(
+    [
+        "Home",  # no end mark
+        "The quick brown fox jumps over the lazy dog. It was a sunny day.",
+        "Please enable JavaScript to view this page.",  # javascript
+        "Short line here.",  # 3 words
+        'He wrote to them "hello world"',  # a closing quote is an end mark
+        "Our site uses cookies to improve your experience.",  # policy
+        "See the full list of the items below...",  # ellipsis
+        "   ",  # blank: no end mark
+        "  Did the dog care about that at all? Nobody really knows!  ",
+        "The war began in 1914.[3] It ended in 1918.[citation needed]",  # citations removed
+        f"A very long word {LONG_WORD} is in this line.",  # word over 1000 characters
+    ]
+)
+RULES_PAGE_CLEAN = "\n".join(
+    [
+        "The quick brown fox jumps over the lazy dog. It was a sunny day.",
+        'He wrote to them "hello world"',
+        "Did the dog care about that at all? Nobody really knows!",
+        "The war began in 1914. It ended in 1918.",
+    ]
+)
 
 
 def filler(tag: str) -> str:
@@ -53,27 +57,62 @@ BAD = "My cat was being a heck no kind of cat today.\n" + filler("bad")
 NOT_BAD = "The heckler sat on the mat all day.\n" + filler("good")
 FIRST = "Alpha one is here and now. Beta two is here and now.\nGamma three is here and now, at last."
 # Its second line repeats FIRST's last one but for case and the spaces around it.
-SECOND = ("A second page starts right here. It is new and fresh.\n  GAMMA three is here and now, at last.  \n"
-          "Delta four is here and now. Epsilon five is here and now!")
-SECOND_CLEAN = "A second page starts right here. It is new and fresh.\nDelta four is here and now. Epsilon five is here and now!"
-ENGLISH = ("The river runs quietly through the old town every spring. Children play along its banks while "
-           "their parents talk about the weather.\nIn the evening the streets fill with people who walk "
-           "home slowly from work. It is a calm and friendly place to live.")
-GERMAN = ("Der Hund lief am Morgen schnell über die breite Straße. Die Katze schlief noch lange im Haus.\n"
-          "Wir gingen danach gemeinsam nach Hause zurück. Es regnete den ganzen Tag sehr stark.")
-PAGES = [RULES_PAGE, LOREM, LOREM_SHORT, BRACE, BRACE_SHORT, TWO_SENTENCES, THREE_SENTENCES, BAD, NOT_BAD,
-         FIRST, SECOND, FIRST]
-EXPECTED = [RULES_PAGE_CLEAN, filler("short lorem"), filler("short brace"), THREE_SENTENCES, NOT_BAD, FIRST,
-            SECOND_CLEAN]
+SECOND = (
+    "A second page starts right here. It is new and fresh.\n  GAMMA three is here and now, at last.  \n"
+    "Delta four is here and now. Epsilon five is here and now!"
+)
+SECOND_CLEAN = (
+    "A second page starts right here. It is new and fresh.\nDelta four is here and now. Epsilon five is here and now!"
+)
+ENGLISH = (
+    "The river runs quietly through the old town every spring. Children play along its banks while "
+    "their parents talk about the weather.\nIn the evening the streets fill with people who walk "
+    "home slowly from work. It is a calm and friendly place to live."
+)
+GERMAN = (
+    "Der Hund lief am Morgen schnell über die breite Straße. Die Katze schlief noch lange im Haus.\n"
+    "Wir gingen danach gemeinsam nach Hause zurück. Es regnete den ganzen Tag sehr stark."
+)
+PAGES = [
+    RULES_PAGE,
+    LOREM,
+    LOREM_SHORT,
+    BRACE,
+    BRACE_SHORT,
+    TWO_SENTENCES,
+    THREE_SENTENCES,
+    BAD,
+    NOT_BAD,
+    FIRST,
+    SECOND,
+    FIRST,
+]
+EXPECTED = [
+    RULES_PAGE_CLEAN,
+    filler("short lorem"),
+    filler("short brace"),
+    THREE_SENTENCES,
+    NOT_BAD,
+    FIRST,
+    SECOND_CLEAN,
+]
 BAD_WORDS = frozenset({"heck no", "darn"})
 OFF = dict(language="off")
 EXPECTED_COUNTS = {
-    "pages_in": 12, "pages_out": 7,
-    "pages_dropped_lorem_ipsum": 1, "pages_dropped_curly_brace": 1, "pages_dropped_too_few_sentences": 1,
-    "pages_dropped_duplicate": 1, "pages_dropped_language": 0, "pages_dropped_bad_words": 1,
+    "pages_in": 12,
+    "pages_out": 7,
+    "pages_dropped_lorem_ipsum": 1,
+    "pages_dropped_curly_brace": 1,
+    "pages_dropped_too_few_sentences": 1,
+    "pages_dropped_duplicate": 1,
+    "pages_dropped_language": 0,
+    "pages_dropped_bad_words": 1,
     # RULES_PAGE: Home, the ellipsis and the blank line; then "Lorem ipsum" and "if (x) { y }".
-    "lines_dropped_too_long_word": 1, "lines_dropped_no_endmark": 5, "lines_dropped_too_short": 1,
-    "lines_dropped_javascript": 1, "lines_dropped_policy": 1,
+    "lines_dropped_too_long_word": 1,
+    "lines_dropped_no_endmark": 5,
+    "lines_dropped_too_short": 1,
+    "lines_dropped_javascript": 1,
+    "lines_dropped_policy": 1,
     # SECOND's Gamma line, then both lines of the repeated FIRST.
     "lines_dropped_duplicate": 3,
 }
@@ -101,10 +140,13 @@ def test_same_lines_as_tfds_clean_page(monkeypatch):
         assert theirs == ([] if lines is None else ["\n".join(lines).strip()]), page[:40]
 
 
-@pytest.mark.parametrize("rule, below, at", [
-    ("words per line", "Four words are here.", "Five words are here now."),
-    ("word length", "Word " + "y" * 1001 + " is too long here.", "Word " + "y" * 1000 + " is long enough here."),
-])
+@pytest.mark.parametrize(
+    "rule, below, at",
+    [
+        ("words per line", "Four words are here.", "Five words are here now."),
+        ("word length", "Word " + "y" * 1001 + " is too long here.", "Word " + "y" * 1000 + " is long enough here."),
+    ],
+)
 def test_line_rule_boundaries(rule, below, at):
     rules = CleaningRules(dedup=False, **OFF)
     page = lambda line: f"{line}\n{FILLER}"  # noqa: E731
@@ -116,8 +158,12 @@ def test_sentence_boundary_and_thresholds_checked():
     rules = CleaningRules(dedup=False, **OFF)
     assert C4Cleaner(rules).clean(TWO_SENTENCES) is None
     assert C4Cleaner(rules).clean(THREE_SENTENCES) == THREE_SENTENCES
-    for bad in (dict(min_words_per_line=0), dict(min_num_sentences=-1), dict(english_min_probability=1.5),
-                dict(language="klingon")):
+    for bad in (
+        dict(min_words_per_line=0),
+        dict(min_num_sentences=-1),
+        dict(english_min_probability=1.5),
+        dict(language="klingon"),
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             CleaningRules(**bad)
 
@@ -128,9 +174,14 @@ def test_line_dedup_across_and_within_pages():
     assert cleaner.clean(SECOND) == SECOND_CLEAN
     assert cleaner.clean(FIRST) is None  # every line a repeat
     # FIRST's first line goes; one sentence is left, under 3: the page goes too.
-    assert cleaner.clean("Alpha one is here and now. Beta two is here and now.\nA brand new line is here, finally.") is None
-    within = ("Some line is right here, once. And it is here.\nAnother line is also right here.\n"
-              "some line is right here, once. And it is here.")
+    assert (
+        cleaner.clean("Alpha one is here and now. Beta two is here and now.\nA brand new line is here, finally.")
+        is None
+    )
+    within = (
+        "Some line is right here, once. And it is here.\nAnother line is also right here.\n"
+        "some line is right here, once. And it is here."
+    )
     assert cleaner.clean(within) == within.rsplit("\n", 1)[0]  # the repeat goes; 3 sentences are left
     assert cleaner.counts["lines_dropped_duplicate"] == 1 + 2 + 1 + 1
     assert cleaner.counts["pages_dropped_duplicate"] == 2
@@ -158,7 +209,11 @@ def test_bad_words_flanked_by_non_word_characters():
 
 def test_sentence_splitter():
     assert c4_cleaning.split_sentences('He said "Go." Then left! Why? Pi is 3.14 now.') == [
-        'He said "Go."', "Then left!", "Why?", "Pi is 3.14 now."]
+        'He said "Go."',
+        "Then left!",
+        "Why?",
+        "Pi is 3.14 now.",
+    ]
 
 
 def test_load_bad_words(tmp_path):
@@ -193,8 +248,19 @@ def test_script_end_to_end(tmp_path):
     (tmp_path / "bad.txt").write_text("heck no\ndarn\n", encoding="utf-8")
     output = tmp_path / "out" / "clean.jsonl"
     result = subprocess.run(
-        [sys.executable, "scripts/c4_clean.py", f"--input={tmp_path}/part-*.jsonl.gz", f"--output={output}",
-         f"--bad_words={tmp_path}/bad.txt", "--language=off"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "scripts/c4_clean.py",
+            f"--input={tmp_path}/part-*.jsonl.gz",
+            f"--output={output}",
+            f"--bad_words={tmp_path}/bad.txt",
+            "--language=off",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == EXPECTED_COUNTS
     lines = output.read_text(encoding="utf-8").splitlines()
@@ -217,8 +283,18 @@ def test_script_plain_text_flags_and_missing_bad_words(tmp_path):
 
     output.unlink()
     result = subprocess.run(
-        [sys.executable, "scripts/c4_clean.py", f"--input={tmp_path}/*.txt", f"--output={output}",
-         f"--bad_words={tmp_path}/nope.txt"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "scripts/c4_clean.py",
+            f"--input={tmp_path}/*.txt",
+            f"--output={output}",
+            f"--bad_words={tmp_path}/nope.txt",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "nope.txt" in result.stderr and "does not exist" in result.stderr
     assert not output.exists()
@@ -233,17 +309,31 @@ def test_beam_pipeline_keeps_what_the_streaming_cleaner_keeps(tmp_path, capsys):
         return hashlib.md5(url.encode()).hexdigest()
 
     urls = [f"https://example.com/{i}" for i in range(len(PAGES))]
-    urls[9] = next(u for u in (f"https://example.com/first-{k}" for k in range(1000))
-                   if md5(u) < min(md5(urls[10]), md5(urls[11])))
-    (tmp_path / "crawl.jsonl").write_text("".join(json.dumps({"url": u, "text": p}) + "\n" for u, p in zip(urls, PAGES)))
+    urls[9] = next(
+        u for u in (f"https://example.com/first-{k}" for k in range(1000)) if md5(u) < min(md5(urls[10]), md5(urls[11]))
+    )
+    (tmp_path / "crawl.jsonl").write_text(
+        "".join(json.dumps({"url": u, "text": p}) + "\n" for u, p in zip(urls, PAGES))
+    )
     (tmp_path / "bad.txt").write_text("heck no\ndarn\n")
     sys.path.insert(0, str(REPO / "scripts"))
     try:
         import c4_clean
     finally:
         sys.path.remove(str(REPO / "scripts"))
-    assert c4_clean.main([f"--input={tmp_path}/crawl.jsonl", f"--output={tmp_path}/out/clean", "--beam",
-                          f"--bad_words={tmp_path}/bad.txt", "--language=off", "--direct_num_workers=1"]) == 0
+    assert (
+        c4_clean.main(
+            [
+                f"--input={tmp_path}/crawl.jsonl",
+                f"--output={tmp_path}/out/clean",
+                "--beam",
+                f"--bad_words={tmp_path}/bad.txt",
+                "--language=off",
+                "--direct_num_workers=1",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == EXPECTED_COUNTS
     outputs = sorted((tmp_path / "out").glob("clean-*.jsonl"))
     texts = [json.loads(line)["text"] for path in outputs for line in path.read_text().splitlines()]

@@ -35,7 +35,7 @@ def _imports(path: pathlib.Path, name: str, modules) -> tuple[set[str], list[int
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
-            base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if node.level else ""
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level else ""
             module = ".".join(p for p in (base, node.module) if p)
             names = [module] + [f"{module}.{alias.name}" for alias in node.names]
         else:
@@ -64,7 +64,7 @@ def _find_cycle(graph) -> list[str] | None:
         state[node] = "open"
         for child in sorted(graph.get(node, ())):
             if state.get(child) == "open":
-                return path[path.index(child):] + [child] if child in path else [node, child]
+                return path[path.index(child) :] + [child] if child in path else [node, child]
             if child not in state:
                 cycle = visit(child, path + [child])
                 if cycle:
@@ -111,6 +111,9 @@ def test_configs_and_the_gin_layer_import_no_driver():
 
 def test_the_code_map_names_every_module():
     code_map = (REPO / "docs" / "code-map.md").read_text()
-    missing = [str(path.relative_to(REPO)) for path in sorted((REPO / "t5pod").rglob("*.py"))
-               if path.name not in ("__init__.py", "__main__.py") and f"`{path.relative_to(REPO)}`" not in code_map]
+    missing = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "t5pod").rglob("*.py"))
+        if path.name not in ("__init__.py", "__main__.py") and f"`{path.relative_to(REPO)}`" not in code_map
+    ]
     assert missing == []

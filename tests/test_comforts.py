@@ -19,7 +19,9 @@ def test_progress_line_counts_rate_and_eta(monkeypatch, capsys):
     p.done("finished")  # 130 s: 35 in 30 s
     assert capsys.readouterr().out.splitlines() == [
         "task: examples 30/120  3.0 examples/s  ETA 0m30s",
-        "task: examples 35/120  1.2 examples/s  ETA 1m12s", "finished"]  # (120 - 35) / (35 / 30) = 72.9 s
+        "task: examples 35/120  1.2 examples/s  ETA 1m12s",
+        "finished",
+    ]  # (120 - 35) / (35 / 30) = 72.9 s
 
 
 def test_metrics_on_a_bucket_go_to_parts_each_written_once(monkeypatch):
@@ -55,8 +57,16 @@ TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} |All log messages before absl::Initializ
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_start_up_noise_is_silenced_unless_verbose(verbose):
-    command = [sys.executable, "-m", "t5pod", "data", "--task=demo_span_corruption", "--num_examples=1",
-               "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", *(["--verbose"] if verbose else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "t5pod",
+        "data",
+        "--task=demo_span_corruption",
+        "--num_examples=1",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+        *(["--verbose"] if verbose else []),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = subprocess.run(command, capture_output=True, text=True, env=dict(env, XLA_FLAGS=""), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -69,11 +79,20 @@ def test_inference_eval_files_go_to_a_bucket_too():
 
     out = "ram://t5pod-tests/eval_run"
     for step, accuracy in ((2, 50.0), (4, 75.0), (4, 70.0)):  # step 4 evaluated twice: a second file
-        evaluation.write_inference_eval(out, "glue_sst2_v002", step, {"accuracy": accuracy},
-                                        [{"inputs": "x", "targets": "positive", "prediction": "negative"}])
+        evaluation.write_inference_eval(
+            out,
+            "glue_sst2_v002",
+            step,
+            {"accuracy": accuracy},
+            [{"inputs": "x", "targets": "positive", "prediction": "negative"}],
+        )
     folder = f"{out}/inference_eval"
     assert sorted(os.path.basename(p) for p in metric_writers.tf.io.gfile.glob(f"{folder}/*")) == [
-        "glue_sst2_v002-2.jsonl", "glue_sst2_v002-4.1.jsonl", "glue_sst2_v002-4.jsonl", "glue_sst2_v002-metrics.jsonl"]
+        "glue_sst2_v002-2.jsonl",
+        "glue_sst2_v002-4.1.jsonl",
+        "glue_sst2_v002-4.jsonl",
+        "glue_sst2_v002-metrics.jsonl",
+    ]
     assert evaluation.best_steps(out, ["glue_sst2_v002"]) == {"glue_sst2_v002": (4, "accuracy", 75.0)}
     infer_io.append_jsonl(f"{out}/eval_metrics.jsonl", [{"step": 2}])
     infer_io.append_jsonl(f"{out}/eval_metrics.jsonl", [{"step": 4}])

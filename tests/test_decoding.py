@@ -3,7 +3,6 @@
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -19,8 +18,9 @@ def converted(request, tmp_path_factory):
     assert cli.main(["convert-hf", str(base / "hf"), str(base / "out")]) == 0
     ginconf.parse([str(base / "out" / "model.gin")])
     config = ginconf.model_config()
-    params = checkpoints.restore_params(str(base / "out"), config,
-                                        nn.unbox(models.abstract_variables(config)["params"]))
+    params = checkpoints.restore_params(
+        str(base / "out"), config, nn.unbox(models.abstract_variables(config)["params"])
+    )
     return hf_model, config, params
 
 
@@ -37,11 +37,17 @@ def test_greedy_equals_reference_greedy(converted):
     model = network.Transformer(config)
     tokens, _ = jax.jit(lambda p, x: decoding.sample_decode(model, p, x, 20))(params, inputs)
     with torch.no_grad():
-        reference = hf_model.generate(input_ids=torch.tensor(inputs, dtype=torch.long),
-                                      attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
-                                      max_new_tokens=20, do_sample=False, num_beams=1, decoder_start_token_id=0,
-                                      eos_token_id=1, pad_token_id=0,
-                                      use_cache=False).numpy()  # its cache assumes as many decoder as encoder layers
+        reference = hf_model.generate(
+            input_ids=torch.tensor(inputs, dtype=torch.long),
+            attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
+            max_new_tokens=20,
+            do_sample=False,
+            num_beams=1,
+            decoder_start_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+            use_cache=False,
+        ).numpy()  # its cache assumes as many decoder as encoder layers
     for row in range(inputs.shape[0]):
         assert decoding.strip_after_eos(tokens[row]) == decoding.strip_after_eos(reference[row, 1:])
     assert any(len(decoding.strip_after_eos(t)) > 3 for t in tokens)
@@ -60,9 +66,11 @@ def test_scores_equal_reference_log_likelihoods(converted):
     batch = {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets}
     got = np.asarray(decoding.score(network.Transformer(config), params, batch))
     with torch.no_grad():
-        logits = hf_model(input_ids=torch.tensor(inputs, dtype=torch.long),
-                          attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
-                          decoder_input_ids=torch.tensor(decoder_inputs, dtype=torch.long)).logits
+        logits = hf_model(
+            input_ids=torch.tensor(inputs, dtype=torch.long),
+            attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
+            decoder_input_ids=torch.tensor(decoder_inputs, dtype=torch.long),
+        ).logits
         log_probs = torch.log_softmax(logits, -1).numpy()
     want = [sum(log_probs[r, t, targets[r, t]] for t in range(lengths[r])) for r in range(3)]
     np.testing.assert_allclose(got, want, rtol=1e-3)
@@ -93,16 +101,19 @@ def test_beam_scores_are_sorted_penalised_log_likelihoods(converted, scan):
     for row in range(inputs.shape[0]):
         for beam in range(4):
             raw = [int(t) for t in beams[row, beam]]
-            if 0 in raw[:raw.index(1) if 1 in raw else 10]:
+            if 0 in raw[: raw.index(1) if 1 in raw else 10]:
                 continue  # random weights may emit id 0, which as a target would read as padding
             checked += 1
             ids = decoding.strip_after_eos(beams[row, beam])
             ended = len(ids) < 10  # strip_after_eos stopped at an EOS
             target = ids + [1] if ended and len(ids) < 10 else ids
             target_row = np.zeros((1, 10), np.int32)
-            target_row[0, :len(target)] = target
-            batch = {"encoder_input_tokens": inputs[row:row + 1], "decoder_target_tokens": target_row,
-                     "decoder_input_tokens": np.pad(target_row[:, :-1], ((0, 0), (1, 0)))}
+            target_row[0, : len(target)] = target
+            batch = {
+                "encoder_input_tokens": inputs[row : row + 1],
+                "decoder_target_tokens": target_row,
+                "decoder_input_tokens": np.pad(target_row[:, :-1], ((0, 0), (1, 0))),
+            }
             log_likelihood = float(score(params, batch)[0])
             length = len(target) if ended else 10
             expected = log_likelihood / ((5 + length) / 6) ** 0.6  # the T5/GNMT length penalty, alpha 0.6

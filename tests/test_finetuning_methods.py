@@ -12,14 +12,26 @@ from t5pod import tasks  # noqa: F401  (registers the demo tasks)
 from t5pod import checkpoints, ginconf, models, optimizer, partitioning, train_loop, trainer
 from t5pod.configs import T5Config, TrainConfig
 
-MODEL = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
-                 feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
+MODEL = T5Config(
+    vocab_size=2176,
+    d_model=32,
+    d_kv=8,
+    num_heads=4,
+    d_ff=64,
+    num_layers=2,
+    num_decoder_layers=2,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    dropout_rate=0.0,
+)
 
 
 def _batch(rows=8, inputs=24, targets=8):
     rng = np.random.default_rng(0)
-    b = {"encoder_input_tokens": rng.integers(2, 2000, (rows, inputs)),
-         "decoder_target_tokens": rng.integers(2, 2000, (rows, targets))}
+    b = {
+        "encoder_input_tokens": rng.integers(2, 2000, (rows, inputs)),
+        "decoder_target_tokens": rng.integers(2, 2000, (rows, targets)),
+    }
     b["decoder_input_tokens"] = np.pad(b["decoder_target_tokens"][:, :-1], ((0, 0), (1, 0)))
     b["decoder_loss_weights"] = np.ones_like(b["decoder_target_tokens"])
     return {k: v.astype(np.int32) for k, v in b.items()}
@@ -27,9 +39,17 @@ def _batch(rows=8, inputs=24, targets=8):
 
 def _train(model_config, steps, mesh_shape=(4, 2), **overrides):
     """Parameters after each of `steps` optimizer steps (index 0: the initial ones), and the state."""
-    config = TrainConfig(model_dir="/unused", mixture_or_task_name="demo_span_corruption",
-                                 task_feature_lengths={"inputs": 24, "targets": 8}, train_steps=steps, batch_size=8,
-                                 learning_rate=1e-2, schedule="constant", mesh_shape=mesh_shape, **overrides)
+    config = TrainConfig(
+        model_dir="/unused",
+        mixture_or_task_name="demo_span_corruption",
+        task_feature_lengths={"inputs": 24, "targets": 8},
+        train_steps=steps,
+        batch_size=8,
+        learning_rate=1e-2,
+        schedule="constant",
+        mesh_shape=mesh_shape,
+        **overrides,
+    )
     mesh = partitioning.make_mesh(mesh_shape)
     setup = trainer.create_state(model_config, config, mesh)
     with mesh, nn.logical_axis_rules(setup.rules):
@@ -66,7 +86,9 @@ def test_adapters_train_only_adapters_and_layer_norms():
     assert len([p for p in expected if "/adapter/" in p]) == 2 * 2 * 2  # 2 stacks x 2 layers x (wi, wo)
     # The frozen group keeps no optimizer state: only the trained parameters have moments.
     assert not jax.tree_util.tree_leaves(state.opt_state.inner_states["frozen"])
-    sizes = {"/".join(str(k.key) for k in path): np.size(x) for path, x in jax.tree_util.tree_leaves_with_path(history[0])}
+    sizes = {
+        "/".join(str(k.key) for k in path): np.size(x) for path, x in jax.tree_util.tree_leaves_with_path(history[0])
+    }
     state_size = sum(np.size(x) for x in jax.tree_util.tree_leaves(state.opt_state))
     assert 0 < state_size <= sum(sizes[p] for p in expected) + 100
 
@@ -91,8 +113,9 @@ def test_gradual_unfreezing_moves_one_more_layer_each_episode():
 
 
 def test_layer_depth_of_each_parameter():
-    depth = lambda *names: optimizer.layer_from_top([jax.tree_util.DictKey(n) for n in names],
-                                                      {"encoder": 12, "decoder": 12})
+    def depth(*names):
+        return optimizer.layer_from_top([jax.tree_util.DictKey(n) for n in names], {"encoder": 12, "decoder": 12})
+
     assert depth("encoder", "layers_11", "mlp", "wi") == 0
     assert depth("decoder", "layers_0", "self_attention", "query") == 11
     assert depth("encoder", "encoder_norm", "scale") == 0
@@ -108,16 +131,21 @@ def test_fine_tuning_method_errors():
         optimizer.fine_tuning_optimizer(lambda: optimizer.adafactor(1e-3), params, trainable="adapter")
     scanned = nn.unbox(models.abstract_variables(dataclasses.replace(MODEL, scan_layers=True))["params"])
     with pytest.raises(ValueError, match="scan_layers = False"):
-        optimizer.fine_tuning_optimizer(lambda: optimizer.adafactor(1e-3), scanned, unfreeze_every=5,
-                                        num_layers={"encoder": 2, "decoder": 2})
+        optimizer.fine_tuning_optimizer(
+            lambda: optimizer.adafactor(1e-3), scanned, unfreeze_every=5, num_layers={"encoder": 2, "decoder": 2}
+        )
 
 
 def test_fine_tuning_gin_files():
-    ginconf.parse(["tasks.gin", "runs/finetune.gin", "models/tiny.gin", "finetuning/adapters.gin"],
-                  ["MODEL_DIR='/run'", "INITIAL_CHECKPOINT_PATH='/ckpt'", "ADAPTER_DIM=32"])
+    ginconf.parse(
+        ["tasks.gin", "runs/finetune.gin", "models/tiny.gin", "finetuning/adapters.gin"],
+        ["MODEL_DIR='/run'", "INITIAL_CHECKPOINT_PATH='/ckpt'", "ADAPTER_DIM=32"],
+    )
     assert ginconf.model_config().adapter_dim == 32 and ginconf.train_config().trainable == "adapters"
-    ginconf.parse(["tasks.gin", "runs/finetune.gin", "models/tiny.gin", "finetuning/gradual_unfreezing.gin"],
-                  ["MODEL_DIR='/run'", "INITIAL_CHECKPOINT_PATH='/ckpt'"])
+    ginconf.parse(
+        ["tasks.gin", "runs/finetune.gin", "models/tiny.gin", "finetuning/gradual_unfreezing.gin"],
+        ["MODEL_DIR='/run'", "INITIAL_CHECKPOINT_PATH='/ckpt'"],
+    )
     assert ginconf.train_config().gradual_unfreezing and ginconf.model_config().adapter_dim == 0
 
 
@@ -131,10 +159,19 @@ def _saved_checkpoint(tmp_path, seed: int = 7) -> dict:
 def _one_step_from_checkpoint(tmp_path, learning_rate: float, **overrides) -> TrainConfig:
     """One fine-tuning step from tmp_path/pretrained into tmp_path/run, checkpointed."""
     return TrainConfig(
-        model_dir=str(tmp_path / "run"), mixture_or_task_name="demo_span_corruption",
-        task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=1, batch_size=8, log_period=1,
-        checkpoint_period=1, schedule="constant", learning_rate=learning_rate, async_checkpointing=False,
-        initial_checkpoint_path=str(tmp_path / "pretrained"), **overrides)
+        model_dir=str(tmp_path / "run"),
+        mixture_or_task_name="demo_span_corruption",
+        task_feature_lengths={"inputs": 64, "targets": 16},
+        train_steps=1,
+        batch_size=8,
+        log_period=1,
+        checkpoint_period=1,
+        schedule="constant",
+        learning_rate=learning_rate,
+        async_checkpointing=False,
+        initial_checkpoint_path=str(tmp_path / "pretrained"),
+        **overrides,
+    )
 
 
 @pytest.mark.slow
@@ -143,23 +180,27 @@ def test_adapters_fine_tune_from_a_checkpoint_without_adapters(tmp_path):
     config = _one_step_from_checkpoint(tmp_path, 1e-3, trainable="adapters")
     with_adapters = dataclasses.replace(MODEL, adapter_dim=8)
     trainer.train(config, with_adapters)
-    tuned = checkpoints.restore_params(str(tmp_path / "run"), with_adapters,
-                                       nn.unbox(models.abstract_variables(with_adapters)["params"]))
+    tuned = checkpoints.restore_params(
+        str(tmp_path / "run"), with_adapters, nn.unbox(models.abstract_variables(with_adapters)["params"])
+    )
     # Frozen weights are the pretrained ones, exactly; the adapters exist and were trained.
-    np.testing.assert_array_equal(tuned["encoder"]["layers_0"]["attention"]["query"],
-                                  pretrained["encoder"]["layers_0"]["attention"]["query"])
+    np.testing.assert_array_equal(
+        tuned["encoder"]["layers_0"]["attention"]["query"], pretrained["encoder"]["layers_0"]["attention"]["query"]
+    )
     np.testing.assert_array_equal(tuned["token_embedder"]["embedding"], pretrained["token_embedder"]["embedding"])
     assert tuned["decoder"]["layers_1"]["adapter"]["wo"].shape == (8, 32)
 
 
 def test_keep_fresh_takes_the_matched_parameters_from_the_fresh_initialisation():
-    init = lambda seed: nn.unbox(models.build(MODEL).init(jax.random.PRNGKey(seed), **models.dummy_features(MODEL))["params"])
+    def init(seed):
+        return nn.unbox(models.build(MODEL).init(jax.random.PRNGKey(seed), **models.dummy_features(MODEL))["params"])
+
     pretrained, fresh = init(7), init(8)
     mixed = checkpoints.keep_fresh(pretrained, fresh, ("decoder/.*",))
-    np.testing.assert_array_equal(mixed["decoder"]["layers_1"]["mlp"]["wo"],
-                                  fresh["decoder"]["layers_1"]["mlp"]["wo"])
-    np.testing.assert_array_equal(mixed["encoder"]["layers_0"]["attention"]["query"],
-                                  pretrained["encoder"]["layers_0"]["attention"]["query"])
+    np.testing.assert_array_equal(mixed["decoder"]["layers_1"]["mlp"]["wo"], fresh["decoder"]["layers_1"]["mlp"]["wo"])
+    np.testing.assert_array_equal(
+        mixed["encoder"]["layers_0"]["attention"]["query"], pretrained["encoder"]["layers_0"]["attention"]["query"]
+    )
     np.testing.assert_array_equal(mixed["token_embedder"]["embedding"], pretrained["token_embedder"]["embedding"])
     assert checkpoints.keep_fresh(pretrained, fresh, ()) is pretrained
     # A pattern matches whole paths: 'decoder' alone names no parameter.
@@ -168,8 +209,13 @@ def test_keep_fresh_takes_the_matched_parameters_from_the_fresh_initialisation()
 
 
 def test_initial_checkpoint_skip_settings_are_checked():
-    settings = dict(model_dir="/run", mixture_or_task_name="demo_span_corruption", train_steps=1, batch_size=8,
-                    task_feature_lengths={"inputs": 24, "targets": 8})
+    settings = dict(
+        model_dir="/run",
+        mixture_or_task_name="demo_span_corruption",
+        train_steps=1,
+        batch_size=8,
+        task_feature_lengths={"inputs": 24, "targets": 8},
+    )
     with pytest.raises(ValueError, match="list of patterns.*not the string 'decoder/.\\*'"):
         TrainConfig(**settings, initial_checkpoint_path="/ckpt", initial_checkpoint_skip="decoder/.*")
     with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH, which is not set"):
@@ -185,10 +231,15 @@ def test_fine_tuning_with_a_fresh_decoder(tmp_path):
     pretrained = _saved_checkpoint(tmp_path)
     config = _one_step_from_checkpoint(tmp_path, 1e-9, initial_checkpoint_skip=("decoder/.*",))
     trainer.train(config, MODEL)
-    tuned = checkpoints.restore_params(str(tmp_path / "run"), MODEL, nn.unbox(models.abstract_variables(MODEL)["params"]))
-    np.testing.assert_allclose(tuned["encoder"]["layers_1"]["mlp"]["wi_0"],
-                               pretrained["encoder"]["layers_1"]["mlp"]["wi_0"], atol=1e-6)
-    np.testing.assert_allclose(tuned["token_embedder"]["embedding"], pretrained["token_embedder"]["embedding"], atol=1e-6)
+    tuned = checkpoints.restore_params(
+        str(tmp_path / "run"), MODEL, nn.unbox(models.abstract_variables(MODEL)["params"])
+    )
+    np.testing.assert_allclose(
+        tuned["encoder"]["layers_1"]["mlp"]["wi_0"], pretrained["encoder"]["layers_1"]["mlp"]["wi_0"], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        tuned["token_embedder"]["embedding"], pretrained["token_embedder"]["embedding"], atol=1e-6
+    )
     for path in (("layers_0", "self_attention", "query"), ("logits_dense",)):
         before, after = pretrained["decoder"], tuned["decoder"]
         for key in path:

@@ -86,18 +86,42 @@ def registry():
 
 @pytest.fixture
 def local_tasks(tmp_path, registry):
-    (tmp_path / "cnndm.jsonl").write_text(json.dumps({"article": "Rain fell. Roads flooded.", "url": "u",
-                                                     "highlights": "Roads flooded ."}) + "\n")
+    (tmp_path / "cnndm.jsonl").write_text(
+        json.dumps({"article": "Rain fell. Roads flooded.", "url": "u", "highlights": "Roads flooded ."}) + "\n"
+    )
     (tmp_path / "val.en").write_text("A dog runs.\nTwo cats sleep.\n")
     (tmp_path / "val.de").write_text("Ein Hund rennt.\nZwei Katzen schlafen.\n")
-    squad = {"data": [{"title": "T", "paragraphs": [{"context": "Tolkien, an author, wrote it.", "qas": [
-        {"id": "q1", "question": "Who wrote it?", "answers": [{"text": "Tolkien", "answer_start": 0},
-                                                                {"text": "Tolkien, an author", "answer_start": 0}]}]}]}]}
+    squad = {
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "Tolkien, an author, wrote it.",
+                        "qas": [
+                            {
+                                "id": "q1",
+                                "question": "Who wrote it?",
+                                "answers": [
+                                    {"text": "Tolkien", "answer_start": 0},
+                                    {"text": "Tolkien, an author", "answer_start": 0},
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
     (tmp_path / "dev-v1.1.json").write_text(json.dumps(squad))
-    tasks.register_all("demo", task_files={
-        "cnn_dailymail_v002": {"validation": str(tmp_path / "cnndm.jsonl")},
-        "wmt_t2t_ende_v003": {"validation": str(tmp_path / "val.{lang}")},
-        "squad_v010_allanswers": {"validation": str(tmp_path / "dev-v1.1.json")}})
+    tasks.register_all(
+        "demo",
+        task_files={
+            "cnn_dailymail_v002": {"validation": str(tmp_path / "cnndm.jsonl")},
+            "wmt_t2t_ende_v003": {"validation": str(tmp_path / "val.{lang}")},
+            "squad_v010_allanswers": {"validation": str(tmp_path / "dev-v1.1.json")},
+        },
+    )
     return tmp_path
 
 
@@ -145,34 +169,78 @@ def test_finetune_and_eval_summarization_and_translation_end_to_end(tmp_path, sh
     for language in ("en", "de"):
         lines = (shared_data / "translation" / "multi30k_en_de" / f"val.{language}").read_text().splitlines()
         (tmp_path / f"val.{language}").write_text("\n".join(lines[:8]) + "\n")
-    files = {"cnn_dailymail_v002": {"train": str(tmp_path / "cnndm_train.jsonl"),
-                                    "validation": str(tmp_path / "cnndm_val.jsonl")},
-             "wmt_t2t_ende_v003": {"validation": str(tmp_path / "val.{lang}")}}
-    common = ["--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176", "--gin.VOCABULARY_PATH='demo'",
-              f"--gin.TASK_FILES={files!r}", "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 16}"]
+    files = {
+        "cnn_dailymail_v002": {
+            "train": str(tmp_path / "cnndm_train.jsonl"),
+            "validation": str(tmp_path / "cnndm_val.jsonl"),
+        },
+        "wmt_t2t_ende_v003": {"validation": str(tmp_path / "val.{lang}")},
+    }
+    common = [
+        "--gin_file=models/tiny.gin",
+        "--gin.t5pod.T5Config.vocab_size=2176",
+        "--gin.VOCABULARY_PATH='demo'",
+        f"--gin.TASK_FILES={files!r}",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 16}",
+    ]
     run = tmp_path / "run"
-    assert cli.main(["train", "--gin_file=runs/finetune.gin", *common, f"--gin.MODEL_DIR='{run}'",
-                     "--gin.MIXTURE_OR_TASK_NAME='cnn_dailymail_v002'", "--gin.INITIAL_CHECKPOINT_PATH=None",
-                     "--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=8", "--gin.INFERENCE_EVAL=False"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--gin_file=runs/finetune.gin",
+                *common,
+                f"--gin.MODEL_DIR='{run}'",
+                "--gin.MIXTURE_OR_TASK_NAME='cnn_dailymail_v002'",
+                "--gin.INITIAL_CHECKPOINT_PATH=None",
+                "--gin.TRAIN_STEPS=3",
+                "--gin.BATCH_SIZE=8",
+                "--gin.INFERENCE_EVAL=False",
+            ]
+        )
+        == 0
+    )
     # TensorBoard holds the operative config as text and the run's settings as hyperparameters.
     import tensorflow as tf
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    values = [v for path in tf.io.gfile.glob(str(run / "train" / "events.*"))
-              for event in tf.compat.v1.train.summary_iterator(path) for v in event.summary.value]
+    values = [
+        v
+        for path in tf.io.gfile.glob(str(run / "train" / "events.*"))
+        for event in tf.compat.v1.train.summary_iterator(path)
+        for v in event.summary.value
+    ]
     text = next(v for v in values if v.tag.startswith("operative_config"))
     assert "MIXTURE_OR_TASK_NAME = 'cnn_dailymail_v002'" in tf.make_ndarray(text.tensor).item().decode()
-    hparams = plugin_data_pb2.HParamsPluginData.FromString(next(
-        v for v in values if v.tag == "_hparams_/session_start_info").metadata.plugin_data.content)
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(
+        next(v for v in values if v.tag == "_hparams_/session_start_info").metadata.plugin_data.content
+    )
     assert hparams.session_start_info.hparams["train/train_steps"].number_value == 3
     assert hparams.session_start_info.hparams["model/d_model"].number_value == 128
-    for task, metric in (("cnn_dailymail_v002", generation_metrics.rouge), ("wmt_t2t_ende_v003", generation_metrics.bleu)):
-        assert cli.main(["eval", *common, f"--gin.CHECKPOINT_PATH='{run}'", f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
-                         "--gin.INFER_BATCH_SIZE=8", "--gin.MAX_DECODE_LENGTH=16"]) == 0
+    for task, metric in (
+        ("cnn_dailymail_v002", generation_metrics.rouge),
+        ("wmt_t2t_ende_v003", generation_metrics.bleu),
+    ):
+        assert (
+            cli.main(
+                [
+                    "eval",
+                    *common,
+                    f"--gin.CHECKPOINT_PATH='{run}'",
+                    f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
+                    "--gin.INFER_BATCH_SIZE=8",
+                    "--gin.MAX_DECODE_LENGTH=16",
+                ]
+            )
+            == 0
+        )
         reported = [json.loads(line) for line in open(run / "eval_metrics.jsonl")][-1]
         rows = [json.loads(line) for line in open(run / "inference_eval" / f"{task}-3.jsonl")]
         assert reported["task"] == task and reported["step"] == 3 and reported["examples"] == len(rows) == 8
-        assert rows[0]["targets"] == (json.loads(cnndm[0])["highlights"] if task.startswith("cnn")
-                                      else "Eine Gruppe von Männern lädt Baumwolle auf einen Lastwagen")
+        assert rows[0]["targets"] == (
+            json.loads(cnndm[0])["highlights"]
+            if task.startswith("cnn")
+            else "Eine Gruppe von Männern lädt Baumwolle auf einen Lastwagen"
+        )
         expected = metric([r["targets"] for r in rows], [r["prediction"] for r in rows])
         assert {k: reported[k] for k in expected} == pytest.approx(expected)

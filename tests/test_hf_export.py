@@ -29,8 +29,10 @@ def test_convert_then_export_round_trips_and_transformers_loads_it(kind, tmp_pat
     assert cli.main(["export-hf", str(tmp_path / "converted"), str(tmp_path / "exported")]) == 0
     assert "Exported step 0" in capsys.readouterr().out
 
-    original, exported = load_file(str(tmp_path / "hf" / "model.safetensors")), \
-        load_file(str(tmp_path / "exported" / "model.safetensors"))
+    original, exported = (
+        load_file(str(tmp_path / "hf" / "model.safetensors")),
+        load_file(str(tmp_path / "exported" / "model.safetensors")),
+    )
     duplicates = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
     if hf_reference.CONFIGS[kind]["tie_word_embeddings"]:
         duplicates.add("lm_head.weight")  # the tied output layer is shared.weight
@@ -62,14 +64,18 @@ def test_export_a_training_runs_checkpoint_by_step(pretrained_demo_run, tmp_path
     ginconf.parse([os.path.join(str(pretrained_demo_run), "config.gin")])
     model_config = ginconf.model_config()
     assert (config["vocab_size"], config["d_model"], config["num_layers"]) == (
-        2176, model_config.d_model, model_config.num_layers)
+        2176,
+        model_config.d_model,
+        model_config.num_layers,
+    )
     # The demo run's VOCABULARY_PATH is the official vocabulary on GCS (its tasks carry their own):
     # only a vocabulary that is a local file is copied.
     assert not (tmp_path / "exported" / "spiece.model").exists()
     model = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "exported")).eval()
     inputs, decoder_inputs, lengths = hf_reference.batch(2176, seed=2)
     theirs = hf_reference.reference_logits(model, inputs, decoder_inputs)
-    ours = _t5pod_logits(str(pretrained_demo_run), os.path.join(str(pretrained_demo_run), "config.gin"), inputs,
-                         decoder_inputs)
+    ours = _t5pod_logits(
+        str(pretrained_demo_run), os.path.join(str(pretrained_demo_run), "config.gin"), inputs, decoder_inputs
+    )
     for row, n in enumerate(lengths):
         np.testing.assert_allclose(theirs[row, :n], ours[row, :n], atol=1e-4, rtol=0)

@@ -3,7 +3,6 @@
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -51,7 +50,9 @@ def test_scanned_layers_give_the_same_logits(converted):
     inputs, decoder_inputs, lengths = hf_reference.batch(config.vocab_size, seed=1)
     unrolled = network.Transformer(config).apply({"params": params}, inputs, decoder_inputs)
     scanned_config = dataclasses.replace(config, scan_layers=True, remat_policy="full")
-    scanned = network.Transformer(scanned_config).apply({"params": network.stack_layers(params)}, inputs, decoder_inputs)
+    scanned = network.Transformer(scanned_config).apply(
+        {"params": network.stack_layers(params)}, inputs, decoder_inputs
+    )
     np.testing.assert_allclose(np.asarray(scanned), np.asarray(unrolled), atol=1e-5)
 
 
@@ -63,7 +64,8 @@ def test_relative_position_buckets_match_reference(bidirectional, num_buckets, m
 
     relative = np.arange(-400, 401)
     want = T5Attention._relative_position_bucket(
-        torch.tensor(relative), bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance)
+        torch.tensor(relative), bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+    )
     got = layers.relative_position_bucket(relative, bidirectional, num_buckets, max_distance)
     np.testing.assert_array_equal(np.asarray(got), want.numpy())
 
@@ -140,13 +142,23 @@ def test_restoring_into_another_model_is_refused(tmp_path):
 def test_the_name_map_covers_every_parameter_and_its_layouts_invert(gated):
     """hf_names: one entry per parameter but the untied lm_head, each at the parameter's shape, and
     to_hf/from_hf inverse; layouts checked on a hand-built kernel."""
-    cfg = T5Config(vocab_size=40, d_model=8, d_kv=3, d_ff=12, num_heads=2, num_layers=2, num_decoder_layers=3,
-                   feed_forward_proj="gated-gelu" if gated else "relu", tie_word_embeddings=False)
+    cfg = T5Config(
+        vocab_size=40,
+        d_model=8,
+        d_kv=3,
+        d_ff=12,
+        num_heads=2,
+        num_layers=2,
+        num_decoder_layers=3,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        tie_word_embeddings=False,
+    )
     params = traverse_util.flatten_dict(nn.unbox(models.abstract_variables(cfg)["params"]))
     names = hf_names.tensor_names(cfg)
     assert len({n.hf for n in names}) == len(names)
-    assert {n.path: n.shape for n in names} == {p: tuple(v.shape) for p, v in params.items()
-                                                if p != ("decoder", "logits_dense")}
+    assert {n.path: n.shape for n in names} == {
+        p: tuple(v.shape) for p, v in params.items() if p != ("decoder", "logits_dense")
+    }
     rng = np.random.default_rng(0)
     for name in names:
         value = rng.normal(size=name.shape)

@@ -14,8 +14,12 @@ from t5pod import tasks
 from t5pod import decoding, evaluation, ginconf
 from t5pod.data import demo_corpus
 
-TEXTS = ["Return the number of items in the list.", "The default value is None.",
-         "Raise an error if the file does not exist.", "This module provides functions for working with paths."]
+TEXTS = [
+    "Return the number of items in the list.",
+    "The default value is None.",
+    "Raise an error if the file does not exist.",
+    "This module provides functions for working with paths.",
+]
 
 
 @pytest.fixture(scope="module", params=sorted(hf_reference.CONFIGS))
@@ -37,8 +41,14 @@ def _run(*args):
 
 
 def _infer(base, *flags):
-    return _run("infer", f"--gin_file={base / 'out' / 'model.gin'}", f"--gin.CHECKPOINT_PATH='{base / 'out'}'",
-                f"--input_file={base / 'inputs.jsonl'}", "--gin.MAX_DECODE_LENGTH=12", *flags)
+    return _run(
+        "infer",
+        f"--gin_file={base / 'out' / 'model.gin'}",
+        f"--gin.CHECKPOINT_PATH='{base / 'out'}'",
+        f"--input_file={base / 'inputs.jsonl'}",
+        "--gin.MAX_DECODE_LENGTH=12",
+        *flags,
+    )
 
 
 def _encode(texts):
@@ -57,9 +67,16 @@ def test_greedy_infer_equals_reference(converted):
     assert [r["inputs"] for r in rows] == TEXTS  # input order
     for row, ids in zip(rows, _encode(TEXTS)):
         with torch.no_grad():
-            reference = hf_model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                                          num_beams=1, decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
-                                          use_cache=False)[0, 1:].tolist()
+            reference = hf_model.generate(
+                input_ids=torch.tensor([ids]),
+                max_new_tokens=12,
+                do_sample=False,
+                num_beams=1,
+                decoder_start_token_id=0,
+                eos_token_id=1,
+                pad_token_id=0,
+                use_cache=False,
+            )[0, 1:].tolist()
         assert row["prediction_ids"] == decoding.strip_after_eos(reference)
         assert row["prediction"] == demo_corpus.vocabulary().decode(row["prediction_ids"])
 
@@ -74,12 +91,12 @@ def test_score_equals_reference(converted):
     rows = [json.loads(line) for line in open(base / "score.jsonl")]
     for row, inputs, targets in zip(rows, _encode(TEXTS), _encode([t.split()[0] for t in TEXTS])):
         with torch.no_grad():
-            logits = hf_model(input_ids=torch.tensor([inputs]), decoder_input_ids=torch.tensor([[0] + targets[:-1]])).logits
+            logits = hf_model(
+                input_ids=torch.tensor([inputs]), decoder_input_ids=torch.tensor([[0] + targets[:-1]])
+            ).logits
         log_probs = torch.log_softmax(logits[0], -1).numpy()
         want = sum(log_probs[i, t] for i, t in enumerate(targets))
         assert row["score"] == pytest.approx(want, rel=1e-3)
-
-
 
 
 class FixedPredictor:
@@ -114,8 +131,9 @@ def test_eval_metrics_from_fixed_predictions(benchmark_rows):
 
     rows = evaluation.task_rows("glue_stsb_v002", "validation", lengths)
     gold = [float(r["targets_pretokenized"].decode()) for r in rows]
-    result = evaluation.evaluate(FixedPredictor([f"{5 - g:.1f}" for g in gold]), "glue_stsb_v002", "validation",
-                                lengths)
+    result = evaluation.evaluate(
+        FixedPredictor([f"{5 - g:.1f}" for g in gold]), "glue_stsb_v002", "validation", lengths
+    )
     assert result["glue_stsb_v002"]["pearson_corrcoef"] == pytest.approx(-100.0)
     tasks.register_all()
 
@@ -129,12 +147,24 @@ def test_infer_needs_an_input(tmp_path):
 def test_tiny_model_learns_sst2_from_scratch(shared_data, tmp_path):
     """End to end on real data: train on SST-2 train; inference evaluation on all of SST-2 dev at
     the last step (majority class: 50.9%)."""
-    done = _run("train", "--gin_file=runs/pretrain.gin", "--gin_file=models/tiny.gin",
-                "--gin.t5pod.T5Config.vocab_size=2176", "--gin.VOCABULARY_PATH='demo'",
-                f"--gin.GLUE_DIR='{shared_data / 'glue'}'", "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'",
-                f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 4}",
-                "--gin.TRAIN_STEPS=400", "--gin.BATCH_SIZE=32", "--gin.WARMUP_STEPS=1000", "--gin.DROPOUT_RATE=0.1",
-                "--gin.EVAL_PERIOD=400", "--gin.EVAL_STEPS=1", "--gin.INFERENCE_EVAL=True")
+    done = _run(
+        "train",
+        "--gin_file=runs/pretrain.gin",
+        "--gin_file=models/tiny.gin",
+        "--gin.t5pod.T5Config.vocab_size=2176",
+        "--gin.VOCABULARY_PATH='demo'",
+        f"--gin.GLUE_DIR='{shared_data / 'glue'}'",
+        "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'",
+        f"--gin.MODEL_DIR='{tmp_path}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 4}",
+        "--gin.TRAIN_STEPS=400",
+        "--gin.BATCH_SIZE=32",
+        "--gin.WARMUP_STEPS=1000",
+        "--gin.DROPOUT_RATE=0.1",
+        "--gin.EVAL_PERIOD=400",
+        "--gin.EVAL_STEPS=1",
+        "--gin.INFERENCE_EVAL=True",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (row,) = [json.loads(line) for line in open(tmp_path / "inference_eval" / "glue_sst2_v002-metrics.jsonl")]
     assert row["step"] == 400 and row["examples"] == 872
@@ -144,15 +174,21 @@ def test_tiny_model_learns_sst2_from_scratch(shared_data, tmp_path):
 
 
 def test_inference_lengths_come_from_task_feature_lengths_and_old_macros_name_their_replacement():
-    ginconf.parse(["tasks.gin", "runs/infer.gin"], ["CHECKPOINT_PATH='/unused'", "INFER_BATCH_SIZE=3",
-                                                    "TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 6}"])
+    ginconf.parse(
+        ["tasks.gin", "runs/infer.gin"],
+        ["CHECKPOINT_PATH='/unused'", "INFER_BATCH_SIZE=3", "TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 6}"],
+    )
     config = ginconf.infer_config()
     assert (config.batch_size, config.input_length, config.target_length, config.max_decode_length) == (3, 32, 6, 6)
     ginconf.parse(["tasks.gin", "runs/infer.gin"], ["CHECKPOINT_PATH='/unused'", "MAX_DECODE_LENGTH=9"])
     assert ginconf.infer_config().max_decode_length == 9
-    with pytest.raises(ValueError, match="INPUT_LENGTH was retired: inference reads its lengths from TASK_FEATURE_LENGTHS"):
+    with pytest.raises(
+        ValueError, match="INPUT_LENGTH was retired: inference reads its lengths from TASK_FEATURE_LENGTHS"
+    ):
         ginconf.parse(["tasks.gin", "runs/infer.gin"], ["INPUT_LENGTH=32"])
-    with pytest.raises(ValueError, match="Unknown gin macro BATCH_SIZE.*decode batch of infer and eval is INFER_BATCH_SIZE"):
+    with pytest.raises(
+        ValueError, match="Unknown gin macro BATCH_SIZE.*decode batch of infer and eval is INFER_BATCH_SIZE"
+    ):
         ginconf.parse(["tasks.gin", "runs/infer.gin"], ["BATCH_SIZE=32"])
 
 
@@ -163,22 +199,52 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
     from t5pod import cli
     from t5pod.data import pipeline
 
-    common = ["--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176", "--gin.VOCABULARY_PATH='demo'",
-              f"--gin.GLUE_DIR='{benchmark_rows / 'glue'}'", "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'",
-              "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 4}"]
+    common = [
+        "--gin_file=models/tiny.gin",
+        "--gin.t5pod.T5Config.vocab_size=2176",
+        "--gin.VOCABULARY_PATH='demo'",
+        f"--gin.GLUE_DIR='{benchmark_rows / 'glue'}'",
+        "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 4}",
+    ]
     run = tmp_path / "run"
-    assert cli.main(["train", "--gin_file=runs/finetune.gin", *common, f"--gin.MODEL_DIR='{run}'",
-                     "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=8",
-                     "--gin.CHECKPOINT_PERIOD=2", "--gin.EVAL_PERIOD=2", "--gin.EVAL_STEPS=1",
-                     "--gin.LOG_PERIOD=1"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--gin_file=runs/finetune.gin",
+                *common,
+                f"--gin.MODEL_DIR='{run}'",
+                "--gin.INITIAL_CHECKPOINT_PATH=None",
+                "--gin.TRAIN_STEPS=4",
+                "--gin.BATCH_SIZE=8",
+                "--gin.CHECKPOINT_PERIOD=2",
+                "--gin.EVAL_PERIOD=2",
+                "--gin.EVAL_STEPS=1",
+                "--gin.LOG_PERIOD=1",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     evaluated = [r for r in rows if r["split"] == "validation"]
     assert [r["step"] for r in evaluated] == [2, 4] and all(0 < r["loss"] < 20 for r in evaluated)
     # EVAL_STEPS=1: one batch of 8 packed validation rows; its target tokens counted independently.
     tasks.register_all("demo", glue_dir=str(benchmark_rows / "glue"))
-    first = next(pipeline.batched(pipeline.get_dataset("glue_sst2_v002", {"inputs": 64, "targets": 4}, "validation",
-                                                       shuffle=False, num_epochs=1, shard_index=0, num_shards=1),
-                                  8).as_numpy_iterator())
+    first = next(
+        pipeline.batched(
+            pipeline.get_dataset(
+                "glue_sst2_v002",
+                {"inputs": 64, "targets": 4},
+                "validation",
+                shuffle=False,
+                num_epochs=1,
+                shard_index=0,
+                num_shards=1,
+            ),
+            8,
+        ).as_numpy_iterator()
+    )
     assert evaluated[0]["target_tokens"] == int(np.count_nonzero(first["decoder_loss_weights"]))
 
     # Inference evaluation while training (runs/finetune.gin turns it on): predictions per step and
@@ -190,8 +256,11 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
     for line in lines:
         rows = trained[line["step"]]
         assert line["accuracy"] == pytest.approx(100 * np.mean([r["prediction"] == r["targets"] for r in rows]))
-    assert [r["glue_sst2_v002/accuracy"] for r in map(json.loads, open(run / "metrics.jsonl"))
-            if r["split"] == "inference_eval"] == [line["accuracy"] for line in lines]
+    assert [
+        r["glue_sst2_v002/accuracy"]
+        for r in map(json.loads, open(run / "metrics.jsonl"))
+        if r["split"] == "inference_eval"
+    ] == [line["accuracy"] for line in lines]
 
     evaluate = ["eval", *common, f"--gin.CHECKPOINT_PATH='{run}'", "--gin.INFER_BATCH_SIZE=8"]
     capsys.readouterr()
@@ -211,9 +280,15 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
     assert [m["step"] for m in metrics] == [2, 4, 4] and metrics[2] == metrics[1]
 
     # infer reads no MIXTURE_OR_TASK_NAME (it names the task with --task), so it is not passed.
-    infer = ["infer", *[flag for flag in common if "MIXTURE_OR_TASK_NAME" not in flag],
-             f"--gin.CHECKPOINT_PATH='{run}'", "--gin.INFER_BATCH_SIZE=8"]
-    assert cli.main([*infer, "--task=glue_sst2_v002", "--split=validation", f"--output_file={tmp_path / 't.jsonl'}"]) == 0
+    infer = [
+        "infer",
+        *[flag for flag in common if "MIXTURE_OR_TASK_NAME" not in flag],
+        f"--gin.CHECKPOINT_PATH='{run}'",
+        "--gin.INFER_BATCH_SIZE=8",
+    ]
+    assert (
+        cli.main([*infer, "--task=glue_sst2_v002", "--split=validation", f"--output_file={tmp_path / 't.jsonl'}"]) == 0
+    )
     predicted = [json.loads(line) for line in open(tmp_path / "t.jsonl")]
     assert len(predicted) == 24 and all(set(r) >= {"inputs", "targets", "prediction"} for r in predicted)
     accuracy = 100 * np.mean([r["prediction"] == r["targets"] for r in predicted])
@@ -229,8 +304,9 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
 
     ginconf.parse(["models/tiny.gin"], ["t5pod.T5Config.vocab_size = 2176"])
     model = ginconf.model_config()
-    config = configs.InferConfig(checkpoint_path=str(run), task_feature_lengths={"inputs": 64, "targets": 4},
-                                 batch_size=8)
+    config = configs.InferConfig(
+        checkpoint_path=str(run), task_feature_lengths={"inputs": 64, "targets": 4}, batch_size=8
+    )
     vocabulary = demo_corpus.vocabulary()
     tasks.register_all("demo", glue_dir=str(benchmark_rows / "glue"))
     assert infer_io.infer(model, config, vocabulary, str(tmp_path / "py.jsonl"), task="glue_sst2_v002") == 24
@@ -241,14 +317,27 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
 
 
 def _infer_process(run, rows_file, output, *flags, argv_only=False):
-    argv = ["infer", "--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176",
-            "--gin.VOCABULARY_PATH='demo'", f"--gin.CHECKPOINT_PATH='{run}'", f"--input_file={rows_file}",
-            f"--output_file={output}", "--gin.INFER_BATCH_SIZE=8",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}", *flags]
+    argv = [
+        "infer",
+        "--gin_file=models/tiny.gin",
+        "--gin.t5pod.T5Config.vocab_size=2176",
+        "--gin.VOCABULARY_PATH='demo'",
+        f"--gin.CHECKPOINT_PATH='{run}'",
+        f"--input_file={rows_file}",
+        f"--output_file={output}",
+        "--gin.INFER_BATCH_SIZE=8",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 16}",
+        *flags,
+    ]
     if argv_only:
         return argv
-    return subprocess.Popen([sys.executable, "-m", "t5pod", *argv], env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "t5pod", *argv],
+        env=dict(os.environ, XLA_FLAGS=""),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -275,8 +364,12 @@ def test_a_killed_infer_continues_where_it_stopped(pretrained_demo_run, tmp_path
     # Another setting: refused before the checkpoint is read (so it can run in this process).
     from t5pod import cli
 
-    assert cli.main(_infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", "--gin.TEMPERATURE=0.5",
-                                   argv_only=True)) == 2
+    assert (
+        cli.main(
+            _infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", "--gin.TEMPERATURE=0.5", argv_only=True)
+        )
+        == 2
+    )
     assert "temperature: 1.0 then, 0.5 now" in capsys.readouterr().err
     assert partial.read_text().count("\n") >= written  # kept
     resumed = _infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", *sampled)

@@ -46,13 +46,23 @@ def test_installed_versions_are_the_pinned_ones():
 def test_convert_hf_command_end_to_end(tmp_path):
     hf_reference.make_checkpoint("t5_1_1", str(tmp_path / "hf"))
     env = dict(os.environ, XLA_FLAGS="")
-    done = subprocess.run([sys.executable, "-m", "t5pod", "convert-hf", str(tmp_path / "hf"), str(tmp_path / "out")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "t5pod", "convert-hf", str(tmp_path / "hf"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "tie_word_embeddings=False" in done.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0", "model.gin"]
 
-    again = subprocess.run([sys.executable, "-m", "t5pod", "convert-hf", str(tmp_path / "hf"), str(tmp_path / "out")],
-                           capture_output=True, text=True, env=env, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "t5pod", "convert-hf", str(tmp_path / "hf"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert again.returncode == 2 and "already exists and is not empty" in again.stderr
     assert "Traceback" not in again.stderr

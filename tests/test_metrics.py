@@ -145,6 +145,7 @@ def test_record_dedup_first_prediction_counts():
         {"group": g1, "answers": ["Obama", "Barack Obama"]},
         {"group": g2, "answers": ["Paris"]},
     ]
+
     def preds(*pairs):
         return [{"group": g, "value": v} for g, v in pairs]
 
@@ -213,9 +214,13 @@ def test_wsc_simple_postprocess(prediction, referent, expected):
 
 def test_wsc_target_is_the_label_and_accuracy():
     # Each example asks about one candidate; label 1 when it is the pronoun's referent.
-    examples = [{"targets_pretokenized": "Mark", "label": 1}, {"targets_pretokenized": "the trophy", "label": 1},
-                {"targets_pretokenized": "the suitcase", "label": 0}, {"targets_pretokenized": "Pete", "label": 0},
-                {"targets_pretokenized": "the pony", "label": 0}]
+    examples = [
+        {"targets_pretokenized": "Mark", "label": 1},
+        {"targets_pretokenized": "the trophy", "label": 1},
+        {"targets_pretokenized": "the suitcase", "label": 0},
+        {"targets_pretokenized": "Pete", "label": 0},
+        {"targets_pretokenized": "the pony", "label": 0},
+    ]
     # Right: names Mark; wrong: names the suitcase for the trophy; wrong: names the suitcase when
     # it is not the referent; right: names someone else than Pete; wrong: an empty answer.
     predictions = ["mark", "The suitcase", "suitcase", "Mark", ""]

@@ -15,14 +15,28 @@ from conftest import REPO
 from t5pod import ginconf, models, network
 from t5pod.configs import T5Config
 
-TINY = T5Config(vocab_size=96, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2, num_decoder_layers=3,
-                feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
-                relative_attention_num_buckets=16, relative_attention_max_distance=24)
+TINY = T5Config(
+    vocab_size=96,
+    d_model=32,
+    d_kv=8,
+    num_heads=4,
+    d_ff=48,
+    num_layers=2,
+    num_decoder_layers=3,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    dropout_rate=0.0,
+    relative_attention_num_buckets=16,
+    relative_attention_max_distance=24,
+)
 
 
 def _init(config, seed=0):
-    return nn.unbox(network.Transformer(config).init(
-        jax.random.PRNGKey(seed), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32))["params"])
+    return nn.unbox(
+        network.Transformer(config).init(
+            jax.random.PRNGKey(seed), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32)
+        )["params"]
+    )
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -57,8 +71,10 @@ def test_cached_decoding_equals_full_forward(scan):
     if scan:
         params = network.stack_layers(_init(dataclasses.replace(config, scan_layers=False), seed=1))
     rng = np.random.default_rng(0)
-    inputs = rng.integers(2, 96, size=(2, 11)); inputs[1, 6:] = 0
-    targets = rng.integers(2, 96, size=(2, 30)); targets[:, 0] = 0  # 30 > max_distance: log buckets
+    inputs = rng.integers(2, 96, size=(2, 11))
+    inputs[1, 6:] = 0
+    targets = rng.integers(2, 96, size=(2, 30))
+    targets[:, 0] = 0  # 30 > max_distance: log buckets
     full = np.asarray(model.apply({"params": params}, inputs, targets))
 
     cache = models.init_decode_cache(model, params, inputs, 30)
@@ -66,13 +82,20 @@ def test_cached_decoding_equals_full_forward(scan):
 
     @jax.jit
     def step(cache, token):
-        logits, variables = model.apply({"params": params, "cache": cache}, encoded, inputs, token, decode=True,
-                                        mutable=["cache"], method=network.Transformer.decode)
+        logits, variables = model.apply(
+            {"params": params, "cache": cache},
+            encoded,
+            inputs,
+            token,
+            decode=True,
+            mutable=["cache"],
+            method=network.Transformer.decode,
+        )
         return variables["cache"], logits[:, 0]
 
     stepwise = []
     for i in range(targets.shape[1]):
-        cache, logits = step(cache, targets[:, i:i + 1])
+        cache, logits = step(cache, targets[:, i : i + 1])
         stepwise.append(np.asarray(logits))
     np.testing.assert_allclose(np.stack(stepwise, axis=1), full, atol=1e-5)
 
@@ -80,8 +103,16 @@ def test_cached_decoding_equals_full_forward(scan):
 # Published sizes (T5 paper and model cards). T5 1.0 large is quoted as 770M; its real count with
 # the 32128 vocabulary is 738M, hence 5%.
 PUBLISHED = {
-    "t5_1_0/small": 60e6, "t5_1_0/base": 220e6, "t5_1_0/large": 770e6, "t5_1_0/3B": 2.8e9, "t5_1_0/11B": 11e9,
-    "t5_1_1/small": 77e6, "t5_1_1/base": 248e6, "t5_1_1/large": 783e6, "t5_1_1/xl": 2.85e9, "t5_1_1/xxl": 11.1e9,
+    "t5_1_0/small": 60e6,
+    "t5_1_0/base": 220e6,
+    "t5_1_0/large": 770e6,
+    "t5_1_0/3B": 2.8e9,
+    "t5_1_0/11B": 11e9,
+    "t5_1_1/small": 77e6,
+    "t5_1_1/base": 248e6,
+    "t5_1_1/large": 783e6,
+    "t5_1_1/xl": 2.85e9,
+    "t5_1_1/xxl": 11.1e9,
 }
 
 
@@ -95,8 +126,11 @@ def test_parameter_counts_match_published(name):
 def _readme_size_rows():
     """(gin file, d_model, d_ff, heads, d_kv, enc layers, dec layers, stated count) from docs/training.md."""
     text = (REPO / "docs" / "training.md").read_text()
-    rows = re.findall(r"^\| `models/([\w/]+)\.gin`[^|]*\| (\d+) \| (\d+) \| (\d+) × (\d+) \| (\d+)/(\d+) \| ([\d.]+[MB]) \|$",
-                      text, flags=re.M)
+    rows = re.findall(
+        r"^\| `models/([\w/]+)\.gin`[^|]*\| (\d+) \| (\d+) \| (\d+) × (\d+) \| (\d+)/(\d+) \| ([\d.]+[MB]) \|$",
+        text,
+        flags=re.M,
+    )
     return [(name, *map(int, numbers), stated) for name, *numbers, stated in rows]
 
 
@@ -111,8 +145,13 @@ def test_parameter_counts_are_exactly_the_readme_table():
             embeddings, mlp = 2 * v * d, 3 * d * f
         # q,k,v,o and norms per layer (the decoder has cross-attention and a third norm), one
         # relative-position table (32 buckets x heads) per stack, two final norms.
-        expected = embeddings + enc * (4 * d * inner + mlp + 2 * d) + dec * (8 * d * inner + mlp + 3 * d) \
-            + 2 * 32 * heads + 2 * d
+        expected = (
+            embeddings
+            + enc * (4 * d * inner + mlp + 2 * d)
+            + dec * (8 * d * inner + mlp + 3 * d)
+            + 2 * 32 * heads
+            + 2 * d
+        )
         ginconf.parse([f"models/{name}.gin"])
         assert models.count_parameters(ginconf.model_config()) == expected, name
         shown = f"{expected / 1e9:.2f}B" if expected >= 1e9 else f"{expected / 1e6:.1f}M"
@@ -141,13 +180,18 @@ def test_every_shipped_gin_file_parses(path):
     # Run files leave some macros to the user (%gin.REQUIRED); supply exactly those.
     # Overlay files (the paper-study folders) are parsed after the run and model files they amend.
     folder = os.path.relpath(path, ginconf.GIN_DIR).split(os.sep)[0]
-    base = {"finetuning": ["runs/finetune.gin", "models/tiny.gin"],
-            "mixing": ["runs/pretrain.gin", "models/tiny.gin"]}.get(folder, [])
+    base = {
+        "finetuning": ["runs/finetune.gin", "models/tiny.gin"],
+        "mixing": ["runs/pretrain.gin", "models/tiny.gin"],
+    }.get(folder, [])
     bindings = []
     for _ in range(5):
         try:
-            ginconf.parse(["tasks.gin", *base, path], bindings,
-                          read_directly=ginconf.DATA_COMMAND_MACROS + ginconf.EVAL_COMMAND_MACROS)
+            ginconf.parse(
+                ["tasks.gin", *base, path],
+                bindings,
+                read_directly=ginconf.DATA_COMMAND_MACROS + ginconf.EVAL_COMMAND_MACROS,
+            )
             break
         except ValueError as error:
             match = re.search(r"(\w+)/macro.value set to `%gin.REQUIRED`", str(error))

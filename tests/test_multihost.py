@@ -25,16 +25,34 @@ def _port() -> int:
 
 
 def _env(devices: int) -> dict:
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-                PYTHONUNBUFFERED="1")
+    return dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONUNBUFFERED="1",
+    )
 
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     port = _port()
-    workers = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), str(tmp_path / "two.npz"),
-                                 "2", str(i), str(port)], env=_env(4), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(HERE, "multihost_worker.py"),
+                str(tmp_path / "two.npz"),
+                "2",
+                str(i),
+                str(port),
+            ],
+            env=_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for worker in workers:
         output, _ = worker.communicate(timeout=600)
         assert worker.returncode == 0, output
@@ -55,15 +73,37 @@ def test_two_processes_equal_one_process(tmp_path):
 
 
 def _train(model_dir, num_processes, port, steps, extra=()):
-    base = [sys.executable, "-m", "t5pod", "train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{model_dir}'",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.BATCH_SIZE=8",
-            "--gin.MESH_SHAPE=(4, 2)", f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=2",
-            "--gin.LOG_PERIOD=1", "--gin.EVAL_PERIOD=0", *extra]
+    base = [
+        sys.executable,
+        "-m",
+        "t5pod",
+        "train",
+        "--gin_file=demo.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+        "--gin.BATCH_SIZE=8",
+        "--gin.MESH_SHAPE=(4, 2)",
+        f"--gin.TRAIN_STEPS={steps}",
+        "--gin.CHECKPOINT_PERIOD=2",
+        "--gin.LOG_PERIOD=1",
+        "--gin.EVAL_PERIOD=0",
+        *extra,
+    ]
     if num_processes == 1:
-        return [subprocess.Popen(base, env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)]
-    return [subprocess.Popen(base + [f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                                     f"--process_id={i}"], env=_env(4), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, cwd=REPO) for i in range(2)]
+        return [
+            subprocess.Popen(base, env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        ]
+    return [
+        subprocess.Popen(
+            base + [f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+            env=_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+        )
+        for i in range(2)
+    ]
 
 
 def _finish(processes, timeout=600):
@@ -79,17 +119,39 @@ def test_train_command_as_two_processes_and_checkpoints_across_process_counts(tm
     outputs = _finish(_train(run, 2, _port(), 4))
     assert "step 4/4" in outputs[0] and "step 4/4" not in outputs[1]  # only process 0 reports
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
-    assert [(r["split"], r["step"]) for r in rows] == [("compile", 0), ("train", 1), ("train", 2), ("train", 3),
-                                                      ("train", 4)]  # one writer
+    assert [(r["split"], r["step"]) for r in rows] == [
+        ("compile", 0),
+        ("train", 1),
+        ("train", 2),
+        ("train", 3),
+        ("train", 4),
+    ]  # one writer
     assert checkpoints.all_steps(str(run)) == [2, 4]
     assert sorted(os.listdir(run / "data_positions" / "4")) == [
-        "process_0.data-00000-of-00001", "process_0.index", "process_1.data-00000-of-00001", "process_1.index"]
+        "process_0.data-00000-of-00001",
+        "process_0.index",
+        "process_1.data-00000-of-00001",
+        "process_1.index",
+    ]
     # Saved by two processes, restored by one with 8 devices (this test process, as conftest sets;
     # the other direction, one process's checkpoint restored by two, is the multi-host eval test's).
-    assert cli.main(["train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{run}'", "--gin.TRAIN_STEPS=6",
-                     "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.BATCH_SIZE=8",
-                     "--gin.MESH_SHAPE=(4, 2)", "--gin.CHECKPOINT_PERIOD=2", "--gin.LOG_PERIOD=1",
-                     "--gin.EVAL_PERIOD=0"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--gin_file=demo.gin",
+                f"--gin.MODEL_DIR='{run}'",
+                "--gin.TRAIN_STEPS=6",
+                "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+                "--gin.BATCH_SIZE=8",
+                "--gin.MESH_SHAPE=(4, 2)",
+                "--gin.CHECKPOINT_PERIOD=2",
+                "--gin.LOG_PERIOD=1",
+                "--gin.EVAL_PERIOD=0",
+            ]
+        )
+        == 0
+    )
     assert checkpoints.latest_step(str(run)) == 6
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
@@ -111,23 +173,38 @@ def test_a_dead_process_stops_the_other_with_a_clear_error(tmp_path):
     # Whichever notices first stops the process: a failed collective (t5pod's message), JAX's
     # coordination service (missing heartbeats), or gloo itself when the peer died mid-transfer
     # (a C++ abort no Python code can turn into a message).
-    assert ("another process of this multi-host job stopped" in output
-            or "This most likely indicates that another task died" in output
-            or "Received data size doesn't match expected size" in output), output[-3000:]
+    assert (
+        "another process of this multi-host job stopped" in output
+        or "This most likely indicates that another task died" in output
+        or "Received data size doesn't match expected size" in output
+    ), output[-3000:]
 
 
 def _command_flags(kind, *flags):
-    return [kind, "--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176", "--gin.VOCABULARY_PATH='demo'",
-            "--gin.INFER_BATCH_SIZE=8", "--gin.MESH_SHAPE=(4, 2)", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
-            *flags]
+    return [
+        kind,
+        "--gin_file=models/tiny.gin",
+        "--gin.t5pod.T5Config.vocab_size=2176",
+        "--gin.VOCABULARY_PATH='demo'",
+        "--gin.INFER_BATCH_SIZE=8",
+        "--gin.MESH_SHAPE=(4, 2)",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+        *flags,
+    ]
 
 
 def _command(kind, num_processes, port, process_id, *flags):
     """One of num_processes (2) processes of a multi-host infer or eval, 4 devices each."""
-    command = [sys.executable, "-m", "t5pod", *_command_flags(kind, *flags), f"--coordinator_address=localhost:{port}",
-               f"--num_processes={num_processes}", f"--process_id={process_id}"]
-    return subprocess.Popen(command, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=REPO)
+    command = [
+        sys.executable,
+        "-m",
+        "t5pod",
+        *_command_flags(kind, *flags),
+        f"--coordinator_address=localhost:{port}",
+        f"--num_processes={num_processes}",
+        f"--process_id={process_id}",
+    ]
+    return subprocess.Popen(command, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
 
 
 @pytest.mark.slow
@@ -136,12 +213,21 @@ def test_infer_and_eval_as_two_processes_equal_one_process(pretrained_demo_run, 
     rows = tmp_path / "rows.txt"
     rows.write_text("".join(f"sentence number {i} of the test <extra_id_0> here\n" for i in range(21)))  # 3 batches
     for kind, flags in (
-            ("infer", [f"--gin.CHECKPOINT_PATH='{pretrained_demo_run}'", f"--input_file={rows}"]),
-            ("eval", [f"--gin.CHECKPOINT_PATH='{pretrained_demo_run}'", f"--gin.GLUE_DIR='{benchmark_rows / 'glue'}'",
-                      "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'"])):
+        ("infer", [f"--gin.CHECKPOINT_PATH='{pretrained_demo_run}'", f"--input_file={rows}"]),
+        (
+            "eval",
+            [
+                f"--gin.CHECKPOINT_PATH='{pretrained_demo_run}'",
+                f"--gin.GLUE_DIR='{benchmark_rows / 'glue'}'",
+                "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'",
+            ],
+        ),
+    ):
         out = {n: tmp_path / f"{kind}{n}" for n in (1, 2)}
-        where = {n: [f"--output_file={out[n]}.jsonl"] if kind == "infer" else [f"--gin.EVAL_OUTPUT_DIR='{out[n]}'"]
-                 for n in (1, 2)}
+        where = {
+            n: [f"--output_file={out[n]}.jsonl"] if kind == "infer" else [f"--gin.EVAL_OUTPUT_DIR='{out[n]}'"]
+            for n in (1, 2)
+        }
         port = _port()
         processes = [_command(kind, 2, port, i, *flags, *where[2]) for i in range(2)]
         # One process with 8 devices: this test process itself (conftest fakes 8 CPU devices).

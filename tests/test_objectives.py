@@ -14,15 +14,24 @@ class FakeVocabulary:
 
 
 def _features(vocab_size=32100, extra_ids=100):
-    return {"inputs": seqio.Feature(FakeVocabulary(vocab_size, extra_ids)),
-            "targets": seqio.Feature(FakeVocabulary(vocab_size, extra_ids))}
+    return {
+        "inputs": seqio.Feature(FakeVocabulary(vocab_size, extra_ids)),
+        "targets": seqio.Feature(FakeVocabulary(vocab_size, extra_ids)),
+    }
 
 
-@pytest.mark.parametrize("args,expected", [
-    ((128, 0.15, 3.0), (141, 29)), ((256, 0.15, 3.0), (284, 58)), ((512, 0.15, 3.0), (568, 114)),
-    ((1024, 0.15, 3.0), (1137, 229)), ((64, 0.2, 2.0), (70, 22)), ((64, 0.2, 1.0), (63, 27)),
-    ((512, 0.5, 3.0), (766, 512)),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        ((128, 0.15, 3.0), (141, 29)),
+        ((256, 0.15, 3.0), (284, 58)),
+        ((512, 0.15, 3.0), (568, 114)),
+        ((1024, 0.15, 3.0), (1137, 229)),
+        ((64, 0.2, 2.0), (70, 22)),
+        ((64, 0.2, 1.0), (63, 27)),
+        ((512, 0.5, 3.0), (766, 512)),
+    ],
+)
 def test_random_spans_helper(args, expected):
     assert objectives.random_spans_helper(*args) == expected
 
@@ -38,8 +47,10 @@ def test_noise_count_rounds_in_float32(length, noise):
     assert _mask(length).sum() == noise
 
 
-@pytest.mark.parametrize("length,noise,spans", [(2, 1, 1), (9, 1, 1), (10, 2, 1), (16, 2, 1), (17, 3, 1),
-                                                (23, 3, 1), (24, 4, 1), (30, 4, 1), (31, 5, 2)])
+@pytest.mark.parametrize(
+    "length,noise,spans",
+    [(2, 1, 1), (9, 1, 1), (10, 2, 1), (16, 2, 1), (17, 3, 1), (23, 3, 1), (24, 4, 1), (30, 4, 1), (31, 5, 2)],
+)
 def test_short_masks(length, noise, spans):
     for seed in range(3):
         mask = _mask(length, seed)
@@ -62,15 +73,18 @@ def test_sentinels_by_hand():
 def _corrupt(documents, inputs_length=512, targets_length=114, vocab_size=32100, seed=0):
     dataset = tf.data.Dataset.from_generator(
         lambda: ({"targets": np.asarray(d, np.int32)} for d in documents),
-        output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+        output_signature={"targets": tf.TensorSpec([None], tf.int32)},
+    )
     with seqio.utils.map_seed_manager(seed):
-        out = objectives.span_corruption(dataset, {"inputs": inputs_length, "targets": targets_length},
-                                         _features(vocab_size))
+        out = objectives.span_corruption(
+            dataset, {"inputs": inputs_length, "targets": targets_length}, _features(vocab_size)
+        )
     return [{k: v.tolist() for k, v in x.items()} for x in out.as_numpy_iterator()]
 
 
 def _rebuild(inputs, targets, vocab_size=32100):
     """Interleave inputs and targets by sentinel: the original tokens."""
+
     def spans(sequence):
         out, current = {}, None
         for token in sequence:
@@ -80,6 +94,7 @@ def _rebuild(inputs, targets, vocab_size=32100):
             elif current is not None:
                 out[current].append(token)
         return out
+
     from_targets = spans(targets)
     rebuilt = []
     for token in inputs:
@@ -172,10 +187,14 @@ def test_prefix_lm_and_iid_denoising():
 # draw the same noise mask for the same seed, so their outputs line up with each other.
 FIXED_TOKENS = list(range(10, 30))
 FIXED_OUTPUTS = {
-    "span_corruption": ([10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 99, 25, 26, 98],
-                        [99, 23, 24, 98, 27, 28, 29]),
-    "iid_denoising": ([10, 11, 12, 13, 14, 15, 99, 17, 18, 98, 20, 21, 97, 23, 24, 25, 96, 27, 28, 95],
-                      [99, 16, 98, 19, 97, 22, 96, 26, 95, 29]),
+    "span_corruption": (
+        [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 99, 25, 26, 98],
+        [99, 23, 24, 98, 27, 28, 29],
+    ),
+    "iid_denoising": (
+        [10, 11, 12, 13, 14, 15, 99, 17, 18, 98, 20, 21, 97, 23, 24, 25, 96, 27, 28, 95],
+        [99, 16, 98, 19, 97, 22, 96, 26, 95, 29],
+    ),
     "drop_corrupted_tokens": ([10, 11, 12, 13, 14, 15, 17, 18, 20, 21, 23, 24, 25, 27, 28], [16, 19, 22, 26, 29]),
     "bert_style": ([10, 11, 12, 13, 14, 15, 99, 17, 18, 99, 20, 21, 99, 23, 24, 25, 99, 27, 28, 99], FIXED_TOKENS),
     "mass_style": ([10, 11, 12, 13, 14, 15, 99, 17, 18, 99, 20, 21, 99, 23, 24, 25, 99, 27, 28, 99], FIXED_TOKENS),
@@ -188,8 +207,11 @@ def _run_objective(name, tokens, seed=42, lengths=None, vocab_size=100, **settin
     dataset = tf.data.Dataset.from_tensors({"targets": tf.constant(tokens, tf.int32)})
     function = objectives.objective(name, **settings)
     with seqio.utils.map_seed_manager(seed):
-        out = list(function(dataset, lengths or {"inputs": 21, "targets": 21},
-                            _features(vocab_size=vocab_size, extra_ids=10)).as_numpy_iterator())
+        out = list(
+            function(
+                dataset, lengths or {"inputs": 21, "targets": 21}, _features(vocab_size=vocab_size, extra_ids=10)
+            ).as_numpy_iterator()
+        )
     return [(x["inputs"].tolist(), x["targets"].tolist()) for x in out]
 
 
@@ -242,8 +264,9 @@ def test_bert_style_replaces_90_10_as_the_paper_on_real_text():
 def test_span_corruption_rates_and_span_lengths(density, span):
     tokens = list(range(3, 3 + 5000))
     lengths = {"inputs": 256, "targets": 256}
-    examples = _run_objective("span_corruption", tokens, lengths=lengths, vocab_size=32100, noise_density=density,
-                              mean_noise_span_length=span)
+    examples = _run_objective(
+        "span_corruption", tokens, lengths=lengths, vocab_size=32100, noise_density=density, mean_noise_span_length=span
+    )
     raw, _ = objectives.random_spans_helper(256, density, span)
     full = examples[:-1]  # the last chunk is shorter
     for inputs, targets in full:
@@ -288,8 +311,9 @@ def test_each_objective_on_a_hand_chosen_mask(name, monkeypatch):
         return
     # The random replacements: targets are the tokens; only noise positions may change.
     assert targets == HAND_TOKENS and len(inputs) == len(HAND_TOKENS)
-    assert [t for t, noise in zip(inputs, HAND_NOISE) if not noise] == [t for t, noise in zip(HAND_TOKENS, HAND_NOISE)
-                                                                        if not noise]
+    assert [t for t, noise in zip(inputs, HAND_NOISE) if not noise] == [
+        t for t, noise in zip(HAND_TOKENS, HAND_NOISE) if not noise
+    ]
     noisy = [t for t, noise in zip(inputs, HAND_NOISE) if noise]
     if name == "deshuffling":  # the noise tokens permuted among their own positions
         assert sorted(noisy) == [12, 13, 17]

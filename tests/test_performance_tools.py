@@ -23,7 +23,7 @@ def test_flops_of_t5_1_1_base():
 def test_flops_by_hand():
     # One layer each side, d=4, heads*kv=4, ReLU d_ff=8, vocab 10; inputs 3, targets 2 tokens.
     config = T5Config(vocab_size=10, d_model=4, d_kv=2, num_heads=2, d_ff=8, num_layers=1, num_decoder_layers=1)
-    encoder_layer = 4 * 16 + 2 * 32          # q,k,v,o + wi,wo
+    encoder_layer = 4 * 16 + 2 * 32  # q,k,v,o + wi,wo
     cross_kv, cross_qo = 2 * 16, 2 * 16
     decoder_layer = 4 * 16 + 2 * 32
     dense = 6 * ((encoder_layer + cross_kv) * 3 + (decoder_layer + cross_qo + 4 * 10) * 2)
@@ -35,10 +35,26 @@ def test_flops_by_hand():
 
 
 def _plan(*flags):
-    done = subprocess.run([sys.executable, "-m", "t5pod", "plan", "--gin_file=runs/pretrain.gin",
-                           "--gin_file=models/tiny.gin", "--gin.MODEL_DIR='/unused'", "--gin.BATCH_SIZE=16",
-                           "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--num_devices=8", "--json",
-                           *flags], capture_output=True, text=True, timeout=600, env=dict(os.environ, XLA_FLAGS=""))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "t5pod",
+            "plan",
+            "--gin_file=runs/pretrain.gin",
+            "--gin_file=models/tiny.gin",
+            "--gin.MODEL_DIR='/unused'",
+            "--gin.BATCH_SIZE=16",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+            "--num_devices=8",
+            "--json",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, XLA_FLAGS=""),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout, json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -64,35 +80,71 @@ def test_plan_reports_per_device_memory():
 def test_plan_fit_batch_finds_the_largest_batch_that_fits():
     lengths = "TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 16}"
     tasks.register_all()
-    ginconf.parse(["tasks.gin", "runs/pretrain.gin", "models/tiny.gin"], ["MODEL_DIR='/unused'", "MESH_SHAPE=(8, 1)", lengths])
+    ginconf.parse(
+        ["tasks.gin", "runs/pretrain.gin", "models/tiny.gin"], ["MODEL_DIR='/unused'", "MESH_SHAPE=(8, 1)", lengths]
+    )
     model, config = ginconf.model_config(), ginconf.train_config()
-    peaks = {batch: planning.plan(model, dataclasses.replace(config, batch_size=batch))["peak_bytes"]
-             for batch in (8, 16, 32)}
+    peaks = {
+        batch: planning.plan(model, dataclasses.replace(config, batch_size=batch))["peak_bytes"]
+        for batch in (8, 16, 32)
+    }
     assert peaks[8] < peaks[16] < peaks[32]
     # 90% of the memory falls between the peaks of 16 and 32 rows: 16 is the answer.
     hbm_gib = (peaks[16] + peaks[32]) / 2 / 0.9 / 2**30
-    text, fitted = _plan("--gin.MESH_SHAPE=(8, 1)", f"--gin.{lengths}",
-                         "--fit_batch", "--min_rows_per_device=1", f"--hbm_gib={hbm_gib}")
+    text, fitted = _plan(
+        "--gin.MESH_SHAPE=(8, 1)", f"--gin.{lengths}", "--fit_batch", "--min_rows_per_device=1", f"--hbm_gib={hbm_gib}"
+    )
     assert "--gin.BATCH_SIZE=16 " in text and "with remat 'none'" in text
     assert fitted["fit_tried"] == [["none", 8, peaks[8]], ["none", 16, peaks[16]], ["none", 32, peaks[32]]]
     assert fitted["peak_bytes"] == peaks[16] and fitted["decode_batch_size"] == 16  # the plan shown is 16's
-    done = subprocess.run([sys.executable, "-m", "t5pod", "plan", "--gin_file=runs/pretrain.gin",
-                           "--gin_file=models/tiny.gin", "--gin.MODEL_DIR='/unused'", "--fit_batch"],
-                          capture_output=True, text=True, timeout=600, env=dict(os.environ, XLA_FLAGS=""))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "t5pod",
+            "plan",
+            "--gin_file=runs/pretrain.gin",
+            "--gin_file=models/tiny.gin",
+            "--gin.MODEL_DIR='/unused'",
+            "--fit_batch",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, XLA_FLAGS=""),
+    )
     assert done.returncode == 2 and "needs the memory per device: add --hbm_gib" in done.stderr
 
 
 @pytest.mark.slow
 def test_bfloat16_training_tracks_float32(tmp_path):
     tasks.register_all()
-    model = T5Config(vocab_size=2176, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2, num_decoder_layers=2,
-                     feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
+    model = T5Config(
+        vocab_size=2176,
+        d_model=64,
+        d_kv=16,
+        num_heads=4,
+        d_ff=128,
+        num_layers=2,
+        num_decoder_layers=2,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        dropout_rate=0.0,
+    )
     losses = {}
     for dtype in ("float32", "bfloat16"):
         config = TrainConfig(
-            model_dir=str(tmp_path / dtype), mixture_or_task_name="demo_span_corruption",
-            task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=50, batch_size=16, warmup_steps=100,
-            log_period=10, checkpoint_period=50, mesh_shape=(-1, 1), async_checkpointing=False)
+            model_dir=str(tmp_path / dtype),
+            mixture_or_task_name="demo_span_corruption",
+            task_feature_lengths={"inputs": 64, "targets": 16},
+            train_steps=50,
+            batch_size=16,
+            warmup_steps=100,
+            log_period=10,
+            checkpoint_period=50,
+            mesh_shape=(-1, 1),
+            async_checkpointing=False,
+        )
         losses[dtype] = trainer.train(config, dataclasses.replace(model, dtype=dtype))["loss"]
     assert losses["float32"] < 7.0  # it learned something (ln 2176 = 7.7)
     assert abs(losses["bfloat16"] - losses["float32"]) / losses["float32"] < 0.01
@@ -104,8 +156,9 @@ def test_bench_quick_run(tmp_path):
 
     env = dict(os.environ, XLA_FLAGS="", BENCH_QUICK="1", BENCH_OUTPUT=str(tmp_path / "results.json"))
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the benchmark measures compilation
-    done = subprocess.run([sys.executable, "-m", "bench.run"], capture_output=True, text=True,
-                          timeout=900, env=env, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run"], capture_output=True, text=True, timeout=900, env=env, cwd=REPO
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.load(open(tmp_path / "results.json"))["cpu"]
     (tiny,) = results["train"]
@@ -116,16 +169,30 @@ def test_bench_quick_run(tmp_path):
     parts = results["profile"]["parts"]
     assert sum(p["time_share"] for p in parts.values()) == pytest.approx(1.0)
     assert sum(p["flop_share"] for p in parts.values()) == pytest.approx(1.0)
-    for part in ("attention projections", "attention scores and values", "feed-forward", "output layer",
-                 "loss (cross entropy)", "optimizer"):
+    for part in (
+        "attention projections",
+        "attention scores and values",
+        "feed-forward",
+        "output layer",
+        "loss (cross entropy)",
+        "optimizer",
+    ):
         assert parts[part]["time_share"] > 0, part
     assert "where the step's time goes" in done.stdout
 
 
 def _tiny_run_config(tmp_path, **overrides):
-    settings = dict(model_dir=str(tmp_path), mixture_or_task_name="demo_span_corruption",
-                    task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=2, batch_size=8,
-                    mesh_shape=(4, 2), log_period=1, checkpoint_period=2, async_checkpointing=False)
+    settings = dict(
+        model_dir=str(tmp_path),
+        mixture_or_task_name="demo_span_corruption",
+        task_feature_lengths={"inputs": 64, "targets": 16},
+        train_steps=2,
+        batch_size=8,
+        mesh_shape=(4, 2),
+        log_period=1,
+        checkpoint_period=2,
+        async_checkpointing=False,
+    )
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -133,8 +200,16 @@ def _tiny_run_config(tmp_path, **overrides):
 @pytest.mark.parametrize("architecture", ["decoder_only", "prefix_lm"])
 def test_plan_gives_the_memory_of_the_step_that_trains_decoder_only_models(tmp_path, architecture):
     tasks.register_all()
-    model = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, dropout_rate=0.0,
-                     architecture=architecture)
+    model = T5Config(
+        vocab_size=2176,
+        d_model=32,
+        d_kv=8,
+        num_heads=4,
+        d_ff=64,
+        num_layers=2,
+        dropout_rate=0.0,
+        architecture=architecture,
+    )
     config = _tiny_run_config(tmp_path)
     planned = planning.plan(model, config)
     trainer.train(config, model)
@@ -159,8 +234,9 @@ def test_the_train_loop_refuses_hidden_host_to_device_copies(tmp_path, monkeypat
     tasks.register_all()
     model = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, dropout_rate=0.0)
     # A metric sum that adds a host array copies it to the device on every step.
-    monkeypatch.setattr(train_loop, "_add_sums", lambda totals, metrics: {
-        k: v + np.ones((), np.float32) for k, v in metrics.items()})
+    monkeypatch.setattr(
+        train_loop, "_add_sums", lambda totals, metrics: {k: v + np.ones((), np.float32) for k, v in metrics.items()}
+    )
     # Steps 2 and 3 share a logging window, so step 3 adds its sums to step 2's.
     with pytest.raises(jax.errors.JaxRuntimeError, match="Disallowed host-to-device transfer"):
         trainer.train(_tiny_run_config(tmp_path, train_steps=3, log_period=3), model)
@@ -177,6 +253,10 @@ def test_peak_flops_table_and_measured_cpu_peak():
     measured = flops.peak_flops_per_device(cpu)
     assert 1e8 < measured < 1e13 and flops.peak_flops_per_device(cpu) == measured  # measured once
     # The training log says which kind of peak its MFU divides by.
-    assert flops.describe_peak(Device()) == "MFU is against 197 TFLOP/s per device, the data sheet's dense bfloat16 peak"
-    assert flops.describe_peak(cpu) == (f"MFU is against {round(measured / 1e9)} GFLOP/s per device, a float32 matmul "
-                                        "timed at start-up (it moves with the machine's load)")
+    assert (
+        flops.describe_peak(Device()) == "MFU is against 197 TFLOP/s per device, the data sheet's dense bfloat16 peak"
+    )
+    assert flops.describe_peak(cpu) == (
+        f"MFU is against {round(measured / 1e9)} GFLOP/s per device, a float32 matmul "
+        "timed at start-up (it moves with the machine's load)"
+    )

@@ -46,8 +46,9 @@ def _examples(name, split="train", n=4, lengths=None, **kwargs):
     lengths = lengths or {"inputs": 128, "targets": 32}
     task = seqio.get_mixture_or_task(name)
     ds = task.get_dataset(lengths, split=split, shuffle=False, seed=0, **kwargs)
-    return [{k: v.tolist() for k, v in x.items() if not k.endswith("_pretokenized")}
-            for x in ds.take(n).as_numpy_iterator()]
+    return [
+        {k: v.tolist() for k, v in x.items() if not k.endswith("_pretokenized")} for x in ds.take(n).as_numpy_iterator()
+    ]
 
 
 def test_demo_span_corruption_examples(demo_vocabulary):
@@ -109,9 +110,16 @@ def _corpus(folder: pathlib.Path, files: int, docs_per_file: int = 5) -> list[st
 def _shard_in_processes(pattern: str, num_shards: int, folder: pathlib.Path) -> list[dict]:
     env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=str(pathlib.Path(__file__).resolve().parent.parent))
     worker = str(pathlib.Path(__file__).with_name("text_shard_worker.py"))
-    runs = [subprocess.Popen([sys.executable, worker, pattern, str(i), str(num_shards), str(folder / f"opened-{i}")],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for i in range(num_shards)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, worker, pattern, str(i), str(num_shards), str(folder / f"opened-{i}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(num_shards)
+    ]
     outputs = [run.communicate(timeout=120) for run in runs]
     assert all(run.returncode == 0 for run in runs), [err[-2000:] for _, err in outputs]
     return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
@@ -143,12 +151,25 @@ def test_fewer_files_than_processes_shards_examples_and_says_so(tmp_path, caplog
         for index in (0, 1):
             pipeline.get_dataset("text_span_corruption", {"inputs": 32, "targets": 8}, shard_index=index, num_shards=2)
     said = [r.getMessage() for r in caplog.records if "reads all of them" in r.getMessage()]
-    assert said == ["text_span_corruption: 1 file(s) for 2 processes, so every process reads all of them and keeps "
-                    "1/2 of the examples. Split the data into at least 2 files for each process to read only its own."]
-    probe = seqio.Task("text_probe", source=text_sources.TextFileSource(str(corpus / "*.txt")), preprocessors=[],
-                       output_features={"text": seqio.Feature(seqio.PassThroughVocabulary(1), dtype=tf.string, rank=0)})
-    shards = [[x["text"].decode() for x in probe.get_dataset(
-        None, "train", shuffle=False, shard_info=seqio.ShardInfo(i, 2)).as_numpy_iterator()] for i in (0, 1)]
+    assert said == [
+        "text_span_corruption: 1 file(s) for 2 processes, so every process reads all of them and keeps "
+        "1/2 of the examples. Split the data into at least 2 files for each process to read only its own."
+    ]
+    probe = seqio.Task(
+        "text_probe",
+        source=text_sources.TextFileSource(str(corpus / "*.txt")),
+        preprocessors=[],
+        output_features={"text": seqio.Feature(seqio.PassThroughVocabulary(1), dtype=tf.string, rank=0)},
+    )
+    shards = [
+        [
+            x["text"].decode()
+            for x in probe.get_dataset(
+                None, "train", shuffle=False, shard_info=seqio.ShardInfo(i, 2)
+            ).as_numpy_iterator()
+        ]
+        for i in (0, 1)
+    ]
     held = {t for t in texts if bool(text_sources.held_out(tf.constant(t), 0.01))}
     assert shards[0] == [t for t in texts if t not in held][0::2]
     assert shards[1] == [t for t in texts if t not in held][1::2]
@@ -176,11 +197,17 @@ def test_text_validation_split_by_hash_or_by_files(tmp_path):
 def test_text_to_tfrecord_script_keeps_every_document(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    docs = [f"Document {i}, with \"quotes\" and a newline\nin it." for i in range(7)]
+    docs = [f'Document {i}, with "quotes" and a newline\nin it.' for i in range(7)]
     for f, part in enumerate((docs[:4], docs[4:])):
         (corpus / f"part-{f}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
     script = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "text_to_tfrecord.py"
-    command = [sys.executable, str(script), f"--input={corpus}/*.jsonl", f"--output_dir={tmp_path}/out", "--num_shards=3"]
+    command = [
+        sys.executable,
+        str(script),
+        f"--input={corpus}/*.jsonl",
+        f"--output_dir={tmp_path}/out",
+        "--num_shards=3",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=120)
     assert done.returncode == 0, done.stderr
     shards = sorted((tmp_path / "out").iterdir())
@@ -193,16 +220,20 @@ def test_text_to_tfrecord_script_keeps_every_document(tmp_path):
 
 
 def test_text_span_corruption_reads_shared_books(shared_data):
-    tasks.register_all(vocabulary_path=demo_corpus.vocabulary_path(),
-                       text_file_pattern=str(shared_data / "pretrain" / "tinyshakespeare.txt"))
+    tasks.register_all(
+        vocabulary_path=demo_corpus.vocabulary_path(),
+        text_file_pattern=str(shared_data / "pretrain" / "tinyshakespeare.txt"),
+    )
     examples = _examples("text_span_corruption", n=3)
     assert all(len(x["inputs"]) == 128 for x in examples)
 
 
 def test_packing_worked_example():
     ex = [{"inputs": [7, 8, 5, 1], "targets": [3, 9, 1]}, {"inputs": [8, 4, 9, 3, 1], "targets": [4, 1]}]
-    ds = tf.data.Dataset.from_generator(lambda: iter(ex), output_signature={
-        "inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(ex),
+        output_signature={"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)},
+    )
     (row,) = list(pipeline.feature_converter(pack=True)(ds, {"inputs": 10, "targets": 7}).as_numpy_iterator())
     assert row["encoder_input_tokens"].tolist() == [7, 8, 5, 1, 8, 4, 9, 3, 1, 0]
     assert row["encoder_segment_ids"].tolist() == [1, 1, 1, 1, 2, 2, 2, 2, 2, 0]
@@ -221,8 +252,16 @@ def test_process_shards_are_disjoint_and_cover_the_data():
     lengths = {"inputs": 64, "targets": 16}
 
     def rows(index, count):
-        ds = pipeline.get_dataset("demo_span_corruption", lengths, "validation", shuffle=False, num_epochs=1,
-                              shard_index=index, num_shards=count, pack=False)
+        ds = pipeline.get_dataset(
+            "demo_span_corruption",
+            lengths,
+            "validation",
+            shuffle=False,
+            num_epochs=1,
+            shard_index=index,
+            num_shards=count,
+            pack=False,
+        )
         return {tuple(x["encoder_input_tokens"]) for x in ds.take(400).as_numpy_iterator()}
 
     whole = rows(0, 1)
@@ -236,8 +275,9 @@ def test_continuing_at_step_n_gives_the_next_batch(tmp_path):
     tasks.register_all()
 
     def fresh_iterator():  # a restarted process builds its pipeline anew
-        ds = pipeline.get_dataset("demo_span_corruption", {"inputs": 64, "targets": 16}, seed=3,
-                              shard_index=0, num_shards=1)
+        ds = pipeline.get_dataset(
+            "demo_span_corruption", {"inputs": 64, "targets": 16}, seed=3, shard_index=0, num_shards=1
+        )
         return pipeline.CheckpointableIterator(pipeline.batched(ds, batch_size=4))
 
     uninterrupted = fresh_iterator()
@@ -264,8 +304,18 @@ def test_unknown_task_names_close_matches():
         pipeline.get_task_or_mixture("demo_span_corruptoin")
 
 
-@pytest.mark.parametrize("objective", ["bert_style", "deshuffling", "drop_corrupted_tokens", "iid_denoising",
-                                       "mass_style", "prefix_lm", "span_corruption"])
+@pytest.mark.parametrize(
+    "objective",
+    [
+        "bert_style",
+        "deshuffling",
+        "drop_corrupted_tokens",
+        "iid_denoising",
+        "mass_style",
+        "prefix_lm",
+        "span_corruption",
+    ],
+)
 def test_every_objective_is_a_task_of_every_source(objective, demo_vocabulary):
     from t5pod.data import objectives
 

@@ -14,10 +14,18 @@ import hf_reference
 from conftest import BENCHMARK_ROWS, REPO
 from t5pod.data import demo_corpus
 
-FAST_TRAIN = ["--gin_file=models/tiny.gin", "--gin.MIXTURE_OR_TASK_NAME='demo_span_corruption'",
-              "--gin.t5pod.T5Config.vocab_size=2176", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4",
-              "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.LOG_PERIOD=1",
-              "--gin.EVAL_PERIOD=0", "--gin.INITIAL_CHECKPOINT_PATH=None", "--gin.VOCABULARY_PATH=%s"]
+FAST_TRAIN = [
+    "--gin_file=models/tiny.gin",
+    "--gin.MIXTURE_OR_TASK_NAME='demo_span_corruption'",
+    "--gin.t5pod.T5Config.vocab_size=2176",
+    "--gin.TRAIN_STEPS=2",
+    "--gin.BATCH_SIZE=4",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+    "--gin.LOG_PERIOD=1",
+    "--gin.EVAL_PERIOD=0",
+    "--gin.INITIAL_CHECKPOINT_PATH=None",
+    "--gin.VOCABULARY_PATH=%s",
+]
 
 
 DOCS = REPO / "docs"
@@ -59,15 +67,26 @@ def test_links_between_pages_resolve():
 def test_readme_has_commands():
     commands = readme_commands()
     assert any(c.startswith("make pretrain") for c in commands) and any(c.startswith("make finetune") for c in commands)
-    for command in ("train", "data", "infer", "eval", "probe", "convert-hf", "train-vocab", "plan", "cache-tasks",
-                    "export-hf"):
+    for command in (
+        "train",
+        "data",
+        "infer",
+        "eval",
+        "probe",
+        "convert-hf",
+        "train-vocab",
+        "plan",
+        "cache-tasks",
+        "export-hf",
+    ):
         assert any(c.startswith(f"python -m t5pod {command} ") for c in commands), command
 
 
 def _python(*args, **kwargs):
     env = dict(os.environ, XLA_FLAGS="")
-    return subprocess.run([sys.executable, "-m", "t5pod", *args], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=REPO, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "t5pod", *args], capture_output=True, text=True, env=env, timeout=600, cwd=REPO, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +105,32 @@ def fixtures(tmp_path_factory, pretrained_demo_run):
     (root / "wmt").mkdir()
     (root / "wmt" / "newstest2013.en").write_text("A dog runs.\nTwo cats sleep.\n")
     (root / "wmt" / "newstest2013.de").write_text("Ein Hund rennt.\nZwei Katzen schlafen.\n")
-    (root / "inputs.jsonl").write_text("".join(json.dumps({"inputs": t, "targets": "yes"}) + "\n"
-                                               for t in ["The default value is None.", "Return a list."]))
+    (root / "inputs.jsonl").write_text(
+        "".join(
+            json.dumps({"inputs": t, "targets": "yes"}) + "\n" for t in ["The default value is None.", "Return a list."]
+        )
+    )
     return {
         "convert-hf path/to/t5-small path/to/t5-small-t5pod": f"convert-hf {root / 't5-small'} {root / 'again'}",
-        "path/to/t5-small-t5pod": str(root / "converted"), "path/to/t5-small": str(root / "t5-small"),
-        "/data/books/*.txt": str(books / "*.txt"), "/data/wmt": str(root / "wmt"), "/data/vocab/spiece.model": str(root / "vocab" / "spiece.model"),
+        "path/to/t5-small-t5pod": str(root / "converted"),
+        "path/to/t5-small": str(root / "t5-small"),
+        "/data/books/*.txt": str(books / "*.txt"),
+        "/data/wmt": str(root / "wmt"),
+        "/data/vocab/spiece.model": str(root / "vocab" / "spiece.model"),
         # The full GLUE files when ../shared has them, else the rows committed for tests.
-        "/data/glue": str(REPO.parent / "shared" / "data" / "glue" if (REPO.parent / "shared" / "data" / "glue").is_dir()
-                          else BENCHMARK_ROWS / "glue"), "/tmp/run": str(root / "run"),
-        "/tmp/t5pod-cache": str(root / "cache"), "/tmp/t5-small-hf": str(root / "exported"),
-        "--vocab_size=32000": "--vocab_size=500", "--input_file=inputs.jsonl": f"--input_file={root / 'inputs.jsonl'}",
-        "--output_file=": f"--output_file={root}/", "@pretrained": str(pretrained_demo_run), "@root": str(root),
+        "/data/glue": str(
+            REPO.parent / "shared" / "data" / "glue"
+            if (REPO.parent / "shared" / "data" / "glue").is_dir()
+            else BENCHMARK_ROWS / "glue"
+        ),
+        "/tmp/run": str(root / "run"),
+        "/tmp/t5pod-cache": str(root / "cache"),
+        "/tmp/t5-small-hf": str(root / "exported"),
+        "--vocab_size=32000": "--vocab_size=500",
+        "--input_file=inputs.jsonl": f"--input_file={root / 'inputs.jsonl'}",
+        "--output_file=": f"--output_file={root}/",
+        "@pretrained": str(pretrained_demo_run),
+        "@root": str(root),
     }
 
 
@@ -117,20 +150,37 @@ def test_readme_command_runs(command, fixtures):
         fast = [f.replace("%s", "'demo'") for f in FAST_TRAIN[1:]] + [f"--gin.MODEL_DIR='{fixtures['@root']}/pretrain'"]
         argv += ["PRETRAIN_ARGS=" + " ".join(shlex.quote(f) for f in fast)]
     elif argv[:2] == ["make", "finetune"]:
-        fast = ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0",
-                f"--gin.MODEL_DIR='{fixtures['@root']}/finetune'", "--gin.CHECKPOINT_PERIOD=1"]
+        fast = [
+            "--gin.TRAIN_STEPS=2",
+            "--gin.BATCH_SIZE=4",
+            "--gin.EVAL_PERIOD=0",
+            f"--gin.MODEL_DIR='{fixtures['@root']}/finetune'",
+            "--gin.CHECKPOINT_PERIOD=1",
+        ]
         # The committed SST-2 rows: evaluating each checkpoint on the whole dev set adds a minute.
-        argv += [f"PRETRAINED={fixtures['@pretrained']}", f"GLUE_DIR={BENCHMARK_ROWS / 'glue'}",
-                 "FINETUNE_ARGS=" + " ".join(shlex.quote(f) for f in fast)]
+        argv += [
+            f"PRETRAINED={fixtures['@pretrained']}",
+            f"GLUE_DIR={BENCHMARK_ROWS / 'glue'}",
+            "FINETUNE_ARGS=" + " ".join(shlex.quote(f) for f in fast),
+        ]
     elif argv[:4] == ["python", "-m", "t5pod", "train"] and any("INITIAL_CHECKPOINT_PATH" in a for a in argv):
         # Fine-tuning a converted checkpoint: its own model and vocabulary, two steps of short rows.
-        argv += ["--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0",
-                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
+        argv += [
+            "--gin.TRAIN_STEPS=2",
+            "--gin.BATCH_SIZE=4",
+            "--gin.EVAL_PERIOD=0",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+        ]
     elif argv[:4] == ["python", "-m", "t5pod", "train"]:
         argv += [f.replace("%s", repr(vocabulary)) for f in FAST_TRAIN]
     elif argv[:4] == ["python", "-m", "t5pod", "plan"]:
-        argv += ["--gin_file=models/tiny.gin", "--num_devices=8", "--gin.MESH_SHAPE=(4, 2)", "--gin.BATCH_SIZE=8",
-                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}"]
+        argv += [
+            "--gin_file=models/tiny.gin",
+            "--num_devices=8",
+            "--gin.MESH_SHAPE=(4, 2)",
+            "--gin.BATCH_SIZE=8",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+        ]
     elif argv[:2] == ["make", "bench"]:
         # Measured, not skipped: test_bench_quick_run runs bench/run.py end to end in its quick mode,
         # and test_the_accelerator_path_runs_on_cpu its GPU/TPU path.
@@ -142,8 +192,11 @@ def test_readme_command_runs(command, fixtures):
     elif argv[:4] == ["python", "-m", "t5pod", "cache-tasks"]:
         argv += [f"--gin.VOCABULARY_PATH={vocabulary!r}"]
     elif argv[:4] == ["python", "-m", "t5pod", "data"]:
-        argv += ["--num_examples=1", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
-                 f"--gin.VOCABULARY_PATH={vocabulary!r}"]
+        argv += [
+            "--num_examples=1",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+            f"--gin.VOCABULARY_PATH={vocabulary!r}",
+        ]
         argv = [a if not a.startswith("--stats=") else "--stats=20" for a in argv]
     if argv[0] == "python":
         argv[0] = sys.executable
@@ -170,14 +223,16 @@ def test_study_table_flags_parse(row, flags):
     from t5pod.data import pipeline
 
     files, bindings = [], ["MODEL_DIR='/unused'"]
-    for segment in re.findall(r"`([^`]*)`", flags.replace("L512", "`--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 512}\"`")):
+    for segment in re.findall(
+        r"`([^`]*)`", flags.replace("L512", "`--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 512}\"`")
+    ):
         if not segment.startswith("--"):
             continue  # an alternative value of the flag before it
         for flag in shlex.split(segment):
             if flag.startswith("--gin_file="):
                 files.append(flag.split("=", 1)[1])
             elif flag.startswith("--gin."):
-                bindings.append(flag[len("--gin."):])
+                bindings.append(flag[len("--gin.") :])
     base = ["tasks.gin", "runs/pretrain.gin"]
     if "fine-tun" in flags:
         base = ["tasks.gin", "runs/finetune.gin"]

@@ -23,9 +23,17 @@ MODEL = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_
 
 
 def _config(model_dir, **overrides):
-    base = dict(model_dir=str(model_dir), mixture_or_task_name="demo_span_corruption",
-                task_feature_lengths={"inputs": 32, "targets": 8}, train_steps=6, batch_size=8,
-                warmup_steps=100, checkpoint_period=2, log_period=1, async_checkpointing=False)
+    base = dict(
+        model_dir=str(model_dir),
+        mixture_or_task_name="demo_span_corruption",
+        task_feature_lengths={"inputs": 32, "targets": 8},
+        train_steps=6,
+        batch_size=8,
+        warmup_steps=100,
+        checkpoint_period=2,
+        log_period=1,
+        async_checkpointing=False,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -65,8 +73,10 @@ def test_unreadable_checkpoint_is_named_kept_and_the_run_resumes_from_the_one_be
     # Bit for bit: the resumed run's final parameters are the uninterrupted run's.
     mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
     abstract = trainer.create_state(MODEL, _config(tmp_path / "run"), mesh).abstract_state
-    for a, b in zip(jax.tree_util.tree_leaves(checkpoints.restore_train_state(str(tmp_path / "run"), 6, abstract)[0]),
-                    jax.tree_util.tree_leaves(checkpoints.restore_train_state(str(tmp_path / "straight"), 6, abstract)[0])):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(checkpoints.restore_train_state(str(tmp_path / "run"), 6, abstract)[0]),
+        jax.tree_util.tree_leaves(checkpoints.restore_train_state(str(tmp_path / "straight"), 6, abstract)[0]),
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -75,14 +85,19 @@ def test_a_resume_keeps_the_previous_config_and_refuses_a_changed_stream(tmp_pat
     tasks.register_all()
     trainer.train(_config(tmp_path / "run", train_steps=2), MODEL, operative_config="# first\n")
     before = sorted(os.listdir(tmp_path / "run"))
-    for change, named in [({"batch_size": 16}, "BATCH_SIZE 8 -> 16"),
-                          ({"task_feature_lengths": {"inputs": 32, "targets": 16}}, "TASK_FEATURE_LENGTHS"),
-                          ({"mixture_or_task_name": "demo_iid_denoising"}, "MIXTURE_OR_TASK_NAME")]:
+    for change, named in [
+        ({"batch_size": 16}, "BATCH_SIZE 8 -> 16"),
+        ({"task_feature_lengths": {"inputs": 32, "targets": 16}}, "TASK_FEATURE_LENGTHS"),
+        ({"mixture_or_task_name": "demo_iid_denoising"}, "MIXTURE_OR_TASK_NAME"),
+    ]:
         with pytest.raises(run_dir.RunDirError, match=f"{named}.*RESTART_DATA_STREAM=True"):
             trainer.train(_config(tmp_path / "run", train_steps=4, **change), MODEL)
         assert sorted(os.listdir(tmp_path / "run")) == before
-    summary = trainer.train(_config(tmp_path / "run", train_steps=4, batch_size=16, restart_data_stream=True), MODEL,
-                            operative_config="# second\n")
+    summary = trainer.train(
+        _config(tmp_path / "run", train_steps=4, batch_size=16, restart_data_stream=True),
+        MODEL,
+        operative_config="# second\n",
+    )
     assert summary["step"] == 4
     assert (tmp_path / "run" / "config.gin").read_text() == "# second\n"
     assert (tmp_path / "run" / "config-2.gin").read_text() == "# first\n"
@@ -119,9 +134,19 @@ def test_a_live_lease_refuses_and_an_expired_or_dead_one_is_taken_over(tmp_path)
 
 def _cli(model_dir, *flags):
     env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
-    return [sys.executable, "-m", "t5pod", "train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{model_dir}'",
-            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}", "--gin.BATCH_SIZE=4", "--gin.EVAL_PERIOD=0",
-            "--gin.LOG_PERIOD=1", *flags], env
+    return [
+        sys.executable,
+        "-m",
+        "t5pod",
+        "train",
+        "--gin_file=demo.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+        "--gin.BATCH_SIZE=4",
+        "--gin.EVAL_PERIOD=0",
+        "--gin.LOG_PERIOD=1",
+        *flags,
+    ], env
 
 
 def _wait_for_training(model_dir, process, timeout=240):
@@ -140,8 +165,9 @@ def test_a_second_run_on_the_same_model_dir_is_refused_naming_the_first(tmp_path
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         _wait_for_training(tmp_path / "run", first)
-        second = subprocess.run(_cli(tmp_path / "run", "--gin.TRAIN_STEPS=3")[0], capture_output=True, text=True,
-                                env=env, timeout=300)
+        second = subprocess.run(
+            _cli(tmp_path / "run", "--gin.TRAIN_STEPS=3")[0], capture_output=True, text=True, env=env, timeout=300
+        )
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"is in use by another run (host {socket.gethostname()}, pid {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr and first.poll() is None
@@ -192,7 +218,7 @@ def test_sampling_draws_from_the_tempered_and_truncated_distribution():
 
     # Temperature T draws from p^(1/T) / sum(p^(1/T)); top-k renormalises the k most likely.
     np.testing.assert_allclose(frequencies(1.0, 0), probs, atol=0.01)
-    squared = probs ** 2 / np.sum(probs ** 2)  # T = 0.5: [0.676, 0.243, 0.061, 0.007]
+    squared = probs**2 / np.sum(probs**2)  # T = 0.5: [0.676, 0.243, 0.061, 0.007]
     np.testing.assert_allclose(frequencies(0.5, 0), squared, atol=0.01)
     np.testing.assert_allclose(frequencies(1.0, 2), [0.625, 0.375, 0, 0], atol=0.01)
     assert frequencies(0.0, 0).tolist() == [1.0, 0.0, 0.0, 0.0]  # temperature 0 is greedy

@@ -11,8 +11,9 @@ GIN = REPO / "gin"
 
 def _defined_in(path) -> set[str]:
     """Macro names assigned at the start of a line of a gin file (an independent, plainer reading)."""
-    return {line.split("=")[0].strip() for line in path.read_text().splitlines()
-            if re.match(r"[A-Z][A-Z0-9_]*\s*=", line)}
+    return {
+        line.split("=")[0].strip() for line in path.read_text().splitlines() if re.match(r"[A-Z][A-Z0-9_]*\s*=", line)
+    }
 
 
 def test_every_run_macro_is_in_the_table_with_a_meaning():
@@ -32,16 +33,19 @@ def test_every_run_macro_is_in_the_table_with_a_meaning():
 def test_a_meaning_goes_on_over_indented_comment_lines():
     task_files = next(m for m in settings.read_macros("tasks.gin") if m.name == "TASK_FILES")
     assert task_files.default == "{}"
-    assert task_files.meaning == ("local files instead of TFDS for summarization, translation, SQuAD: "
-                                  "{'cnn_dailymail_v002': {'train': 'cnndm/train*.jsonl', 'validation': ...}}")
+    assert task_files.meaning == (
+        "local files instead of TFDS for summarization, translation, SQuAD: "
+        "{'cnn_dailymail_v002': {'train': 'cnndm/train*.jsonl', 'validation': ...}}"
+    )
     seed = {s.name: s for s in settings.settings()}["RANDOM_SEED"]
     assert seed.commands == ("train", "plan", "infer", "eval", "probe")
     assert seed.defaults == {"runs/pretrain.gin": "0", "runs/infer.gin": "0"}
 
 
 def test_the_docs_page_is_current():
-    assert (REPO / "docs" / "settings.md").read_text() == settings.markdown(), \
+    assert (REPO / "docs" / "settings.md").read_text() == settings.markdown(), (
         "docs/settings.md is stale: run `make docs`"
+    )
     table = [line for line in settings.markdown().splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(table) == len(settings.settings())
     learning_rate = next(line for line in table if line.startswith("| LEARNING_RATE |"))

@@ -12,8 +12,18 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from t5pod import network, partitioning
 from t5pod.configs import T5Config
 
-CONFIG = T5Config(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
-                  feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
+CONFIG = T5Config(
+    vocab_size=128,
+    d_model=32,
+    d_kv=8,
+    num_heads=4,
+    d_ff=64,
+    num_layers=2,
+    num_decoder_layers=2,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    dropout_rate=0.0,
+)
 
 # What the standard rules give on a (data, model) mesh: model-parallel vocab, mlp and heads.
 EXPECTED = {
@@ -78,8 +88,10 @@ def test_sharded_forward_equals_single_device(mesh_shape):
     mesh = partitioning.make_mesh(mesh_shape)
     model, params, shardings = _sharded_init(CONFIG, mesh, partitioning.STANDARD_RULES)
     rng = np.random.default_rng(0)
-    inputs = rng.integers(2, 128, size=(8, 16)); inputs[3, 9:] = 0
-    targets = rng.integers(2, 128, size=(8, 16)); targets[:, 0] = 0
+    inputs = rng.integers(2, 128, size=(8, 16))
+    inputs[3, 9:] = 0
+    targets = rng.integers(2, 128, size=(8, 16))
+    targets[:, 0] = 0
 
     single = model.apply({"params": jax.device_get(params)}, inputs, targets)
     batch_sharding = NamedSharding(mesh, P("data", None))

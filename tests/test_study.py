@@ -17,13 +17,27 @@ from t5pod.data import demo_corpus
 
 def _study(tmp_path, *flags, glue_dir=BENCHMARK_ROWS / "glue"):
     """`make study` with the committed benchmark rows, a toy scale and one seed."""
-    toy = ["--rows=baseline", "--seeds=0", "--scale_down=5000", f"--out={tmp_path / 'study'}",
-           "--vocab_pieces=400", *flags]
-    command = ["make", "-s", "--no-print-directory", "study", f"GLUE_DIR={glue_dir}",
-               f"SUPERGLUE_DIR={tmp_path / 'superglue'}", f"STUDY_TEXT={tmp_path / 'books' / '*.txt'}",
-               "STUDY_ARGS=" + " ".join(toy)]
-    return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=900,
-                          cwd=REPO)
+    toy = [
+        "--rows=baseline",
+        "--seeds=0",
+        "--scale_down=5000",
+        f"--out={tmp_path / 'study'}",
+        "--vocab_pieces=400",
+        *flags,
+    ]
+    command = [
+        "make",
+        "-s",
+        "--no-print-directory",
+        "study",
+        f"GLUE_DIR={glue_dir}",
+        f"SUPERGLUE_DIR={tmp_path / 'superglue'}",
+        f"STUDY_TEXT={tmp_path / 'books' / '*.txt'}",
+        "STUDY_ARGS=" + " ".join(toy),
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=900, cwd=REPO
+    )
 
 
 def _tiny_flops_per_row(inputs: int, targets: int) -> float:
@@ -34,7 +48,7 @@ def _tiny_flops_per_row(inputs: int, targets: int) -> float:
     self_attention, feed_forward = 4 * d * inner, 3 * d * ff  # q, k, v, o; gated GELU's wi_0, wi_1, wo
     on_inputs = layers * (self_attention + feed_forward) + layers * 2 * d * inner  # + cross-attention k, v
     on_targets = layers * (self_attention + 2 * d * inner + feed_forward) + d * vocab  # + cross q, o; logits
-    products = layers * (inputs ** 2) + layers * (targets ** 2 / 2 + inputs * targets)
+    products = layers * (inputs**2) + layers * (targets**2 / 2 + inputs * targets)
     return 6 * (on_inputs * inputs + on_targets * targets) + 12 * inner * products
 
 
@@ -57,8 +71,16 @@ def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
     assert list(results["rows"]) == ["baseline"]
     # pre-training 4500 / 5000 -> 1 step; GLUE fine-tuning 10500 / 5000 -> 2 steps, evaluated at steps 1
     # and 2; SuperGLUE 900 / 5000 -> 1 step. One mixture per benchmark, as the paper.
-    expected_tasks = {"glue_cola_v002", "glue_sst2_v002", "glue_mrpc_v002", "glue_stsb_v002", "glue_rte_v002",
-                      "super_glue_cb_v102", "super_glue_rte_v102", "super_glue_wsc_v102_simple_eval"}
+    expected_tasks = {
+        "glue_cola_v002",
+        "glue_sst2_v002",
+        "glue_mrpc_v002",
+        "glue_stsb_v002",
+        "glue_rte_v002",
+        "super_glue_cb_v102",
+        "super_glue_rte_v102",
+        "super_glue_wsc_v102_simple_eval",
+    }
     for name, row in results["rows"].items():
         (run,) = row["seeds"]
         assert set(run["tasks"]) == expected_tasks and all(t["step"] in (1, 2) for t in run["tasks"].values())
@@ -91,8 +113,10 @@ def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
     assert table[0].startswith("| row | GLUE avg | paper GLUE | SuperGLUE avg | paper SuperGLUE | cola |")
     assert table[0].endswith("| pre-training FLOPs | fine-tuning FLOPs per seed |")
     assert [line.split(" | ")[0] for line in table[2:3]] == ["| baseline"]
-    assert table[-1] == ("Dropout: pre-training 0.0, fine-tuning 0.0, the same for every start. Mean ± half-range "
-                         "over seeds; each task at its best evaluation.")
+    assert table[-1] == (
+        "Dropout: pre-training 0.0, fine-tuning 0.0, the same for every start. Mean ± half-range "
+        "over seeds; each task at its best evaluation."
+    )
 
     again = _study(tmp_path)  # everything finished: nothing runs, the same results
     assert again.returncode == 0, again.stderr[-3000:]
@@ -101,12 +125,19 @@ def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
     assert json.loads((folder / "results.json").read_text()) == results
 
     # The paper's commands, for a slice: no pre-training for that row, one shared by the others.
-    printed = _study(tmp_path, "--preset=paper", "--print_commands", "--rows=baseline,no_pretraining,span_corruption",
-                     "--scale_down=1")
+    printed = _study(
+        tmp_path,
+        "--preset=paper",
+        "--print_commands",
+        "--rows=baseline,no_pretraining,span_corruption",
+        "--scale_down=1",
+    )
     assert printed.returncode == 0, printed.stderr[-3000:]
     commands = printed.stdout.strip().splitlines()
     assert len(commands) == 2 + 3 * 2  # two pre-trainings; three rows x (GLUE, SuperGLUE) fine-tuning
-    assert commands[0].startswith("python -m t5pod train --gin_file=runs/pretrain.gin --gin_file=models/t5_1_0/base.gin")
+    assert commands[0].startswith(
+        "python -m t5pod train --gin_file=runs/pretrain.gin --gin_file=models/t5_1_0/base.gin"
+    )
     # The paper pre-trains 2^19 steps and fine-tunes 2^18 on each benchmark's own mixture, dropout 0.1.
     assert "--gin.TRAIN_STEPS=524288" in commands[0] and "c4_v220_iid_denoising" in commands[0]
     assert "glue_v002_proportional" in commands[1] and "super_glue_v102_proportional" in commands[2]
@@ -134,10 +165,18 @@ def _study_with_fake_runs(monkeypatch, stop_row=None):
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
     from t5pod import cli
+
     monkeypatch.setattr(cli, "import_tensorflow_quietly", lambda: None)
     monkeypatch.setattr(study.Study, "pretrain", lambda self, objective, multiple=1: f"pretrain_{objective}")
-    monkeypatch.setattr(study, "row_flops", lambda runner, objective, multiple=1: {
-        "pretraining": 1.5e14 if objective else 0.0, "finetuning_per_seed": 2e13, "epochs": {}})
+    monkeypatch.setattr(
+        study,
+        "row_flops",
+        lambda runner, objective, multiple=1: {
+            "pretraining": 1.5e14 if objective else 0.0,
+            "finetuning_per_seed": 2e13,
+            "epochs": {},
+        },
+    )
 
     def finetune(self, row, mixture, start, seed):
         if row == stop_row:
@@ -145,9 +184,14 @@ def _study_with_fake_runs(monkeypatch, stop_row=None):
         return f"{row}_seed{seed}"
 
     monkeypatch.setattr(study.Study, "finetune", finetune)
-    monkeypatch.setattr(study, "task_scores", lambda run: {
-        "glue_cola_v002": {"step": 500, "score": 40.0 - 10 * run.endswith("1"), "metrics": {"mcc": 0.0}},
-        "super_glue_cb_v102": {"step": 500, "score": 60.0, "metrics": {"accuracy": 70.0, "f1": 50.0}}})
+    monkeypatch.setattr(
+        study,
+        "task_scores",
+        lambda run: {
+            "glue_cola_v002": {"step": 500, "score": 40.0 - 10 * run.endswith("1"), "metrics": {"mcc": 0.0}},
+            "super_glue_cb_v102": {"step": 500, "score": 60.0, "metrics": {"accuracy": 70.0, "f1": 50.0}},
+        },
+    )
     return study
 
 
@@ -160,8 +204,9 @@ def test_a_study_cut_short_keeps_the_rows_it_finished(tmp_path, monkeypatch):
     assert results["rows"]["baseline"]["glue_average"] == {"mean": 35.0, "spread": 5.0, "runs": [40.0, 30.0]}
     table = (tmp_path / "cpu" / "results.md").read_text().splitlines()
     assert table[0].endswith("| cola | sg_cb | pre-training FLOPs | fine-tuning FLOPs per seed |")
-    assert table[2] == ("| baseline | 35.0 ± 5.0 | 83.28 | 60.0 ± 0.0 | 71.36 | 35.0 ± 5.0 | 60.0 ± 0.0 | 1.50e+14 "
-                        "| 2.00e+13 |")
+    assert table[2] == (
+        "| baseline | 35.0 ± 5.0 | 83.28 | 60.0 ± 0.0 | 71.36 | 35.0 ± 5.0 | 60.0 ± 0.0 | 1.50e+14 | 2.00e+13 |"
+    )
     assert sorted(os.listdir(tmp_path / "cpu")) == ["results.json", "results.md"]
 
 
@@ -192,10 +237,13 @@ def test_transfer_rows_run_random_first_then_each_rung_and_tabulate(tmp_path, mo
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
     from t5pod import cli
+
     monkeypatch.setattr(cli, "import_tensorflow_quietly", lambda: None)
     log = []
+
     # Pre-trained dev accuracy rises with the rung (70 + 2 * rung + seed); random weights give 60 + seed.
-    dev = lambda label, seed: (60.0 if label == "random" else 70.0 + 2 * int(re.search(r"(\d)x", label)[1])) + seed
+    def dev(label, seed):
+        return (60.0 if label == "random" else 70.0 + 2 * int(re.search(r"(\d)x", label)[1])) + seed
 
     def pretrain(self, objective, multiple=1):
         log.append(f"pretrain {multiple}x")
@@ -215,8 +263,9 @@ def test_transfer_rows_run_random_first_then_each_rung_and_tabulate(tmp_path, mo
         log.append(what)
         task = next(c for c in command if c.startswith("--task=")).split("=")[1]
         seed = next((int(c.split("=")[1]) for c in command if c.startswith("--random_init_seed=")), None)
-        checkpoint = next((c.split("=", 1)[1].strip("'") for c in command if c.startswith("--gin.CHECKPOINT_PATH=")),
-                          None)
+        checkpoint = next(
+            (c.split("=", 1)[1].strip("'") for c in command if c.startswith("--gin.CHECKPOINT_PATH=")), None
+        )
         score = 50.0 + (seed or 0) if checkpoint is None else 65.0
         with open(tmp_path / "cpu" / "probes.jsonl", "a") as f:
             row = {"task": task, "score": score, "checkpoint": checkpoint, "random_init_seed": seed}
@@ -252,8 +301,7 @@ def test_transfer_rows_run_random_first_then_each_rung_and_tabulate(tmp_path, mo
     assert probes[("sst2_4k", 2)]["pretrained"] == [65.0] and probes[("sst2_4k", 2)]["random"] == [50.0, 51.0, 52.0]
     assert probes[("sst2_4k", 2)]["difference"] == pytest.approx(14.0)
     table = (tmp_path / "cpu" / "transfer.md").read_text().splitlines()
-    assert table[2].startswith(
-        "| finetune | sst2_1k | 1x | 73.0 ± 1.0 | 61.0 ± 1.0 | +12.0 | [+9.7, +14.3] | 3 / 3 |")
+    assert table[2].startswith("| finetune | sst2_1k | 1x | 73.0 ± 1.0 | 61.0 ± 1.0 | +12.0 | [+9.7, +14.3] | 3 / 3 |")
     assert not (tmp_path / "cpu" / "results.json").exists()  # the tables of Tables 1 and 4 are untouched
 
     log.clear()  # a second command: every run is there, so nothing runs again (probes included)
@@ -264,22 +312,35 @@ def test_transfer_rows_run_random_first_then_each_rung_and_tabulate(tmp_path, mo
     # its own (the same encoder), so it runs only those that are missing (here the lost STS-B row).
     probes_file = tmp_path / "cpu" / "probes.jsonl"
     rows = [json.loads(line) for line in probes_file.read_text().splitlines()]
-    lost = lambda r: r["task"] == "glue_stsb_heldout_v002" and str(r["checkpoint"]).endswith("/9000")
+
+    def lost(r):
+        return r["task"] == "glue_stsb_heldout_v002" and str(r["checkpoint"]).endswith("/9000")
+
     assert sum(map(lost, rows)) == 2  # the encoder and embeddings rows of that probe
     probes_file.write_text("".join(json.dumps(r) + "\n" for r in rows if not lost(r)))
     log.clear()
-    study.main(["--rows=transfer", "--seeds=0,1,2", f"--out={tmp_path}", "--text_file_pattern=books/*.txt",
-                "--transfer_starts=2-encoder", "--transfer_tasks=sst2_1k"])
+    study.main(
+        [
+            "--rows=transfer",
+            "--seeds=0,1,2",
+            f"--out={tmp_path}",
+            "--text_file_pattern=books/*.txt",
+            "--transfer_starts=2-encoder",
+            "--transfer_tasks=sst2_1k",
+        ]
+    )
     assert log == ["pretrain 2x", "probe stsb of iid_denoising_2x"] + [
-        f"finetune sst2_1k iid_denoising_2x_encoder {seed} skip decoder/.*" for seed in (0, 1, 2)]
+        f"finetune sst2_1k iid_denoising_2x_encoder {seed} skip decoder/.*" for seed in (0, 1, 2)
+    ]
     rows = json.loads((tmp_path / "cpu" / "transfer.json").read_text())
     encoder = [r for r in rows if r["method"] == "finetune_encoder"]
     assert [(r["task"], r["compute"]) for r in encoder] == [("sst2_1k", 2)]
     # dev() reads the rung from the label's digit: 74 + seed, against random weights' 60 + seed.
     assert encoder[0]["pretrained"] == [74.0, 75.0, 76.0] and encoder[0]["difference"] == pytest.approx(14.0)
     with pytest.raises(SystemExit, match="unknown --transfer_starts \\['3-encoder'\\]"):
-        study.main(["--rows=transfer", f"--out={tmp_path}", "--text_file_pattern=books/*.txt",
-                    "--transfer_starts=3-encoder"])
+        study.main(
+            ["--rows=transfer", f"--out={tmp_path}", "--text_file_pattern=books/*.txt", "--transfer_starts=3-encoder"]
+        )
 
 
 def test_gpu_preset_prints_its_commands(tmp_path):
@@ -307,13 +368,14 @@ def test_transfer_rows_from_random_weights_end_to_end_on_the_real_files(tmp_path
     tabulation of both starts is tested with faked runs above; probing a checkpoint in test_transfer)."""
     (tmp_path / "books").mkdir()
     (tmp_path / "books" / "a.txt").write_text(open(demo_corpus.corpus_path(), encoding="utf-8").read()[:300_000])
-    done = _study(tmp_path, "--rows=transfer", "--seeds=0,1", "--transfer_starts=random",
-                  glue_dir=shared_data / "glue")
+    done = _study(tmp_path, "--rows=transfer", "--seeds=0,1", "--transfer_starts=random", glue_dir=shared_data / "glue")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     folder = tmp_path / "study" / "cpu"
     assert not (folder / "runs" / "pretrain_iid_denoising").exists()  # random weights need no pre-training
-    for task, heldout, dev, examples in (("sst2_1k", "glue_sst2_1k_v002", "glue_sst2_v002", (1000, 872)),
-                                         ("stsb", "glue_stsb_heldout_v002", "glue_stsb_v002", (500, 1500))):
+    for task, heldout, dev, examples in (
+        ("sst2_1k", "glue_sst2_1k_v002", "glue_sst2_v002", (1000, 872)),
+        ("stsb", "glue_stsb_heldout_v002", "glue_stsb_v002", (500, 1500)),
+    ):
         for seed in (0, 1):
             run = folder / "runs" / f"transfer_{task}_random_seed{seed}" / "inference_eval"
             # One step (320 or 750 / 5000), evaluated once on the held-out slice and on dev.
@@ -321,10 +383,17 @@ def test_transfer_rows_from_random_weights_end_to_end_on_the_real_files(tmp_path
             assert [(x["step"], x["examples"]) for x in lines] == [(1, examples[0]), (1, examples[1])]
     probes = [json.loads(line) for line in (folder / "probes.jsonl").read_text().splitlines()]
     assert sorted((p["task"], p["random_init_seed"], p["train_examples"], p["eval_examples"]) for p in probes) == [
-        (t, s, n, m) for t, n, m in (("glue_sst2_1k_v002", 1000, 872), ("glue_sst2_4k_v002", 4000, 872),
-                                     ("glue_stsb_heldout_v002", 5249, 1500)) for s in (0, 1)]
+        (t, s, n, m)
+        for t, n, m in (
+            ("glue_sst2_1k_v002", 1000, 872),
+            ("glue_sst2_4k_v002", 4000, 872),
+            ("glue_stsb_heldout_v002", 5249, 1500),
+        )
+        for s in (0, 1)
+    ]
     assert json.loads((folder / "transfer.json").read_text()) == []  # no pre-trained start to compare with yet
-    again = _study(tmp_path, "--rows=transfer", "--seeds=0,1", "--transfer_starts=random",
-                   glue_dir=shared_data / "glue")
+    again = _study(
+        tmp_path, "--rows=transfer", "--seeds=0,1", "--transfer_starts=random", glue_dir=shared_data / "glue"
+    )
     assert again.returncode == 0 and again.stdout.count("finished earlier, skipped") == 4
     assert "[study] probe" not in again.stdout

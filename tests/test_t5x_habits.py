@@ -12,29 +12,35 @@ from t5pod.configs import T5Config
 TRAIN_GIN = ["tasks.gin", "runs/pretrain.gin"]
 
 
-@pytest.mark.parametrize("t5x, value, macro, field", [
-    ("utils.SaveCheckpointConfig.period", "7", "CHECKPOINT_PERIOD", "checkpoint_period"),
-    ("utils.SaveCheckpointConfig.keep", "3", "KEEP_CHECKPOINTS", "keep_checkpoints"),
-    ("trainer.Trainer.num_microbatches", "4", "NUM_MICROBATCHES", "num_microbatches"),
-    ("utils.create_learning_rate_scheduler.base_learning_rate", "0.5", "LEARNING_RATE", "learning_rate"),
-    ("utils.create_learning_rate_scheduler.warmup_steps", "123", "WARMUP_STEPS", "warmup_steps"),
-    ("train.eval_period", "9", "EVAL_PERIOD", "eval_period"),
-    ("train.total_steps", "11", "TRAIN_STEPS", "train_steps"),
-    ("train.random_seed", "5", "RANDOM_SEED", "random_seed"),
-])
+@pytest.mark.parametrize(
+    "t5x, value, macro, field",
+    [
+        ("utils.SaveCheckpointConfig.period", "7", "CHECKPOINT_PERIOD", "checkpoint_period"),
+        ("utils.SaveCheckpointConfig.keep", "3", "KEEP_CHECKPOINTS", "keep_checkpoints"),
+        ("trainer.Trainer.num_microbatches", "4", "NUM_MICROBATCHES", "num_microbatches"),
+        ("utils.create_learning_rate_scheduler.base_learning_rate", "0.5", "LEARNING_RATE", "learning_rate"),
+        ("utils.create_learning_rate_scheduler.warmup_steps", "123", "WARMUP_STEPS", "warmup_steps"),
+        ("train.eval_period", "9", "EVAL_PERIOD", "eval_period"),
+        ("train.total_steps", "11", "TRAIN_STEPS", "train_steps"),
+        ("train.random_seed", "5", "RANDOM_SEED", "random_seed"),
+    ],
+)
 def test_t5x_bindings_set_the_t5pod_macro(t5x, value, macro, field):
     ginconf.parse(TRAIN_GIN, ["MODEL_DIR = '/unused'", f"{t5x} = {value}"])
     assert ginconf.macro(macro) == json.loads(value)
     assert getattr(ginconf.train_config(), field) == json.loads(value)
 
 
-@pytest.mark.parametrize("t5x, named", [
-    ("partitioning.PjitPartitioner.num_partitions = 8", "MESH_SHAPE"),
-    ("utils.create_learning_rate_scheduler.factors = 'constant * rsqrt_decay'", "LEARNING_RATE_SCHEDULE"),
-    ("TRAIN_STEPS_RELATIVE = 100", "TRAIN_STEPS"),
-    ("LOSS_NORMALIZING_FACTOR = 233472", "per-token mean"),
-    ("INFER_OUTPUT_DIR = '/tmp/x'", "--output_file"),
-])
+@pytest.mark.parametrize(
+    "t5x, named",
+    [
+        ("partitioning.PjitPartitioner.num_partitions = 8", "MESH_SHAPE"),
+        ("utils.create_learning_rate_scheduler.factors = 'constant * rsqrt_decay'", "LEARNING_RATE_SCHEDULE"),
+        ("TRAIN_STEPS_RELATIVE = 100", "TRAIN_STEPS"),
+        ("LOSS_NORMALIZING_FACTOR = 233472", "per-token mean"),
+        ("INFER_OUTPUT_DIR = '/tmp/x'", "--output_file"),
+    ],
+)
 def test_t5x_bindings_without_a_twin_name_what_to_set(t5x, named):
     with pytest.raises(ValueError, match="T5X setting") as error:
         ginconf.parse(TRAIN_GIN, ["MODEL_DIR = '/unused'", t5x])
@@ -42,8 +48,15 @@ def test_t5x_bindings_without_a_twin_name_what_to_set(t5x, named):
 
 
 def test_gin_bindings_flag_is_repeatable_like_t5x(capsys):
-    status = cli.main(["data", "--task=demo_span_corruption", "--num_examples=1", "--gin_bindings=MIXING_TEMPERATURE = 2.0",
-                       "--gin_bindings=TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 6}"])
+    status = cli.main(
+        [
+            "data",
+            "--task=demo_span_corruption",
+            "--num_examples=1",
+            "--gin_bindings=MIXING_TEMPERATURE = 2.0",
+            "--gin_bindings=TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 6}",
+        ]
+    )
     assert status == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(row["inputs"]["ids"]) == 16 and len(row["targets"]["ids"]) <= 6  # targets are not padded
@@ -70,9 +83,14 @@ def test_a_checkpoint_path_may_name_one_step(tmp_path):
     assert checkpoints.named_step(str(run)) is None and checkpoints.latest_step(str(run)) == 3
 
 
-@pytest.mark.parametrize("command, macros", [("train", ["TRAIN_STEPS = 524288", "BATCH_SIZE", "TASK_FEATURE_LENGTHS"]),
-                                             ("infer", ["INFER_BATCH_SIZE = 8", "BEAM_SIZE = 1"]),
-                                             ("eval", ["EVAL_SPLIT = 'validation'", "CHECKPOINT_PATH"])])
+@pytest.mark.parametrize(
+    "command, macros",
+    [
+        ("train", ["TRAIN_STEPS = 524288", "BATCH_SIZE", "TASK_FEATURE_LENGTHS"]),
+        ("infer", ["INFER_BATCH_SIZE = 8", "BEAM_SIZE = 1"]),
+        ("eval", ["EVAL_SPLIT = 'validation'", "CHECKPOINT_PATH"]),
+    ],
+)
 def test_help_lists_the_run_macros_with_defaults_and_an_example(command, macros, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])

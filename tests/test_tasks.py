@@ -6,30 +6,38 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 
 from t5pod import tasks
-from t5pod.tasks import mixtures
 from t5pod import ginconf
 from t5pod.data import demo_corpus, mixing
 
 
 @pytest.fixture
 def local_benchmarks(benchmark_rows):
-    tasks.register_all(demo_corpus.vocabulary_path(), glue_dir=str(benchmark_rows / "glue"),
-                       superglue_dir=str(benchmark_rows / "superglue"))
+    tasks.register_all(
+        demo_corpus.vocabulary_path(),
+        glue_dir=str(benchmark_rows / "glue"),
+        superglue_dir=str(benchmark_rows / "superglue"),
+    )
     yield benchmark_rows
     tasks.register_all()
 
 
-@pytest.mark.parametrize("task,split", [
-    ("glue_cola_v002", "validation"), ("glue_stsb_v002", "validation"), ("glue_mrpc_v002", "train"),
-    ("super_glue_cb_v102", "validation"), ("super_glue_multirc_v102", "validation"),
-    ("super_glue_wsc_v102_simple_eval", "validation"), ("super_glue_copa_v102", "validation"),
-])
+@pytest.mark.parametrize(
+    "task,split",
+    [
+        ("glue_cola_v002", "validation"),
+        ("glue_stsb_v002", "validation"),
+        ("glue_mrpc_v002", "train"),
+        ("super_glue_cb_v102", "validation"),
+        ("super_glue_multirc_v102", "validation"),
+        ("super_glue_wsc_v102_simple_eval", "validation"),
+        ("super_glue_copa_v102", "validation"),
+    ],
+)
 def test_task_metrics_are_perfect_on_gold_predictions(local_benchmarks, task, split):
     provider = seqio.get_mixture_or_task(task)
     lengths = {"inputs": 512, "targets": 84}
@@ -39,8 +47,7 @@ def test_task_metrics_are_perfect_on_gold_predictions(local_benchmarks, task, sp
     first = examples[0]
     decoded = " ".join(vocabulary.decode(first["inputs"].tolist()).split())  # may be cut at 512 tokens
     assert " ".join(first["inputs_pretokenized"].decode().split()).startswith(decoded) and len(decoded) > 20
-    targets = [provider.postprocess_fn(x["targets_pretokenized"].decode(), example=x, is_target=True)
-               for x in examples]
+    targets = [provider.postprocess_fn(x["targets_pretokenized"].decode(), example=x, is_target=True) for x in examples]
     # WSC asks whether each example's candidate is the referent: where it is not (label 0), a gold
     # answer names someone else.
     wsc = task == "super_glue_wsc_v102_simple_eval"
@@ -51,16 +58,18 @@ def test_task_metrics_are_perfect_on_gold_predictions(local_benchmarks, task, sp
             assert value == pytest.approx(100.0), (name, value)
     # A wrong prediction for every example is not perfect: the metric can fail.
     # (For WSC: the candidate exactly where it is not the referent.)
-    wrong_answers = [x["targets_pretokenized"].decode() if wsc and not int(x["label"]) else "no such label"
-                     for x in examples]
+    wrong_answers = [
+        x["targets_pretokenized"].decode() if wsc and not int(x["label"]) else "no such label" for x in examples
+    ]
     wrong = [provider.postprocess_fn(w, example=x, is_target=False) for w, x in zip(wrong_answers, examples)]
     assert any(not v >= 50 for fn in provider.metric_fns for v in fn(targets, wrong).values())  # NaN fails too
 
 
 def test_files_and_formats_agree_for_sst2(local_benchmarks):
     provider = seqio.get_mixture_or_task("glue_sst2_v002")
-    first = next(provider.get_dataset({"inputs": 512, "targets": 84}, split="validation", shuffle=False)
-                 .as_numpy_iterator())
+    first = next(
+        provider.get_dataset({"inputs": 512, "targets": 84}, split="validation", shuffle=False).as_numpy_iterator()
+    )
     assert first["inputs_pretokenized"].decode() == "sst2 sentence: it 's a charming and often affecting journey . "
     assert first["targets_pretokenized"].decode() == "positive"
 
@@ -69,7 +78,9 @@ def test_tfds_missing_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("GLUE_DIR", raising=False)
     tasks.register_all(demo_corpus.vocabulary_path(), tfds_data_dir=str(tmp_path))
     provider = seqio.get_mixture_or_task("glue_rte_v002")
-    with pytest.raises(FileNotFoundError, match=r"TFDS dataset glue/rte:1.0.0 \(validation\) is not available.*GLUE_DIR"):
+    with pytest.raises(
+        FileNotFoundError, match=r"TFDS dataset glue/rte:1.0.0 \(validation\) is not available.*GLUE_DIR"
+    ):
         provider.get_dataset({"inputs": 64, "targets": 8}, split="validation", shuffle=False)
     tasks.register_all()
 
@@ -86,7 +97,7 @@ def test_proportional_mixtures_have_the_reference_weights():
 
 def test_mixing_formula():
     rates = mixing.examples_proportional_rates({"a": 100, "b": 10_000, "c": 0}, limit=1000, temperature=2.0)
-    assert rates == {"a": pytest.approx(10.0), "b": pytest.approx(1000 ** 0.5), "c": 0.0}
+    assert rates == {"a": pytest.approx(10.0), "b": pytest.approx(1000**0.5), "c": 0.0}
     assert mixing.equal_rates({"a": 5, "b": 7, "c": 0}) == {"a": 1.0, "b": 1.0, "c": 0.0}
     with pytest.raises(ValueError, match="MIXING_TEMPERATURE"):
         mixing.examples_proportional_rates({"a": 1}, temperature=0)
@@ -96,8 +107,8 @@ def test_rate_limit_and_temperature_from_gin_flags():
     ginconf.parse(["tasks.gin"], ["MIXING_RATE_LIMIT = 65536", "MIXING_TEMPERATURE = 2.0"])
     ginconf.register_tasks()
     glue = seqio.get_mixture_or_task("glue_v002_proportional")
-    assert glue.get_rate(seqio.get_mixture_or_task("glue_mnli_v002")) == pytest.approx(65536 ** 0.5)
-    assert glue.get_rate(seqio.get_mixture_or_task("glue_rte_v002")) == pytest.approx(2490 ** 0.5)
+    assert glue.get_rate(seqio.get_mixture_or_task("glue_mnli_v002")) == pytest.approx(65536**0.5)
+    assert glue.get_rate(seqio.get_mixture_or_task("glue_rte_v002")) == pytest.approx(2490**0.5)
     tasks.register_all()
 
 
@@ -107,10 +118,12 @@ def test_mixture_sampling_frequencies_follow_the_formula():
     for i, name in enumerate(sizes):
         source = seqio.FunctionDataSource(
             lambda split, shuffle_files, seed=None, i=i: tf.data.Dataset.from_tensors({"targets": [i + 2]}).repeat(),
-            splits=("train",))
+            splits=("train",),
+        )
         seqio.TaskRegistry.remove(name)
-        seqio.TaskRegistry.add(name, source=source, preprocessors=[],
-                               output_features={"targets": seqio.Feature(vocabulary, add_eos=False)})
+        seqio.TaskRegistry.add(
+            name, source=source, preprocessors=[], output_features={"targets": seqio.Feature(vocabulary, add_eos=False)}
+        )
     rates = mixing.examples_proportional_rates(sizes, limit=20_000, temperature=2.0)
     seqio.MixtureRegistry.remove("mix_test")
     seqio.MixtureRegistry.add("mix_test", list(rates.items()))
@@ -180,8 +193,8 @@ def _rates(gin_file, bindings=()):
 def test_mixing_gin_files_examples_proportional(k):
     name, rates = _rates(f"mixing/proportional_k{k}.gin")
     assert name == "all_proportional"
-    assert rates["c4_v220_span_corruption"] == 2 ** k  # C4 is larger than every K
-    assert rates["glue_rte_v002"] == 2490 and rates["glue_mnli_v002"] == min(392702, 2 ** k)
+    assert rates["c4_v220_span_corruption"] == 2**k  # C4 is larger than every K
+    assert rates["glue_rte_v002"] == 2490 and rates["glue_mnli_v002"] == min(392702, 2**k)
     assert len([r for r in rates.values() if r > 0]) == 1 + 8 + 9  # C4, 8 GLUE and 9 SuperGLUE training tasks
     tasks.register_all()
 
@@ -189,7 +202,7 @@ def test_mixing_gin_files_examples_proportional(k):
 @pytest.mark.parametrize("t", [2, 4, 8])
 def test_mixing_gin_files_temperature(t):
     _, rates = _rates(f"mixing/temperature_t{t}.gin")
-    assert rates["c4_v220_span_corruption"] == pytest.approx((2 ** 21) ** (1 / t))
+    assert rates["c4_v220_span_corruption"] == pytest.approx((2**21) ** (1 / t))
     assert rates["super_glue_cb_v102"] == pytest.approx(250 ** (1 / t))
     tasks.register_all()
 
@@ -197,13 +210,15 @@ def test_mixing_gin_files_temperature(t):
 def test_mixing_gin_files_equal_leave_one_out_and_supervised():
     _, rates = _rates("mixing/equal.gin")
     assert set(r for r in rates.values() if r > 0) == {1.0} and rates["super_glue_axb_v102"] == 0
-    name, rates = _rates("mixing/leave_one_out.gin", ["MIXTURE_OR_TASK_NAME = 'all_proportional_without_glue_rte_v002'"])
+    name, rates = _rates(
+        "mixing/leave_one_out.gin", ["MIXTURE_OR_TASK_NAME = 'all_proportional_without_glue_rte_v002'"]
+    )
     assert "glue_rte_v002" not in rates and rates["super_glue_rte_v102"] == 2490
-    assert rates["c4_v220_span_corruption"] == 2 ** 19
+    assert rates["c4_v220_span_corruption"] == 2**19
     _, rates = _rates("mixing/supervised_pretraining.gin")
     assert "c4_v220_span_corruption" not in rates and rates["glue_qqp_v002"] == 363849  # below K = 2^19
     _, rates = _rates("mixing/multitask_pretraining.gin")
-    assert rates["c4_v220_span_corruption"] == 2 ** 19 and rates["glue_cola_v002"] == 8551
+    assert rates["c4_v220_span_corruption"] == 2**19 and rates["glue_cola_v002"] == 8551
     tasks.register_all()
 
 
@@ -211,8 +226,9 @@ def test_data_stats_report_packing_and_speed():
     tasks.register_all()
     from t5pod.data import inspection
 
-    stats = inspection.statistics("demo_span_corruption", {"inputs": 64, "targets": 16}, "train", 40,
-                                  model_features=True)
+    stats = inspection.statistics(
+        "demo_span_corruption", {"inputs": 64, "targets": 16}, "train", 40, model_features=True
+    )
     assert stats["examples"] == 40 and 0.5 < stats["packing_efficiency"] <= 1
     # Non-padding tokens per packed row = packing efficiency x the row's 64 + 16 token slots.
     assert stats["tokens_per_s"] / stats["examples_per_s"] == pytest.approx(stats["packing_efficiency"] * 80, rel=0.01)

@@ -17,15 +17,34 @@ from t5pod import tasks
 from t5pod import checkpoints, optimizer, partitioning, train_loop, train_step, trainer
 from t5pod.configs import T5Config, TrainConfig
 
-MODEL = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
-                 feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1)
+MODEL = T5Config(
+    vocab_size=2176,
+    d_model=32,
+    d_kv=8,
+    num_heads=4,
+    d_ff=64,
+    num_layers=2,
+    num_decoder_layers=2,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    dropout_rate=0.1,
+)
 
 
 def _config(model_dir, **overrides):
-    base = dict(model_dir=str(model_dir), mixture_or_task_name="demo_span_corruption",
-                task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=6, batch_size=8,
-                learning_rate=1.0, warmup_steps=100, checkpoint_period=3, log_period=1, mesh_shape=(-1, 1),
-                async_checkpointing=False)
+    base = dict(
+        model_dir=str(model_dir),
+        mixture_or_task_name="demo_span_corruption",
+        task_feature_lengths={"inputs": 64, "targets": 16},
+        train_steps=6,
+        batch_size=8,
+        learning_rate=1.0,
+        warmup_steps=100,
+        checkpoint_period=3,
+        log_period=1,
+        mesh_shape=(-1, 1),
+        async_checkpointing=False,
+    )
     return TrainConfig(**{**base, **overrides})
 
 
@@ -49,15 +68,17 @@ def test_adafactor_first_update_by_hand():
     v_row, v_col = g2.mean(axis=1), g2.mean(axis=0)
     v = np.outer(v_row, v_col) / v_row.mean()
     u = grad / np.sqrt(v)
-    u = u / max(1.0, np.sqrt(np.mean(u ** 2)) / 1.0)          # clip the update's RMS at 1
+    u = u / max(1.0, np.sqrt(np.mean(u**2)) / 1.0)  # clip the update's RMS at 1
     u = u * 0.1 * max(np.sqrt(np.mean(param.astype(np.float64) ** 2)), 1e-3)  # lr x parameter scale
     np.testing.assert_allclose(np.asarray(update), -u, rtol=1e-5)
 
 
 def _fixed_batch(batch=8, inputs=64, targets=16):
     rng = np.random.default_rng(0)
-    b = {"encoder_input_tokens": rng.integers(2, 2000, (batch, inputs)),
-         "decoder_target_tokens": rng.integers(2, 2000, (batch, targets))}
+    b = {
+        "encoder_input_tokens": rng.integers(2, 2000, (batch, inputs)),
+        "decoder_target_tokens": rng.integers(2, 2000, (batch, targets)),
+    }
     b["encoder_input_tokens"][:, 50:] = 0
     b["decoder_target_tokens"][:, 12:] = 0
     b["decoder_input_tokens"] = np.pad(b["decoder_target_tokens"][:, :-1], ((0, 0), (1, 0)))
@@ -67,10 +88,11 @@ def _fixed_batch(batch=8, inputs=64, targets=16):
 
 def _one_step(mesh_shape, fsdp=False, num_microbatches=1, model_config=MODEL):
     config = _config("/unused", mesh_shape=mesh_shape, fsdp=fsdp, num_microbatches=num_microbatches)
-    mesh = partitioning.make_mesh(mesh_shape, jax.devices()[:int(np.prod(mesh_shape))])  # (1, 1): one device
+    mesh = partitioning.make_mesh(mesh_shape, jax.devices()[: int(np.prod(mesh_shape))])  # (1, 1): one device
     setup = trainer.create_state(model_config, config, mesh)
     with mesh, jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
         from flax import linen as nn
+
         with nn.logical_axis_rules(setup.rules):
             state = setup.init(jax.random.PRNGKey(0))
             step = trainer.make_train_step(config, setup, mesh)
@@ -112,10 +134,6 @@ def _rows(model_dir, split="train"):
         return [r for r in map(json.loads, f) if r["split"] == split]
 
 
-
-
-
-
 @pytest.mark.slow
 def test_restore_onto_another_mesh(tmp_path):
     tasks.register_all()
@@ -141,10 +159,11 @@ def test_another_models_directory_is_refused(pretrained_demo_run):
 
 
 def test_bad_mesh_and_batch_are_clear_errors_before_anything_is_written(tmp_path):
-    for overrides, message in [({"mesh_shape": (3, 2)}, "does not divide the 8 available devices"),
-                               ({"mesh_shape": (4, 2), "batch_size": 6},
-                                "BATCH_SIZE 6 is not divisible by the data-parallel mesh size 4"),
-                               ({"trainable": "adapter"}, "Unknown TRAINABLE 'adapter'")]:
+    for overrides, message in [
+        ({"mesh_shape": (3, 2)}, "does not divide the 8 available devices"),
+        ({"mesh_shape": (4, 2), "batch_size": 6}, "BATCH_SIZE 6 is not divisible by the data-parallel mesh size 4"),
+        ({"trainable": "adapter"}, "Unknown TRAINABLE 'adapter'"),
+    ]:
         with pytest.raises(ValueError, match=message):
             trainer.train(_config(tmp_path / "run", **overrides), MODEL)
         assert not (tmp_path / "run").exists()
@@ -160,12 +179,19 @@ def test_nan_loss_stops_naming_the_step(tmp_path):
 
 def _cli(model_dir, *flags, env_extra=None):
     env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1", **(env_extra or {}))
-    command = [sys.executable, "-m", "t5pod", "train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{model_dir}'",
-               "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", "--gin.BATCH_SIZE=8",
-               "--gin.EVAL_PERIOD=0", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "t5pod",
+        "train",
+        "--gin_file=demo.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+        "--gin.BATCH_SIZE=8",
+        "--gin.EVAL_PERIOD=0",
+        *flags,
+    ]
     return command, env
-
-
 
 
 def _wait_for(predicate, process, timeout=240):
@@ -181,8 +207,9 @@ def _wait_for(predicate, process, timeout=240):
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_zero(tmp_path):
-    command, env = _cli(tmp_path / "run", "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=100000",
-                        "--gin.LOG_PERIOD=1")
+    command, env = _cli(
+        tmp_path / "run", "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=100000", "--gin.LOG_PERIOD=1"
+    )
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     _wait_for(lambda: (tmp_path / "run" / "metrics.jsonl").exists() and len(_rows(tmp_path / "run")) >= 3, process)
     process.send_signal(signal.SIGTERM)
@@ -191,7 +218,6 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     assert "Preempted (SIGTERM): saved a checkpoint at step" in output
     reached = _rows(tmp_path / "run")[-1]["step"]
     assert checkpoints.latest_step(str(tmp_path / "run")) == reached
-
 
 
 def _counting_run(train_steps: int, nan_at: int | None = None):
@@ -205,16 +231,23 @@ def _counting_run(train_steps: int, nan_at: int | None = None):
     def step_fn(state, batch, rng):
         n = (state.step + 1).astype(jnp.float32)
         loss = jnp.where(n == (nan_at or -1), jnp.nan, n)
-        metrics = {"loss_sum": loss + 0 * batch["x"].sum(), "z_loss_sum": 0 * n, "correct_sum": 0 * n + 1,
-                   "weight_sum": 0 * n + 2, "learning_rate": n}
+        metrics = {
+            "loss_sum": loss + 0 * batch["x"].sum(),
+            "z_loss_sum": 0 * n,
+            "correct_sum": 0 * n + 1,
+            "weight_sum": 0 * n + 2,
+            "learning_rate": n,
+        }
         return state.replace(step=state.step + 1), metrics
 
-    state = jax.device_put(train_step.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=()),
-                           partitioning.replicated(mesh))
+    state = jax.device_put(
+        train_step.TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=()), partitioning.replicated(mesh)
+    )
     batches = iter([{"x": np.ones((8, 2), np.float32)}] * (train_steps + 1))
     config = types.SimpleNamespace(train_steps=train_steps, random_seed=0)
-    return types.SimpleNamespace(config=config, mesh=mesh, step_fn=step_fn, state=state, train_iterator=batches,
-                                 first_batch=next(batches))
+    return types.SimpleNamespace(
+        config=config, mesh=mesh, step_fn=step_fn, state=state, train_iterator=batches, first_batch=next(batches)
+    )
 
 
 def test_the_loop_runs_each_hook_when_due_in_order_and_stops_when_asked():
@@ -225,12 +258,22 @@ def test_the_loop_runs_each_hook_when_due_in_order_and_stops_when_asked():
         summary = window.summary()  # the mean of the window's losses: (sum of its steps) / (2 per step)
         calls.append(("log", step, int(state.step), summary["loss"], summary["learning_rate"]))
 
-    hooks = [train_loop.Hook(log, train_loop.periodic(3, 1, 10)),
-             train_loop.Hook(lambda step, state: calls.append(("save", step)), train_loop.periodic(4, 10))]
+    hooks = [
+        train_loop.Hook(log, train_loop.periodic(3, 1, 10)),
+        train_loop.Hook(lambda step, state: calls.append(("save", step)), train_loop.periodic(4, 10)),
+    ]
     assert train_loop.loop(run, window, hooks, lambda: False, on_stop=None) == 10
     # Logs at 1, 3, 6, 9, 10: windows {1}, {2, 3}, {4, 5, 6}, {7, 8, 9}, {10}; saves at 4, 8, 10 after the log.
-    assert calls == [("log", 1, 1, 0.5, 1.0), ("log", 3, 3, 1.25, 3.0), ("save", 4), ("log", 6, 6, 2.5, 6.0),
-                     ("save", 8), ("log", 9, 9, 4.0, 9.0), ("log", 10, 10, 5.0, 10.0), ("save", 10)]
+    assert calls == [
+        ("log", 1, 1, 0.5, 1.0),
+        ("log", 3, 3, 1.25, 3.0),
+        ("save", 4),
+        ("log", 6, 6, 2.5, 6.0),
+        ("save", 8),
+        ("log", 9, 9, 4.0, 9.0),
+        ("log", 10, 10, 5.0, 10.0),
+        ("save", 10),
+    ]
     assert int(run.state.step) == 10
 
     run, calls = _counting_run(10), []

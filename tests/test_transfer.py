@@ -72,19 +72,50 @@ def _write_metrics(folder, task, lines):
 
 def test_the_checkpoint_is_chosen_on_held_out_data_never_on_dev(tmp_path):
     module = _study_transfer()
-    _write_metrics(tmp_path, "glue_sst2_1k_v002", [{"step": 10, "accuracy": 70.0}, {"step": 20, "accuracy": 80.0},
-                                                   {"step": 30, "accuracy": 80.0}, {"step": 40, "accuracy": 75.0}])
-    _write_metrics(tmp_path, "glue_sst2_v002", [{"step": 10, "accuracy": 60.0}, {"step": 20, "accuracy": 65.0},
-                                                {"step": 30, "accuracy": 90.0}, {"step": 40, "accuracy": 70.0}])
+    _write_metrics(
+        tmp_path,
+        "glue_sst2_1k_v002",
+        [
+            {"step": 10, "accuracy": 70.0},
+            {"step": 20, "accuracy": 80.0},
+            {"step": 30, "accuracy": 80.0},
+            {"step": 40, "accuracy": 75.0},
+        ],
+    )
+    _write_metrics(
+        tmp_path,
+        "glue_sst2_v002",
+        [
+            {"step": 10, "accuracy": 60.0},
+            {"step": 20, "accuracy": 65.0},
+            {"step": 30, "accuracy": 90.0},
+            {"step": 40, "accuracy": 70.0},
+        ],
+    )
     chosen = module.select(str(tmp_path), "sst2_1k")
     # Held-out ties at 20 and 30 go to the earlier; dev's own best (90 at step 30) is not taken.
-    assert chosen == {"step": 20, "heldout": 80.0, "dev": 65.0, "last_step": 40, "dev_at_last_step": 70.0,
-                      "dev_best_any_step": 90.0}
+    assert chosen == {
+        "step": 20,
+        "heldout": 80.0,
+        "dev": 65.0,
+        "last_step": 40,
+        "dev_at_last_step": 70.0,
+        "dev_best_any_step": 90.0,
+    }
     # STS-B reports Pearson; a constant prediction (NaN correlation) counts as 0, not as the best.
-    _write_metrics(tmp_path, "glue_stsb_heldout_v002", [{"step": 5, "pearson_corrcoef": float("nan")},
-                                                        {"step": 10, "pearson_corrcoef": 12.0}])
-    _write_metrics(tmp_path, "glue_stsb_v002", [{"step": 5, "pearson_corrcoef": 1.0, "spearman_corrcoef": 50.0},
-                                                {"step": 10, "pearson_corrcoef": 11.0, "spearman_corrcoef": 9.0}])
+    _write_metrics(
+        tmp_path,
+        "glue_stsb_heldout_v002",
+        [{"step": 5, "pearson_corrcoef": float("nan")}, {"step": 10, "pearson_corrcoef": 12.0}],
+    )
+    _write_metrics(
+        tmp_path,
+        "glue_stsb_v002",
+        [
+            {"step": 5, "pearson_corrcoef": 1.0, "spearman_corrcoef": 50.0},
+            {"step": 10, "pearson_corrcoef": 11.0, "spearman_corrcoef": 9.0},
+        ],
+    )
     assert module.select(str(tmp_path), "stsb")["dev"] == 11.0
 
 
@@ -127,10 +158,12 @@ def test_linear_fits_score_signal_and_no_signal():
 
 def test_pooled_features_are_the_mean_over_each_rows_tokens():
     config = T5Config(vocab_size=64, d_model=16, d_ff=32, num_heads=2, d_kv=8, num_layers=2, num_decoder_layers=1)
-    infer = InferConfig(checkpoint_path="", task_feature_lengths={"inputs": 12, "targets": 4}, batch_size=4,
-                        mesh_shape=(-1, 1))
-    layout = inference.mesh_layout(config, jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(4, 1),
-                                                             ("data", "model")), False)
+    infer = InferConfig(
+        checkpoint_path="", task_feature_lengths={"inputs": 12, "targets": 4}, batch_size=4, mesh_shape=(-1, 1)
+    )
+    layout = inference.mesh_layout(
+        config, jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(4, 1), ("data", "model")), False
+    )
     params = probe.random_params(config, layout, seed=3)
     predictor = inference.Predictor(config, infer, None, mesh=layout.mesh, params=params)
     rows = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [20], [30, 31], [40, 41, 42, 43, 44]]
@@ -152,19 +185,29 @@ def test_pooled_features_are_the_mean_over_each_rows_tokens():
 
 
 def _probe(*flags):
-    command = [sys.executable, "-m", "t5pod", "probe", "--gin_file=models/tiny.gin", "--gin.VOCABULARY_PATH='demo'",
-               f"--gin.GLUE_DIR='{BENCHMARK_ROWS / 'glue'}'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
-               *flags]
-    return subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=600,
-                          cwd=REPO)
+    command = [
+        sys.executable,
+        "-m",
+        "t5pod",
+        "probe",
+        "--gin_file=models/tiny.gin",
+        "--gin.VOCABULARY_PATH='demo'",
+        f"--gin.GLUE_DIR='{BENCHMARK_ROWS / 'glue'}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+        *flags,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""), timeout=600, cwd=REPO
+    )
 
 
 @pytest.mark.slow
 def test_probe_command_on_a_checkpoint(tmp_path, pretrained_demo_run):
     out = tmp_path / "probes.jsonl"
     checkpoint = pretrained_demo_run / "checkpoints" / "2"
-    done = _probe("--task=glue_stsb_v002", f"--gin.CHECKPOINT_PATH='{checkpoint}'", f"--output_file={out}",
-                  "--gin_file=demo.gin")
+    done = _probe(
+        "--task=glue_stsb_v002", f"--gin.CHECKPOINT_PATH='{checkpoint}'", f"--output_file={out}", "--gin_file=demo.gin"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["kind"] == "regression" and row["checkpoint"] == str(checkpoint) and row["random_init_seed"] is None

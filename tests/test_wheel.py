@@ -16,8 +16,14 @@ SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "t5pod", "tasks", "gin")
 
 
 def _run(command, cwd, timeout=600):
-    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env=dict(os.environ, XLA_FLAGS="", PYTHONPATH=""))
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=dict(os.environ, XLA_FLAGS="", PYTHONPATH=""),
+    )
     assert done.returncode == 0, f"{command}: {done.stderr[-3000:]}"
     return done.stdout
 
@@ -32,8 +38,21 @@ def test_wheel_installs_into_a_fresh_venv_and_trains_from_another_directory(tmp_
             shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(REPO / name, source / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-          str(tmp_path / "dist"), str(source)], cwd=tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        cwd=tmp_path,
+    )
     (wheel,) = (tmp_path / "dist").glob("t5pod-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "t5pod/gin/runs/pretrain.gin" in names and "t5pod/gin/models/t5_1_1/architecture.gin" in names
@@ -48,18 +67,38 @@ def test_wheel_installs_into_a_fresh_venv_and_trains_from_another_directory(tmp_
     site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path).strip()
     with open(os.path.join(site, "dependencies.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", str(wheel)],
-         cwd=tmp_path)
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", str(wheel)],
+        cwd=tmp_path,
+    )
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = _run([str(python), "-c", "import t5pod, t5pod.tasks, t5pod.ginconf as g; "
-                  "print(t5pod.__file__); print(t5pod.tasks.__file__); print(g.GIN_DIR)"], cwd=elsewhere)
+    where = _run(
+        [
+            str(python),
+            "-c",
+            "import t5pod, t5pod.tasks, t5pod.ginconf as g; "
+            "print(t5pod.__file__); print(t5pod.tasks.__file__); print(g.GIN_DIR)",
+        ],
+        cwd=elsewhere,
+    )
     assert all(line.startswith(site) for line in where.split()), where
     help_text = _run([str(venv / "bin" / "t5pod"), "train", "--help"], cwd=elsewhere)
     assert "TRAIN_STEPS" in help_text and "MODEL_DIR" in help_text
     run = elsewhere / "run"
-    _run([str(venv / "bin" / "t5pod"), "train", "--gin_file=demo.gin", f"--gin.MODEL_DIR='{run}'",
-          "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=4", "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
-          "--gin.LOG_PERIOD=1", "--gin.EVAL_PERIOD=0"], cwd=elsewhere)
+    _run(
+        [
+            str(venv / "bin" / "t5pod"),
+            "train",
+            "--gin_file=demo.gin",
+            f"--gin.MODEL_DIR='{run}'",
+            "--gin.TRAIN_STEPS=2",
+            "--gin.BATCH_SIZE=4",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+            "--gin.LOG_PERIOD=1",
+            "--gin.EVAL_PERIOD=0",
+        ],
+        cwd=elsewhere,
+    )
     assert sorted(os.listdir(run / "checkpoints")) == ["2"]

@@ -24,11 +24,15 @@ def logged_documents(path, *args):
 
 
 text_sources.documents = logged_documents
-probe = seqio.Task("text_shard_probe", source=text_sources.TextFileSource(pattern, validation_fraction=0.01),
-                   preprocessors=[], output_features={
-                       "text": seqio.Feature(seqio.PassThroughVocabulary(1), dtype=tf.string, rank=0)})
-dataset = probe.get_dataset(sequence_length=None, split="train", shuffle=False, num_epochs=1,
-                            shard_info=seqio.ShardInfo(index, num_shards))
+probe = seqio.Task(
+    "text_shard_probe",
+    source=text_sources.TextFileSource(pattern, validation_fraction=0.01),
+    preprocessors=[],
+    output_features={"text": seqio.Feature(seqio.PassThroughVocabulary(1), dtype=tf.string, rank=0)},
+)
+dataset = probe.get_dataset(
+    sequence_length=None, split="train", shuffle=False, num_epochs=1, shard_info=seqio.ShardInfo(index, num_shards)
+)
 texts = [x["text"].decode() for x in dataset.as_numpy_iterator()]
 with open(opened_log) as f:
     opened = sorted({line.strip() for line in f if line.strip()})

@@ -64,27 +64,66 @@ def _mnli_files(kind: str) -> dict[str, str]:
 
 
 GLUE: dict[str, GlueConfig] = {
-    "cola": GlueConfig("CoLA", _TSV, {"sentence": "sentence"}, "is_acceptable", ("unacceptable", "acceptable"),
-                       "cola", ("sentence",), _MCC),
-    "sst2": GlueConfig("SST-2", _TSV, {"sentence": "sentence"}, "label", ("negative", "positive"),
-                       "sst2", ("sentence",)),
-    "mrpc": GlueConfig("MRPC", _TSV, {"sentence1": "#1 String", "sentence2": "#2 String"}, "Quality",
-                       ("not_equivalent", "equivalent"), "mrpc", ("sentence1", "sentence2"), _F1_ACC),
-    "qqp": GlueConfig("QQP", _TSV, {"question1": "question1", "question2": "question2"}, "is_duplicate",
-                      ("not_duplicate", "duplicate"), "qqp", ("question1", "question2"), _F1_ACC),
-    "stsb": GlueConfig("STS-B", _TSV, _S12, "score", None, "stsb", ("sentence1", "sentence2"),
-                       (glue_metrics.pearson_and_spearman,)),
-    "mnli": GlueConfig("MNLI", {"train": "train.tsv", "validation_matched": "dev_matched.tsv",
-                                "validation_mismatched": "dev_mismatched.tsv", "test_matched": "test_matched.tsv",
-                                "test_mismatched": "test_mismatched.tsv"},
-                       _MNLI, "gold_label", _NLI3, "mnli", _MNLI_KEYS),
+    "cola": GlueConfig(
+        "CoLA",
+        _TSV,
+        {"sentence": "sentence"},
+        "is_acceptable",
+        ("unacceptable", "acceptable"),
+        "cola",
+        ("sentence",),
+        _MCC,
+    ),
+    "sst2": GlueConfig(
+        "SST-2", _TSV, {"sentence": "sentence"}, "label", ("negative", "positive"), "sst2", ("sentence",)
+    ),
+    "mrpc": GlueConfig(
+        "MRPC",
+        _TSV,
+        {"sentence1": "#1 String", "sentence2": "#2 String"},
+        "Quality",
+        ("not_equivalent", "equivalent"),
+        "mrpc",
+        ("sentence1", "sentence2"),
+        _F1_ACC,
+    ),
+    "qqp": GlueConfig(
+        "QQP",
+        _TSV,
+        {"question1": "question1", "question2": "question2"},
+        "is_duplicate",
+        ("not_duplicate", "duplicate"),
+        "qqp",
+        ("question1", "question2"),
+        _F1_ACC,
+    ),
+    "stsb": GlueConfig(
+        "STS-B", _TSV, _S12, "score", None, "stsb", ("sentence1", "sentence2"), (glue_metrics.pearson_and_spearman,)
+    ),
+    "mnli": GlueConfig(
+        "MNLI",
+        {
+            "train": "train.tsv",
+            "validation_matched": "dev_matched.tsv",
+            "validation_mismatched": "dev_mismatched.tsv",
+            "test_matched": "test_matched.tsv",
+            "test_mismatched": "test_mismatched.tsv",
+        },
+        _MNLI,
+        "gold_label",
+        _NLI3,
+        "mnli",
+        _MNLI_KEYS,
+    ),
     "mnli_matched": GlueConfig("MNLI", _mnli_files("matched"), _MNLI, "gold_label", _NLI3, "mnli", _MNLI_KEYS),
     "mnli_mismatched": GlueConfig("MNLI", _mnli_files("mismatched"), _MNLI, "gold_label", _NLI3, "mnli", _MNLI_KEYS),
-    "qnli": GlueConfig("QNLI", _TSV, {"question": "question", "sentence": "sentence"}, "label", _NLI2,
-                       "qnli", ("question", "sentence")),
+    "qnli": GlueConfig(
+        "QNLI", _TSV, {"question": "question", "sentence": "sentence"}, "label", _NLI2, "qnli", ("question", "sentence")
+    ),
     "rte": GlueConfig("RTE", _TSV, _S12, "label", _NLI2, "rte", ("sentence1", "sentence2")),
-    "wnli": GlueConfig("WNLI", _TSV, _S12, "label", ("not_entailment", "entailment"), "wnli",
-                       ("sentence1", "sentence2")),
+    "wnli": GlueConfig(
+        "WNLI", _TSV, _S12, "label", ("not_entailment", "entailment"), "wnli", ("sentence1", "sentence2")
+    ),
     "ax": GlueConfig("diagnostic", {"test": "diagnostic.tsv"}, _MNLI, None, _NLI3, "mnli", _MNLI_KEYS, _MCC),
 }
 
@@ -92,25 +131,53 @@ _WSC_FEATURES = ("text", "span1_index", "span2_index", "span1_text", "span2_text
 
 SUPER_GLUE: dict[str, SuperGlueConfig] = {
     "boolq": SuperGlueConfig("BoolQ", _JSONL, ("question", "passage"), _BOOL, "boolq", ("passage", "question")),
-    "cb": SuperGlueConfig("CB", _JSONL, ("premise", "hypothesis"), ("entailment", "contradiction", "neutral"),
-                          "cb", ("hypothesis", "premise"), (glue_metrics.cb_metrics,)),
-    "copa": SuperGlueConfig("COPA", _JSONL, ("premise", "choice1", "choice2", "question"), ("choice1", "choice2"),
-                            "copa", ("choice1", "choice2", "premise", "question")),
-    "multirc": SuperGlueConfig("MultiRC", _JSONL, ("paragraph", "question", "answer"), _BOOL,
-                               "multirc", ("question", "answer", "paragraph"),  # order fixed by t5
-                               (glue_metrics.multirc_f1_and_exact_match,)),
-    "record": SuperGlueConfig("ReCoRD", _JSONL, ("passage", "query", "entities", "answers"), None, None,
-                              metrics=(glue_metrics.record_em_f1,)),
+    "cb": SuperGlueConfig(
+        "CB",
+        _JSONL,
+        ("premise", "hypothesis"),
+        ("entailment", "contradiction", "neutral"),
+        "cb",
+        ("hypothesis", "premise"),
+        (glue_metrics.cb_metrics,),
+    ),
+    "copa": SuperGlueConfig(
+        "COPA",
+        _JSONL,
+        ("premise", "choice1", "choice2", "question"),
+        ("choice1", "choice2"),
+        "copa",
+        ("choice1", "choice2", "premise", "question"),
+    ),
+    "multirc": SuperGlueConfig(
+        "MultiRC",
+        _JSONL,
+        ("paragraph", "question", "answer"),
+        _BOOL,
+        "multirc",
+        ("question", "answer", "paragraph"),  # order fixed by t5
+        (glue_metrics.multirc_f1_and_exact_match,),
+    ),
+    "record": SuperGlueConfig(
+        "ReCoRD", _JSONL, ("passage", "query", "entities", "answers"), None, None, metrics=(glue_metrics.record_em_f1,)
+    ),
     "rte": SuperGlueConfig("RTE", _JSONL, ("premise", "hypothesis"), _NLI2, "rte", ("hypothesis", "premise")),
-    "wic": SuperGlueConfig("WiC", _JSONL, ("word", "sentence1", "sentence2", "start1", "start2", "end1", "end2"),
-                           _BOOL, "wic", ("sentence1", "sentence2", "word")),  # start/end offsets are not used
+    "wic": SuperGlueConfig(
+        "WiC",
+        _JSONL,
+        ("word", "sentence1", "sentence2", "start1", "start2", "end1", "end2"),
+        _BOOL,
+        "wic",
+        ("sentence1", "sentence2", "word"),
+    ),  # start/end offsets are not used
     "wsc": SuperGlueConfig("WSC", _JSONL, _WSC_FEATURES, _BOOL, None),
     "wsc.fixed": SuperGlueConfig("WSC", _JSONL, _WSC_FEATURES, _BOOL, None),
     # AX-b rows have sentence1/sentence2; they are written as RTE's hypothesis/premise.
-    "axb": SuperGlueConfig("AX-b", {"test": "AX-b.jsonl"}, ("sentence1", "sentence2"), _NLI2, "rte",
-                           ("hypothesis", "premise"), _MCC),
-    "axg": SuperGlueConfig("AX-g", {"test": "AX-g.jsonl"}, ("premise", "hypothesis"), _NLI2, "rte",
-                           ("hypothesis", "premise")),
+    "axb": SuperGlueConfig(
+        "AX-b", {"test": "AX-b.jsonl"}, ("sentence1", "sentence2"), _NLI2, "rte", ("hypothesis", "premise"), _MCC
+    ),
+    "axg": SuperGlueConfig(
+        "AX-g", {"test": "AX-g.jsonl"}, ("premise", "hypothesis"), _NLI2, "rte", ("hypothesis", "premise")
+    ),
 }
 
 # seqio task names, as the reference T5 registers them.
@@ -125,8 +192,11 @@ TASK_NAMES: tuple[str, ...] = (*GLUE_TASKS, *SUPER_GLUE_TASKS, WSC_TRAIN, WSC_EV
 # Tasks whose targets are class names: task -> classes, in TFDS's class-id order.
 LABEL_CLASSES: dict[str, tuple[str, ...]] = {
     **{task: GLUE[config].label_classes for task, config in GLUE_TASKS.items() if GLUE[config].label_classes},
-    **{task: SUPER_GLUE[config].label_classes for task, config in SUPER_GLUE_TASKS.items()
-       if SUPER_GLUE[config].label_classes},
+    **{
+        task: SUPER_GLUE[config].label_classes
+        for task, config in SUPER_GLUE_TASKS.items()
+        if SUPER_GLUE[config].label_classes
+    },
 }
 
 
@@ -135,8 +205,11 @@ def _sources() -> dict[str, tuple[str, str | None, dict[str, str]]]:
     for task, config in GLUE_TASKS.items():
         sources[task] = (f"glue/{config}:{GLUE_TFDS_VERSION}", "glue", {s: s for s in GLUE[config].files})
     for task, config in SUPER_GLUE_TASKS.items():
-        sources[task] = (f"super_glue/{config}:{SUPER_GLUE_TFDS_VERSION}", "super_glue",
-                         {s: s for s in SUPER_GLUE[config].files})
+        sources[task] = (
+            f"super_glue/{config}:{SUPER_GLUE_TFDS_VERSION}",
+            "super_glue",
+            {s: s for s in SUPER_GLUE[config].files},
+        )
     wsc = f"super_glue/wsc.fixed:{SUPER_GLUE_TFDS_VERSION}"
     sources[WSC_TRAIN] = (wsc, "super_glue", {"train": "train"})
     sources[WSC_EVAL] = (wsc, "super_glue", {"validation": "validation", "test": "test"})

@@ -28,7 +28,9 @@ def parse(line: str, is_json: bool) -> Iterator[tuple[str, str]]:
             record = json.loads(line)
             text, url = record["text"], record.get("url")
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"an input line is not a JSON object with a 'text' field ({error}): {line[:80]!r}") from None
+            raise ValueError(
+                f"an input line is not a JSON object with a 'text' field ({error}): {line[:80]!r}"
+            ) from None
     yield hashlib.md5((url or text).encode("utf-8")).hexdigest(), text
 
 
@@ -89,26 +91,43 @@ class _Cleaner:
 def build(root, input_pattern: str, output_prefix: str, rules: c4_cleaning.CleaningRules, is_json: bool):
     """Adds the cleaning to a Beam pipeline: reads input_pattern, writes output_prefix-*.jsonl."""
     cleaner = _Cleaner(rules)
-    pages = (root | "read" >> beam.io.ReadFromText(input_pattern)
-             | "parse" >> beam.FlatMap(parse, is_json)
-             | "one_per_key" >> beam.CombinePerKey(min))  # the same url (or text) twice: one page
+    pages = (
+        root
+        | "read" >> beam.io.ReadFromText(input_pattern)
+        | "parse" >> beam.FlatMap(parse, is_json)
+        | "one_per_key" >> beam.CombinePerKey(min)
+    )  # the same url (or text) twice: one page
     cleaned = pages | "clean_page" >> beam.FlatMap(cleaner.clean_page)
     if rules.dedup:
-        owners = (cleaned | "line_keys" >> beam.FlatMap(
-                      lambda page: {(c4_cleaning.line_hash(line).hex(), page[0]) for line in page[1]})
-                  | "lowest_key" >> beam.CombinePerKey(min)
-                  | "by_owner" >> beam.Map(lambda line_and_key: (line_and_key[1], line_and_key[0])))
-        texts = ({"lines": cleaned, "owned": owners} | "join" >> beam.CoGroupByKey()
-                 | "dedup" >> beam.FlatMap(cleaner.keep_owned))
+        owners = (
+            cleaned
+            | "line_keys"
+            >> beam.FlatMap(lambda page: {(c4_cleaning.line_hash(line).hex(), page[0]) for line in page[1]})
+            | "lowest_key" >> beam.CombinePerKey(min)
+            | "by_owner" >> beam.Map(lambda line_and_key: (line_and_key[1], line_and_key[0]))
+        )
+        texts = (
+            {"lines": cleaned, "owned": owners}
+            | "join" >> beam.CoGroupByKey()
+            | "dedup" >> beam.FlatMap(cleaner.keep_owned)
+        )
     else:
         texts = cleaned | "join_lines" >> beam.Map(lambda page: "\n".join(page[1]).strip())
-    return (texts | "language_and_bad_words" >> beam.FlatMap(cleaner.keep)
-            | "to_json" >> beam.Map(lambda text: json.dumps({"text": text}, ensure_ascii=False))
-            | "write" >> beam.io.WriteToText(output_prefix, file_name_suffix=".jsonl"))
+    return (
+        texts
+        | "language_and_bad_words" >> beam.FlatMap(cleaner.keep)
+        | "to_json" >> beam.Map(lambda text: json.dumps({"text": text}, ensure_ascii=False))
+        | "write" >> beam.io.WriteToText(output_prefix, file_name_suffix=".jsonl")
+    )
 
 
-def run(input_pattern: str, output_prefix: str, rules: c4_cleaning.CleaningRules, beam_args: Sequence[str] = (),
-        is_json: bool = True) -> dict:
+def run(
+    input_pattern: str,
+    output_prefix: str,
+    rules: c4_cleaning.CleaningRules,
+    beam_args: Sequence[str] = (),
+    is_json: bool = True,
+) -> dict:
     """Runs the pipeline (DirectRunner unless beam_args name a runner); returns the rules' counts."""
     root = beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(list(beam_args)))
     build(root, input_pattern, output_prefix, rules, is_json)

@@ -44,8 +44,7 @@ MIN_NUM_SENTENCES = 3
 MAX_WORD_LENGTH = 1000
 END_MARKS = (".", "?", "!", '"')
 ELLIPSIS = "..."
-POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
-                     "use cookies")
+POLICY_SUBSTRINGS = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 ENGLISH_MIN_PROBABILITY = 0.99
 LANGUAGE_FILTERS = ("langdetect", "stopwords", "off")
@@ -58,7 +57,8 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _STOP_WORDS = frozenset(
     "a about after all also an and are as at be been but by can could did do for from had has have he "
     "her his i if in into is it its just me more my no not of on one or our out she so some than that "
-    "the their them there they this to up was we were what when which who will with would you your".split())
+    "the their them there they this to up was we were what when which who will with would you your".split()
+)
 
 
 @dataclasses.dataclass
@@ -92,8 +92,9 @@ def load_bad_words(path: str) -> frozenset:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
-        raise FileNotFoundError(f"bad-words file {path!r} does not exist (expected one word or phrase "
-                                "per line)") from None
+        raise FileNotFoundError(
+            f"bad-words file {path!r} does not exist (expected one word or phrase per line)"
+        ) from None
     return frozenset(w.strip().lower() for w in lines if w.strip() and not w.strip().startswith("#"))
 
 
@@ -139,8 +140,12 @@ def _bad_words_regex(words: frozenset):
 
 def empty_counts() -> dict[str, int]:
     """Pages in and out, and the pages and lines each rule dropped."""
-    return {"pages_in": 0, "pages_out": 0, **{f"pages_dropped_{r}": 0 for r in PAGE_RULES},
-            **{f"lines_dropped_{r}": 0 for r in LINE_RULES}}
+    return {
+        "pages_in": 0,
+        "pages_out": 0,
+        **{f"pages_dropped_{r}": 0 for r in PAGE_RULES},
+        **{f"lines_dropped_{r}": 0 for r in LINE_RULES},
+    }
 
 
 def line_hash(line: str) -> bytes:
@@ -155,8 +160,9 @@ class C4Cleaner:
         self._bad_words = _bad_words_regex(frozenset(w.lower() for w in self.rules.bad_words))
         self._language_filter = self.rules.language_filter
         if self._language_filter is None and self.rules.language == "langdetect":
-            self._language_filter = functools.partial(langdetect_english,
-                                                      min_probability=self.rules.english_min_probability)
+            self._language_filter = functools.partial(
+                langdetect_english, min_probability=self.rules.english_min_probability
+            )
         elif self._language_filter is None and self.rules.language == "stopwords":
             self._language_filter = functools.partial(looks_english, stop_word_ratio=self.rules.english_stop_word_ratio)
         self._seen: set[bytes] = set()
@@ -241,8 +247,9 @@ class C4Cleaner:
         return cleaned if self.keep(cleaned) else None
 
 
-def clean_pages(texts: Iterable[str], rules: CleaningRules | None = None,
-                cleaner: C4Cleaner | None = None) -> Iterator[str]:
+def clean_pages(
+    texts: Iterable[str], rules: CleaningRules | None = None, cleaner: C4Cleaner | None = None
+) -> Iterator[str]:
     """Lazily yields the cleaned pages that survive; pass `cleaner` to read its counts afterwards."""
     cleaner = cleaner or C4Cleaner(rules)
     for text in texts:
@@ -290,8 +297,9 @@ def c4_clean_preprocessor(dataset, rules: CleaningRules | None = None, text_key:
     state = _CleanerPerIteration(rules or CleaningRules())
 
     def clean(iteration_id, example):
-        text, keep = tf.numpy_function(state.clean, [iteration_id, example[text_key]],
-                                       (tf.string, tf.bool), stateful=True)
+        text, keep = tf.numpy_function(
+            state.clean, [iteration_id, example[text_key]], (tf.string, tf.bool), stateful=True
+        )
         example = dict(example)
         example[text_key] = tf.ensure_shape(text, [])
         return example, tf.ensure_shape(keep, [])

@@ -28,15 +28,21 @@ def tasks_to_cache(names: Sequence[str]) -> list[seqio.Task]:
     for name in names:
         for task in seqio.get_subtasks(pipeline.get_task_or_mixture(name)):
             if not task.supports_caching:
-                raise CacheError(f"Task {task.name} has no seqio.CacheDatasetPlaceholder among its preprocessors "
-                                 "(or its source forbids caching), so it cannot be cached; train it uncached.")
+                raise CacheError(
+                    f"Task {task.name} has no seqio.CacheDatasetPlaceholder among its preprocessors "
+                    "(or its source forbids caching), so it cannot be cached; train it uncached."
+                )
             if task not in found:
                 found.append(task)
     return found
 
 
-def cache_tasks(names: Sequence[str], output_cache_dir: str, beam_args: Sequence[str] = (),
-                setup_fn: Callable[[], None] = lambda: None) -> list[str]:
+def cache_tasks(
+    names: Sequence[str],
+    output_cache_dir: str,
+    beam_args: Sequence[str] = (),
+    setup_fn: Callable[[], None] = lambda: None,
+) -> list[str]:
     """Runs the Beam pipeline that caches every split of the named tasks; returns the task folders.
 
     beam_args: Beam pipeline flags (e.g. --runner=DataflowRunner --project=P --region=R
@@ -47,8 +53,10 @@ def cache_tasks(names: Sequence[str], output_cache_dir: str, beam_args: Sequence
     folders = [os.path.join(output_cache_dir, seqio.get_task_dir_from_name(task.name)) for task in tasks]
     for folder in folders:
         if tf.io.gfile.exists(os.path.join(folder, "COMPLETED")):
-            raise CacheError(f"{folder} already holds a complete cache; a task's cache is written once. Choose "
-                             "another --output_cache_dir, or delete that folder to build it again.")
+            raise CacheError(
+                f"{folder} already holds a complete cache; a task's cache is written once. Choose "
+                "another --output_cache_dir, or delete that folder to build it again."
+            )
         if tf.io.gfile.exists(folder):  # a build that stopped before COMPLETED: seqio would never read it
             print(f"Removing the incomplete cache in {folder} (no COMPLETED file) to build it again.")
             tf.io.gfile.rmtree(folder)
@@ -62,14 +70,29 @@ def cache_tasks(names: Sequence[str], output_cache_dir: str, beam_args: Sequence
                 shards = len(read.shards)
                 # seqio's cache pipeline reshuffles so that each output shard mixes all input shards.
                 examples = root | f"{label}_read" >> read | f"{label}_shuffle" >> beam.Reshuffle()
-                written.append(examples | f"{label}_write" >> beam_utils.WriteExampleTfRecord(
-                    seqio.get_cached_tfrecord_prefix(folder, split), num_shards=shards))
-                written.append(examples | f"{label}_info" >> beam_utils.GetInfo(shards)
-                               | f"{label}_write_info" >> beam_utils.WriteJson(seqio.get_cached_info_path(folder, split)))
-                written.append(examples | f"{label}_stats" >> beam_utils.GetStats(task.output_features)
-                               | f"{label}_write_stats" >> beam_utils.WriteJson(seqio.get_cached_stats_path(folder, split)))
+                written.append(
+                    examples
+                    | f"{label}_write"
+                    >> beam_utils.WriteExampleTfRecord(
+                        seqio.get_cached_tfrecord_prefix(folder, split), num_shards=shards
+                    )
+                )
+                written.append(
+                    examples
+                    | f"{label}_info" >> beam_utils.GetInfo(shards)
+                    | f"{label}_write_info" >> beam_utils.WriteJson(seqio.get_cached_info_path(folder, split))
+                )
+                written.append(
+                    examples
+                    | f"{label}_stats" >> beam_utils.GetStats(task.output_features)
+                    | f"{label}_write_stats" >> beam_utils.WriteJson(seqio.get_cached_stats_path(folder, split))
+                )
             # COMPLETED (seqio reads only caches that have it) is written after everything else.
-            _ = (written | f"{task.name}_all" >> beam.Flatten() | f"{task.name}_none" >> beam.Filter(lambda _: False)
-                 | f"{task.name}_completed" >> beam.io.textio.WriteToText(
-                     os.path.join(folder, "COMPLETED"), num_shards=1, shard_name_template=""))
+            _ = (
+                written
+                | f"{task.name}_all" >> beam.Flatten()
+                | f"{task.name}_none" >> beam.Filter(lambda _: False)
+                | f"{task.name}_completed"
+                >> beam.io.textio.WriteToText(os.path.join(folder, "COMPLETED"), num_shards=1, shard_name_template="")
+            )
     return folders

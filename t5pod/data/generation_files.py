@@ -70,13 +70,16 @@ def read_translations(pattern: str, source: str, target: str) -> list[dict]:
     for language in (source, target):
         path = pattern.replace("{lang}", language)
         if not tf.io.gfile.exists(path):
-            raise TaskFileError(f"{path} does not exist: a {{lang}} pattern needs one file per language "
-                                f"({source} and {target}).")
+            raise TaskFileError(
+                f"{path} does not exist: a {{lang}} pattern needs one file per language ({source} and {target})."
+            )
         with _open(path) as f:
             sides[language] = [line.rstrip("\n") for line in f]
     if len(sides[source]) != len(sides[target]):
-        raise TaskFileError(f"{pattern}: {len(sides[source])} {source} lines but {len(sides[target])} {target} lines; "
-                            "parallel files must be line-aligned.")
+        raise TaskFileError(
+            f"{pattern}: {len(sides[source])} {source} lines but {len(sides[target])} {target} lines; "
+            "parallel files must be line-aligned."
+        )
     return [{source: s, target: t} for s, t in zip(sides[source], sides[target])]
 
 
@@ -96,18 +99,30 @@ def read_squad(pattern: str) -> list[dict]:
         if path.endswith((".jsonl", ".jsonl.gz")):
             for _, number, row in _json_lines(path):
                 question = _need(path, number, row, ("question", "context"))
-                rows.append({"id": str(row.get("id", number)), **question,
-                             "answers": _squad_answers(path, f"line {number}", row.get("answers"))})
+                rows.append(
+                    {
+                        "id": str(row.get("id", number)),
+                        **question,
+                        "answers": _squad_answers(path, f"line {number}", row.get("answers")),
+                    }
+                )
             continue
         with _open(path) as f:
             try:
                 articles = json.load(f)["data"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise TaskFileError(f"{path} is not SQuAD's JSON (an object with `data`) nor JSON lines (.jsonl).") \
-                    from None
+                raise TaskFileError(
+                    f"{path} is not SQuAD's JSON (an object with `data`) nor JSON lines (.jsonl)."
+                ) from None
         for article in articles:
             for paragraph in article["paragraphs"]:
                 for qa in paragraph["qas"]:
-                    rows.append({"id": qa["id"], "question": qa["question"], "context": paragraph["context"],
-                                 "answers": _squad_answers(path, f"question {qa['id']}", qa["answers"])})
+                    rows.append(
+                        {
+                            "id": qa["id"],
+                            "question": qa["question"],
+                            "context": paragraph["context"],
+                            "answers": _squad_answers(path, f"question {qa['id']}", qa["answers"]),
+                        }
+                    )
     return rows

@@ -31,8 +31,10 @@ def rouge(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES))
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for target, prediction in zip(targets, predictions, strict=True):
-        scores = scorer.score(target=_sentence_per_line(glue_metrics.as_text(target)),
-                              prediction=_sentence_per_line(glue_metrics.as_text(prediction)))
+        scores = scorer.score(
+            target=_sentence_per_line(glue_metrics.as_text(target)),
+            prediction=_sentence_per_line(glue_metrics.as_text(prediction)),
+        )
         for kind in ROUGE_TYPES:
             totals[kind] += scores[kind].fmeasure
     count = max(1, len(targets))
@@ -43,8 +45,16 @@ def bleu(targets: Sequence[str], predictions: Sequence[str], tokenize: str = "in
     """Corpus BLEU (one reference per example), in BLEU points."""
     targets = [glue_metrics.as_text(t) for t in targets]
     predictions = [glue_metrics.as_text(p) for p in predictions]
-    result = sacrebleu.corpus_bleu(predictions, [targets], smooth_method="exp", smooth_value=0.0, force=False,
-                                   lowercase=False, tokenize=tokenize, use_effective_order=False)
+    result = sacrebleu.corpus_bleu(
+        predictions,
+        [targets],
+        smooth_method="exp",
+        smooth_value=0.0,
+        force=False,
+        lowercase=False,
+        tokenize=tokenize,
+        use_effective_order=False,
+    )
     return {"bleu": float(result.score)}
 
 

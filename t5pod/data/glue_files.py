@@ -29,20 +29,23 @@ def _check(kind: str, configs: dict, config: str, split: str):
         raise ValueError(f"unknown {kind} config {config!r}; valid: {', '.join(configs)}")
     cfg = configs[config]
     if split not in cfg.files:
-        raise ValueError(f"unknown split {split!r} for {kind}/{config}; valid: "
-                         f"{', '.join(cfg.files)}")
+        raise ValueError(f"unknown split {split!r} for {kind}/{config}; valid: {', '.join(cfg.files)}")
     return cfg
 
 
 def _resolve(base: str | os.PathLike | None, env: str, what: str, rel: str) -> pathlib.Path:
     base = base if base is not None else os.environ.get(env)
     if not base:
-        raise FileNotFoundError(f"{what} file {rel} needs a data folder: set the environment "
-                                f"variable / gin macro {env} to the folder holding it")
+        raise FileNotFoundError(
+            f"{what} file {rel} needs a data folder: set the environment "
+            f"variable / gin macro {env} to the folder holding it"
+        )
     path = pathlib.Path(base) / rel
     if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path} (set the environment variable / "
-                                f"gin macro {env} to the folder that holds {rel})")
+        raise FileNotFoundError(
+            f"{what} file not found: {path} (set the environment variable / "
+            f"gin macro {env} to the folder that holds {rel})"
+        )
     return path
 
 
@@ -52,22 +55,21 @@ def glue_path(glue_dir: str | os.PathLike | None, config: str, split: str) -> pa
     return _resolve(glue_dir, GLUE_ENV, "GLUE", f"{cfg.folder}/{cfg.files[split]}")
 
 
-def read_glue(glue_dir: str | os.PathLike | None, config: str, split: str
-              ) -> Iterator[dict[str, Any]]:
+def read_glue(glue_dir: str | os.PathLike | None, config: str, split: str) -> Iterator[dict[str, Any]]:
     """Yields TFDS-shaped rows of `glue/<config>` split `split` from GLUE_DIR's TSV files."""
     path = glue_path(glue_dir, config, split)
     return read_glue_file(path, config, split)
 
 
-def read_glue_file(path: str | os.PathLike, config: str, split: str
-                   ) -> Iterator[dict[str, Any]]:
+def read_glue_file(path: str | os.PathLike, config: str, split: str) -> Iterator[dict[str, Any]]:
     """Parses one GLUE TSV file as the TFDS builder does (split decides CoLA's header handling)."""
     cfg = _check("glue", GLUE, config, split)
     cola_headerless = config == "cola" and not split.startswith("test")
     with open(path, encoding="utf-8-sig") as f:
         if cola_headerless:
-            rows = ({"sentence": r[3], "is_acceptable": r[1]}
-                    for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+            rows = (
+                {"sentence": r[3], "is_acceptable": r[1]} for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            )
         else:
             rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         for n, row in enumerate(rows):
@@ -94,22 +96,19 @@ def _glue_label(raw: str | None, classes: tuple[str, ...] | None, path) -> Any:
     return label
 
 
-def super_glue_path(superglue_dir: str | os.PathLike | None, config: str, split: str
-                    ) -> pathlib.Path:
+def super_glue_path(superglue_dir: str | os.PathLike | None, config: str, split: str) -> pathlib.Path:
     """The JSONL file for a SuperGLUE config/split; superglue_dir None reads $SUPERGLUE_DIR."""
     cfg = _check("super_glue", SUPER_GLUE, config, split)
     rel = f"{cfg.folder}/{cfg.files[split]}"
     if config in ("axb", "axg"):  # accept <AX-b>/test.jsonl as well as the official AX-b.jsonl
         base = superglue_dir if superglue_dir is not None else os.environ.get(SUPERGLUE_ENV)
         alt = f"{cfg.folder}/test.jsonl"
-        if base and not (pathlib.Path(base) / rel).is_file() \
-                and (pathlib.Path(base) / alt).is_file():
+        if base and not (pathlib.Path(base) / rel).is_file() and (pathlib.Path(base) / alt).is_file():
             rel = alt
     return _resolve(superglue_dir, SUPERGLUE_ENV, "SuperGLUE", rel)
 
 
-def read_super_glue(superglue_dir: str | os.PathLike | None, config: str, split: str
-                    ) -> Iterator[dict[str, Any]]:
+def read_super_glue(superglue_dir: str | os.PathLike | None, config: str, split: str) -> Iterator[dict[str, Any]]:
     """Yields TFDS-shaped rows of `super_glue/<config>` split `split` from SUPERGLUE_DIR."""
     path = super_glue_path(superglue_dir, config, split)
     return read_super_glue_file(path, config)
@@ -118,8 +117,7 @@ def read_super_glue(superglue_dir: str | os.PathLike | None, config: str, split:
 def read_super_glue_file(path: str | os.PathLike, config: str) -> Iterator[dict[str, Any]]:
     """Parses one SuperGLUE JSONL file (e.g. a FewGLUE subset) as the TFDS builder does."""
     if config not in SUPER_GLUE:
-        raise ValueError(f"unknown super_glue config {config!r}; valid: "
-                         f"{', '.join(SUPER_GLUE)}")
+        raise ValueError(f"unknown super_glue config {config!r}; valid: {', '.join(SUPER_GLUE)}")
     cfg = SUPER_GLUE[config]
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -154,8 +152,7 @@ def _multirc_rows(row: dict) -> Iterator[dict[str, Any]]:
                 "question": question["question"],
                 "answer": answer["text"],
                 "label": -1 if label is None else _class_id(bool(label), _BOOL),
-                "idx": {"paragraph": row["idx"], "question": question["idx"],
-                        "answer": answer["idx"]},
+                "idx": {"paragraph": row["idx"], "question": question["idx"], "answer": answer["idx"]},
             }
 
 
@@ -163,7 +160,7 @@ def _record_rows(row: dict) -> Iterator[dict[str, Any]]:
     passage = row["passage"]
     text = passage["text"]
     # Entity offsets are inclusive at both ends; TFDS keeps the sorted set of distinct strings.
-    entities = sorted({text[e["start"]:e["end"] + 1] for e in passage["entities"]})
+    entities = sorted({text[e["start"] : e["end"] + 1] for e in passage["entities"]})
     for qa in row["qas"]:
         yield {
             "passage": text,

@@ -13,7 +13,15 @@ import re
 from typing import Any
 
 from t5pod.data.benchmarks import (
-    DPR, GLUE, GLUE_TASKS, SUPER_GLUE, SUPER_GLUE_TASKS, TASK_NAMES, WSC_EVAL, WSC_TRAIN, float32,
+    DPR,
+    GLUE,
+    GLUE_TASKS,
+    SUPER_GLUE,
+    SUPER_GLUE_TASKS,
+    TASK_NAMES,
+    WSC_EVAL,
+    WSC_TRAIN,
+    float32,
 )
 
 
@@ -73,26 +81,34 @@ def record_passage(passage: str) -> str:
 
 def record_examples(row: dict) -> list[dict[str, Any]]:
     """One example per answer (one "<unk>" example when there is none)."""
-    inputs = " ".join(["record query:", row["query"], "entities:", ", ".join(row["entities"]),
-                       "passage:", record_passage(row["passage"])])
+    inputs = " ".join(
+        [
+            "record query:",
+            row["query"],
+            "entities:",
+            ", ".join(row["entities"]),
+            "passage:",
+            record_passage(row["passage"]),
+        ]
+    )
     answers = list(row["answers"])
     group = f"{row['idx']['passage']}-{row['idx']['query']}"
-    return [{"inputs": inputs, "targets": t, "idx": group, "group": group, "answers": answers}
-            for t in (answers or ["<unk>"])]
+    return [
+        {"inputs": inputs, "targets": t, "idx": group, "group": group, "answers": answers}
+        for t in (answers or ["<unk>"])
+    ]
 
 
 # t5's _wsc_inputs hard-codes two WSC texts whose span2_index does not point at the pronoun.
 _WSC_SPECIAL = {
-    'The boy continued to whip the pony , and eventually the pony threw him over. John laughed '
-    'out quite loud. "Good for him," he said. ':
-        'The boy continued to whip the pony , and eventually the pony threw him over. John laughed '
-        'out quite loud. "Good for X ," he said.',
-    'When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic '
-    'pebble in an iron safe . Some day they might want to use it , but really for now, what more '
-    'could they wish for?':
-        'When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the '
-        'magic pebble in an iron safe . Some day they might want to use X , but really for now, '
-        'what more could they wish for?',
+    "The boy continued to whip the pony , and eventually the pony threw him over. John laughed "
+    'out quite loud. "Good for him," he said. ': "The boy continued to whip the pony , and eventually the pony threw him over. John laughed "
+    'out quite loud. "Good for X ," he said.',
+    "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the magic "
+    "pebble in an iron safe . Some day they might want to use it , but really for now, what more "
+    "could they wish for?": "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put the "
+    "magic pebble in an iron safe . Some day they might want to use X , but really for now, "
+    "what more could they wish for?",
 }
 
 
@@ -106,7 +122,7 @@ def wsc_inputs(row: dict) -> str:
         i = int(row["span2_index"])
         if not 0 < i < len(words) or words[i] != row["span2_text"]:
             raise ValueError(f"WSC span2 {row['span2_text']!r} is not word {i} of {text!r}")
-        blanked = " ".join([" ".join(words[:i]), "X", " ".join(words[i + 1:])])
+        blanked = " ".join([" ".join(words[:i]), "X", " ".join(words[i + 1 :])])
     return "wsc: " + blanked.replace(" X ", f" *{row['span2_text']}* ")
 
 
@@ -114,16 +130,16 @@ def _wsc(task_name: str, row: dict) -> list[dict[str, Any]]:
     label = int(row.get("label", 0))
     if task_name == WSC_TRAIN and not label:  # keep label True (and, as in t5, -1) rows only
         return []
-    return [{"inputs": wsc_inputs(row), "targets": row["span1_text"], "idx": int(row["idx"]),
-             "label": label}]
+    return [{"inputs": wsc_inputs(row), "targets": row["span1_text"], "idx": int(row["idx"]), "label": label}]
 
 
 def _dpr(row: dict) -> list[dict[str, Any]]:
     # The first occurrence of " <pronoun>" followed by a space, "." or "," is starred.
     pattern = r" (" + re.escape(row["pronoun"]) + r")( |\.|,)"
     sentence = re.sub(pattern, r" *\1*\2", row["sentence"], count=1)
-    return [{"inputs": "wsc: " + sentence, "targets": row["candidates"][int(row["label"])],
-             "idx": int(row.get("idx", -1))}]
+    return [
+        {"inputs": "wsc: " + sentence, "targets": row["candidates"][int(row["label"])], "idx": int(row.get("idx", -1))}
+    ]
 
 
 def _as_text(value: Any) -> Any:

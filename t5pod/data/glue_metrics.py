@@ -91,8 +91,14 @@ def mean_multiclass_f1(num_classes: int) -> Callable[[Sequence, Sequence], dict[
     """Metric fn: macro F1 over classes 0..num_classes-1 (-1 is wrong for every class)."""
 
     def metric(targets: Sequence, predictions: Sequence) -> dict[str, float]:
-        f1 = sklearn.metrics.fbeta_score(np.asarray(targets), np.asarray(predictions), beta=1,
-                                         labels=np.arange(num_classes), average="macro", zero_division=0.0)
+        f1 = sklearn.metrics.fbeta_score(
+            np.asarray(targets),
+            np.asarray(predictions),
+            beta=1,
+            labels=np.arange(num_classes),
+            average="macro",
+            zero_division=0.0,
+        )
         return {f"mean_{num_classes}class_f1": 100 * float(f1)}
 
     metric.__name__ = f"mean_{num_classes}class_f1"
@@ -204,8 +210,31 @@ def record_postprocess(output: Any, example: dict | None = None, is_target: bool
 
 
 # The reference's list: words WSC answers may differ by ("the trophy" is "trophy").
-_WSC_DETERMINERS = frozenset({"a", "an", "few", "her", "his", "each", "every", "many", "much", "my", "our", "some",
-                              "that", "the", "their", "these", "this", "those", "which", "whose", "your"})
+_WSC_DETERMINERS = frozenset(
+    {
+        "a",
+        "an",
+        "few",
+        "her",
+        "his",
+        "each",
+        "every",
+        "many",
+        "much",
+        "my",
+        "our",
+        "some",
+        "that",
+        "the",
+        "their",
+        "these",
+        "this",
+        "those",
+        "which",
+        "whose",
+        "your",
+    }
+)
 
 
 def _wsc_clean(s: Any) -> str:

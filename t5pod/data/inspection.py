@@ -16,23 +16,50 @@ def _vocabulary(name: str):
     return provider.output_features["targets"].vocabulary
 
 
-def _dataset(name: str, lengths: Mapping[str, int], split: str, model_features: bool, seed: int,
-             use_cached: bool = False):
+def _dataset(
+    name: str, lengths: Mapping[str, int], split: str, model_features: bool, seed: int, use_cached: bool = False
+):
     provider = pipeline.get_task_or_mixture(name)
     if split not in provider.splits:
         raise ValueError(f"{name} has no split {split!r}; its splits are {sorted(provider.splits)}.")
     if model_features:
-        return pipeline.get_dataset(name, lengths, split, shuffle=False, seed=seed, num_epochs=1, shard_index=0,
-                                    num_shards=1, use_cached=use_cached)
-    return seqio.get_dataset(name, dict(lengths), dataset_split=split, shuffle=False, num_epochs=1, seed=seed,
-                             feature_converter=seqio.PassThroughFeatureConverter(), use_cached=use_cached)
+        return pipeline.get_dataset(
+            name,
+            lengths,
+            split,
+            shuffle=False,
+            seed=seed,
+            num_epochs=1,
+            shard_index=0,
+            num_shards=1,
+            use_cached=use_cached,
+        )
+    return seqio.get_dataset(
+        name,
+        dict(lengths),
+        dataset_split=split,
+        shuffle=False,
+        num_epochs=1,
+        seed=seed,
+        feature_converter=seqio.PassThroughFeatureConverter(),
+        use_cached=use_cached,
+    )
 
 
-def examples(name: str, lengths: Mapping[str, int], split: str = "train", num_examples: int = 3,
-             model_features: bool = False, seed: int = 0, use_cached: bool = False) -> Iterator[dict]:
+def examples(
+    name: str,
+    lengths: Mapping[str, int],
+    split: str = "train",
+    num_examples: int = 3,
+    model_features: bool = False,
+    seed: int = 0,
+    use_cached: bool = False,
+) -> Iterator[dict]:
     """Each example as {feature: {"ids": [...], "text": "..."}} (text only for token features)."""
     vocabulary = _vocabulary(name)
-    for example in _dataset(name, lengths, split, model_features, seed, use_cached).take(num_examples).as_numpy_iterator():
+    for example in (
+        _dataset(name, lengths, split, model_features, seed, use_cached).take(num_examples).as_numpy_iterator()
+    ):
         row = {}
         for key, value in example.items():
             if isinstance(value, bytes):
@@ -53,8 +80,16 @@ def _count_spans(ids: list[int], first_sentinel: int) -> int:
     return sum(1 for i in ids if first_sentinel - 100 < i <= first_sentinel)
 
 
-def statistics(name: str, lengths: Mapping[str, int], split: str = "train", num_examples: int = 1000,
-               model_features: bool = False, seed: int = 0, use_cached: bool = False, on_example=None) -> dict:
+def statistics(
+    name: str,
+    lengths: Mapping[str, int],
+    split: str = "train",
+    num_examples: int = 1000,
+    model_features: bool = False,
+    seed: int = 0,
+    use_cached: bool = False,
+    on_example=None,
+) -> dict:
     """Lengths, padding, packing efficiency (model features: the non-padding fraction of the token
     slots), examples and non-padding tokens per second, and (denoising tasks) noise statistics.
     With model features an example is a packed row. on_example() is called after each example read."""
@@ -80,15 +115,27 @@ def statistics(name: str, lengths: Mapping[str, int], split: str = "train", num_
             filled = np.mean([np.count_nonzero(r[key]) / r[key].size for r in rows])
             stats[f"{key}_fill"] = round(float(filled), 4)
         stats["examples_per_row"] = round(float(np.mean([r["encoder_segment_ids"].max() for r in rows])), 3)
-        stats["packing_efficiency"] = round(float(np.mean(
-            [(np.count_nonzero(r["encoder_input_tokens"]) + np.count_nonzero(r["decoder_target_tokens"]))
-             / (r["encoder_input_tokens"].size + r["decoder_target_tokens"].size) for r in rows])), 4)
+        stats["packing_efficiency"] = round(
+            float(
+                np.mean(
+                    [
+                        (np.count_nonzero(r["encoder_input_tokens"]) + np.count_nonzero(r["decoder_target_tokens"]))
+                        / (r["encoder_input_tokens"].size + r["decoder_target_tokens"].size)
+                        for r in rows
+                    ]
+                )
+            ),
+            4,
+        )
         return stats
     for key in ("inputs", "targets"):
         sizes = np.array([len(r[key]) for r in rows if key in r])
         if sizes.size:
-            stats[f"{key}_length"] = {"mean": round(float(sizes.mean()), 2), "min": int(sizes.min()),
-                                      "max": int(sizes.max())}
+            stats[f"{key}_length"] = {
+                "mean": round(float(sizes.mean()), 2),
+                "min": int(sizes.min()),
+                "max": int(sizes.max()),
+            }
             stats[f"{key}_padding"] = round(float(1 - np.minimum(sizes, lengths[key]).mean() / lengths[key]), 4)
     spans = np.array([_count_spans(r["inputs"].tolist(), first_sentinel) for r in rows if "inputs" in r])
     if spans.size and spans.mean() > 0:  # a denoising task: count what the sentinels stand for

@@ -3,8 +3,9 @@
 from typing import Mapping
 
 
-def examples_proportional_rates(num_examples: Mapping[str, int], limit: float | None = None,
-                                temperature: float = 1.0, scale: float = 1.0) -> dict[str, float]:
+def examples_proportional_rates(
+    num_examples: Mapping[str, int], limit: float | None = None, temperature: float = 1.0, scale: float = 1.0
+) -> dict[str, float]:
     """rate_m = min(scale * n_m, K) ** (1 / T); seqio normalises the rates into probabilities.
 
     T = 1 without a limit is plain examples-proportional mixing; large T approaches equal mixing.

@@ -3,8 +3,9 @@
 Span corruption (T5's pretraining objective) and the other objectives of the paper's §3.3
 (Table 3): prefix language modelling, BERT-style and MASS-style masking, deshuffling, i.i.d.
 corruption replaced by sentinels or dropped. All follow the reference T5 implementation: chunk
-documents, concatenate and split them into raw chunks of the length that yields the requested input length, then choose noise
-and replace each noise span (inputs) or each non-noise span (targets) by a unique sentinel.
+documents, concatenate and split them into raw chunks of the length that yields the requested
+input length, then choose noise and replace each noise span (inputs) or each non-noise span
+(targets) by a unique sentinel.
 """
 
 import functools
@@ -18,9 +19,13 @@ MAX_CHUNK_LENGTH = 65536
 CONCAT_BATCH_SIZE = 128
 
 
-def random_spans_helper(inputs_length: int, noise_density: float, mean_noise_span_length: float,
-                        extra_tokens_per_span_inputs: int = 1, extra_tokens_per_span_targets: int = 1
-                        ) -> tuple[int, int]:
+def random_spans_helper(
+    inputs_length: int,
+    noise_density: float,
+    mean_noise_span_length: float,
+    extra_tokens_per_span_inputs: int = 1,
+    extra_tokens_per_span_targets: int = 1,
+) -> tuple[int, int]:
     """(raw tokens per example, targets length) that give exactly inputs_length inputs.
 
     Python float64 round() (half to even), as the reference does: at 512 inputs this is (568, 114).
@@ -31,8 +36,10 @@ def random_spans_helper(inputs_length: int, noise_density: float, mean_noise_spa
         num_nonnoise = tokens_length - num_noise
         num_spans = int(round(num_noise / mean_noise_span_length))
         # +1 on each side for EOS.
-        return (num_nonnoise + num_spans * extra_tokens_per_span_inputs + 1,
-                num_noise + num_spans * extra_tokens_per_span_targets + 1)
+        return (
+            num_nonnoise + num_spans * extra_tokens_per_span_inputs + 1,
+            num_noise + num_spans * extra_tokens_per_span_targets + 1,
+        )
 
     tokens_length = inputs_length - 1
     while lengths(tokens_length + 1)[0] <= inputs_length:
@@ -133,8 +140,9 @@ def bert_mask_tokens(tokens, noise_mask, vocab_size: int, seed):
     Random tokens are drawn from ids 3..vocab_size-1, as the reference does.
     """
     choice = tf.random.stateless_uniform(tf.shape(tokens), seed=seed)
-    random_tokens = tf.random.stateless_uniform(tf.shape(tokens), seed=seed + [0, 1], minval=3, maxval=vocab_size,
-                                                dtype=tokens.dtype)
+    random_tokens = tf.random.stateless_uniform(
+        tf.shape(tokens), seed=seed + [0, 1], minval=3, maxval=vocab_size, dtype=tokens.dtype
+    )
     replaced = tf.where(choice < BERT_RANDOM_TOKEN_FRACTION, random_tokens, tf.cast(vocab_size - 1, tokens.dtype))
     return tf.where(noise_mask, replaced, tokens)
 
@@ -148,14 +156,17 @@ def shuffle_tokens(tokens, noise_mask, vocab_size: int, seed):
 
 
 @seqio.map_over_dataset(num_seeds=2)
-def _denoise_example(features, seeds, *, vocab_size, noise_density, mean_noise_span_length, noise_mask_fn,
-                     inputs_fn, targets_fn):
+def _denoise_example(
+    features, seeds, *, vocab_size, noise_density, mean_noise_span_length, noise_mask_fn, inputs_fn, targets_fn
+):
     tokens = features["targets"]
     mask = noise_mask_fn(tf.size(tokens), noise_density, seeds, mean_noise_span_length)
     # A third stream for the objectives that draw while corrupting (BERT-style, deshuffling).
     corruption_seed = tf.random.experimental.stateless_fold_in(seeds[1], 1)
-    return {"inputs": inputs_fn(tokens, mask, vocab_size, corruption_seed),
-            "targets": targets_fn(tokens, ~mask, vocab_size, corruption_seed)}
+    return {
+        "inputs": inputs_fn(tokens, mask, vocab_size, corruption_seed),
+        "targets": targets_fn(tokens, ~mask, vocab_size, corruption_seed),
+    }
 
 
 @seqio.map_over_dataset(num_seeds=1)
@@ -164,14 +175,15 @@ def _select_random_chunk(features, seed, *, max_length: int):
     n = tf.size(tokens)
     num_segments = tf.cast(tf.math.ceil(tf.cast(n, tf.float32) / max_length), tf.int32)
     start = max_length * tf.random.stateless_uniform([], seed=seed, maxval=num_segments, dtype=tf.int32)
-    return {"targets": tokens[start:tf.minimum(start + max_length, n)]}
+    return {"targets": tokens[start : tf.minimum(start + max_length, n)]}
 
 
 def _concatenate_documents(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     """Concatenates every batch_size documents into one token stream (padding removed)."""
     dataset = dataset.padded_batch(batch_size, padded_shapes={"targets": [-1]})
-    return dataset.map(lambda x: {"targets": tf.boolean_mask(x["targets"], x["targets"] != 0)},
-                       num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(
+        lambda x: {"targets": tf.boolean_mask(x["targets"], x["targets"] != 0)}, num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
 def _split_tokens(dataset: tf.data.Dataset, length: int) -> tf.data.Dataset:
@@ -184,15 +196,25 @@ def _split_tokens(dataset: tf.data.Dataset, length: int) -> tf.data.Dataset:
         padded = tf.pad(tokens, [[0, num_chunks * length - n]])
         chunk_lengths = tf.minimum(length, n - length * tf.range(num_chunks))
         return tf.data.Dataset.from_tensor_slices(
-            {"targets": tf.reshape(padded, [num_chunks, length]), "length": chunk_lengths})
+            {"targets": tf.reshape(padded, [num_chunks, length]), "length": chunk_lengths}
+        )
 
     dataset = dataset.flat_map(split)
-    return dataset.map(lambda x: {"targets": x["targets"][:x["length"]]}, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(lambda x: {"targets": x["targets"][: x["length"]]}, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def denoise_objective(dataset: tf.data.Dataset, sequence_length: dict, output_features: dict, *,
-                      noise_density: float, mean_noise_span_length: float, noise_mask_fn, inputs_fn,
-                      targets_fn, tokens_length: int) -> tf.data.Dataset:
+def denoise_objective(
+    dataset: tf.data.Dataset,
+    sequence_length: dict,
+    output_features: dict,
+    *,
+    noise_density: float,
+    mean_noise_span_length: float,
+    noise_mask_fn,
+    inputs_fn,
+    targets_fn,
+    tokens_length: int,
+) -> tf.data.Dataset:
     """Shared pipeline: random chunk -> concatenate -> split -> corrupt. Reads `targets` tokens."""
     del sequence_length
     vocab_size = output_features["targets"].vocabulary.vocab_size
@@ -202,8 +224,14 @@ def denoise_objective(dataset: tf.data.Dataset, sequence_length: dict, output_fe
     dataset = _concatenate_documents(dataset, CONCAT_BATCH_SIZE)
     dataset = _split_tokens(dataset, tokens_length)
     return _denoise_example(
-        dataset, vocab_size=vocab_size, noise_density=noise_density, mean_noise_span_length=mean_noise_span_length,
-        noise_mask_fn=noise_mask_fn, inputs_fn=inputs_fn, targets_fn=targets_fn)
+        dataset,
+        vocab_size=vocab_size,
+        noise_density=noise_density,
+        mean_noise_span_length=mean_noise_span_length,
+        noise_mask_fn=noise_mask_fn,
+        inputs_fn=inputs_fn,
+        targets_fn=targets_fn,
+    )
 
 
 def _require_sentinels(output_features: dict):
@@ -212,29 +240,39 @@ def _require_sentinels(output_features: dict):
         raise ValueError(
             f"The vocabulary {getattr(vocabulary, 'sentencepiece_model_file', vocabulary)} has no extra ids, "
             "so there are no sentinel tokens for the denoising objective; build it with extra_ids=100 "
-            "(t5pod.vocab.get_vocabulary does).")
+            "(t5pod.vocab.get_vocabulary does)."
+        )
 
 
-def span_corruption(dataset, sequence_length, output_features, noise_density: float = 0.15,
-                    mean_noise_span_length: float = 3.0):
+def span_corruption(
+    dataset, sequence_length, output_features, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+):
     """T5's objective: noise spans -> sentinels in inputs; the spans themselves are the targets.
 
     With 512 inputs at the defaults, each example has 568 raw tokens and 114 targets (incl. EOS).
     """
     _require_sentinels(output_features)
-    tokens_length, targets_length = random_spans_helper(sequence_length["inputs"], noise_density,
-                                                        mean_noise_span_length)
+    tokens_length, targets_length = random_spans_helper(
+        sequence_length["inputs"], noise_density, mean_noise_span_length
+    )
     if sequence_length["targets"] < targets_length:
         raise ValueError(
             f"Target length {sequence_length['targets']} is too short for span corruption with "
             f"{sequence_length['inputs']} inputs, noise density {noise_density} and mean span "
             f"{mean_noise_span_length}: it needs {targets_length}. Set TASK_FEATURE_LENGTHS "
-            f"targets to at least {targets_length}.")
+            f"targets to at least {targets_length}."
+        )
     return denoise_objective(
-        dataset, sequence_length, output_features, noise_density=noise_density,
-        mean_noise_span_length=mean_noise_span_length, noise_mask_fn=random_spans_noise_mask,
-        inputs_fn=replace_spans_with_sentinels, targets_fn=replace_spans_with_sentinels,
-        tokens_length=tokens_length)
+        dataset,
+        sequence_length,
+        output_features,
+        noise_density=noise_density,
+        mean_noise_span_length=mean_noise_span_length,
+        noise_mask_fn=random_spans_noise_mask,
+        inputs_fn=replace_spans_with_sentinels,
+        targets_fn=replace_spans_with_sentinels,
+        tokens_length=tokens_length,
+    )
 
 
 def iid_denoising(dataset, sequence_length, output_features, noise_density: float = 0.15):
@@ -243,18 +281,32 @@ def iid_denoising(dataset, sequence_length, output_features, noise_density: floa
     # Each noise token costs its sentinel at worst; choose raw length so inputs fit on average.
     tokens_length = int(sequence_length["inputs"] - 1)
     return denoise_objective(
-        dataset, sequence_length, output_features, noise_density=noise_density, mean_noise_span_length=1.0,
-        noise_mask_fn=iid_noise_mask, inputs_fn=replace_spans_with_sentinels,
-        targets_fn=replace_spans_with_sentinels, tokens_length=tokens_length)
+        dataset,
+        sequence_length,
+        output_features,
+        noise_density=noise_density,
+        mean_noise_span_length=1.0,
+        noise_mask_fn=iid_noise_mask,
+        inputs_fn=replace_spans_with_sentinels,
+        targets_fn=replace_spans_with_sentinels,
+        tokens_length=tokens_length,
+    )
 
 
 def prefix_lm(dataset, sequence_length, output_features):
     """Paper §3.3 prefix language modelling: a random prefix is the input, the rest the target."""
     tokens_length = int(min(sequence_length["inputs"], sequence_length["targets"]) - 1)
     return denoise_objective(
-        dataset, sequence_length, output_features, noise_density=0.5, mean_noise_span_length=1.0,
-        noise_mask_fn=random_prefix_noise_mask, inputs_fn=drop_tokens, targets_fn=drop_tokens,
-        tokens_length=tokens_length)
+        dataset,
+        sequence_length,
+        output_features,
+        noise_density=0.5,
+        mean_noise_span_length=1.0,
+        noise_mask_fn=random_prefix_noise_mask,
+        inputs_fn=drop_tokens,
+        targets_fn=drop_tokens,
+        tokens_length=tokens_length,
+    )
 
 
 def _reconstruction_length(sequence_length: dict, name: str) -> int:
@@ -264,7 +316,8 @@ def _reconstruction_length(sequence_length: dict, name: str) -> int:
             f"The {name} objective's target is the original text, as long as its input: set TASK_FEATURE_LENGTHS "
             f"targets to at least inputs ({sequence_length['inputs']}), e.g. "
             f"--gin.TASK_FEATURE_LENGTHS=\"{{'inputs': {sequence_length['inputs']}, "
-            f"'targets': {sequence_length['inputs']}}}\".")
+            f"'targets': {sequence_length['inputs']}}}\"."
+        )
     return int(sequence_length["inputs"] - 1)
 
 
@@ -272,34 +325,62 @@ def bert_style(dataset, sequence_length, output_features, noise_density: float =
     """Paper §3.3.1: 15% of tokens corrupted (80% mask, 10% random, 10% kept); target: the original."""
     _require_sentinels(output_features)
     return denoise_objective(
-        dataset, sequence_length, output_features, noise_density=noise_density, mean_noise_span_length=1.0,
-        noise_mask_fn=iid_noise_mask, inputs_fn=bert_mask_tokens, targets_fn=keep_tokens,
-        tokens_length=_reconstruction_length(sequence_length, "bert_style"))
+        dataset,
+        sequence_length,
+        output_features,
+        noise_density=noise_density,
+        mean_noise_span_length=1.0,
+        noise_mask_fn=iid_noise_mask,
+        inputs_fn=bert_mask_tokens,
+        targets_fn=keep_tokens,
+        tokens_length=_reconstruction_length(sequence_length, "bert_style"),
+    )
 
 
 def mass_style(dataset, sequence_length, output_features, noise_density: float = 0.15):
     """Paper §3.3.2: BERT-style without random swaps (every corrupted token becomes the mask)."""
     _require_sentinels(output_features)
     return denoise_objective(
-        dataset, sequence_length, output_features, noise_density=noise_density, mean_noise_span_length=1.0,
-        noise_mask_fn=iid_noise_mask, inputs_fn=mask_tokens, targets_fn=keep_tokens,
-        tokens_length=_reconstruction_length(sequence_length, "mass_style"))
+        dataset,
+        sequence_length,
+        output_features,
+        noise_density=noise_density,
+        mean_noise_span_length=1.0,
+        noise_mask_fn=iid_noise_mask,
+        inputs_fn=mask_tokens,
+        targets_fn=keep_tokens,
+        tokens_length=_reconstruction_length(sequence_length, "mass_style"),
+    )
 
 
 def deshuffling(dataset, sequence_length, output_features):
     """Paper §3.3.1: the input is the text's tokens shuffled; the target is the original text."""
     return denoise_objective(
-        dataset, sequence_length, output_features, noise_density=1.0, mean_noise_span_length=1.0,
-        noise_mask_fn=iid_noise_mask, inputs_fn=shuffle_tokens, targets_fn=keep_tokens,
-        tokens_length=_reconstruction_length(sequence_length, "deshuffling"))
+        dataset,
+        sequence_length,
+        output_features,
+        noise_density=1.0,
+        mean_noise_span_length=1.0,
+        noise_mask_fn=iid_noise_mask,
+        inputs_fn=shuffle_tokens,
+        targets_fn=keep_tokens,
+        tokens_length=_reconstruction_length(sequence_length, "deshuffling"),
+    )
 
 
 def drop_corrupted_tokens(dataset, sequence_length, output_features, noise_density: float = 0.15):
     """Paper §3.3.2: i.i.d. corrupted tokens are removed from the input and are the target."""
     return denoise_objective(
-        dataset, sequence_length, output_features, noise_density=noise_density, mean_noise_span_length=1.0,
-        noise_mask_fn=iid_noise_mask, inputs_fn=drop_tokens, targets_fn=drop_tokens,
-        tokens_length=int(sequence_length["inputs"] - 1))
+        dataset,
+        sequence_length,
+        output_features,
+        noise_density=noise_density,
+        mean_noise_span_length=1.0,
+        noise_mask_fn=iid_noise_mask,
+        inputs_fn=drop_tokens,
+        targets_fn=drop_tokens,
+        tokens_length=int(sequence_length["inputs"] - 1),
+    )
 
 
 def noise_span_lengths(mask) -> list[int]:

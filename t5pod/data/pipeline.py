@@ -40,7 +40,8 @@ def get_task_or_mixture(name: str):
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownTaskError(
             f"Unknown task or mixture {name!r}.{hint} Registered names come from tasks/ "
-            "(`python -m t5pod data --list` shows them).") from None
+            "(`python -m t5pod data --list` shows them)."
+        ) from None
 
 
 def feature_converter(pack: bool = True, decoder_only: bool = False) -> seqio.FeatureConverter:
@@ -51,10 +52,20 @@ def feature_converter(pack: bool = True, decoder_only: bool = False) -> seqio.Fe
     return seqio.EncDecFeatureConverter(pack=pack)
 
 
-def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str = "train", *,
-                shuffle: bool = True, seed: int | None = 0, pack: bool = True, num_epochs: int | None = None,
-                shard_index: int | None = None, num_shards: int | None = None,
-                use_cached: bool = False, converter: seqio.FeatureConverter | None = None) -> tf.data.Dataset:
+def get_dataset(
+    name: str,
+    task_feature_lengths: Mapping[str, int],
+    split: str = "train",
+    *,
+    shuffle: bool = True,
+    seed: int | None = 0,
+    pack: bool = True,
+    num_epochs: int | None = None,
+    shard_index: int | None = None,
+    num_shards: int | None = None,
+    use_cached: bool = False,
+    converter: seqio.FeatureConverter | None = None,
+) -> tf.data.Dataset:
     """Model features ([length] int32 each) of this process's shard of a task or mixture.
 
     Without shard arguments the shard is this JAX process's. num_epochs=None repeats forever.
@@ -66,10 +77,16 @@ def get_dataset(name: str, task_feature_lengths: Mapping[str, int], split: str =
     if not use_cached:
         _say_when_every_process_reads_everything(provider, split, num_shards)
     return seqio.get_dataset(
-        name, task_feature_lengths=dict(task_feature_lengths), dataset_split=split, shuffle=shuffle,
-        num_epochs=num_epochs, shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-        use_cached=use_cached, seed=seed,
-        feature_converter=converter or feature_converter(pack))
+        name,
+        task_feature_lengths=dict(task_feature_lengths),
+        dataset_split=split,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+        use_cached=use_cached,
+        seed=seed,
+        feature_converter=converter or feature_converter(pack),
+    )
 
 
 _said_once: set = set()
@@ -90,9 +107,16 @@ def _say_when_every_process_reads_everything(provider, split: str, num_shards: i
         files = len(source.list_shards(split))
         if files < num_shards:
             _said_once.add((task.name, split))
-            logging.warning("%s: %d file(s) for %d processes, so every process reads all of them and keeps "
-                            "1/%d of the examples. Split the data into at least %d files for each process to "
-                            "read only its own.", task.name, files, num_shards, num_shards, num_shards)
+            logging.warning(
+                "%s: %d file(s) for %d processes, so every process reads all of them and keeps "
+                "1/%d of the examples. Split the data into at least %d files for each process to "
+                "read only its own.",
+                task.name,
+                files,
+                num_shards,
+                num_shards,
+                num_shards,
+            )
 
 
 def batched(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

@@ -22,7 +22,8 @@ def match_files(pattern: str) -> list[str]:
     if not files:
         raise TextFileError(
             f"TEXT_FILE_PATTERN {pattern!r} matches no file. Point it at your text, e.g. "
-            "--gin.TEXT_FILE_PATTERN=\"'/data/books/*.txt'\" (plain text, .jsonl, .tfrecord, optionally .gz).")
+            "--gin.TEXT_FILE_PATTERN=\"'/data/books/*.txt'\" (plain text, .jsonl, .tfrecord, optionally .gz)."
+        )
     return files
 
 
@@ -39,8 +40,10 @@ def _parse_json_text(line, path):
     try:
         text = json.loads(line.numpy().decode("utf-8"))["text"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise TextFileError(f"{path.numpy().decode()}: a line is not a JSON object with a 'text' field "
-                            f"({type(error).__name__}: {error}): {line.numpy()[:80]!r}") from None
+        raise TextFileError(
+            f"{path.numpy().decode()}: a line is not a JSON object with a 'text' field "
+            f"({type(error).__name__}: {error}): {line.numpy()[:80]!r}"
+        ) from None
     return text
 
 
@@ -62,7 +65,9 @@ def file_dataset(path, kind: str, paragraphs: bool = False, gzipped: bool = Fals
     compression = "GZIP" if gzipped else None
     if kind == "tfrecord":
         records = tf.data.TFRecordDataset(path, compression_type=compression)
-        return records.map(lambda r: tf.io.parse_single_example(r, {"text": tf.io.FixedLenFeature([], tf.string)})["text"])
+        return records.map(
+            lambda r: tf.io.parse_single_example(r, {"text": tf.io.FixedLenFeature([], tf.string)})["text"]
+        )
     lines = tf.data.TextLineDataset(path, compression_type=compression)
     if kind == "jsonl":
         lines = lines.filter(lambda line: tf.strings.length(tf.strings.strip(line)) > 0)
@@ -113,20 +118,32 @@ class TextFileSource(seqio.FileDataSource):
     skips them).
     """
 
-    def __init__(self, pattern: str, validation_pattern: str | None = None, paragraphs: bool = False,
-                 validation_fraction: float = 0.01):
+    def __init__(
+        self,
+        pattern: str,
+        validation_pattern: str | None = None,
+        paragraphs: bool = False,
+        validation_fraction: float = 0.01,
+    ):
         if not 0 < validation_fraction < 1:
             raise TextFileError(f"TEXT_VALIDATION_FRACTION is {validation_fraction}; it must be between 0 and 1.")
         self.pattern, self.validation_pattern = pattern, validation_pattern
         self.paragraphs, self.validation_fraction = paragraphs, validation_fraction
-        super().__init__(read_file_fn=None, split_to_filepattern={"train": pattern,
-                                                                  "validation": validation_pattern or pattern})
+        super().__init__(
+            read_file_fn=None, split_to_filepattern={"train": pattern, "validation": validation_pattern or pattern}
+        )
 
     def list_shards(self, split: str) -> list[str]:
         return match_files(self._split_to_filepattern[split])
 
-    def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
-                    shard_info: seqio.ShardInfo | None = None, **unused) -> tf.data.Dataset:
+    def get_dataset(
+        self,
+        split: str = "train",
+        shuffle: bool = True,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        **unused,
+    ) -> tf.data.Dataset:
         files = self.list_shards(split)
         kind, gzipped = check_one_format(files)
         paths = tf.data.Dataset.from_tensor_slices(files)
@@ -134,9 +151,13 @@ class TextFileSource(seqio.FileDataSource):
             paths = paths.shard(shard_info.num_shards, shard_info.index)
         if shuffle:
             paths = paths.shuffle(len(files), seed=seed)
-        docs = paths.interleave(lambda path: documents(path, kind, self.paragraphs, gzipped),
-                                cycle_length=min(16, len(files)), block_length=16,
-                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        docs = paths.interleave(
+            lambda path: documents(path, kind, self.paragraphs, gzipped),
+            cycle_length=min(16, len(files)),
+            block_length=16,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         if not self.validation_pattern:
             in_validation = split == "validation"
             docs = docs.filter(lambda text: tf.equal(held_out(text, self.validation_fraction), in_validation))

@@ -21,7 +21,8 @@ def get_vocabulary(path: str = DEFAULT_VOCABULARY_PATH, extra_ids: int = EXTRA_I
     if not path.startswith(("gs://", "s3://", "http://", "https://")) and not os.path.isfile(path):
         raise VocabularyError(
             f"Vocabulary file {path} not found. Set --gin.VOCABULARY_PATH=\"'/path/to/spiece.model'\" or "
-            "train one with `python -m t5pod train-vocab`.")
+            "train one with `python -m t5pod train-vocab`."
+        )
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids)
     if os.path.isfile(path):  # remote files are only read when first used
         check_sentinels(vocabulary)
@@ -35,7 +36,8 @@ def check_sentinels(vocabulary: seqio.SentencePieceVocabulary):
     if vocabulary.tokenizer.piece_to_id("<extra_id_0>") == vocabulary.tokenizer.unk_id():
         raise VocabularyError(
             f"Vocabulary {vocabulary.sentencepiece_model_file} has no extra ids (sentinels) for span "
-            "corruption; load it with extra_ids=100.")
+            "corruption; load it with extra_ids=100."
+        )
 
 
 def padded_vocab_size(vocabulary: seqio.Vocabulary, multiple: int = 128) -> int:
@@ -59,9 +61,15 @@ class LazyVocabulary(seqio.SentencePieceVocabulary):
         return super()._model_context()
 
 
-def train_vocabulary(texts: Iterable[str], model_path: str, vocab_size: int = 32000,
-                     model_type: str = "unigram", character_coverage: float = 1.0,
-                     max_sentences: int = 2_000_000, seed: int = 0) -> str:
+def train_vocabulary(
+    texts: Iterable[str],
+    model_path: str,
+    vocab_size: int = 32000,
+    model_type: str = "unigram",
+    character_coverage: float = 1.0,
+    max_sentences: int = 2_000_000,
+    seed: int = 0,
+) -> str:
     """Trains a SentencePiece model with T5's special ids; writes model_path (and .vocab).
 
     texts: documents or lines of text. The file appears only when training succeeded.
@@ -85,10 +93,21 @@ def train_vocabulary(texts: Iterable[str], model_path: str, vocab_size: int = 32
         prefix = os.path.join(work, "spiece")
         spm.set_random_generator_seed(seed)
         spm.SentencePieceTrainer.train(
-            input=corpus, model_prefix=prefix, vocab_size=vocab_size, model_type=model_type,
-            character_coverage=character_coverage, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-            input_sentence_size=max_sentences, shuffle_input_sentence=True,
-            num_threads=os.cpu_count() or 1, minloglevel=2, hard_vocab_limit=False)
+            input=corpus,
+            model_prefix=prefix,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            input_sentence_size=max_sentences,
+            shuffle_input_sentence=True,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+            hard_vocab_limit=False,
+        )
         os.makedirs(os.path.dirname(model_path), exist_ok=True)
         shutil.move(prefix + ".vocab", model_path[: -len(".model")] + ".vocab")
         shutil.move(prefix + ".model", model_path)
