@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-import hf_reference
+from helpers import hf_reference
 from t5pod import cli, run_lock
 
 TINY = ["--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176", "--gin.VOCABULARY_PATH='demo'"]

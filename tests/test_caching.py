@@ -8,9 +8,10 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from helpers import train_config
 from t5pod import tasks
 from t5pod import cli, trainer
-from t5pod.configs import T5Config, TrainConfig
+from t5pod.configs import T5Config
 from t5pod.data import demo_corpus, text_sources
 
 MODEL = T5Config(
@@ -36,18 +37,11 @@ def _cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def _train_config(model_dir, steps):
-    return TrainConfig(
-        model_dir=str(model_dir),
+    return train_config(
+        model_dir,
         mixture_or_task_name="text_span_corruption",
         task_feature_lengths={"inputs": 64, "targets": 16},
         train_steps=steps,
-        batch_size=8,
-        learning_rate=1.0,
-        warmup_steps=100,
-        checkpoint_period=2,
-        log_period=1,
-        mesh_shape=(-1, 1),
-        async_checkpointing=False,
         use_cached=True,
     )
 

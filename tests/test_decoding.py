@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-import hf_reference
+from helpers import hf_reference
 from t5pod import checkpoints, cli, decoding, ginconf, models, network
 
 

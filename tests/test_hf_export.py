@@ -8,7 +8,7 @@ import pytest
 from flax import linen as nn
 from safetensors.numpy import load_file
 
-import hf_reference
+from helpers import hf_reference
 from t5pod import checkpoints, cli, ginconf, models, network
 
 

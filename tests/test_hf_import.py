@@ -8,7 +8,7 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-import hf_reference
+from helpers import hf_reference
 from t5pod import checkpoints, cli, ginconf, hf_names, layers, models, network
 from t5pod.configs import T5Config
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-import hf_reference
+from helpers import hf_reference, run_cli
 from t5pod import tasks
 from t5pod import decoding, evaluation, ginconf
 from t5pod.data import demo_corpus
@@ -28,20 +28,15 @@ def converted(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(request.param)
     hf_model = hf_reference.make_checkpoint(request.param, str(base / "hf"), seed=4, vocab_size=2176)
     shutil.copy(demo_corpus.vocabulary_path(), base / "hf" / "spiece.model")
-    done = _run("convert-hf", str(base / "hf"), str(base / "out"))
+    done = run_cli("convert-hf", str(base / "hf"), str(base / "out"))
     assert done.returncode == 0, done.stderr
     inputs = base / "inputs.jsonl"
     inputs.write_text("".join(json.dumps({"inputs": t, "targets": t.split()[0]}) + "\n" for t in TEXTS))
     return hf_model, base
 
 
-def _run(*args):
-    env = dict(os.environ, XLA_FLAGS="")
-    return subprocess.run([sys.executable, "-m", "t5pod", *args], capture_output=True, text=True, env=env, timeout=600)
-
-
 def _infer(base, *flags):
-    return _run(
+    return run_cli(
         "infer",
         f"--gin_file={base / 'out' / 'model.gin'}",
         f"--gin.CHECKPOINT_PATH='{base / 'out'}'",
@@ -139,7 +134,7 @@ def test_eval_metrics_from_fixed_predictions(benchmark_rows):
 
 
 def test_infer_needs_an_input(tmp_path):
-    done = _run("infer", "--gin_file=models/tiny.gin", f"--output_file={tmp_path / 'x.jsonl'}")
+    done = run_cli("infer", "--gin_file=models/tiny.gin", f"--output_file={tmp_path / 'x.jsonl'}")
     assert done.returncode == 2 and "--input_file" in done.stderr
 
 
@@ -147,7 +142,7 @@ def test_infer_needs_an_input(tmp_path):
 def test_tiny_model_learns_sst2_from_scratch(shared_data, tmp_path):
     """End to end on real data: train on SST-2 train; inference evaluation on all of SST-2 dev at
     the last step (majority class: 50.9%)."""
-    done = _run(
+    done = run_cli(
         "train",
         "--gin_file=runs/pretrain.gin",
         "--gin_file=models/tiny.gin",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import hf_reference
+from helpers import hf_reference
 from conftest import REPO
 
 

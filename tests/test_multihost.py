@@ -40,7 +40,7 @@ def test_two_processes_equal_one_process(tmp_path):
         subprocess.Popen(
             [
                 sys.executable,
-                os.path.join(HERE, "multihost_worker.py"),
+                os.path.join(HERE, "helpers", "multihost_worker.py"),
                 str(tmp_path / "two.npz"),
                 "2",
                 str(i),
@@ -61,7 +61,7 @@ def test_two_processes_equal_one_process(tmp_path):
     # peer at the first collective.
     argv, sys.argv = sys.argv, ["multihost_worker.py", str(tmp_path / "one.npz"), "1", "0", "0"]
     try:
-        runpy.run_path(os.path.join(HERE, "multihost_worker.py"), run_name="__main__")
+        runpy.run_path(os.path.join(HERE, "helpers", "multihost_worker.py"), run_name="__main__")
     finally:
         sys.argv = argv
     two, one = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")

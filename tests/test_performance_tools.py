@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import SMALL_MODEL, train_config
 from t5pod import tasks
 from t5pod import flops, ginconf, models, planning, train_loop, trainer
 from t5pod.configs import T5Config, TrainConfig
@@ -182,18 +183,8 @@ def test_bench_quick_run(tmp_path):
 
 
 def _tiny_run_config(tmp_path, **overrides):
-    settings = dict(
-        model_dir=str(tmp_path),
-        mixture_or_task_name="demo_span_corruption",
-        task_feature_lengths={"inputs": 64, "targets": 16},
-        train_steps=2,
-        batch_size=8,
-        mesh_shape=(4, 2),
-        log_period=1,
-        checkpoint_period=2,
-        async_checkpointing=False,
-    )
-    return TrainConfig(**{**settings, **overrides})
+    settings = dict(task_feature_lengths={"inputs": 64, "targets": 16}, train_steps=2, mesh_shape=(4, 2))
+    return train_config(tmp_path, **{**settings, **overrides})
 
 
 @pytest.mark.slow
@@ -232,7 +223,7 @@ def test_plan_gives_the_memory_of_the_step_that_trains_decoder_only_models(tmp_p
 @pytest.mark.slow
 def test_the_train_loop_refuses_hidden_host_to_device_copies(tmp_path, monkeypatch):
     tasks.register_all()
-    model = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, dropout_rate=0.0)
+    model = SMALL_MODEL
     # A metric sum that adds a host array copies it to the device on every step.
     monkeypatch.setattr(
         train_loop, "_add_sums", lambda totals, metrics: {k: v + np.ones((), np.float32) for k, v in metrics.items()}

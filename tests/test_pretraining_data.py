@@ -109,7 +109,7 @@ def _corpus(folder: pathlib.Path, files: int, docs_per_file: int = 5) -> list[st
 
 def _shard_in_processes(pattern: str, num_shards: int, folder: pathlib.Path) -> list[dict]:
     env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=str(pathlib.Path(__file__).resolve().parent.parent))
-    worker = str(pathlib.Path(__file__).with_name("text_shard_worker.py"))
+    worker = str(pathlib.Path(__file__).parent / "helpers" / "text_shard_worker.py")
     runs = [
         subprocess.Popen(
             [sys.executable, worker, pattern, str(i), str(num_shards), str(folder / f"opened-{i}")],

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-import hf_reference
+from helpers import hf_reference, run_cli
 from conftest import BENCHMARK_ROWS, REPO
 from t5pod.data import demo_corpus
 
@@ -82,13 +82,6 @@ def test_readme_has_commands():
         assert any(c.startswith(f"python -m t5pod {command} ") for c in commands), command
 
 
-def _python(*args, **kwargs):
-    env = dict(os.environ, XLA_FLAGS="")
-    return subprocess.run(
-        [sys.executable, "-m", "t5pod", *args], capture_output=True, text=True, env=env, timeout=600, cwd=REPO, **kwargs
-    )
-
-
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory, pretrained_demo_run):
     import json
@@ -98,7 +91,7 @@ def fixtures(tmp_path_factory, pretrained_demo_run):
     # A converted reference model that uses the demo vocabulary.
     hf_reference.make_checkpoint("t5_1_0", str(root / "t5-small"), vocab_size=2176)
     shutil.copy(demo_corpus.vocabulary_path(), root / "t5-small" / "spiece.model")
-    assert _python("convert-hf", str(root / "t5-small"), str(root / "converted")).returncode == 0
+    assert run_cli("convert-hf", str(root / "t5-small"), str(root / "converted")).returncode == 0
     books = root / "books"
     books.mkdir()
     (books / "a.txt").write_text(open(demo_corpus.corpus_path(), encoding="utf-8").read()[:200_000])

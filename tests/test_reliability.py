@@ -15,26 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import SMALL_MODEL, command_env, t5pod_command, train_config
 from t5pod import tasks
 from t5pod import checkpoints, decoding, partitioning, run_dir, run_lock, trainer
-from t5pod.configs import T5Config, TrainConfig
 
-MODEL = T5Config(vocab_size=2176, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, dropout_rate=0.0)
+MODEL = SMALL_MODEL
 
 
-def _config(model_dir, **overrides):
-    base = dict(
-        model_dir=str(model_dir),
-        mixture_or_task_name="demo_span_corruption",
-        task_feature_lengths={"inputs": 32, "targets": 8},
-        train_steps=6,
-        batch_size=8,
-        warmup_steps=100,
-        checkpoint_period=2,
-        log_period=1,
-        async_checkpointing=False,
-    )
-    return TrainConfig(**{**base, **overrides})
+_config = train_config
 
 
 def _rows(model_dir, split="train"):
@@ -133,11 +121,7 @@ def test_a_live_lease_refuses_and_an_expired_or_dead_one_is_taken_over(tmp_path)
 
 
 def _cli(model_dir, *flags):
-    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
-    return [
-        sys.executable,
-        "-m",
-        "t5pod",
+    command = t5pod_command(
         "train",
         "--gin_file=demo.gin",
         f"--gin.MODEL_DIR='{model_dir}'",
@@ -146,7 +130,8 @@ def _cli(model_dir, *flags):
         "--gin.EVAL_PERIOD=0",
         "--gin.LOG_PERIOD=1",
         *flags,
-    ], env
+    )
+    return command, command_env(PYTHONUNBUFFERED="1")
 
 
 def _wait_for_training(model_dir, process, timeout=240):

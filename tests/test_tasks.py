@@ -2,14 +2,12 @@
 
 import collections
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import seqio
 import tensorflow as tf
 
+from helpers import run_cli
 from t5pod import tasks
 from t5pod import ginconf
 from t5pod.data import demo_corpus, mixing
@@ -134,24 +132,19 @@ def test_mixture_sampling_frequencies_follow_the_formula():
         assert counts[i + 2] / 20_000 == pytest.approx(expected[name], abs=0.01)
 
 
-def _run(*args):
-    env = dict(os.environ, XLA_FLAGS="")
-    return subprocess.run([sys.executable, "-m", "t5pod", *args], capture_output=True, text=True, env=env, timeout=600)
-
-
 @pytest.mark.slow
 def test_data_command_end_to_end():
     lengths = "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}"
-    done = _run("data", "--task=demo_span_corruption", "--num_examples=2", lengths)
+    done = run_cli("data", "--task=demo_span_corruption", "--num_examples=2", lengths)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(rows) == 2 and len(rows[0]["inputs"]["ids"]) == 64 and "<extra_id_0>" in rows[0]["inputs"]["text"]
 
-    done = _run("data", "--task=demo_span_corruption", "--num_examples=1", "--features=model", lengths)
+    done = run_cli("data", "--task=demo_span_corruption", "--num_examples=1", "--features=model", lengths)
     (row,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(row["encoder_input_tokens"]["ids"]) == 64 and "decoder_segment_ids" in row
 
-    done = _run("data", "--task=demo_span_corruption", "--stats=100")
+    done = run_cli("data", "--task=demo_span_corruption", "--stats=100")
     stats = json.loads(done.stdout.splitlines()[-1])
     assert stats["noise"]["density"] == pytest.approx(0.15, abs=0.005)
     assert stats["noise"]["mean_span_length"] == pytest.approx(3.0, abs=0.1)
@@ -163,10 +156,12 @@ def test_data_command_end_to_end():
 def test_train_vocab_command(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(open(demo_corpus.corpus_path(), encoding="utf-8").read()[:300_000])
-    done = _run("train-vocab", f"--input={corpus}", f"--output={tmp_path / 'v' / 'spiece.model'}", "--vocab_size=500")
+    done = run_cli(
+        "train-vocab", f"--input={corpus}", f"--output={tmp_path / 'v' / 'spiece.model'}", "--vocab_size=500"
+    )
     assert done.returncode == 0, done.stderr
     assert "600 ids" in done.stdout and "<extra_id_0> = 599" in done.stdout
-    done = _run("train-vocab", f"--input={tmp_path / 'missing*.txt'}", f"--output={tmp_path / 'x.model'}")
+    done = run_cli("train-vocab", f"--input={tmp_path / 'missing*.txt'}", f"--output={tmp_path / 'x.model'}")
     assert done.returncode == 2 and "matches no file" in done.stderr
 
 

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -13,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import command_env, t5pod_command, train_config
 from t5pod import tasks
 from t5pod import checkpoints, optimizer, partitioning, train_loop, train_step, trainer
-from t5pod.configs import T5Config, TrainConfig
+from t5pod.configs import T5Config
 
 MODEL = T5Config(
     vocab_size=2176,
@@ -32,20 +32,9 @@ MODEL = T5Config(
 
 
 def _config(model_dir, **overrides):
-    base = dict(
-        model_dir=str(model_dir),
-        mixture_or_task_name="demo_span_corruption",
-        task_feature_lengths={"inputs": 64, "targets": 16},
-        train_steps=6,
-        batch_size=8,
-        learning_rate=1.0,
-        warmup_steps=100,
-        checkpoint_period=3,
-        log_period=1,
-        mesh_shape=(-1, 1),
-        async_checkpointing=False,
-    )
-    return TrainConfig(**{**base, **overrides})
+    """The shared small config with this file's longer rows and a checkpoint every 3 steps."""
+    settings = dict(task_feature_lengths={"inputs": 64, "targets": 16}, learning_rate=1.0, checkpoint_period=3)
+    return train_config(model_dir, **{**settings, **overrides})
 
 
 def test_rsqrt_and_constant_schedules():
@@ -178,11 +167,7 @@ def test_nan_loss_stops_naming_the_step(tmp_path):
 
 
 def _cli(model_dir, *flags, env_extra=None):
-    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1", **(env_extra or {}))
-    command = [
-        sys.executable,
-        "-m",
-        "t5pod",
+    command = t5pod_command(
         "train",
         "--gin_file=demo.gin",
         f"--gin.MODEL_DIR='{model_dir}'",
@@ -190,8 +175,8 @@ def _cli(model_dir, *flags, env_extra=None):
         "--gin.BATCH_SIZE=8",
         "--gin.EVAL_PERIOD=0",
         *flags,
-    ]
-    return command, env
+    )
+    return command, command_env(PYTHONUNBUFFERED="1", **(env_extra or {}))
 
 
 def _wait_for(predicate, process, timeout=240):
