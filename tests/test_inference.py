@@ -1,15 +1,12 @@
 """The infer and eval commands: reference parity through files, bad input, metrics."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from helpers import hf_reference, run_cli
+from helpers import hf_reference, run_cli, start_cli
 from t5pod import tasks
 from t5pod import decoding, evaluation, ginconf
 from t5pod.data import demo_corpus
@@ -326,13 +323,7 @@ def _infer_process(run, rows_file, output, *flags, argv_only=False):
     ]
     if argv_only:
         return argv
-    return subprocess.Popen(
-        [sys.executable, "-m", "t5pod", *argv],
-        env=dict(os.environ, XLA_FLAGS=""),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_cli(*argv)
 
 
 @pytest.mark.slow
