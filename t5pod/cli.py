@@ -238,10 +238,8 @@ def _infer(args) -> int:
 
 
 def _eval(args) -> int:
-    from t5pod import ginconf as gin_layer
-
     _join(args)
-    ginconf = _parse_gin(args, ("tasks.gin", "runs/eval.gin"), gin_layer.EVAL_COMMAND_MACROS)
+    ginconf = _parse_gin(args, ("tasks.gin", "runs/eval.gin"))
     ginconf.register_tasks()
     from t5pod import evaluation
 
@@ -249,11 +247,8 @@ def _eval(args) -> int:
         ginconf.model_config(),
         ginconf.infer_config(),
         ginconf.vocabulary(),
-        ginconf.macro("MIXTURE_OR_TASK_NAME"),
-        ginconf.macro("EVAL_SPLIT"),
-        ginconf.macro("EVAL_OUTPUT_DIR"),
+        ginconf.eval_config(),
         args.all_checkpoints,
-        ginconf.macro("USE_CACHED_TASKS"),
     )
     return 0
 

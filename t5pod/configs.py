@@ -289,6 +289,23 @@ class InferConfig:
         return int(self.task_feature_lengths["targets"])
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What `eval` scores: the tasks of mixture_or_task_name that have metrics, on their `split`.
+    Gin binds it from gin/runs/eval.gin; the checkpoint, batch and mesh are its InferConfig's."""
+
+    mixture_or_task_name: str
+    split: str = "validation"
+    output_dir: str | None = None  # eval_metrics.jsonl, inference_eval/ and TensorBoard; None: the checkpoint's folder
+    use_cached: bool = False  # read the tasks' seqio caches
+
+    def __post_init__(self):
+        if not self.mixture_or_task_name:
+            raise ValueError("MIXTURE_OR_TASK_NAME must name the task or mixture to evaluate.")
+        if not self.split:
+            raise ValueError("EVAL_SPLIT must name a split, e.g. 'validation'.")
+
+
 # Macro names of the fields, for error messages (the run gin files bind each field from its macro).
 _MACROS = {
     "train_steps": "TRAIN_STEPS",

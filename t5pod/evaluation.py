@@ -18,6 +18,7 @@ import seqio
 import tensorflow as tf
 
 from t5pod import checkpoints, decoding, inference, metric_writers
+from t5pod.configs import EvalConfig
 from t5pod.progress import Progress
 from t5pod.data import pipeline
 from t5pod.data.glue_metrics import as_text
@@ -161,25 +162,20 @@ def best_steps(out_dir: str, task_names: list[str]) -> dict[str, tuple[int, str,
 
 
 def evaluate_checkpoints(
-    model_config,
-    config,
-    vocabulary,
-    name: str,
-    split: str = "validation",
-    out_dir: str | None = None,
-    all_checkpoints: bool = False,
-    use_cached: bool = False,
+    model_config, config, vocabulary, eval_config: EvalConfig, all_checkpoints: bool = False
 ) -> list[dict]:
     """`t5pod eval` as a function: evaluates the newest checkpoint of config.checkpoint_path (or every
-    one) on the tasks of `name` that have metrics, on the mesh of config; every process of a
-    multi-host job calls it. Appends a row per task and step to out_dir/eval_metrics.jsonl (default
-    out_dir: the checkpoint path), writes the inference_eval/ files and TensorBoard rows, and with
-    several checkpoints prints the best step per task. Returns the rows."""
+    one) on the tasks of eval_config.mixture_or_task_name that have metrics, on the mesh of config;
+    every process of a multi-host job calls it. Appends a row per task and step to
+    eval_metrics.jsonl in eval_config.output_dir (default: the checkpoint path), writes the
+    inference_eval/ files and TensorBoard rows, and with several checkpoints prints the best step
+    per task. Returns the rows."""
+    name, split = eval_config.mixture_or_task_name, eval_config.split
     if not tasks_with_metrics(name, split):
         raise EvaluationError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
     predictor = inference.Predictor(model_config, config, vocabulary)
     lengths = {"inputs": config.input_length, "targets": config.target_length}
-    out_dir = out_dir or config.checkpoint_path
+    out_dir = eval_config.output_dir or config.checkpoint_path
     newest = checkpoints.latest_step(config.checkpoint_path) or 0
     steps = checkpoints.all_steps(config.checkpoint_path) if all_checkpoints else [newest]
     is_writer = jax.process_index() == 0
@@ -189,7 +185,9 @@ def evaluate_checkpoints(
         if step != loaded:
             predictor.load_step(step)
             loaded = step
-        for task, metrics in run(predictor, name, split, lengths, step, out_dir, writer, use_cached=use_cached).items():
+        for task, metrics in run(
+            predictor, name, split, lengths, step, out_dir, writer, use_cached=eval_config.use_cached
+        ).items():
             rows.append({"step": step, "split": split, "task": task, **metrics})
     writer.close()
     if is_writer:

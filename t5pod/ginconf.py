@@ -14,7 +14,7 @@ import seqio
 
 from t5pod import tasks
 from t5pod import configs
-from t5pod.configs import InferConfig, T5Config, TrainConfig
+from t5pod.configs import EvalConfig, InferConfig, T5Config, TrainConfig
 from t5pod.data import demo_corpus, vocabularies
 
 # Always on the search path, so that `include 'models/...'` works from any directory.
@@ -25,7 +25,6 @@ _search_paths: list[str] = []
 
 # Macros that commands read themselves (macro()) rather than through a configurable's binding.
 DATA_COMMAND_MACROS = ("TASK_FEATURE_LENGTHS", "USE_CACHED_TASKS")
-EVAL_COMMAND_MACROS = ("MIXTURE_OR_TASK_NAME", "EVAL_SPLIT", "EVAL_OUTPUT_DIR", "USE_CACHED_TASKS")
 
 # Macros of earlier releases: naming one is an error that says what replaced it.
 RETIRED_MACROS = {
@@ -130,7 +129,17 @@ def parse(
         name = binding.split("=", 1)[0].strip()
         if name.isidentifier() and name in known_macros and name not in referenced:
             raise ValueError(f"--gin.{name} is not used by this command: no setting of its gin files reads %{name}.")
-    gin.finalize()
+    try:
+        gin.finalize()
+    except ValueError as error:  # gin's own words name the macro but not the fix
+        required = re.search(r"(\w+)/macro.value set to `%gin.REQUIRED`", str(error))
+        if not required:
+            raise
+        name = required[1]
+        raise ValueError(
+            f"The gin macro {name} has no value and this command needs one: pass --gin.{name}=... "
+            "(or a gin file that sets it)."
+        ) from None
 
 
 def _defined_macros() -> set[str]:
@@ -174,7 +183,7 @@ def macro(name: str):
 # The dataclasses gin may bind. Commands get plain (gin-free) instances from the functions below.
 _CONFIGURABLE = {
     cls: gin.external_configurable(cls, name=cls.__name__, module="t5pod")
-    for cls in (T5Config, TrainConfig, InferConfig)
+    for cls in (T5Config, TrainConfig, InferConfig, EvalConfig)
 }
 
 
@@ -202,3 +211,8 @@ def vocabulary():
     """The vocabulary VOCABULARY_PATH names ('demo': the demo corpus's)."""
     path = macro("VOCABULARY_PATH")
     return demo_corpus.vocabulary() if path == "demo" else vocabularies.get_vocabulary(path)
+
+
+def eval_config() -> EvalConfig:
+    """Bound by gin/runs/eval.gin."""
+    return _bound(EvalConfig)

@@ -303,7 +303,8 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
     tasks.register_all("demo", glue_dir=str(benchmark_rows / "glue"))
     assert infer_io.infer(model, config, vocabulary, str(tmp_path / "py.jsonl"), task="glue_sst2_v002") == 24
     assert [json.loads(line) for line in open(tmp_path / "py.jsonl")] == predicted
-    rows = evaluation.evaluate_checkpoints(model, config, vocabulary, "glue_sst2_v002", out_dir=str(tmp_path / "py"))
+    evaluate = configs.EvalConfig("glue_sst2_v002", output_dir=str(tmp_path / "py"))
+    rows = evaluation.evaluate_checkpoints(model, config, vocabulary, evaluate)
     assert [(r["step"], r["accuracy"]) for r in rows] == [(4, metrics[-1]["accuracy"])]
     assert [json.loads(line) for line in open(tmp_path / "py" / "eval_metrics.jsonl")] == rows
 

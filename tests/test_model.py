@@ -190,11 +190,11 @@ def test_every_shipped_gin_file_parses(path):
             ginconf.parse(
                 ["tasks.gin", *base, path],
                 bindings,
-                read_directly=ginconf.DATA_COMMAND_MACROS + ginconf.EVAL_COMMAND_MACROS,
+                read_directly=ginconf.DATA_COMMAND_MACROS,
             )
             break
         except ValueError as error:
-            match = re.search(r"(\w+)/macro.value set to `%gin.REQUIRED`", str(error))
+            match = re.search(r"The gin macro (\w+) has no value", str(error))
             if not match:
                 raise
             bindings.append(f"{match.group(1)} = 'required-value'")

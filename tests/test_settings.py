@@ -3,6 +3,8 @@ code's own macro names agree with the gin files' bindings."""
 
 import re
 
+import pytest
+
 from conftest import REPO
 from t5pod import cli, configs, ginconf, run_dir, settings
 
@@ -22,7 +24,7 @@ def test_every_run_macro_is_in_the_table_with_a_meaning():
     assert set(rows) == defined
     assert [name for name, s in rows.items() if not s.meaning] == []
     # Macros the commands read themselves, not through a gin binding, are settings too.
-    assert {"VOCABULARY_PATH", *ginconf.DATA_COMMAND_MACROS, *ginconf.EVAL_COMMAND_MACROS} <= set(rows)
+    assert {"VOCABULARY_PATH", *ginconf.DATA_COMMAND_MACROS} <= set(rows)
     # No other shipped gin file (demo runs, mixing, fine-tuning methods) invents a macro of its own,
     # apart from the ones a command defines itself in that file's own block.
     others = {path for path in GIN.rglob("*.gin") if "models" not in path.parts}
@@ -67,5 +69,25 @@ def test_the_code_spells_macros_as_the_gin_files_bind_them():
     for field, named in configs._MACROS.items():
         bound = {train.get(field), infer.get(field)} - {None}
         assert bound and named.split(" ")[0] in bound, (field, named, bound)
+    evaluate = settings.field_macros("runs/eval.gin", "t5pod.EvalConfig")
+    assert evaluate == {
+        "mixture_or_task_name": "MIXTURE_OR_TASK_NAME",
+        "split": "EVAL_SPLIT",
+        "output_dir": "EVAL_OUTPUT_DIR",
+        "use_cached": "USE_CACHED_TASKS",
+    }
     for field, named in run_dir._STREAM_SETTINGS.items():
         assert named == train.get(field, f"t5pod.TrainConfig.{field}"), (field, named)
+
+
+def test_a_required_macro_left_unset_is_named_with_its_fix():
+    for files, name in (
+        (["tasks.gin", "runs/eval.gin"], "CHECKPOINT_PATH"),
+        (["tasks.gin", "runs/pretrain.gin"], "MODEL_DIR"),
+    ):
+        with pytest.raises(ValueError, match=f"The gin macro {name} has no value .* pass --gin.{name}="):
+            ginconf.parse(files)
+    ginconf.parse(
+        ["tasks.gin", "runs/eval.gin"], ["CHECKPOINT_PATH = '/ckpt'", "MIXTURE_OR_TASK_NAME = 'glue_cola_v002'"]
+    )
+    assert ginconf.eval_config() == configs.EvalConfig("glue_cola_v002", "validation", None, False)
