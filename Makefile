@@ -31,9 +31,9 @@ lint: install
 test: install lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
-# Skips the tests marked slow (CI runs them all through `make test`).
+# The unit tests: no test marked slow or e2e (CI runs them all through `make test`).
 test-fast: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not slow and not e2e" $(PYTEST_ARGS)
 
 # Pretrains the tiny model on the embedded demo corpus (gin/demo.gin): no download, CPU is enough.
 # Running it again resumes from the newest checkpoint in runs/demo. Extra flags: PRETRAIN_ARGS=...

@@ -20,7 +20,7 @@ import numpy as np
 from flax import linen as nn
 
 from t5pod import flops, inference, partitioning, planning, train_loop, trainer
-from t5pod.configs import InferConfig, TrainConfig
+from t5pod.configs import BatchConfig, InferConfig, MeshConfig, StepConfig
 
 CONFIGS = ("t5_1_1/base", "t5_1_1/large")
 LENGTHS = (512, 114)
@@ -55,16 +55,16 @@ class TrainStepTimer:
     `seconds(n)` runs n more steps and returns each one's seconds. `lowered`, `compiled` and
     `compile_s` (lowering and compiling) are kept for the figures; `state` is the latest."""
 
-    def __init__(self, model_config, train_config: TrainConfig, mesh, batch: dict):
+    def __init__(self, model_config, step: StepConfig, mesh, batch: dict):
         self.mesh = mesh
-        setup = trainer.create_state(model_config, train_config, mesh)
+        setup = trainer.create_state(model_config, step, mesh)
         self.rules = setup.rules
         with mesh, nn.logical_axis_rules(self.rules):
             self.state = setup.init(jax.random.PRNGKey(0))
-            step = trainer.make_train_step(train_config, setup, mesh)
+            train_step = trainer.make_train_step(step, setup, mesh)
             self.data = train_loop.global_batch(batch, mesh)
             start = time.perf_counter()
-            self.lowered = step.lower(self.state, self.data, jax.random.PRNGKey(0))
+            self.lowered = train_step.lower(self.state, self.data, jax.random.PRNGKey(0))
             self.compiled = self.lowered.compile()
             self.compile_s = time.perf_counter() - start
         self.seconds(1)  # the first call also sets up the run's buffers
@@ -84,21 +84,14 @@ def measure(name: str, model_config, lengths, memory_bytes: int, steps: int, min
     """Fits the batch, then times train steps and greedy decoding on all devices (data axis)."""
     devices = jax.devices()
     model_config = dataclasses.replace(model_config, dtype="bfloat16", dropout_rate=0.0, scan_layers=True)
-    train_config = TrainConfig(
-        model_dir="/unused",
-        mixture_or_task_name="unused",
-        task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
-        train_steps=1,
-        batch_size=len(devices),
-        mesh_shape=(len(devices), 1),
+    step = StepConfig(
+        BatchConfig({"inputs": lengths[0], "targets": lengths[1]}, len(devices)), mesh=MeshConfig((len(devices), 1))
     )
-    fit = planning.fit_batch(model_config, train_config, memory_bytes, min_rows_per_device=min_rows_per_device)
+    fit = planning.fit_batch(model_config, step, memory_bytes, min_rows_per_device=min_rows_per_device)
     model_config = dataclasses.replace(model_config, remat_policy=fit["remat_policy"])
-    train_config = dataclasses.replace(train_config, batch_size=fit["batch_size"])
-    mesh = partitioning.make_mesh(train_config.mesh_shape, devices)
-    timer = TrainStepTimer(
-        model_config, train_config, mesh, random_batch(model_config.vocab_size, fit["batch_size"], lengths)
-    )
+    step = planning.with_batch_size(step, fit["batch_size"])
+    mesh = partitioning.make_mesh(step.mesh.shape, devices)
+    timer = TrainStepTimer(model_config, step, mesh, random_batch(model_config.vocab_size, fit["batch_size"], lengths))
     times = timer.seconds(steps)
     params = timer.state.params
     step_s = statistics.median(times)
@@ -131,9 +124,9 @@ def decode_speed(model_config, params, mesh, batch: int, lengths) -> dict:
     """Greedy tokens/s of the Predictor (what `infer` runs) on the run's parameters: a batch of
     random full-length inputs, up to lengths[1] new tokens each; tokens after a row's EOS are not counted."""
     config = InferConfig(
-        checkpoint_path="/unused",
+        checkpoint_path="",  # the parameters are given
         batch_size=batch,
-        mesh_shape=tuple(mesh.devices.shape),
+        mesh=MeshConfig(tuple(mesh.devices.shape)),
         task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
     )
     predictor = inference.Predictor(model_config, config, vocabulary=None, mesh=mesh, params=params)

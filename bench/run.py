@@ -39,7 +39,7 @@ from t5pod import flops, ginconf, partitioning  # noqa: E402
 
 from bench import accelerator, profile_step  # noqa: E402
 from bench.decoding import decode_figures  # noqa: E402
-from t5pod.configs import TrainConfig  # noqa: E402
+from t5pod.configs import BatchConfig, MeshConfig, StepConfig  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICK = os.environ.get("BENCH_QUICK") == "1"  # the test suite's smoke run
@@ -63,16 +63,9 @@ def model(name: str, **overrides):
 
 def t5pod_step(config, batch, lengths) -> accelerator.TrainStepTimer:
     """The train step on one device, compiled and run once."""
-    train_config = TrainConfig(
-        model_dir="/unused",
-        mixture_or_task_name="unused",
-        task_feature_lengths={"inputs": lengths[0], "targets": lengths[1]},
-        train_steps=1,
-        batch_size=batch,
-        mesh_shape=(1, 1),
-    )
+    step = StepConfig(BatchConfig({"inputs": lengths[0], "targets": lengths[1]}, batch), mesh=MeshConfig((1, 1)))
     mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
-    return accelerator.TrainStepTimer(config, train_config, mesh, accelerator.random_batch(2000, batch, lengths))
+    return accelerator.TrainStepTimer(config, step, mesh, accelerator.random_batch(2000, batch, lengths))
 
 
 def reference_step(config, batch, lengths):
@@ -211,7 +204,6 @@ def xxl_plan(remat: str, fsdp: bool) -> dict:
     flags = [
         "--gin_file=runs/pretrain.gin",
         "--gin_file=models/t5_1_1/xxl.gin",
-        "--gin.MODEL_DIR='/unused'",
         "--gin.MESH_SHAPE=(8, 8)",
         "--gin.BATCH_SIZE=64",
         f"--gin.FSDP={fsdp}",

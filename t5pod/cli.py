@@ -70,7 +70,7 @@ def _add_multihost_flags(parser: argparse.ArgumentParser):
     )
 
 
-def _parse_gin(args, base_files=("tasks.gin",), read_directly=()):
+def _parse_gin(args, base_files=("tasks.gin",), read_directly=(), unneeded=()):
     from t5pod import ginconf
 
     search_paths = [p for p in args.gin_search_paths.split(",") if p]
@@ -80,7 +80,7 @@ def _parse_gin(args, base_files=("tasks.gin",), read_directly=()):
         bindings.append(f"CACHE_DIRS = {cache_dirs!r}")
     if args.tfds_data_dir:
         bindings.append(f"TFDS_DATA_DIR = {args.tfds_data_dir!r}")
-    ginconf.parse([*base_files, *args.gin_file], bindings, search_paths, read_directly)
+    ginconf.parse([*base_files, *args.gin_file], bindings, search_paths, read_directly, unneeded)
     return ginconf
 
 
@@ -287,18 +287,19 @@ def _plan(args) -> int:
             os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.num_devices}"
         )
         os.environ["JAX_PLATFORMS"] = "cpu"
-    ginconf = _parse_gin(args)
+    # plan compiles the step and writes nothing: the run's folder and initial weights are not needed.
+    ginconf = _parse_gin(args, unneeded=("MODEL_DIR", "INITIAL_CHECKPOINT_PATH"))
     from t5pod import planning
 
-    train_config, model_config = ginconf.train_config(), ginconf.model_config()
+    step, model_config = ginconf.step_config(), ginconf.model_config()
     if args.fit_batch:
         if not args.hbm_gib or args.hbm_gib <= 0:
             raise ValueError("plan --fit_batch needs the memory per device: add --hbm_gib (e.g. 16 for a TPU v3 core).")
         fit = planning.fit_batch(
-            model_config, train_config, int(args.hbm_gib * 2**30), min_rows_per_device=args.min_rows_per_device
+            model_config, step, int(args.hbm_gib * 2**30), min_rows_per_device=args.min_rows_per_device
         )
         model_config = dataclasses.replace(model_config, remat_policy=fit["remat_policy"])
-        train_config = dataclasses.replace(train_config, batch_size=fit["batch_size"])
+        step = planning.with_batch_size(step, fit["batch_size"])
         print(
             f"largest batch within 90% of {args.hbm_gib:g} GiB per device: {fit['batch_size']} with remat "
             f"'{fit['remat_policy']}' (--gin.BATCH_SIZE={fit['batch_size']} "
@@ -306,14 +307,13 @@ def _plan(args) -> int:
         )
     decode = configs.InferConfig(
         checkpoint_path="",
-        task_feature_lengths=train_config.task_feature_lengths,
-        batch_size=train_config.batch_size,
+        task_feature_lengths=step.batch.task_feature_lengths,
+        batch_size=step.batch.batch_size,
         max_decode_length=args.max_decode_length,
         beam_size=args.beam_size,
-        mesh_shape=train_config.mesh_shape,
-        fsdp=train_config.fsdp,
+        mesh=step.mesh,
     )
-    result = planning.plan(model_config, train_config, decode)
+    result = planning.plan(model_config, step, decode)
     if args.fit_batch:
         result["fit_tried"] = fit["tried"]  # [remat policy, batch, peak bytes] in the order compiled
     print(planning.format_plan(result, args.hbm_gib))

@@ -1,5 +1,6 @@
 """Every configuration of t5pod as a frozen dataclass: the model (T5Config, field names as in
-the reference), a training run (TrainConfig) and inference (InferConfig).
+the reference), a training run (TrainConfig, composed of small parts: mesh, batch, data,
+optimizer, checkpoint and evaluation), inference (InferConfig) and evaluation (EvalConfig).
 
 Gin binds these from one place (t5pod.ginconf); library code takes the plain instances. No JAX
 here, so the configs can be read and checked before any accelerator is touched.
@@ -72,7 +73,7 @@ class T5Config:
     dropout_rate: float = 0.1
     architecture: str = "encoder_decoder"
     # Paper §3.5.1: >0 adds an adapter (dense-ReLU-dense of this inner width, with a residual)
-    # after every feed-forward block; fine-tune with TrainConfig.trainable = 'adapters'.
+    # after every feed-forward block; fine-tune with OptimizerConfig.trainable = 'adapters'.
     adapter_dim: int = 0
     layer_norm_epsilon: float = 1e-6
     # Scale options: they change speed and memory, never the function computed.
@@ -156,98 +157,186 @@ class T5Config:
         return arch
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs besides the model. Gin binds it from the run macros."""
+# Learning-rate schedules (optimizer.learning_rate_schedule) and what a fine-tuning trains
+# (optimizer.for_run): 'adapters' trains only adapters and layer norms (paper §3.5.1).
+SCHEDULES = ("rsqrt", "constant")
+TRAINABLE = ("all", "adapters")
 
-    model_dir: str
-    mixture_or_task_name: str
-    task_feature_lengths: dict
-    train_steps: int
-    batch_size: int
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh and how parameters lie on it; training and inference share it."""
+
+    shape: tuple = (-1, 1)  # (data, model); -1 takes the remaining devices
+    fsdp: bool = False  # parameters and optimizer state also split over data
+
+    def __post_init__(self):
+        if len(self.shape) != 2 or any(int(n) == 0 or int(n) < -1 for n in self.shape):
+            raise ValueError(f"MESH_SHAPE must be (data, model) with positive sizes or -1, got {self.shape}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchConfig:
+    """The shape of every training batch, which the compiled train step is specialised to."""
+
+    task_feature_lengths: dict  # {'inputs': length, 'targets': length}
+    batch_size: int  # sequences per step, over all devices
+    pack: bool = True  # several examples per sequence (T5's packing)
+
+    def __post_init__(self):
+        _check_lengths(self.task_feature_lengths, ("inputs", "targets"))
+        _check_positive(self, {"batch_size": "BATCH_SIZE"})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where a run's examples come from."""
+
+    mixture_or_task_name: str  # a registered seqio task or mixture
+    use_cached: bool = False  # read the tasks' seqio caches
+    # Resuming with another batch size, feature lengths or mixture invalidates the saved input
+    # position; True continues from the checkpoint with the input stream restarted from its seed.
+    restart_data_stream: bool = False
+
+    def __post_init__(self):
+        if not self.mixture_or_task_name:
+            raise ValueError("MIXTURE_OR_TASK_NAME must name a seqio task or mixture.")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """How one batch updates the parameters: the loss and its gradient, the learning rate, and
+    which parameters train."""
+
     learning_rate: float = 1.0
-    schedule: str = "rsqrt"
+    schedule: str = "rsqrt"  # one of SCHEDULES
     warmup_steps: int = 10_000
-    checkpoint_period: int = 1000
-    keep_checkpoints: int | None = None
-    log_period: int = 100
-    eval_period: int = 0  # 0: no evaluation during training
-    eval_steps: int = 20
-    eval_split: str = "validation"
-    initial_checkpoint_path: str | None = None
-    # Regular expressions over parameter paths ('decoder/.*'): the parameters they match fully keep
-    # their fresh initialisation instead of the initial checkpoint's (T5X's assignment_map to None).
-    initial_checkpoint_skip: tuple = ()
-    mesh_shape: tuple = (-1, 1)
-    fsdp: bool = False
-    random_seed: int = 0
     z_loss: float = 1e-4
     label_smoothing: float = 0.0
-    num_microbatches: int = 1
-    loss_normalizing_factor: float | None = None
-    pack: bool = True
-    use_cached: bool = False
+    loss_normalizing_factor: float | None = None  # None: the per-token mean
+    num_microbatches: int = 1  # the batch's gradient is accumulated over this many slices
     # Paper §3.5.1 fine-tuning methods: 'adapters' trains only adapters and layer norms;
     # gradual_unfreezing unfreezes one layer per stack (from the top) in equal episodes.
     trainable: str = "all"
     gradual_unfreezing: bool = False
-    async_checkpointing: bool = True
-    # Resuming with another batch size, feature lengths or mixture invalidates the saved input
-    # position; True continues from the checkpoint with the input stream restarted from its seed.
-    restart_data_stream: bool = False
-    # A run holds MODEL_DIR through a lease file; a killed run's lease expires after this long.
-    lease_timeout_s: float = 120.0
-    # At each eval_period, also decode the evaluation split of every task with metrics (greedy,
-    # targets-length tokens) and report the task's metrics, as T5X's inference evaluation does.
-    inference_eval: bool = False
-    inference_eval_examples: int | None = None  # per task; None: the whole split
 
     def __post_init__(self):
-        _check_lengths(self.task_feature_lengths, ("inputs", "targets"))
-        _check_positive(
-            self,
-            "train_steps",
-            "batch_size",
-            "checkpoint_period",
-            "log_period",
-            "eval_steps",
-            "num_microbatches",
-            "lease_timeout_s",
+        _check_positive(self, {"learning_rate": "LEARNING_RATE", "num_microbatches": "NUM_MICROBATCHES"})
+        _check_not_negative(
+            self, {"warmup_steps": "WARMUP_STEPS", "z_loss": "Z_LOSS", "label_smoothing": "LABEL_SMOOTHING"}
         )
-        _check_positive(self, "learning_rate")
-        _check_not_negative(self, "warmup_steps", "eval_period", "z_loss", "label_smoothing")
-        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
-            raise ValueError(
-                f"KEEP_CHECKPOINTS must be at least 1 (None keeps all), got {self.keep_checkpoints}: "
-                "0 would delete every checkpoint of the run."
-            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Unknown LEARNING_RATE_SCHEDULE {self.schedule!r}; use one of {SCHEDULES}.")
+        if self.schedule == "rsqrt" and self.warmup_steps <= 0:
+            raise ValueError(f"WARMUP_STEPS must be positive for the rsqrt schedule, got {self.warmup_steps}.")
         if self.label_smoothing >= 1:
             raise ValueError(f"LABEL_SMOOTHING must be in [0, 1), got {self.label_smoothing}.")
         if self.loss_normalizing_factor is not None and self.loss_normalizing_factor <= 0:
             raise ValueError(f"LOSS_NORMALIZING_FACTOR must be positive (or None), got {self.loss_normalizing_factor}.")
-        _check_mesh_shape(self.mesh_shape)
-        if self.inference_eval_examples is not None and self.inference_eval_examples < 1:
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"Unknown TRAINABLE {self.trainable!r}; use one of {TRAINABLE}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """When a run saves, what it keeps, and the weights it starts from."""
+
+    period: int = 1000  # steps between checkpoints (one is also written at the end and on SIGTERM)
+    keep: int | None = None  # the newest this many; None keeps all
+    asynchronous: bool = True  # write in the background while training goes on
+    initial_path: str | None = None  # start from these weights (the optimizer starts afresh)
+    # Regular expressions over parameter paths ('decoder/.*'): the parameters they match fully keep
+    # their fresh initialisation instead of the initial checkpoint's (T5X's assignment_map to None).
+    initial_skip: tuple = ()
+
+    def __post_init__(self):
+        _check_positive(self, {"period": "CHECKPOINT_PERIOD"})
+        if self.keep is not None and self.keep < 1:
             raise ValueError(
-                f"INFERENCE_EVAL_EXAMPLES must be positive (None: the whole split), got {self.inference_eval_examples}."
+                f"KEEP_CHECKPOINTS must be at least 1 (None keeps all), got {self.keep}: "
+                "0 would delete every checkpoint of the run."
             )
-        if not self.model_dir:
-            raise ValueError("MODEL_DIR is empty; set --gin.MODEL_DIR=\"'/path/to/run'\".")
-        if isinstance(self.initial_checkpoint_skip, str):
+        if isinstance(self.initial_skip, str):
             raise ValueError(
                 f"INITIAL_CHECKPOINT_SKIP is a list of patterns, e.g. ['decoder/.*'], not the string "
-                f"{self.initial_checkpoint_skip!r}."
+                f"{self.initial_skip!r}."
             )
-        if self.initial_checkpoint_skip and not self.initial_checkpoint_path:
+        if self.initial_skip and not self.initial_path:
             raise ValueError(
                 "INITIAL_CHECKPOINT_SKIP names parameters to leave out of INITIAL_CHECKPOINT_PATH, which is not set."
             )
-        for pattern in self.initial_checkpoint_skip:
+        for pattern in self.initial_skip:
             try:
                 re.compile(pattern)
             except re.error as error:
                 raise ValueError(
                     f"INITIAL_CHECKPOINT_SKIP pattern {pattern!r} is not a regular expression: {error}."
                 ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainEvalConfig:
+    """Evaluation during training, every `period` steps (0: none)."""
+
+    period: int = 0
+    steps: int = 20  # batches of the evaluation split, teacher-forced (loss and accuracy)
+    split: str = "validation"
+    # Also decode the evaluation split of every task with metrics (greedy, targets-length tokens)
+    # and report the task's metrics, as T5X's inference evaluation does.
+    inference: bool = False
+    inference_examples: int | None = None  # per task; None: the whole split
+
+    def __post_init__(self):
+        _check_not_negative(self, {"period": "EVAL_PERIOD"})
+        _check_positive(self, {"steps": "EVAL_STEPS"})
+        if self.inference_examples is not None and self.inference_examples < 1:
+            raise ValueError(
+                f"INFERENCE_EVAL_EXAMPLES must be positive (None: the whole split), got {self.inference_examples}."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What a compiled train step is specialised to: the batch's shape, the update, the mesh.
+    TrainConfig.step gives a run's; `plan` and the benchmarks build one without a run."""
+
+    batch: BatchConfig
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    train_steps: int = 1  # the run's length, which gradual unfreezing divides into episodes
+
+    def __post_init__(self):
+        _check_positive(self, {"train_steps": "TRAIN_STEPS"})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A training run: its folder and length, composed of the parts above. Gin binds each part
+    from the run macros (gin/runs/pretrain.gin)."""
+
+    model_dir: str
+    train_steps: int
+    data: DataConfig
+    batch: BatchConfig
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    eval: TrainEvalConfig = dataclasses.field(default_factory=TrainEvalConfig)
+    log_period: int = 100
+    random_seed: int = 0  # the parameters' initialisation, dropout and the input stream
+    # A run holds MODEL_DIR through a lease file; a killed run's lease expires after this long.
+    lease_timeout_s: float = 120.0
+
+    def __post_init__(self):
+        if not self.model_dir:
+            raise ValueError("MODEL_DIR is empty; set --gin.MODEL_DIR=\"'/path/to/run'\".")
+        _check_positive(
+            self, {"train_steps": "TRAIN_STEPS", "log_period": "LOG_PERIOD", "lease_timeout_s": "lease_timeout_s"}
+        )
+
+    @property
+    def step(self) -> StepConfig:
+        return StepConfig(self.batch, self.optimizer, self.mesh, self.train_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,16 +357,17 @@ class InferConfig:
     temperature: float = 0.0
     top_k: int = 0
     seed: int = 0
-    mesh_shape: tuple = (-1, 1)  # (data, model), as for training: the decode batch is split over data
-    fsdp: bool = False
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)  # the decode batch is split over data
 
     def __post_init__(self):
         _check_lengths(self.task_feature_lengths, ("inputs", "targets"))
-        _check_mesh_shape(self.mesh_shape)
         if self.max_decode_length is None:
             object.__setattr__(self, "max_decode_length", int(self.task_feature_lengths["targets"]))
-        _check_positive(self, "batch_size", "max_decode_length", "beam_size")
-        _check_not_negative(self, "alpha", "temperature", "top_k")
+        _check_positive(
+            self,
+            {"batch_size": "INFER_BATCH_SIZE", "max_decode_length": "MAX_DECODE_LENGTH", "beam_size": "BEAM_SIZE"},
+        )
+        _check_not_negative(self, {"alpha": "ALPHA", "temperature": "TEMPERATURE", "top_k": "TOP_K"})
 
     @property
     def input_length(self) -> int:
@@ -306,48 +396,31 @@ class EvalConfig:
             raise ValueError("EVAL_SPLIT must name a split, e.g. 'validation'.")
 
 
-# Macro names of the fields, for error messages (the run gin files bind each field from its macro).
-_MACROS = {
-    "train_steps": "TRAIN_STEPS",
-    "batch_size": "BATCH_SIZE (INFER_BATCH_SIZE for infer and eval)",
-    "checkpoint_period": "CHECKPOINT_PERIOD",
-    "log_period": "LOG_PERIOD",
-    "eval_steps": "EVAL_STEPS",
-    "num_microbatches": "NUM_MICROBATCHES",
-    "learning_rate": "LEARNING_RATE",
-    "warmup_steps": "WARMUP_STEPS",
-    "eval_period": "EVAL_PERIOD",
-    "z_loss": "Z_LOSS",
-    "label_smoothing": "LABEL_SMOOTHING",
-    "max_decode_length": "MAX_DECODE_LENGTH",
-    "beam_size": "BEAM_SIZE",
-    "alpha": "ALPHA",
-    "temperature": "TEMPERATURE",
-    "top_k": "TOP_K",
-}
+def flat(config, prefix: str = "") -> dict:
+    """{'prefix' + dotted field path: value} of a config and its parts, e.g. 'train/batch.batch_size'."""
+    out = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flat(value, f"{prefix}{field.name}."))
+        else:
+            out[f"{prefix}{field.name}"] = value
+    return out
 
 
-def _name(field: str) -> str:
-    return _MACROS.get(field, field)
-
-
-def _check_mesh_shape(mesh_shape):
-    if len(mesh_shape) != 2 or any(int(n) == 0 or int(n) < -1 for n in mesh_shape):
-        raise ValueError(f"MESH_SHAPE must be (data, model) with positive sizes or -1, got {mesh_shape}.")
-
-
-def _check_positive(config, *fields):
-    for field in fields:
+# The checks name each field by the macro the run gin files bind it from (a test holds them to it).
+def _check_positive(config, macros: dict):
+    for field, macro in macros.items():
         value = getattr(config, field)
         if value <= 0:
-            raise ValueError(f"{_name(field)} must be positive, got {value}.")
+            raise ValueError(f"{macro} must be positive, got {value}.")
 
 
-def _check_not_negative(config, *fields):
-    for field in fields:
+def _check_not_negative(config, macros: dict):
+    for field, macro in macros.items():
         value = getattr(config, field)
         if value < 0:
-            raise ValueError(f"{_name(field)} must not be negative, got {value}.")
+            raise ValueError(f"{macro} must not be negative, got {value}.")
 
 
 def _check_lengths(lengths, keys):

@@ -14,7 +14,7 @@ import seqio
 
 from t5pod import tasks
 from t5pod import configs
-from t5pod.configs import EvalConfig, InferConfig, T5Config, TrainConfig
+from t5pod.configs import EvalConfig, InferConfig, StepConfig, T5Config, TrainConfig
 from t5pod.data import demo_corpus, vocabularies
 
 # Always on the search path, so that `include 'models/...'` works from any directory.
@@ -61,6 +61,62 @@ T5X_REFUSED = {
     "LOSS_NORMALIZING_FACTOR": "t5pod reports and optimizes the per-token mean loss; there is no factor to set",
     "INFER_OUTPUT_DIR": "infer writes the file named by --output_file=OUT",
 }
+# Fields of TrainConfig and InferConfig before they were composed of parts (2026-12): the operative
+# config.gin of an older run binds them, and reads as the new fields. {old: (part, new field)}
+_PART_OF = {
+    "DataConfig": ("data", ("mixture_or_task_name", "use_cached", "restart_data_stream")),
+    "BatchConfig": ("batch", ("task_feature_lengths", "batch_size", "pack")),
+    "OptimizerConfig": (
+        "optimizer",
+        (
+            "learning_rate",
+            "schedule",
+            "warmup_steps",
+            "z_loss",
+            "label_smoothing",
+            "loss_normalizing_factor",
+            "num_microbatches",
+            "trainable",
+            "gradual_unfreezing",
+        ),
+    ),
+}
+RENAMED_FIELDS = {
+    **{f"TrainConfig.{old}": f"{cls}.{old}" for cls, (_, fields) in _PART_OF.items() for old in fields},
+    "TrainConfig.mesh_shape": "MeshConfig.shape",
+    "TrainConfig.fsdp": "MeshConfig.fsdp",
+    "TrainConfig.checkpoint_period": "CheckpointConfig.period",
+    "TrainConfig.keep_checkpoints": "CheckpointConfig.keep",
+    "TrainConfig.async_checkpointing": "CheckpointConfig.asynchronous",
+    "TrainConfig.initial_checkpoint_path": "CheckpointConfig.initial_path",
+    "TrainConfig.initial_checkpoint_skip": "CheckpointConfig.initial_skip",
+    "TrainConfig.eval_period": "TrainEvalConfig.period",
+    "TrainConfig.eval_steps": "TrainEvalConfig.steps",
+    "TrainConfig.eval_split": "TrainEvalConfig.split",
+    "TrainConfig.inference_eval": "TrainEvalConfig.inference",
+    "TrainConfig.inference_eval_examples": "TrainEvalConfig.inference_examples",
+    "InferConfig.mesh_shape": "MeshConfig.shape",
+    "InferConfig.fsdp": "MeshConfig.fsdp",
+}
+_RENAMED = re.compile(r"^(t5pod\.)?(%s)(\s*=)" % "|".join(re.escape(old) for old in RENAMED_FIELDS), re.M)
+_PART_REFERENCES = "".join(
+    f"TrainConfig.{field.name} = @{field.type.__name__}()\n"
+    for field in dataclasses.fields(TrainConfig)
+    if dataclasses.is_dataclass(field.type)
+)
+
+
+def _renamed(text: str) -> str:
+    """text with the old flat fields as their parts' fields; a config that bound them gets the
+    references to the parts that the old TrainConfig did not have."""
+    new, count = _RENAMED.subn(lambda m: f"{m[1] or ''}{RENAMED_FIELDS[m[2]]}{m[3]}", text)
+    if count and re.search(r"^(t5pod\.)?TrainConfig\.", new, re.M) and "TrainConfig.data" not in new:
+        new += "\n" + _PART_REFERENCES
+    if count and "InferConfig." in new and "InferConfig.mesh" not in new:
+        new += "\nInferConfig.mesh = @MeshConfig()\n"
+    return new
+
+
 # Hints for macros that commands without a training config do not know.
 UNKNOWN_MACRO_HINTS = {"BATCH_SIZE": "the decode batch of infer and eval is INFER_BATCH_SIZE"}
 
@@ -82,11 +138,13 @@ def parse(
     bindings: Sequence[str] = (),
     search_paths: Sequence[str] = (),
     read_directly: Sequence[str] = (),
+    unneeded: Sequence[str] = (),
 ):
     """Parses gin files and `X=value` bindings, later ones overriding earlier ones.
 
     A macro given on the command line must be read by some binding of the gin files, or be one of
-    read_directly (the macros the command reads itself with macro()).
+    read_directly (the macros the command reads itself with macro()). Macros in unneeded are set
+    to None unless given: the command never reads them, so a %gin.REQUIRED there asks for nothing.
     """
     _find_gin_files_by_path_only()
     gin.clear_config()
@@ -101,8 +159,17 @@ def parse(
             raise FileNotFoundError(
                 f"gin file {name!r} not found (searched the working directory, {GIN_DIR} and --gin_search_paths)."
             )
-    gin.parse_config_files_and_bindings(list(gin_files), None, finalize_config=False)
+    for name in gin_files:
+        path = name if os.path.isfile(name) else None
+        text = open(path).read() if path else ""
+        if path and _RENAMED.search(text):  # the operative config of an older run
+            gin.parse_config(_renamed(text))
+        else:
+            gin.parse_config_files_and_bindings([name], None, finalize_config=False)
     known_macros = _defined_macros()
+    given = {binding.split("=", 1)[0].strip() for binding in bindings}
+    for name in sorted((set(unneeded) & known_macros) - given):
+        gin.parse_config(f"{name} = None")
     for name in sorted(known_macros & set(RETIRED_MACROS)):
         raise ValueError(f"The gin macro {name} was retired: {RETIRED_MACROS[name]}. Remove it from the gin files.")
     for binding in bindings:
@@ -114,6 +181,7 @@ def parse(
             name = T5X_BINDINGS[name]
         if name in RETIRED_MACROS:
             raise ValueError(f"--gin.{name} was retired: {RETIRED_MACROS[name]}.")
+        binding = _RENAMED.sub(lambda m: f"{m[1] or ''}{RENAMED_FIELDS[m[2]]}{m[3]}", binding)
         # A bare name is a macro: it must be one the gin files define, or a typo like
         # --gin.TRAIN_STEP=10 (or --gin.train_steps=10) would be silently ignored.
         if name.isidentifier() and known_macros and name not in known_macros:
@@ -183,14 +251,33 @@ def macro(name: str):
 # The dataclasses gin may bind. Commands get plain (gin-free) instances from the functions below.
 _CONFIGURABLE = {
     cls: gin.external_configurable(cls, name=cls.__name__, module="t5pod")
-    for cls in (T5Config, TrainConfig, InferConfig, EvalConfig)
+    for cls in (
+        T5Config,
+        TrainConfig,
+        configs.DataConfig,
+        configs.BatchConfig,
+        configs.OptimizerConfig,
+        configs.MeshConfig,
+        configs.CheckpointConfig,
+        configs.TrainEvalConfig,
+        InferConfig,
+        EvalConfig,
+    )
 }
+_PLAIN = {configured: cls for cls, configured in _CONFIGURABLE.items()}
+
+
+def _plain(value):
+    """value with every config gin built (an instance of gin's subclass) rebuilt as its plain class."""
+    cls = _PLAIN.get(type(value))
+    if cls is None:
+        return value
+    return cls(**{f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(cls)})
 
 
 def _bound(cls):
-    """An instance of cls with the values the parsed gin files bind."""
-    configured = _CONFIGURABLE[cls]()
-    return cls(**{f.name: getattr(configured, f.name) for f in dataclasses.fields(cls)})
+    """An instance of cls with the values the parsed gin files bind (its parts too)."""
+    return _plain(_CONFIGURABLE[cls]())
 
 
 def model_config() -> T5Config:
@@ -200,6 +287,13 @@ def model_config() -> T5Config:
 def train_config() -> TrainConfig:
     """Bound by gin/runs/pretrain.gin (and the run files that include it)."""
     return _bound(TrainConfig)
+
+
+def step_config() -> StepConfig:
+    """The train step's parts of gin/runs/pretrain.gin, without the run (no MODEL_DIR needed)."""
+    return StepConfig(
+        _bound(configs.BatchConfig), _bound(configs.OptimizerConfig), _bound(configs.MeshConfig), macro("TRAIN_STEPS")
+    )
 
 
 def infer_config() -> InferConfig:

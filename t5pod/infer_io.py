@@ -208,7 +208,7 @@ def infer(
         "checkpoint_path": checkpoints.absolute(config.checkpoint_path),
         "checkpoint_step": checkpoints.latest_step(config.checkpoint_path),
         "model": model_config.checkpoint_fields(),
-        **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("checkpoint_path", "mesh_shape", "fsdp")},
+        **{k: v for k, v in dataclasses.asdict(config).items() if k not in ("checkpoint_path", "mesh")},
     }
     output = ResumableOutput(output_file, settings)
 

@@ -96,15 +96,6 @@ def mesh_layout(model_config: T5Config, mesh, fsdp: bool) -> MeshLayout:
     return MeshLayout(mesh, rules, abstract, shardings, NamedSharding(mesh, PartitionSpec(partitioning.DATA)))
 
 
-def _check_batch(batch_size: int, mesh):
-    data = mesh.shape[partitioning.DATA]
-    if batch_size % data:
-        raise ValueError(
-            f"INFER_BATCH_SIZE {batch_size} is not divisible by the data-parallel mesh size {data} "
-            f"(MESH_SHAPE {tuple(mesh.shape.values())}); use a multiple of {data}."
-        )
-
-
 def local_rows(rows: NamedSharding, batch_size: int) -> tuple[int, int]:
     """[start, stop) of the batch rows this process's devices hold (all rows when data is 1)."""
     indices = rows.addressable_devices_indices_map((batch_size,)).values()
@@ -128,9 +119,9 @@ class Predictor:
     def __init__(self, model_config: T5Config, config: InferConfig, vocabulary, mesh=None, params=None):
         self.config, self.vocabulary, self.model_config = config, vocabulary, model_config
         self.model = models.build(model_config)
-        mesh = mesh if mesh is not None else partitioning.make_mesh(config.mesh_shape)
-        _check_batch(config.batch_size, mesh)
-        self.layout = mesh_layout(model_config, mesh, config.fsdp)
+        mesh = mesh if mesh is not None else partitioning.make_mesh(config.mesh.shape)
+        partitioning.check_batch(config.batch_size, mesh, "INFER_BATCH_SIZE")
+        self.layout = mesh_layout(model_config, mesh, config.mesh.fsdp)
         self.params = (
             params
             if params is not None
@@ -276,8 +267,8 @@ def decode_memory(model_config: T5Config, config: InferConfig, mesh) -> dict:
     """Per-device bytes of the compiled decode program for config's batch, lengths and beam size,
     compiled against abstract parameters (nothing is allocated): parameters, arguments, outputs,
     temporaries (the key/value cache and logits) and the peak."""
-    layout = mesh_layout(model_config, mesh, config.fsdp)
-    _check_batch(config.batch_size, mesh)
+    layout = mesh_layout(model_config, mesh, config.mesh.fsdp)
+    partitioning.check_batch(config.batch_size, mesh, "INFER_BATCH_SIZE")
     decode = jax.jit(
         _decode_function(models.build(model_config), config),
         in_shardings=(layout.param_shardings, layout.rows, layout.replicated),

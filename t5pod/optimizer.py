@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("rsqrt", "constant")
+from t5pod.configs import SCHEDULES, TRAINABLE
 
 
 def learning_rate_schedule(kind: str, base_learning_rate: float, warmup_steps: int = 0):
@@ -50,7 +50,6 @@ def adafactor(
 
 # Fine-tuning methods of the paper's §3.5.1, as optax parameter groups. A group that never
 # trains gets optax.set_to_zero(), which keeps no state; each trained group its own Adafactor.
-TRAINABLE = ("all", "adapters")
 
 
 def _names(path) -> list[str]:

@@ -76,6 +76,17 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = 
     return Mesh(np.asarray(devices).reshape(data, model), (DATA, MODEL))
 
 
+def check_batch(batch_size: int, mesh: Mesh, macro: str):
+    """Refuses a batch of batch_size rows that the data axis of mesh cannot split evenly (macro
+    names the setting, BATCH_SIZE or INFER_BATCH_SIZE)."""
+    data = mesh.shape[DATA]
+    if batch_size % data:
+        raise ValueError(
+            f"{macro} {batch_size} is not divisible by the data-parallel mesh size {data} "
+            f"(MESH_SHAPE {tuple(mesh.shape.values())}); use a multiple of {data}."
+        )
+
+
 def logical_to_sharding(logical_specs, mesh: Mesh, rules) -> object:
     """Maps a pytree of logical PartitionSpecs (from nn.get_partition_spec) to NamedShardings."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)

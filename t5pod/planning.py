@@ -10,7 +10,7 @@ import numpy as np
 from flax import linen as nn
 
 from t5pod import inference, trainer
-from t5pod.configs import InferConfig, T5Config, TrainConfig
+from t5pod.configs import InferConfig, StepConfig, T5Config
 
 
 def _bytes_per_device(abstract_tree, shardings_tree) -> int:
@@ -21,17 +21,17 @@ def _bytes_per_device(abstract_tree, shardings_tree) -> int:
     return total
 
 
-def plan(model_config: T5Config, config: TrainConfig, decode: InferConfig | None = None) -> dict:
-    """Compiles the train step for config's mesh on the available (possibly fake) devices.
+def plan(model_config: T5Config, step: StepConfig, decode: InferConfig | None = None) -> dict:
+    """Compiles the train step for step's mesh on the available (possibly fake) devices.
 
     Returns bytes per device: parameters, optimizer state, and the compiled step's report
     (trainer.compile_train_step: arguments, outputs, temporaries, peak, FLOPs, compile time);
     with `decode`, also the decode program's (inference.decode_memory: decode_* keys).
     """
-    mesh = trainer.validate(config)
-    setup = trainer.create_state(model_config, config, mesh)
+    mesh = trainer.make_mesh(step)
+    setup = trainer.create_state(model_config, step, mesh)
     with mesh, nn.logical_axis_rules(setup.rules):
-        _, report = trainer.compile_train_step(config, model_config, setup, mesh)
+        _, report = trainer.compile_train_step(step, model_config, setup, mesh)
     return {
         "devices": jax.device_count(),
         "mesh": dict(mesh.shape),
@@ -42,13 +42,17 @@ def plan(model_config: T5Config, config: TrainConfig, decode: InferConfig | None
     }
 
 
+def with_batch_size(step: StepConfig, batch_size: int) -> StepConfig:
+    return dataclasses.replace(step, batch=dataclasses.replace(step.batch, batch_size=batch_size))
+
+
 # Remat policies by recomputation, least first: the first that fits a full batch wins.
 REMAT_ORDER = ("none", "save_dots", "full")
 
 
 def fit_batch(
     model_config: T5Config,
-    config: TrainConfig,
+    step: StepConfig,
     memory_bytes: int,
     *,
     min_rows_per_device: int = 8,
@@ -70,14 +74,14 @@ def fit_batch(
             f"max_rows_per_device; got {memory_bytes}, {headroom}, {min_rows_per_device}, "
             f"{max_rows_per_device}."
         )
-    data_devices = dict(trainer.validate(config).shape)["data"]
+    data_devices = dict(trainer.make_mesh(step).shape)["data"]
     budget, tried = headroom * memory_bytes, []
     for policy in REMAT_ORDER:
         policy_config = dataclasses.replace(model_config, remat_policy=policy)
         best, rows = None, min_rows_per_device
         while rows <= max_rows_per_device:
             batch = rows * data_devices
-            result = plan(policy_config, dataclasses.replace(config, batch_size=batch))
+            result = plan(policy_config, with_batch_size(step, batch))
             tried.append([policy, batch, result["peak_bytes"]])
             if result["peak_bytes"] > budget:
                 break

@@ -29,13 +29,14 @@ _RUN_DIR_ENTRIES = {
     "eval_metrics.jsonl",
     run_lock.LEASE_FILE,
 }
-# Settings that decide the input stream: a resume that changes one cannot continue it.
+# Settings that decide the input stream, by the name each checkpoint saves them under: a resume
+# that changes one cannot continue it. {name: (the setting to change, its value in a TrainConfig)}
 _STREAM_SETTINGS = {
-    "batch_size": "BATCH_SIZE",
-    "task_feature_lengths": "TASK_FEATURE_LENGTHS",
-    "mixture_or_task_name": "MIXTURE_OR_TASK_NAME",
-    "pack": "t5pod.TrainConfig.pack",
-    "random_seed": "RANDOM_SEED",
+    "batch_size": ("BATCH_SIZE", lambda config: config.batch.batch_size),
+    "task_feature_lengths": ("TASK_FEATURE_LENGTHS", lambda config: config.batch.task_feature_lengths),
+    "mixture_or_task_name": ("MIXTURE_OR_TASK_NAME", lambda config: config.data.mixture_or_task_name),
+    "pack": ("t5pod.BatchConfig.pack", lambda config: config.batch.pack),
+    "random_seed": ("RANDOM_SEED", lambda config: config.random_seed),
 }
 
 
@@ -116,12 +117,13 @@ def resume_point(config: TrainConfig, model_config: T5Config, abstract, writer) 
 
 def check_stream_settings(config: TrainConfig, saved: dict, step: int):
     """Refuses to continue a saved input position under settings that change the stream."""
-    if config.restart_data_stream:
+    if config.data.restart_data_stream:
         return
+    saved, now = saved.get("data_settings", {}), stream_settings(config)
     changed = [
-        f"{macro} {saved['data_settings'][name]!r} -> {getattr(config, name)!r}"
-        for name, macro in _STREAM_SETTINGS.items()
-        if name in saved.get("data_settings", {}) and saved["data_settings"][name] != getattr(config, name)
+        f"{_STREAM_SETTINGS[name][0]} {saved[name]!r} -> {now[name]!r}"
+        for name in _STREAM_SETTINGS
+        if name in saved and saved[name] != now[name]
     ]
     if changed:
         raise RunDirError(
@@ -143,4 +145,4 @@ def write_operative_config(model_dir: str, operative_config: str, resume_step: i
 
 def stream_settings(config: TrainConfig) -> dict:
     """The settings saved with each checkpoint that decide its input stream."""
-    return {name: getattr(config, name) for name in _STREAM_SETTINGS}
+    return {name: value(config) for name, (_, value) in _STREAM_SETTINGS.items()}

@@ -62,7 +62,7 @@ def read_macros(gin_file: str) -> list[Macro]:
 
 
 def field_macros(gin_file: str, configurable: str) -> dict[str, str]:
-    """{field: MACRO} of gin_file's `configurable:` block (lines `  field = %MACRO`)."""
+    """{field: MACRO} of gin_file's `configurable:` block (its indented lines `  field = %MACRO`)."""
     fields, inside = {}, False
     for line in _lines(gin_file):
         if line.startswith(f"{configurable}:"):
@@ -70,7 +70,7 @@ def field_macros(gin_file: str, configurable: str) -> dict[str, str]:
         elif inside and _FIELD_BINDING.match(line):
             match = _FIELD_BINDING.match(line)
             fields[match[1]] = match[2]
-        elif inside and line.strip():
+        elif inside and not line.startswith(" "):
             inside = False
     return fields
 

@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from t5pod import (
     checkpoints,
+    configs,
     evaluation,
     flops,
     inference,
@@ -31,47 +32,41 @@ from t5pod import (
     train_loop,
     train_step,
 )
-from t5pod.configs import InferConfig, T5Config, TrainConfig
+from t5pod.configs import InferConfig, StepConfig, T5Config, TrainConfig
 from t5pod.train_loop import TrainingError
 from t5pod.data import pipeline
 
 
-def validate(config: TrainConfig):
-    """Checks that need no compilation: mesh against devices, batch against data parallelism."""
-    mesh = partitioning.make_mesh(config.mesh_shape)  # raises a clear error if it does not divide
-    data_parallel = mesh.shape[partitioning.DATA]
-    if config.batch_size % data_parallel:
+def make_mesh(step: StepConfig):
+    """The mesh of step.mesh on the available devices, once the batch is known to split over it:
+    evenly over the data axis, the processes, and each replica's slice into microbatches."""
+    mesh = partitioning.make_mesh(step.mesh.shape)  # raises a clear error if it does not divide
+    batch_size, data_parallel = step.batch.batch_size, mesh.shape[partitioning.DATA]
+    partitioning.check_batch(batch_size, mesh, "BATCH_SIZE")
+    if batch_size % jax.process_count():
+        raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by the {jax.process_count()} processes.")
+    if (batch_size // data_parallel) % step.optimizer.num_microbatches:
         raise ValueError(
-            f"BATCH_SIZE {config.batch_size} is not divisible by the data-parallel mesh size "
-            f"{data_parallel}; use a multiple of {data_parallel}."
+            f"NUM_MICROBATCHES {step.optimizer.num_microbatches} does not divide the per-replica batch "
+            f"{batch_size // data_parallel}."
         )
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"BATCH_SIZE {config.batch_size} is not divisible by the {jax.process_count()} processes.")
-    if (config.batch_size // data_parallel) % config.num_microbatches:
-        raise ValueError(
-            f"NUM_MICROBATCHES {config.num_microbatches} does not divide the per-replica batch "
-            f"{config.batch_size // data_parallel}."
-        )
-    if config.trainable not in optimizer.TRAINABLE:
-        raise ValueError(f"Unknown TRAINABLE {config.trainable!r}; use one of {optimizer.TRAINABLE}.")
-    if config.train_steps <= 0 or config.log_period <= 0 or config.checkpoint_period <= 0:
-        raise ValueError("TRAIN_STEPS, LOG_PERIOD and CHECKPOINT_PERIOD must be positive.")
     return mesh
 
 
 def _data_iterator(config: TrainConfig, model_config: T5Config, split: str, shuffle: bool, num_epochs=None):
+    batch = config.batch
     dataset = pipeline.get_dataset(
-        config.mixture_or_task_name,
-        config.task_feature_lengths,
+        config.data.mixture_or_task_name,
+        batch.task_feature_lengths,
         split,
         shuffle=shuffle,
         seed=config.random_seed,
-        pack=config.pack,
+        pack=batch.pack,
         num_epochs=num_epochs,
-        use_cached=config.use_cached,
-        converter=models.feature_converter(model_config, config.pack),
+        use_cached=config.data.use_cached,
+        converter=models.feature_converter(model_config, batch.pack),
     )
-    return pipeline.CheckpointableIterator(pipeline.batched(dataset, config.batch_size // jax.process_count()))
+    return pipeline.CheckpointableIterator(pipeline.batched(dataset, batch.batch_size // jax.process_count()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,21 +86,22 @@ class StateSetup:
     init: Callable
 
 
-def create_state(model_config: T5Config, config: TrainConfig, mesh) -> StateSetup:
-    """The StateSetup of a run on mesh."""
+def create_state(model_config: T5Config, step: StepConfig, mesh) -> StateSetup:
+    """The StateSetup of a train step on mesh."""
     model = models.build(model_config)
-    schedule = optimizer.learning_rate_schedule(config.schedule, config.learning_rate, config.warmup_steps)
-    rules = partitioning.logical_rules(config.fsdp)
-    lengths = config.task_feature_lengths
+    settings = step.optimizer
+    schedule = optimizer.learning_rate_schedule(settings.schedule, settings.learning_rate, settings.warmup_steps)
+    rules = partitioning.logical_rules(step.mesh.fsdp)
+    lengths = step.batch.task_feature_lengths
     features = models.dummy_features(model_config, 1, lengths["inputs"], lengths["targets"])
 
     boxed = jax.eval_shape(lambda rng: model.init(rng, **features)["params"], jax.random.PRNGKey(0))
     tx = optimizer.for_run(
         schedule,
         nn.unbox(boxed),
-        trainable=config.trainable,
-        gradual_unfreezing=config.gradual_unfreezing,
-        train_steps=config.train_steps,
+        trainable=settings.trainable,
+        gradual_unfreezing=settings.gradual_unfreezing,
+        train_steps=step.train_steps,
         num_layers=models.layers_per_stack(model_config),
     )
 
@@ -126,18 +122,19 @@ def create_state(model_config: T5Config, config: TrainConfig, mesh) -> StateSetu
     return StateSetup(model, tx, schedule, rules, abstract, shardings, jax.jit(init, out_shardings=shardings))
 
 
-def make_train_step(config: TrainConfig, setup: StateSetup, mesh):
+def make_train_step(step: StepConfig, setup: StateSetup, mesh):
     """train_step jitted once with explicit shardings; the state is donated."""
+    settings = step.optimizer
     return jax.jit(
         functools.partial(
             train_step.train_step,
             model=setup.model,
             optimizer=setup.optimizer,
             schedule=setup.schedule,
-            z_loss=config.z_loss,
-            label_smoothing=config.label_smoothing,
-            num_microbatches=config.num_microbatches,
-            loss_normalizing_factor=config.loss_normalizing_factor,
+            z_loss=settings.z_loss,
+            label_smoothing=settings.label_smoothing,
+            num_microbatches=settings.num_microbatches,
+            loss_normalizing_factor=settings.loss_normalizing_factor,
         ),
         in_shardings=(setup.shardings, train_loop.batch_sharding(mesh), partitioning.replicated(mesh)),
         out_shardings=(setup.shardings, partitioning.replicated(mesh)),
@@ -145,7 +142,7 @@ def make_train_step(config: TrainConfig, setup: StateSetup, mesh):
     )
 
 
-def compile_train_step(config: TrainConfig, model_config: T5Config, setup: StateSetup, mesh) -> tuple:
+def compile_train_step(step: StepConfig, model_config: T5Config, setup: StateSetup, mesh) -> tuple:
     """(the compiled train step, its report) before any data is read.
 
     The report, per device: argument, output, aliased (donated) and temporary bytes of the
@@ -153,13 +150,14 @@ def compile_train_step(config: TrainConfig, model_config: T5Config, setup: State
     measured against) and the compiler's own FLOP count; the compile time. Call inside the mesh
     and logical-rules context.
     """
-    batch = models.batch_spec(model_config, config.batch_size, config.task_feature_lengths, config.pack)
+    lengths, batch_size = step.batch.task_feature_lengths, step.batch.batch_size
+    batch = models.batch_spec(model_config, batch_size, lengths, step.batch.pack)
     batch = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=train_loop.batch_sharding(mesh)) for k, v in batch.items()
     }
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=partitioning.replicated(mesh))
     start = time.time()
-    compiled = make_train_step(config, setup, mesh).lower(setup.abstract_state, batch, rng).compile()
+    compiled = make_train_step(step, setup, mesh).lower(setup.abstract_state, batch, rng).compile()
     compile_s = time.time() - start
     memory = compiled.memory_analysis()
     sizes = {
@@ -168,7 +166,6 @@ def compile_train_step(config: TrainConfig, model_config: T5Config, setup: State
     }
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost or {}
-    lengths = config.task_feature_lengths
     report = {
         "argument_bytes": sizes["argument"],
         "output_bytes": sizes["output"],
@@ -176,7 +173,7 @@ def compile_train_step(config: TrainConfig, model_config: T5Config, setup: State
         "temp_bytes": sizes["temp"],
         "peak_bytes": sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"],
         "model_flops_per_step": flops.train_flops_per_example(model_config, lengths["inputs"], lengths["targets"])
-        * config.batch_size,
+        * batch_size,
         "compiled_flops_per_device": float(cost.get("flops", 0.0)),
         "compile_s": compile_s,
     }
@@ -213,12 +210,13 @@ def _first_batch(iterator, config: TrainConfig) -> dict:
         return next(iterator)
     except StopIteration:
         raise TrainingError(
-            f"{config.mixture_or_task_name} gave no full batch of {config.batch_size} examples; "
+            f"{config.data.mixture_or_task_name} gave no full batch of {config.batch.batch_size} examples; "
             "check its data files or lower BATCH_SIZE."
         ) from None
     except (tf.errors.OpError, UnicodeDecodeError) as error:
+        problem = " ".join(str(error).split())[:300]
         raise TrainingError(
-            f"Reading the first batch of {config.mixture_or_task_name} failed: {' '.join(str(error).split())[:300]}"
+            f"Reading the first batch of {config.data.mixture_or_task_name} failed: {problem}"
         ) from None
 
 
@@ -245,28 +243,25 @@ def prepare(config: TrainConfig, model_config: T5Config, writer: metric_writers.
     """Every check a run makes before it writes: the mesh, MODEL_DIR, the task and one batch of its
     data, the compiled step (before any state exists, so that a step that does not fit fails
     first), then the state: restored from MODEL_DIR, or initialised (from INITIAL_CHECKPOINT_PATH)."""
-    mesh = validate(config)
-    if (
-        config.inference_eval
-        and config.eval_period
-        and not evaluation.tasks_with_metrics(config.mixture_or_task_name, config.eval_split)
-    ):
+    mesh = make_mesh(config.step)
+    name, split = config.data.mixture_or_task_name, config.eval.split
+    if config.eval.inference and config.eval.period and not evaluation.tasks_with_metrics(name, split):
         raise ValueError(
-            f"INFERENCE_EVAL=True, but no task of {config.mixture_or_task_name} has metrics and a "
-            f"{config.eval_split!r} split; set --gin.INFERENCE_EVAL=False (loss-only evaluation)."
+            f"INFERENCE_EVAL=True, but no task of {name} has metrics and a {split!r} split; set "
+            "--gin.INFERENCE_EVAL=False (loss-only evaluation)."
         )
     run_dir.check_model_dir(config)
-    setup = create_state(model_config, config, mesh)
+    setup = create_state(model_config, config.step, mesh)
     train_iterator = _data_iterator(config, model_config, "train", shuffle=True)
     first_batch = _first_batch(train_iterator, config)
     metadata = {
         "architecture": model_config.checkpoint_fields(),
-        "mixture_or_task_name": config.mixture_or_task_name,
+        "mixture_or_task_name": config.data.mixture_or_task_name,
         "process_count": jax.process_count(),
         "data_settings": run_dir.stream_settings(config),
     }
     with mesh, nn.logical_axis_rules(setup.rules):
-        step_fn, report = compile_train_step(config, model_config, setup, mesh)
+        step_fn, report = compile_train_step(config.step, model_config, setup, mesh)
         resume_step, params, opt_state, saved, broken = run_dir.resume_point(
             config, model_config, setup.abstract_state, writer
         )
@@ -282,20 +277,19 @@ def prepare(config: TrainConfig, model_config: T5Config, writer: metric_writers.
                     f"Warning: the checkpoint was written by {saved.get('process_count')} processes, this "
                     f"run has {jax.process_count()}; the input stream restarts from its seed."
                 )
-            elif config.restart_data_stream:
+            elif config.data.restart_data_stream:
                 writer.print("RESTART_DATA_STREAM=True: the input stream restarts from its seed.")
             else:
                 run_dir.check_stream_settings(config, saved, resume_step)
                 checkpoints.restore_data_position(config.model_dir, resume_step, train_iterator, jax.process_index())
         else:
             state = setup.init(jax.random.PRNGKey(config.random_seed))
-            if config.initial_checkpoint_path:
+            initial = config.checkpoint
+            if initial.initial_path:
                 params = checkpoints.read_initial_params(
-                    config.initial_checkpoint_path, model_config, state.params, setup.abstract_state.params
+                    initial.initial_path, model_config, state.params, setup.abstract_state.params
                 )
-                state = state.replace(
-                    params=checkpoints.keep_fresh(params, state.params, config.initial_checkpoint_skip)
-                )
+                state = state.replace(params=checkpoints.keep_fresh(params, state.params, initial.initial_skip))
     return PreparedRun(
         config,
         model_config,
@@ -336,7 +330,7 @@ def standard_hooks(
         )
 
     eval_fn = jax.jit(
-        functools.partial(train_step.eval_step, model=run.setup.model, z_loss=config.z_loss),
+        functools.partial(train_step.eval_step, model=run.setup.model, z_loss=config.optimizer.z_loss),
         in_shardings=(run.setup.shardings.params, train_loop.batch_sharding(mesh)),
         out_shardings=partitioning.replicated(mesh),
     )
@@ -352,14 +346,14 @@ def standard_hooks(
         predictor.params = state.params
         evaluation.run(
             predictor,
-            config.mixture_or_task_name,
-            config.eval_split,
-            config.task_feature_lengths,
+            config.data.mixture_or_task_name,
+            config.eval.split,
+            config.batch.task_feature_lengths,
             step,
             config.model_dir,
             writer,
-            config.inference_eval_examples,
-            config.use_cached,
+            config.eval.inference_examples,
+            config.data.use_cached,
         )
 
     def save(step: int, state):
@@ -367,11 +361,11 @@ def standard_hooks(
 
     hooks = [
         train_loop.Hook(log, train_loop.periodic(config.log_period, 1, config.train_steps)),
-        train_loop.Hook(evaluate, train_loop.periodic(config.eval_period)),
+        train_loop.Hook(evaluate, train_loop.periodic(config.eval.period)),
     ]
-    if config.inference_eval:
-        hooks.append(train_loop.Hook(inference_eval, train_loop.periodic(config.eval_period)))
-    return hooks + [train_loop.Hook(save, train_loop.periodic(config.checkpoint_period, config.train_steps))]
+    if config.eval.inference:
+        hooks.append(train_loop.Hook(inference_eval, train_loop.periodic(config.eval.period)))
+    return hooks + [train_loop.Hook(save, train_loop.periodic(config.checkpoint.period, config.train_steps))]
 
 
 def train(config: TrainConfig, model_config: T5Config, operative_config: str = "") -> dict:
@@ -404,20 +398,20 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
             writer.write_run_settings(
                 run.resume_step or 0,
                 operative_config,
-                {
-                    **{f"train/{k}": v for k, v in dataclasses.asdict(config).items()},
-                    **{f"model/{k}": v for k, v in dataclasses.asdict(model_config).items()},
-                },
+                {**configs.flat(config, "train/"), **configs.flat(model_config, "model/")},
             )
             checkpointer = checkpoints.TrainCheckpointer(
-                config.model_dir, config.keep_checkpoints, config.async_checkpointing
+                config.model_dir, config.checkpoint.keep, config.checkpoint.asynchronous
             )
             _print_start(run, writer)
             first_step = int(jax.device_get(run.state.step))
             writer.write(first_step, run.report, split="compile", summary=False)
             peak_flops = flops.peak_flops_per_device(jax.local_devices()[0]) * jax.device_count()
             window = train_loop.MetricWindow(
-                run.report, peak_flops, config.batch_size * sum(config.task_feature_lengths.values()), first_step
+                run.report,
+                peak_flops,
+                config.batch.batch_size * sum(config.batch.task_feature_lengths.values()),
+                first_step,
             )
             hooks = standard_hooks(run, writer, window, checkpointer, logged)
             saves = hooks[-1]
@@ -447,7 +441,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
 def _print_start(run: PreparedRun, writer):
     config = run.config
     writer.print(
-        f"Training {config.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
+        f"Training {config.data.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s), mesh {dict(run.mesh.shape)}."
     )
     writer.print(format_step_report(run.report) + f" {flops.describe_peak(jax.local_devices()[0])}.")
@@ -456,32 +450,29 @@ def _print_start(run: PreparedRun, writer):
             f"Resumed from {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER}/{run.resume_step} "
             f"(step {run.resume_step})."
         )
-    elif config.initial_checkpoint_path:
-        skipped = (
-            f"; freshly initialised: {', '.join(config.initial_checkpoint_skip)}"
-            if config.initial_checkpoint_skip
-            else ""
-        )
-        writer.print(f"Initialised parameters from {config.initial_checkpoint_path} (optimizer reset{skipped}).")
+    elif config.checkpoint.initial_path:
+        skip = config.checkpoint.initial_skip
+        skipped = f"; freshly initialised: {', '.join(skip)}" if skip else ""
+        writer.print(f"Initialised parameters from {config.checkpoint.initial_path} (optimizer reset{skipped}).")
 
 
 def _training_predictor(config: TrainConfig, model_config: T5Config, mesh, params) -> inference.Predictor:
     """Greedy decoding of the evaluation split on the training mesh, with the training batch size."""
     infer_config = InferConfig(
         checkpoint_path=config.model_dir,
-        task_feature_lengths=config.task_feature_lengths,
-        batch_size=config.batch_size,
-        mesh_shape=config.mesh_shape,
-        fsdp=config.fsdp,
+        task_feature_lengths=config.batch.task_feature_lengths,
+        batch_size=config.batch.batch_size,
+        mesh=config.mesh,
     )
     return inference.Predictor(model_config, infer_config, vocabulary=None, mesh=mesh, params=params)
 
 
 def _evaluate(config: TrainConfig, model_config: T5Config, eval_fn, params, mesh, writer, step: int):
     """Teacher-forced loss and accuracy on EVAL_STEPS batches of the evaluation split."""
-    iterator = _data_iterator(config, model_config, config.eval_split, shuffle=False, num_epochs=1)
+    split = config.eval.split
+    iterator = _data_iterator(config, model_config, split, shuffle=False, num_epochs=1)
     totals = None
-    for _ in range(config.eval_steps):
+    for _ in range(config.eval.steps):
         try:
             batch = train_loop.global_batch(next(iterator), mesh)
         except StopIteration:
@@ -489,8 +480,8 @@ def _evaluate(config: TrainConfig, model_config: T5Config, eval_fn, params, mesh
         sums = eval_fn(params, batch)
         totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
     if totals is None:
-        writer.print(f"Evaluation split {config.eval_split} gave no full batch; skipped.")
+        writer.print(f"Evaluation split {split} gave no full batch; skipped.")
         return
     summary = train_step.summarize(jax.device_get(totals))
-    writer.write(step, summary, split=config.eval_split)
-    writer.print(f"eval {config.eval_split} at step {step}: loss {summary['loss']:.4f}  acc {summary['accuracy']:.3f}")
+    writer.write(step, summary, split=split)
+    writer.print(f"eval {split} at step {step}: loss {summary['loss']:.4f}  acc {summary['accuracy']:.3f}")

@@ -54,7 +54,10 @@ def pretrained_demo_run(tmp_path_factory):
     import subprocess
     import sys
 
-    root = tmp_path_factory.getbasetemp().parent  # common to all workers of one pytest run
+    # Common to all xdist workers of one pytest run (each has its own basetemp below the run's);
+    # never shared with another run, whose code may differ.
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     run = root / "pretrained_demo_run"
     with open(root / "pretrained_demo_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

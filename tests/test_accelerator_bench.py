@@ -11,20 +11,13 @@ import pytest
 from bench import profile_step
 from conftest import REPO
 from t5pod import flops, planning
-from t5pod.configs import T5Config, TrainConfig
+from t5pod.configs import BatchConfig, StepConfig, T5Config
 
 
 MODEL = T5Config(
     vocab_size=256, d_model=64, d_kv=16, num_heads=4, d_ff=256, num_layers=4, dropout_rate=0.0, scan_layers=True
 )
-CONFIG = TrainConfig(
-    model_dir="/unused",
-    mixture_or_task_name="unused",
-    task_feature_lengths={"inputs": 256, "targets": 8},
-    train_steps=1,
-    batch_size=8,
-    mesh_shape=(-1, 1),
-)  # data 8 on the 8 fake devices
+CONFIG = StepConfig(BatchConfig({"inputs": 256, "targets": 8}, batch_size=8))  # data 8 on the 8 fake devices
 
 
 @pytest.fixture
@@ -45,8 +38,8 @@ def fake_peaks(monkeypatch):
     calls = []
 
     def plan(model_config, config, decode=None):
-        calls.append((model_config.remat_policy, config.batch_size))
-        return {"peak_bytes": peaks[(model_config.remat_policy, config.batch_size)]}
+        calls.append((model_config.remat_policy, config.batch.batch_size))
+        return {"peak_bytes": peaks[(model_config.remat_policy, config.batch.batch_size)]}
 
     monkeypatch.setattr(planning, "plan", plan)
     return calls
@@ -153,6 +146,7 @@ def test_profile_groups_ops_by_the_scope_that_made_them():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_the_accelerator_path_runs_on_cpu(tmp_path):
     """bench/run.py's GPU/TPU path, forced on CPU with the tiny model at 64/16 and 200 MB per device."""
     output = tmp_path / "results.json"

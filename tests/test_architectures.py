@@ -10,7 +10,8 @@ from flax import linen as nn
 
 from t5pod import tasks  # noqa: F401  (registers the demo tasks)
 from t5pod import checkpoints, decoder_only, decoding, ginconf, inference, models, network, trainer
-from t5pod.configs import InferConfig, T5Config, TrainConfig
+from helpers import train_config
+from t5pod.configs import InferConfig, MeshConfig, T5Config
 from t5pod.data import demo_corpus
 from t5pod.layers import make_attention_mask
 
@@ -184,16 +185,12 @@ def test_each_architecture_trains_sharded_resumes_and_decodes(tmp_path, architec
         dropout_rate=0.0,
         architecture=architecture,
     )
-    config = TrainConfig(
-        model_dir=str(tmp_path / "run"),
-        mixture_or_task_name="demo_span_corruption",
+    config = train_config(
+        tmp_path / "run",
         task_feature_lengths={"inputs": 64, "targets": 16},
         train_steps=2,
-        batch_size=8,
         checkpoint_period=1,
-        log_period=1,
         mesh_shape=(4, 2),
-        async_checkpointing=False,
     )
     straight = trainer.train(
         dataclasses.replace(config, model_dir=str(tmp_path / "straight"), train_steps=3), model_config
@@ -209,7 +206,7 @@ def test_each_architecture_trains_sharded_resumes_and_decodes(tmp_path, architec
             batch_size=2,
             task_feature_lengths={"inputs": 16, "targets": 128},
             max_decode_length=4,
-            mesh_shape=(2, 4),
+            mesh=MeshConfig((2, 4)),
         ),
         demo_corpus.vocabulary(),
     )

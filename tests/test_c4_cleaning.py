@@ -238,6 +238,7 @@ def test_preprocessor_on_tf_dataset():
     assert cleaned.element_spec["text"].shape == []
 
 
+@pytest.mark.e2e
 def test_script_end_to_end(tmp_path):
     with gzip.open(tmp_path / "part-0.jsonl.gz", "wt", encoding="utf-8") as f:
         for page in PAGES[:5]:
@@ -268,6 +269,7 @@ def test_script_end_to_end(tmp_path):
     assert sorted(p.name for p in output.parent.iterdir()) == ["clean.jsonl"]  # No temp file left.
 
 
+@pytest.mark.e2e
 def test_script_plain_text_flags_and_missing_bad_words(tmp_path):
     sys.path.insert(0, str(REPO / "scripts"))
     try:

@@ -56,6 +56,7 @@ TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} |All log messages before absl::Initializ
 
 
 @pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.e2e
 def test_start_up_noise_is_silenced_unless_verbose(verbose):
     command = [
         sys.executable,

@@ -10,7 +10,8 @@ from flax import linen as nn
 
 from t5pod import tasks  # noqa: F401  (registers the demo tasks)
 from t5pod import checkpoints, ginconf, models, optimizer, partitioning, train_loop, trainer
-from t5pod.configs import T5Config, TrainConfig
+from helpers import step_config, train_config
+from t5pod.configs import CheckpointConfig, T5Config, TrainConfig
 
 MODEL = T5Config(
     vocab_size=2176,
@@ -39,9 +40,7 @@ def _batch(rows=8, inputs=24, targets=8):
 
 def _train(model_config, steps, mesh_shape=(4, 2), **overrides):
     """Parameters after each of `steps` optimizer steps (index 0: the initial ones), and the state."""
-    config = TrainConfig(
-        model_dir="/unused",
-        mixture_or_task_name="demo_span_corruption",
+    config = step_config(
         task_feature_lengths={"inputs": 24, "targets": 8},
         train_steps=steps,
         batch_size=8,
@@ -141,12 +140,12 @@ def test_fine_tuning_gin_files():
         ["tasks.gin", "runs/finetune.gin", "models/tiny.gin", "finetuning/adapters.gin"],
         ["MODEL_DIR='/run'", "INITIAL_CHECKPOINT_PATH='/ckpt'", "ADAPTER_DIM=32"],
     )
-    assert ginconf.model_config().adapter_dim == 32 and ginconf.train_config().trainable == "adapters"
+    assert ginconf.model_config().adapter_dim == 32 and ginconf.train_config().optimizer.trainable == "adapters"
     ginconf.parse(
         ["tasks.gin", "runs/finetune.gin", "models/tiny.gin", "finetuning/gradual_unfreezing.gin"],
         ["MODEL_DIR='/run'", "INITIAL_CHECKPOINT_PATH='/ckpt'"],
     )
-    assert ginconf.train_config().gradual_unfreezing and ginconf.model_config().adapter_dim == 0
+    assert ginconf.train_config().optimizer.gradual_unfreezing and ginconf.model_config().adapter_dim == 0
 
 
 def _saved_checkpoint(tmp_path, seed: int = 7) -> dict:
@@ -158,17 +157,13 @@ def _saved_checkpoint(tmp_path, seed: int = 7) -> dict:
 
 def _one_step_from_checkpoint(tmp_path, learning_rate: float, **overrides) -> TrainConfig:
     """One fine-tuning step from tmp_path/pretrained into tmp_path/run, checkpointed."""
-    return TrainConfig(
-        model_dir=str(tmp_path / "run"),
-        mixture_or_task_name="demo_span_corruption",
+    return train_config(
+        tmp_path / "run",
         task_feature_lengths={"inputs": 64, "targets": 16},
         train_steps=1,
-        batch_size=8,
-        log_period=1,
         checkpoint_period=1,
         schedule="constant",
         learning_rate=learning_rate,
-        async_checkpointing=False,
         initial_checkpoint_path=str(tmp_path / "pretrained"),
         **overrides,
     )
@@ -209,19 +204,12 @@ def test_keep_fresh_takes_the_matched_parameters_from_the_fresh_initialisation()
 
 
 def test_initial_checkpoint_skip_settings_are_checked():
-    settings = dict(
-        model_dir="/run",
-        mixture_or_task_name="demo_span_corruption",
-        train_steps=1,
-        batch_size=8,
-        task_feature_lengths={"inputs": 24, "targets": 8},
-    )
     with pytest.raises(ValueError, match="list of patterns.*not the string 'decoder/.\\*'"):
-        TrainConfig(**settings, initial_checkpoint_path="/ckpt", initial_checkpoint_skip="decoder/.*")
+        CheckpointConfig(initial_path="/ckpt", initial_skip="decoder/.*")
     with pytest.raises(ValueError, match="INITIAL_CHECKPOINT_PATH, which is not set"):
-        TrainConfig(**settings, initial_checkpoint_skip=("decoder/.*",))
+        CheckpointConfig(initial_skip=("decoder/.*",))
     with pytest.raises(ValueError, match="'decoder/\\(' is not a regular expression"):
-        TrainConfig(**settings, initial_checkpoint_path="/ckpt", initial_checkpoint_skip=("decoder/(",))
+        CheckpointConfig(initial_path="/ckpt", initial_skip=("decoder/(",))
 
 
 @pytest.mark.slow

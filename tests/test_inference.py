@@ -49,6 +49,7 @@ def _encode(texts):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_greedy_infer_equals_reference(converted):
     import torch
 
@@ -74,6 +75,7 @@ def test_greedy_infer_equals_reference(converted):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_score_equals_reference(converted):
     import torch
 
@@ -130,12 +132,14 @@ def test_eval_metrics_from_fixed_predictions(benchmark_rows):
     tasks.register_all()
 
 
+@pytest.mark.e2e
 def test_infer_needs_an_input(tmp_path):
     done = run_cli("infer", "--gin_file=models/tiny.gin", f"--output_file={tmp_path / 'x.jsonl'}")
     assert done.returncode == 2 and "--input_file" in done.stderr
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_model_learns_sst2_from_scratch(shared_data, tmp_path):
     """End to end on real data: train on SST-2 train; inference evaluation on all of SST-2 dev at
     the last step (majority class: 50.9%)."""
@@ -328,6 +332,7 @@ def _infer_process(run, rows_file, output, *flags, argv_only=False):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_killed_infer_continues_where_it_stopped(pretrained_demo_run, tmp_path, capsys):
     """Sampled decoding (each batch has its own seed): kill -9 midway, rerun, and the file equals an
     uninterrupted run's; a rerun with other settings is refused and the partial file kept."""

@@ -43,6 +43,7 @@ def test_installed_versions_are_the_pinned_ones():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_convert_hf_command_end_to_end(tmp_path):
     hf_reference.make_checkpoint("t5_1_1", str(tmp_path / "hf"))
     env = dict(os.environ, XLA_FLAGS="")

@@ -4,6 +4,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 SLICE = ["--name=t5pod-v3-32", "--zone=europe-west4-a", "--project=my-project", "--dry-run"]
@@ -31,6 +33,7 @@ def _dry_run(*args) -> list[list[str]]:
     return [shlex.split(line) for line in done.stdout.splitlines()]
 
 
+@pytest.mark.e2e
 def test_create_v3_32_slice():
     assert _dry_run("create", "--accelerator=v3-32", "--spot") == [
         [
@@ -49,6 +52,7 @@ def test_create_v3_32_slice():
     ]
 
 
+@pytest.mark.e2e
 def test_install_on_every_worker():
     (command,) = _dry_run("install", "--repo=https://example.org/t5pod.git")
     assert command[:-1] == SSH
@@ -58,6 +62,7 @@ def test_install_on_every_worker():
     )
 
 
+@pytest.mark.e2e
 def test_train_on_every_worker_with_model_dir_on_a_bucket():
     (command,) = _dry_run(
         "train",
@@ -90,6 +95,7 @@ def test_train_on_every_worker_with_model_dir_on_a_bucket():
     ]
 
 
+@pytest.mark.e2e
 def test_logs_and_delete():
     assert _dry_run("logs") == [SSH[:-1] + ["--worker=0", "--command=tail -n 100 -f t5pod/train.log"]]
     assert _dry_run("delete") == [

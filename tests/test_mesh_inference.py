@@ -9,7 +9,7 @@ import pytest
 from flax import linen as nn
 
 from t5pod import checkpoints, decoding, inference, models, partitioning
-from t5pod.configs import InferConfig, T5Config
+from t5pod.configs import InferConfig, MeshConfig, T5Config
 
 BASE = T5Config(vocab_size=128, d_model=32, d_kv=8, num_heads=8, d_ff=64, num_layers=2, dropout_rate=0.0)
 MODELS = {
@@ -77,8 +77,7 @@ def test_decoding_on_meshes_equals_one_device(saved_model, beam_size):
             task_feature_lengths=LENGTHS,
             batch_size=8,
             beam_size=beam_size,
-            mesh_shape=mesh_shape,
-            fsdp=fsdp,
+            mesh=MeshConfig(mesh_shape, fsdp),
         )
         predictor = inference.Predictor(config, infer_config, vocabulary=None)
         ids, scores = [], []
@@ -105,7 +104,9 @@ def test_scores_on_a_mesh_equal_one_device(saved_model):
     targets = [t[: LENGTHS["targets"] - 1] for t in targets]
     predictor = inference.Predictor(
         config,
-        InferConfig(checkpoint_path=path, task_feature_lengths=LENGTHS, batch_size=8, mesh_shape=(2, 4), fsdp=True),
+        InferConfig(
+            checkpoint_path=path, task_feature_lengths=LENGTHS, batch_size=8, mesh=MeshConfig((2, 4), fsdp=True)
+        ),
         vocabulary=None,
     )
     features = models.scoring_features(
@@ -125,7 +126,10 @@ def test_prefix_lm_decodes_on_a_mesh_as_on_one_device(tmp_path):
     predictor = inference.Predictor(
         config,
         InferConfig(
-            checkpoint_path=str(tmp_path), task_feature_lengths=LENGTHS, batch_size=8, mesh_shape=(2, 4), fsdp=True
+            checkpoint_path=str(tmp_path),
+            task_feature_lengths=LENGTHS,
+            batch_size=8,
+            mesh=MeshConfig((2, 4), fsdp=True),
         ),
         vocabulary=None,
     )
@@ -139,6 +143,6 @@ def test_a_mesh_that_does_not_divide_the_model_or_the_batch_is_refused():
     mesh = partitioning.make_mesh((1, 4), jax.devices()[:4])
     with pytest.raises(ValueError, match=r"the 4-way `model` axis does not divide parameter .*\(a dimension of 6"):
         inference.mesh_layout(config, mesh, fsdp=False)
-    infer_config = InferConfig(checkpoint_path="/unused", task_feature_lengths=LENGTHS, batch_size=6, mesh_shape=(4, 2))
+    infer_config = InferConfig(checkpoint_path="", task_feature_lengths=LENGTHS, batch_size=6, mesh=MeshConfig((4, 2)))
     with pytest.raises(ValueError, match="INFER_BATCH_SIZE 6 is not divisible by the data-parallel mesh size 4"):
         inference.Predictor(BASE, infer_config, vocabulary=None)

@@ -34,6 +34,7 @@ def _env(devices: int) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_processes_equal_one_process(tmp_path):
     port = _port()
     workers = [
@@ -114,6 +115,7 @@ def _finish(processes, timeout=600):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_train_command_as_two_processes_and_checkpoints_across_process_counts(tmp_path):
     run = tmp_path / "run"
     outputs = _finish(_train(run, 2, _port(), 4))
@@ -158,6 +160,7 @@ def test_train_command_as_two_processes_and_checkpoints_across_process_counts(tm
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_dead_process_stops_the_other_with_a_clear_error(tmp_path):
     processes = _train(tmp_path / "run", 2, _port(), 100000, ["--heartbeat_timeout_s=10"])
     deadline = time.time() + 300
@@ -208,6 +211,7 @@ def _command(kind, num_processes, port, process_id, *flags):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_infer_and_eval_as_two_processes_equal_one_process(pretrained_demo_run, benchmark_rows, tmp_path):
     """Each process encodes its half of every batch; process 0 writes the same files as one process."""
     rows = tmp_path / "rows.txt"

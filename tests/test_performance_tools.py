@@ -13,7 +13,7 @@ import pytest
 from helpers import SMALL_MODEL, train_config
 from t5pod import tasks
 from t5pod import flops, ginconf, models, planning, train_loop, trainer
-from t5pod.configs import T5Config, TrainConfig
+from t5pod.configs import T5Config
 
 
 def test_flops_of_t5_1_1_base():
@@ -44,7 +44,6 @@ def _plan(*flags):
             "plan",
             "--gin_file=runs/pretrain.gin",
             "--gin_file=models/tiny.gin",
-            "--gin.MODEL_DIR='/unused'",
             "--gin.BATCH_SIZE=16",
             "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
             "--num_devices=8",
@@ -61,6 +60,7 @@ def _plan(*flags):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_plan_reports_per_device_memory():
     ginconf.parse(["models/tiny.gin"])
     total = models.count_parameters(ginconf.model_config()) * 4
@@ -78,16 +78,16 @@ def test_plan_reports_per_device_memory():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_plan_fit_batch_finds_the_largest_batch_that_fits():
     lengths = "TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 16}"
     tasks.register_all()
     ginconf.parse(
-        ["tasks.gin", "runs/pretrain.gin", "models/tiny.gin"], ["MODEL_DIR='/unused'", "MESH_SHAPE=(8, 1)", lengths]
+        ["tasks.gin", "runs/pretrain.gin", "models/tiny.gin"], ["MESH_SHAPE=(8, 1)", lengths], unneeded=["MODEL_DIR"]
     )
-    model, config = ginconf.model_config(), ginconf.train_config()
+    model, config = ginconf.model_config(), ginconf.step_config()
     peaks = {
-        batch: planning.plan(model, dataclasses.replace(config, batch_size=batch))["peak_bytes"]
-        for batch in (8, 16, 32)
+        batch: planning.plan(model, planning.with_batch_size(config, batch))["peak_bytes"] for batch in (8, 16, 32)
     }
     assert peaks[8] < peaks[16] < peaks[32]
     # 90% of the memory falls between the peaks of 16 and 32 rows: 16 is the answer.
@@ -106,7 +106,6 @@ def test_plan_fit_batch_finds_the_largest_batch_that_fits():
             "plan",
             "--gin_file=runs/pretrain.gin",
             "--gin_file=models/tiny.gin",
-            "--gin.MODEL_DIR='/unused'",
             "--fit_batch",
         ],
         capture_output=True,
@@ -134,17 +133,13 @@ def test_bfloat16_training_tracks_float32(tmp_path):
     )
     losses = {}
     for dtype in ("float32", "bfloat16"):
-        config = TrainConfig(
-            model_dir=str(tmp_path / dtype),
-            mixture_or_task_name="demo_span_corruption",
+        config = train_config(
+            tmp_path / dtype,
             task_feature_lengths={"inputs": 64, "targets": 16},
             train_steps=50,
             batch_size=16,
-            warmup_steps=100,
             log_period=10,
             checkpoint_period=50,
-            mesh_shape=(-1, 1),
-            async_checkpointing=False,
         )
         losses[dtype] = trainer.train(config, dataclasses.replace(model, dtype=dtype))["loss"]
     assert losses["float32"] < 7.0  # it learned something (ln 2176 = 7.7)
@@ -152,6 +147,7 @@ def test_bfloat16_training_tracks_float32(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_bench_quick_run(tmp_path):
     from conftest import REPO
 
@@ -202,7 +198,7 @@ def test_plan_gives_the_memory_of_the_step_that_trains_decoder_only_models(tmp_p
         architecture=architecture,
     )
     config = _tiny_run_config(tmp_path)
-    planned = planning.plan(model, config)
+    planned = planning.plan(model, config.step)
     trainer.train(config, model)
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     (compiled,) = [r for r in rows if r["split"] == "compile"]
@@ -214,7 +210,7 @@ def test_plan_gives_the_memory_of_the_step_that_trains_decoder_only_models(tmp_p
     state_bytes = planned["params_bytes"] + planned["opt_state_bytes"] + 4
     assert state_bytes < planned["argument_bytes"] <= state_bytes + 6 * 2 * (64 + 16) * 4 + 8
     # The encoder-decoder features of the same lengths are another program (what plan compiled before).
-    other = planning.plan(dataclasses.replace(model, architecture="encoder_decoder"), config)
+    other = planning.plan(dataclasses.replace(model, architecture="encoder_decoder"), config.step)
     assert other["argument_bytes"] != planned["argument_bytes"]
     train_rows = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train_rows] == [1, 2] and all(0 < r["mfu"] < 1 for r in train_rows)

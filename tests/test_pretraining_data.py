@@ -125,6 +125,7 @@ def _shard_in_processes(pattern: str, num_shards: int, folder: pathlib.Path) -> 
     return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
 
 
+@pytest.mark.e2e
 def test_each_process_reads_only_its_own_files(tmp_path):
     """2 real processes over 4 files: each opens its 2 files, and together they get the
     single-process stream's documents, each once."""
@@ -194,6 +195,7 @@ def test_text_validation_split_by_hash_or_by_files(tmp_path):
         text_sources.TextFileSource(str(corpus / "*.txt"), validation_fraction=0)
 
 
+@pytest.mark.e2e
 def test_text_to_tfrecord_script_keeps_every_document(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

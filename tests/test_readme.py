@@ -129,6 +129,7 @@ def fixtures(tmp_path_factory, pretrained_demo_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", readme_commands())
+@pytest.mark.e2e
 def test_readme_command_runs(command, fixtures):
     if command.startswith("make test") or command.startswith("make install"):
         # `make test` is this suite (running it here would recurse); `make install` is what every
@@ -239,6 +240,6 @@ def test_study_table_flags_parse(row, flags):
 
     try:
         ginconf.register_tasks()
-        pipeline.get_task_or_mixture(train.mixture_or_task_name)  # the task or mixture the row names exists
+        pipeline.get_task_or_mixture(train.data.mixture_or_task_name)  # the task or mixture the row names exists
     finally:
         tasks.register_all()  # back to the defaults for the tests that follow

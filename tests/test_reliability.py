@@ -99,6 +99,7 @@ def test_keep_checkpoints_prunes_old_steps_and_their_data_positions(tmp_path):
     assert sorted(os.listdir(tmp_path / "run" / "data_positions")) == ["4", "5"]
 
 
+@pytest.mark.e2e
 def test_a_live_lease_refuses_and_an_expired_or_dead_one_is_taken_over(tmp_path):
     now = time.time()
     lease = {"owner": "x", "host": "elsewhere", "pid": 1, "started": now - 100, "heartbeat": now - 10, "timeout_s": 60}
@@ -145,6 +146,7 @@ def _wait_for_training(model_dir, process, timeout=240):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_second_run_on_the_same_model_dir_is_refused_naming_the_first(tmp_path):
     command, env = _cli(tmp_path / "run", "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=100000")
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -166,6 +168,7 @@ def test_a_second_run_on_the_same_model_dir_is_refused_naming_the_first(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_sigkill_at_random_moments_leaves_a_run_that_resumes_and_finishes_as_an_uninterrupted_one(tmp_path):
     steps = 16  # more than three kills' windows (at most 1.2 s, about 3 steps/s) can reach
     flags = [f"--gin.TRAIN_STEPS={steps}", "--gin.CHECKPOINT_PERIOD=1", "--gin.KEEP_CHECKPOINTS=2"]

@@ -58,6 +58,7 @@ def _mean_without_nan(metrics_line: dict) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
     (tmp_path / "books").mkdir()
     (tmp_path / "books" / "a.txt").write_text(open(demo_corpus.corpus_path(), encoding="utf-8").read()[:300_000])
@@ -147,6 +148,7 @@ def test_study_runs_rows_tabulates_and_skips_finished_runs(tmp_path):
     assert "c4_v220_span_corruption" in commands[5]
 
 
+@pytest.mark.e2e
 def test_a_run_that_stops_early_stops_the_study(tmp_path):
     # A preempted `t5pod train` saves its checkpoint and exits 0; the fine-tunings after a
     # pre-training must not start from its unfinished checkpoint.
@@ -343,6 +345,7 @@ def test_transfer_rows_run_random_first_then_each_rung_and_tabulate(tmp_path, mo
         )
 
 
+@pytest.mark.e2e
 def test_gpu_preset_prints_its_commands(tmp_path):
     printed = _study(tmp_path, "--preset=gpu", "--print_commands", "--rows=transfer")
     assert printed.returncode == 0, printed.stderr[-3000:]
@@ -363,6 +366,7 @@ def test_gpu_preset_prints_its_commands(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_transfer_rows_from_random_weights_end_to_end_on_the_real_files(tmp_path, shared_data):
     """make study STUDY_ARGS=--rows=transfer at a toy scale, the random-weight start with two seeds (the
     tabulation of both starts is tested with faked runs above; probing a checkpoint in test_transfer)."""

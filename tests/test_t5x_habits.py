@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from t5pod import checkpoints, cli, ginconf
+from t5pod import configs
 from t5pod.configs import T5Config
 
 TRAIN_GIN = ["tasks.gin", "runs/pretrain.gin"]
@@ -15,12 +16,12 @@ TRAIN_GIN = ["tasks.gin", "runs/pretrain.gin"]
 @pytest.mark.parametrize(
     "t5x, value, macro, field",
     [
-        ("utils.SaveCheckpointConfig.period", "7", "CHECKPOINT_PERIOD", "checkpoint_period"),
-        ("utils.SaveCheckpointConfig.keep", "3", "KEEP_CHECKPOINTS", "keep_checkpoints"),
-        ("trainer.Trainer.num_microbatches", "4", "NUM_MICROBATCHES", "num_microbatches"),
-        ("utils.create_learning_rate_scheduler.base_learning_rate", "0.5", "LEARNING_RATE", "learning_rate"),
-        ("utils.create_learning_rate_scheduler.warmup_steps", "123", "WARMUP_STEPS", "warmup_steps"),
-        ("train.eval_period", "9", "EVAL_PERIOD", "eval_period"),
+        ("utils.SaveCheckpointConfig.period", "7", "CHECKPOINT_PERIOD", "checkpoint.period"),
+        ("utils.SaveCheckpointConfig.keep", "3", "KEEP_CHECKPOINTS", "checkpoint.keep"),
+        ("trainer.Trainer.num_microbatches", "4", "NUM_MICROBATCHES", "optimizer.num_microbatches"),
+        ("utils.create_learning_rate_scheduler.base_learning_rate", "0.5", "LEARNING_RATE", "optimizer.learning_rate"),
+        ("utils.create_learning_rate_scheduler.warmup_steps", "123", "WARMUP_STEPS", "optimizer.warmup_steps"),
+        ("train.eval_period", "9", "EVAL_PERIOD", "eval.period"),
         ("train.total_steps", "11", "TRAIN_STEPS", "train_steps"),
         ("train.random_seed", "5", "RANDOM_SEED", "random_seed"),
     ],
@@ -28,7 +29,7 @@ TRAIN_GIN = ["tasks.gin", "runs/pretrain.gin"]
 def test_t5x_bindings_set_the_t5pod_macro(t5x, value, macro, field):
     ginconf.parse(TRAIN_GIN, ["MODEL_DIR = '/unused'", f"{t5x} = {value}"])
     assert ginconf.macro(macro) == json.loads(value)
-    assert getattr(ginconf.train_config(), field) == json.loads(value)
+    assert configs.flat(ginconf.train_config())[field] == json.loads(value)
 
 
 @pytest.mark.parametrize(

@@ -133,6 +133,7 @@ def test_mixture_sampling_frequencies_follow_the_formula():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_data_command_end_to_end():
     lengths = "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}"
     done = run_cli("data", "--task=demo_span_corruption", "--num_examples=2", lengths)
@@ -153,6 +154,7 @@ def test_data_command_end_to_end():
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_train_vocab_command(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(open(demo_corpus.corpus_path(), encoding="utf-8").read()[:300_000])
@@ -179,7 +181,7 @@ def test_multitask_pretraining_mixture_sizes():
 def _rates(gin_file, bindings=()):
     ginconf.parse(["tasks.gin", "runs/pretrain.gin", "models/tiny.gin", gin_file], ["MODEL_DIR = '/unused'", *bindings])
     ginconf.register_tasks()
-    name = ginconf.train_config().mixture_or_task_name
+    name = ginconf.train_config().data.mixture_or_task_name
     mixture = seqio.get_mixture_or_task(name)
     return name, {task.name: mixture.get_rate(task) for task in mixture.tasks}
 

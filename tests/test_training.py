@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import command_env, t5pod_command, train_config
+from helpers import command_env, step_config, t5pod_command, train_config
 from t5pod import tasks
 from t5pod import checkpoints, optimizer, partitioning, train_loop, train_step, trainer
 from t5pod.configs import T5Config
@@ -31,10 +31,17 @@ MODEL = T5Config(
 )
 
 
+_SETTINGS = dict(task_feature_lengths={"inputs": 64, "targets": 16}, learning_rate=1.0, checkpoint_period=3)
+
+
 def _config(model_dir, **overrides):
     """The shared small config with this file's longer rows and a checkpoint every 3 steps."""
-    settings = dict(task_feature_lengths={"inputs": 64, "targets": 16}, learning_rate=1.0, checkpoint_period=3)
-    return train_config(model_dir, **{**settings, **overrides})
+    return train_config(model_dir, **{**_SETTINGS, **overrides})
+
+
+def _step(**overrides):
+    """The train step of _config, without a run."""
+    return step_config(**{**_SETTINGS, **overrides})
 
 
 def test_rsqrt_and_constant_schedules():
@@ -76,7 +83,7 @@ def _fixed_batch(batch=8, inputs=64, targets=16):
 
 
 def _one_step(mesh_shape, fsdp=False, num_microbatches=1, model_config=MODEL):
-    config = _config("/unused", mesh_shape=mesh_shape, fsdp=fsdp, num_microbatches=num_microbatches)
+    config = _step(mesh_shape=mesh_shape, fsdp=fsdp, num_microbatches=num_microbatches)
     mesh = partitioning.make_mesh(mesh_shape, jax.devices()[: int(np.prod(mesh_shape))])  # (1, 1): one device
     setup = trainer.create_state(model_config, config, mesh)
     with mesh, jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
@@ -191,6 +198,7 @@ def _wait_for(predicate, process, timeout=240):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_saves_and_exits_zero(tmp_path):
     command, env = _cli(
         tmp_path / "run", "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=100000", "--gin.LOG_PERIOD=1"

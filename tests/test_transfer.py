@@ -158,9 +158,7 @@ def test_linear_fits_score_signal_and_no_signal():
 
 def test_pooled_features_are_the_mean_over_each_rows_tokens():
     config = T5Config(vocab_size=64, d_model=16, d_ff=32, num_heads=2, d_kv=8, num_layers=2, num_decoder_layers=1)
-    infer = InferConfig(
-        checkpoint_path="", task_feature_lengths={"inputs": 12, "targets": 4}, batch_size=4, mesh_shape=(-1, 1)
-    )
+    infer = InferConfig(checkpoint_path="", task_feature_lengths={"inputs": 12, "targets": 4}, batch_size=4)
     layout = inference.mesh_layout(
         config, jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(4, 1), ("data", "model")), False
     )
@@ -202,6 +200,7 @@ def _probe(*flags):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_probe_command_on_a_checkpoint(tmp_path, pretrained_demo_run):
     out = tmp_path / "probes.jsonl"
     checkpoint = pretrained_demo_run / "checkpoints" / "2"
@@ -215,6 +214,7 @@ def test_probe_command_on_a_checkpoint(tmp_path, pretrained_demo_run):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_probe_command_on_random_weights(tmp_path):
     out = tmp_path / "probes.jsonl"
     done = _probe("--task=glue_sst2_v002", "--random_init_seed=0", f"--output_file={out}")

@@ -29,6 +29,7 @@ def _run(command, cwd, timeout=600):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_wheel_installs_into_a_fresh_venv_and_trains_from_another_directory(tmp_path):
     # Build from a copy of the sources, so the checkout gets no build/ folder.
     source = tmp_path / "source"

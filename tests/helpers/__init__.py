@@ -3,11 +3,13 @@ demo task, and the small model most training tests use. Worker scripts that test
 processes (multihost_worker.py, text_shard_worker.py) and the Hugging Face reference model
 (hf_reference.py) live beside this file."""
 
+import dataclasses
 import os
 import pathlib
 import subprocess
 import sys
 
+from t5pod import configs
 from t5pod.configs import T5Config, TrainConfig
 
 # Not conftest's REPO: worker processes import this module, and conftest sets the test process's
@@ -48,11 +50,44 @@ def start_cli(*args: str, devices: int = 1, cwd=REPO, **env) -> subprocess.Popen
     )
 
 
+# The flat names of the run macros, mapped onto the part of TrainConfig that holds each setting.
+_PARTS = {
+    "mixture_or_task_name": ("data", "mixture_or_task_name"),
+    "use_cached": ("data", "use_cached"),
+    "restart_data_stream": ("data", "restart_data_stream"),
+    "task_feature_lengths": ("batch", "task_feature_lengths"),
+    "batch_size": ("batch", "batch_size"),
+    "pack": ("batch", "pack"),
+    **{f.name: ("optimizer", f.name) for f in dataclasses.fields(configs.OptimizerConfig)},
+    "mesh_shape": ("mesh", "shape"),
+    "fsdp": ("mesh", "fsdp"),
+    "checkpoint_period": ("checkpoint", "period"),
+    "keep_checkpoints": ("checkpoint", "keep"),
+    "async_checkpointing": ("checkpoint", "asynchronous"),
+    "initial_checkpoint_path": ("checkpoint", "initial_path"),
+    "initial_checkpoint_skip": ("checkpoint", "initial_skip"),
+    "eval_period": ("eval", "period"),
+    "eval_steps": ("eval", "steps"),
+    "eval_split": ("eval", "split"),
+    "inference_eval": ("eval", "inference"),
+    "inference_eval_examples": ("eval", "inference_examples"),
+}
+_PART_CLASSES = {
+    "data": configs.DataConfig,
+    "batch": configs.BatchConfig,
+    "optimizer": configs.OptimizerConfig,
+    "mesh": configs.MeshConfig,
+    "checkpoint": configs.CheckpointConfig,
+    "eval": configs.TrainEvalConfig,
+}
+
+
 def train_config(model_dir, **overrides) -> TrainConfig:
     """Six steps of demo span corruption, 8 rows of 32 + 8 tokens, a checkpoint every 2 steps,
-    a log line every step, checkpoints written synchronously; overrides replace any field."""
+    a log line every step, checkpoints written synchronously. overrides replace any setting, by
+    its flat name (batch_size=4, mesh_shape=(4, 2), checkpoint_period=3: the names of _PARTS) or
+    by TrainConfig's own fields (train_steps, random_seed, ...)."""
     settings = dict(
-        model_dir=str(model_dir),
         mixture_or_task_name="demo_span_corruption",
         task_feature_lengths={"inputs": 32, "targets": 8},
         train_steps=6,
@@ -62,4 +97,19 @@ def train_config(model_dir, **overrides) -> TrainConfig:
         log_period=1,
         async_checkpointing=False,
     )
-    return TrainConfig(**{**settings, **overrides})
+    settings.update(overrides)
+    parts, top = {name: {} for name in _PART_CLASSES}, {}
+    for name, value in settings.items():
+        if name in _PARTS:
+            part, field = _PARTS[name]
+            parts[part][field] = value
+        else:
+            top[name] = value
+    return TrainConfig(
+        model_dir=str(model_dir), **top, **{name: cls(**parts[name]) for name, cls in _PART_CLASSES.items()}
+    )
+
+
+def step_config(**overrides) -> configs.StepConfig:
+    """The train step of train_config(**overrides), for tests that compile a step without a run."""
+    return train_config("never-written", **overrides).step

@@ -21,9 +21,9 @@ from flax import linen as nn  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from t5pod import partitioning, train_loop, train_step, trainer  # noqa: E402
-from test_training import MODEL, _config, _fixed_batch  # noqa: E402
+from test_training import MODEL, _fixed_batch, _step  # noqa: E402
 
-config = _config("/unused", mesh_shape=(4, 2))
+config = _step(mesh_shape=(4, 2))
 mesh = partitioning.make_mesh((4, 2))
 setup = trainer.create_state(MODEL, config, mesh)
 rows = _fixed_batch()
