@@ -62,27 +62,13 @@ T5X_REFUSED = {
     "INFER_OUTPUT_DIR": "infer writes the file named by --output_file=OUT",
 }
 # Fields of TrainConfig and InferConfig before they were composed of parts (2026-12): the operative
-# config.gin of an older run binds them, and reads as the new fields. {old: (part, new field)}
-_PART_OF = {
-    "DataConfig": ("data", ("mixture_or_task_name", "use_cached", "restart_data_stream")),
-    "BatchConfig": ("batch", ("task_feature_lengths", "batch_size", "pack")),
-    "OptimizerConfig": (
-        "optimizer",
-        (
-            "learning_rate",
-            "schedule",
-            "warmup_steps",
-            "z_loss",
-            "label_smoothing",
-            "loss_normalizing_factor",
-            "num_microbatches",
-            "trainable",
-            "gradual_unfreezing",
-        ),
-    ),
-}
+# config.gin of an older run binds them, and reads as the new fields. {old: new}
 RENAMED_FIELDS = {
-    **{f"TrainConfig.{old}": f"{cls}.{old}" for cls, (_, fields) in _PART_OF.items() for old in fields},
+    **{
+        f"TrainConfig.{field.name}": f"{part.__name__}.{field.name}"
+        for part in (configs.DataConfig, configs.BatchConfig, configs.OptimizerConfig)  # fields kept their names
+        for field in dataclasses.fields(part)
+    },
     "TrainConfig.mesh_shape": "MeshConfig.shape",
     "TrainConfig.fsdp": "MeshConfig.fsdp",
     "TrainConfig.checkpoint_period": "CheckpointConfig.period",

@@ -55,6 +55,12 @@ def test_the_docs_page_is_current():
     assert "| `1.0` | `1e-3` |" in learning_rate  # pre-training's and fine-tuning's defaults
 
 
+def test_every_command_of_the_parser_runs_a_function():
+    choices = cli.build_parser()._subparsers._group_actions[0].choices
+    assert set(choices) == set(cli.COMMANDS)
+    assert all(callable(run) for run in cli.COMMANDS.values())
+
+
 def test_help_prints_each_macro_with_its_meaning():
     text = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     for line in (GIN / "runs" / "pretrain.gin").read_text().splitlines():
