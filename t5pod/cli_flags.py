@@ -44,6 +44,18 @@ def _macro_help(*gin_files: str, example: str) -> str:
     return "\n".join(lines + settings.help_text(*gin_files) + ["", "example:", "  " + example])
 
 
+def _run_command(commands, name: str, help: str, gin_files: tuple, example: str) -> argparse.ArgumentParser:
+    """A command that reads run macros: its --help lists those of gin_files; it takes the gin flags."""
+    parser = commands.add_parser(
+        name,
+        help=help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_macro_help(*gin_files, example=example),
+    )
+    _add_gin_flags(parser)
+    return parser
+
+
 def _add_multihost_flags(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("multi-host (jax.distributed)")
     group.add_argument(
@@ -110,18 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--tasks", required=True, help="comma-separated tasks or mixtures")
     cache.add_argument("--output_cache_dir", required=True, help="folder for the caches (gs:// works)")
 
-    train = commands.add_parser(
+    train = _run_command(
+        commands,
         "train",
-        help="Train (pretrain or fine-tune) with gin-configured settings.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_macro_help(
+        "Train (pretrain or fine-tune) with gin-configured settings.",
+        (
             "runs/pretrain.gin",
             "tasks.gin",
-            example="python -m t5pod train --gin_file=runs/pretrain.gin "
-            "--gin_file=models/t5_1_1/base.gin --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=1000",
         ),
+        example="python -m t5pod train --gin_file=runs/pretrain.gin "
+        "--gin_file=models/t5_1_1/base.gin --gin.MODEL_DIR=\"'/tmp/run'\" --gin.TRAIN_STEPS=1000",
     )
-    _add_gin_flags(train)
     _add_multihost_flags(train)
 
     plan = commands.add_parser("plan", help="Per-device memory of the train step for a mesh, without running it.")
@@ -143,17 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--fit_batch: the fewest rows per data device worth running without remat",
     )
 
-    infer = commands.add_parser(
+    infer = _run_command(
+        commands,
         "infer",
-        help="Predict or score inputs from a file or a task split.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_macro_help(
-            "runs/infer.gin",
-            example="python -m t5pod infer --gin_file=/tmp/run/config.gin "
-            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --input_file=in.jsonl --output_file=out.jsonl",
-        ),
+        "Predict or score inputs from a file or a task split.",
+        ("runs/infer.gin",),
+        example="python -m t5pod infer --gin_file=/tmp/run/config.gin "
+        "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --input_file=in.jsonl --output_file=out.jsonl",
     )
-    _add_gin_flags(infer)
     infer.add_argument("--input_file", help="JSONL with `inputs` (and `targets` for score), or text lines")
     infer.add_argument("--task", help="read the inputs from this task instead")
     infer.add_argument("--split", default="validation")
@@ -161,18 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--mode", choices=("predict", "score"), default="predict")
     _add_multihost_flags(infer)
 
-    evaluate = commands.add_parser(
+    evaluate = _run_command(
+        commands,
         "eval",
-        help="Evaluate a checkpoint on a task or mixture (seqio metrics).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_macro_help(
+        "Evaluate a checkpoint on a task or mixture (seqio metrics).",
+        (
             "runs/eval.gin",
             "runs/infer.gin",
-            example="python -m t5pod eval --gin_file=/tmp/run/config.gin "
-            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --gin.MIXTURE_OR_TASK_NAME=\"'glue_sst2_v002'\"",
         ),
+        example="python -m t5pod eval --gin_file=/tmp/run/config.gin "
+        "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --gin.MIXTURE_OR_TASK_NAME=\"'glue_sst2_v002'\"",
     )
-    _add_gin_flags(evaluate)
     evaluate.add_argument(
         "--all_checkpoints",
         action="store_true",
@@ -180,17 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_multihost_flags(evaluate)
 
-    probe_parser = commands.add_parser(
+    probe_parser = _run_command(
+        commands,
         "probe",
-        help="Linear probe of a frozen encoder (a checkpoint's or random weights) on a task.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_macro_help(
-            "runs/infer.gin",
-            example="python -m t5pod probe --gin_file=/tmp/run/config.gin "
-            "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --task=glue_sst2_1k_v002",
-        ),
+        "Linear probe of a frozen encoder (a checkpoint's or random weights) on a task.",
+        ("runs/infer.gin",),
+        example="python -m t5pod probe --gin_file=/tmp/run/config.gin "
+        "--gin.CHECKPOINT_PATH=\"'/tmp/run'\" --task=glue_sst2_1k_v002",
     )
-    _add_gin_flags(probe_parser)
     probe_parser.add_argument(
         "--task", required=True, help="a classification task or STS-B (its train split is fitted)"
     )
