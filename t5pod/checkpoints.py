@@ -91,13 +91,22 @@ def run_steps(model_dir: str) -> list[int]:
     return all_steps(model_dir)
 
 
-def save_params(directory: str, params: Any, config: T5Config, step: int = 0, extra_metadata: dict | None = None):
-    """Writes params and the architecture metadata as checkpoint `step` under directory."""
+def save_params(
+    directory: str,
+    params: Any,
+    config: T5Config,
+    step: int = 0,
+    extra_metadata: dict | None = None,
+    opt_state: Any = None,
+):
+    """Writes params (and opt_state, when given) and the architecture metadata as checkpoint
+    `step` under directory."""
     metadata = {"architecture": config.checkpoint_fields(), "step": step, **(extra_metadata or {})}
+    items = {"params": ocp.args.StandardSave(params), "metadata": ocp.args.JsonSave(metadata)}
+    if opt_state is not None:
+        items["opt_state"] = ocp.args.StandardSave(opt_state)
     with _manager(directory) as manager:
-        manager.save(
-            step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(metadata))
-        )
+        manager.save(step, args=ocp.args.Composite(**items))
         manager.wait_until_finished()
 
 

@@ -44,6 +44,31 @@ def _convert_hf(args) -> int:
     return 0
 
 
+def _convert_t5x(args) -> int:
+    from t5pod import t5x_import
+
+    if not args.gin_file:
+        raise ValueError(
+            "convert-t5x needs the model's gin file: a T5X checkpoint holds no architecture (e.g. "
+            "--gin_file=models/t5_1_1/base.gin for T5X's t5_1_1/base.gin)."
+        )
+    ginconf = _parse_gin(args, base_files=())
+    result = t5x_import.convert(
+        args.src, args.out_dir, ginconf.model_config(), optimizer_state=not args.no_optimizer_state
+    )
+    state = "and the Adafactor state" if result["optimizer_state"] else "(no optimizer state)"
+    print(f"Converted {args.src} -> {args.out_dir}: step {result['step']}, {result['parameters']} parameters {state}.")
+    if result["refactored"]:
+        print(
+            f"  {len(result['refactored'])} factored second moments were re-factored for t5pod's attention "
+            "kernels: they hold the estimate T5X's update used, not T5X's bits."
+        )
+    print(
+        f"  fine-tune from it: --gin_file={args.out_dir}/model.gin --gin.INITIAL_CHECKPOINT_PATH=\"'{args.out_dir}'\""
+    )
+    return 0
+
+
 def _export_hf(args) -> int:
     from t5pod import checkpoints, hf_export
 
@@ -305,6 +330,7 @@ def _train_vocab(args) -> int:
 # Each command's function, by the name build_parser gives it.
 COMMANDS = {
     "convert-hf": _convert_hf,
+    "convert-t5x": _convert_t5x,
     "export-hf": _export_hf,
     "data": _data,
     "cache-tasks": _cache_tasks,

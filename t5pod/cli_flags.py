@@ -86,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src_dir", metavar="SRC_DIR", help="folder with config.json and model.safetensors")
     convert.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the Orbax checkpoint and model.gin")
 
+    t5x = commands.add_parser(
+        "convert-t5x",
+        help="Import a T5X checkpoint (checkpoint_N: msgpack, tensorstore arrays or Orbax) with its Adafactor state.",
+    )
+    _add_gin_flags(t5x)
+    t5x.add_argument("src", metavar="SRC", help="a T5X checkpoint_N folder (local or gs://) or its `checkpoint` file")
+    t5x.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the Orbax checkpoint and model.gin")
+    t5x.add_argument("--no_optimizer_state", action="store_true", help="convert the parameters only")
+
     export = commands.add_parser(
         "export-hf",
         help="Write a Hugging Face T5 folder (config.json, model.safetensors, spiece.model) from a checkpoint.",

@@ -170,9 +170,11 @@ def convert_tensors(tensors: dict[str, np.ndarray], config: T5Config, hf_config:
     return params, cfg
 
 
-def model_gin(config: T5Config, out_dir: str, vocabulary_path: str | None, source: str) -> str:
+def model_gin(
+    config: T5Config, out_dir: str, vocabulary_path: str | None, source: str, command: str = "convert-hf"
+) -> str:
     lines = [
-        f"# Written by `t5pod convert-hf` from {source}.",
+        f"# Written by `t5pod {command}` from {source}.",
         f"# Use with: --gin_file={os.path.join(out_dir, 'model.gin')} --gin.CHECKPOINT_PATH=\"'{out_dir}'\"",
         "",
     ]
@@ -203,6 +205,17 @@ def check_new_folder(out_dir: str):
         raise ConversionError(f"{os.path.abspath(out_dir)} already exists and is not empty; choose a new OUT_DIR.")
 
 
+def _respect_umask(folder: str):
+    """Gives folder and what is in it the modes the umask allows (a temporary folder is made 0700
+    and some writers make 0600 files), as on shared storage a plain mkdir and open would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def new_folder(out_dir: str) -> Iterator[str]:
     """Yields a temporary sibling folder to write into; it becomes out_dir (which must be new or
@@ -214,6 +227,7 @@ def new_folder(out_dir: str) -> Iterator[str]:
     staging = tempfile.mkdtemp(prefix=".staging-", dir=parent)
     try:
         yield staging
+        _respect_umask(staging)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty, checked above
         os.rename(staging, out_dir)

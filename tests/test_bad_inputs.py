@@ -63,6 +63,8 @@ def world(tmp_path_factory, pretrained_demo_run):
     (root / "broken.jsonl").write_text('{"inputs": "fine"}\n{"inputs": \n')
     (root / "no_targets.jsonl").write_text(json.dumps({"inputs": "fine"}) + "\n")
     (root / "long_target.jsonl").write_text(json.dumps({"inputs": "a", "targets": "word " * 40}) + "\n")
+    (root / "t5x_garbage").mkdir()
+    (root / "t5x_garbage" / "checkpoint").write_bytes(bytes(range(256)) * 8)
     (root / "hf_bad_json").mkdir()
     (root / "hf_bad_json" / "config.json").write_text('{"d_model": 32,')
     shutil.copytree(root / "hf", root / "hf_truncated")
@@ -500,6 +502,31 @@ CASES = [
         "already exists and is not empty",
         ["outputs"],
     ),
+    # convert-t5x
+    (
+        "t5x_missing_source",
+        lambda w: ["convert-t5x", str(w / "nope"), str(w / "out_t"), "--gin_file=models/tiny.gin"],
+        "does not exist; pass a T5X checkpoint_N folder",
+        [],
+    ),
+    (
+        "t5x_not_a_checkpoint",
+        lambda w: ["convert-t5x", str(w / "foreign"), str(w / "out_t"), "--gin_file=models/tiny.gin"],
+        "has no T5X msgpack `checkpoint` file and is not an Orbax checkpoint",
+        ["foreign"],
+    ),
+    (
+        "t5x_corrupt_msgpack",
+        lambda w: ["convert-t5x", str(w / "t5x_garbage"), str(w / "out_t"), "--gin_file=models/tiny.gin"],
+        "is not a T5X msgpack checkpoint",
+        ["t5x_garbage"],
+    ),
+    (
+        "t5x_into_existing_folder",
+        lambda w: ["convert-t5x", str(w / "t5x_garbage"), str(w / "outputs"), "--gin_file=models/tiny.gin"],
+        "already exists and is not empty",
+        ["outputs"],
+    ),
     # plan
     (
         "plan_mesh_not_dividing",
@@ -548,7 +575,7 @@ CASES = [
 def test_the_catalogue_is_large_and_covers_every_command():
     assert len(CASES) >= 40 and len({name for name, *_ in CASES}) == len(CASES)
     commands = {argv(pathlib.Path("/w"))[0] for _, argv, _, _ in CASES}
-    assert commands == {"train", "infer", "eval", "data", "convert-hf", "plan", "train-vocab"}
+    assert commands == {"train", "infer", "eval", "data", "convert-hf", "convert-t5x", "plan", "train-vocab"}
 
 
 @pytest.mark.slow
