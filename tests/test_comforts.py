@@ -98,3 +98,23 @@ def test_inference_eval_files_go_to_a_bucket_too():
     infer_io.append_jsonl(f"{out}/eval_metrics.jsonl", [{"step": 2}])
     infer_io.append_jsonl(f"{out}/eval_metrics.jsonl", [{"step": 4}])
     assert metric_writers.tf.io.gfile.GFile(f"{out}/eval_metrics.jsonl").read() == '{"step": 2}\n{"step": 4}\n'
+
+
+@pytest.mark.e2e
+def test_a_runs_folder_in_the_working_directory_does_not_hide_the_shipped_gin_files(tmp_path):
+    """gin also looks `runs/pretrain.gin` up as a resource of a package `runs`; a plain `runs/`
+    folder where the command starts would make that lookup crash (a TypeError inside gin), which is
+    why ginconf takes gin's package-resource reader out."""
+    from helpers import run_cli
+
+    (tmp_path / "runs").mkdir()
+    done = run_cli(
+        "plan",
+        "--gin_file=runs/pretrain.gin",
+        "--gin_file=models/tiny.gin",
+        "--gin.BATCH_SIZE=2",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "parameters" in done.stdout
