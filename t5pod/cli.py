@@ -94,8 +94,10 @@ def _export_hf(args) -> int:
         from t5pod.data import demo_corpus
 
         vocabulary = demo_corpus.vocabulary_path()
-    step = hf_export.export(args.checkpoint_dir, args.out_dir, config, vocabulary)
+    step, no_tokenizer = hf_export.export(args.checkpoint_dir, args.out_dir, config, vocabulary)
     print(f"Exported step {step} of {args.checkpoint_dir} -> {args.out_dir}")
+    if no_tokenizer:
+        print(f"  no tokenizer written: {no_tokenizer}; copy the SentencePiece model in as spiece.model.")
     print(f"  load it with: transformers.T5ForConditionalGeneration.from_pretrained({args.out_dir!r})")
     return 0
 
@@ -175,7 +177,13 @@ def _train(args) -> int:
     from t5pod import trainer
 
     ginconf.register_tasks()
-    trainer.train(train_config, model_config, operative_config=gin.config_str())
+    operative = gin.config_str()
+    used = ginconf.task_vocabulary(train_config.data.mixture_or_task_name)
+    if used and used != ginconf.macro("VOCABULARY_PATH"):
+        # The demo tasks (and any with their own vocabulary) ignore VOCABULARY_PATH: config.gin
+        # records the one the run used, so that infer and eval from it decode with the same.
+        operative += f"\n# The vocabulary {train_config.data.mixture_or_task_name} used:\nVOCABULARY_PATH = {used!r}\n"
+    trainer.train(train_config, model_config, operative_config=operative)
     return 0
 
 
@@ -344,7 +352,10 @@ COMMANDS = {
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors a user can fix from the message alone: printed as one line, no traceback."""
+    """Errors a user can fix from the message alone: printed as one line, no traceback. TensorFlow's
+    file errors among them: a path that is missing, refused or unreachable (a bucket offline)."""
+    import tensorflow as tf
+
     from t5pod.checkpoints import CheckpointError
     from t5pod.hf_import import ConversionError
     from t5pod.inference import InferenceError
@@ -359,6 +370,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RunLockError,
         FileNotFoundError,
         ValueError,
+        tf.errors.NotFoundError,
+        tf.errors.PermissionDeniedError,
+        tf.errors.FailedPreconditionError,
+        tf.errors.UnavailableError,
     )
 
 

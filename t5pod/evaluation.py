@@ -14,6 +14,7 @@ import os
 from typing import Iterator
 
 import jax
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -57,10 +58,60 @@ def task_rows(
 
 
 def tasks_with_metrics(name: str, split: str) -> list[seqio.Task]:
-    """The tasks of a task or mixture that have metric functions and the split."""
+    """The tasks of a task or mixture that have metrics (functions or seqio Metric objects) and the split."""
     provider = pipeline.get_task_or_mixture(name)
     tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-    return [task for task in tasks if task.metric_fns and split in task.splits]
+    return [task for task in tasks if task.metric_objs and split in task.splits]
+
+
+def _metric_objects(task: seqio.Task) -> list:
+    """The task's seqio Metric objects other than the wrappers seqio makes of its metric functions."""
+    return [m for m in task.metric_objs if not isinstance(m, seqio.metrics.PassthroughLegacyMetric)]
+
+
+def _values(results) -> dict:
+    return {k: float(getattr(v, "value", v)) for k, v in results.items()}
+
+
+def compute_metrics(task: seqio.Task, rows: list[dict], prediction_ids: list, predictor) -> dict:
+    """The task's metrics, as seqio's Evaluator splits them: metric functions of (targets, predictions)
+    get postprocessed decoded predictions; of (targets, scores) the log-likelihood of each target;
+    of (targets, predictions, aux_values) the predictions and {"scores": their log-likelihoods}.
+    seqio Metric objects get the model output of their model_output_type."""
+    vocabulary = task.output_features["targets"].vocabulary
+    postprocess = task.postprocess_fn or (lambda output, example=None, is_target=False: output)
+    targets = [postprocess(as_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows]
+    outputs = [postprocess(vocabulary.decode(p), example=r, is_target=False) for p, r in zip(prediction_ids, rows)]
+    objects = _metric_objects(task)
+    kinds = {m.model_output_type for m in objects}
+    input_ids = [r["input_ids"] for r in rows]
+    target_scores = prediction_scores = None
+    if task.score_metric_fns or seqio.metrics.ModelOutputType.SCORE in kinds:
+        target_ids = [[int(t) for t in r["targets"] if t not in (0, decoding.EOS)] for r in rows]
+        target_scores = predictor.score_ids(input_ids, target_ids)
+    if task.predict_with_aux_metric_fns or seqio.metrics.ModelOutputType.PREDICTION_WITH_AUX in kinds:
+        prediction_scores = predictor.score_ids(input_ids, prediction_ids)
+    metrics = {}
+    for metric_fn in task.predict_metric_fns:
+        metrics.update(_values(metric_fn(targets, outputs)))
+    for metric_fn in task.score_metric_fns:
+        metrics.update(_values(metric_fn(targets, target_scores)))
+    for metric_fn in task.predict_with_aux_metric_fns:
+        metrics.update(_values(metric_fn(targets, outputs, {"scores": prediction_scores})))
+    model_outputs = {
+        seqio.metrics.ModelOutputType.PREDICTION: prediction_ids,
+        seqio.metrics.ModelOutputType.SCORE: np.asarray(target_scores),
+        seqio.metrics.ModelOutputType.PREDICTION_WITH_AUX: (prediction_ids, {"scores": np.asarray(prediction_scores)}),
+    }
+    for metric in objects:
+        if metric.model_output_type not in model_outputs:
+            raise EvaluationError(
+                f"{task.name} has a metric of model output type "
+                f"{seqio.metrics.ModelOutputType.to_str(metric.model_output_type)}, which t5pod does not produce."
+            )
+        computed = metric.from_model_output(rows, model_outputs[metric.model_output_type], task.output_features)
+        metrics.update(_values(computed.compute()))
+    return metrics
 
 
 def evaluate_task(
@@ -71,13 +122,9 @@ def evaluate_task(
     input_ids = [r["input_ids"] if predictor.owns(i) else None for i, r in enumerate(rows)]
     vocabulary = task.output_features["targets"].vocabulary
     progress = Progress(len(rows), what="examples", prefix=f"{task.name} ({split}): ", enabled=jax.process_index() == 0)
-    predictions = [vocabulary.decode(p) for p in predictor.predict_ids(input_ids, progress.update)]
-    postprocess = task.postprocess_fn or (lambda output, example=None, is_target=False: output)
-    targets = [postprocess(as_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows]
-    outputs = [postprocess(p, example=r, is_target=False) for p, r in zip(predictions, rows)]
-    metrics = {}
-    for metric_fn in task.metric_fns:
-        metrics.update({k: float(v) for k, v in metric_fn(targets, outputs).items()})
+    prediction_ids = predictor.predict_ids(input_ids, progress.update)
+    predictions = [vocabulary.decode(p) for p in prediction_ids]
+    metrics = compute_metrics(task, rows, prediction_ids, predictor)
     metrics["examples"] = len(rows)
     records = [
         {
@@ -141,7 +188,8 @@ def run(
         if jax.process_index() == 0:
             write_inference_eval(out_dir, task.name, step, metrics, records)
         writer.write(step, {f"{task.name}/{k}": v for k, v in metrics.items()}, split=INFERENCE_EVAL_FOLDER)
-        writer.print(f"{task.name} ({split}, step {step}): " + "  ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        shown = "  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.2f}" for k, v in metrics.items())
+        writer.print(f"{task.name} ({split}, step {step}): {shown}")
         results[task.name] = metrics
     return results
 

@@ -293,6 +293,15 @@ def vocabulary():
     return demo_corpus.vocabulary() if path == "demo" else vocabularies.get_vocabulary(path)
 
 
+def task_vocabulary(name: str) -> str | None:
+    """The VOCABULARY_PATH value that names the vocabulary task or mixture `name` encodes with
+    ('demo' for the demo corpus's); None when it is not a SentencePiece file."""
+    vocabulary = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+    if isinstance(vocabulary, vocabularies.LazyVocabulary) and vocabulary._build is demo_corpus.vocabulary_path:
+        return "demo"
+    return getattr(vocabulary, "sentencepiece_model_file", None)
+
+
 def eval_config() -> EvalConfig:
     """Bound by gin/runs/eval.gin."""
     return _bound(EvalConfig)

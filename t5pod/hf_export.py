@@ -7,10 +7,10 @@ trained on a slice exports from any one of its hosts.
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
+import tensorflow as tf
 from safetensors.numpy import save_file
 
 from t5pod import checkpoints, hf_names, inference, partitioning
@@ -87,10 +87,11 @@ def hf_config(cfg: T5Config) -> dict:
 
 def export(
     checkpoint_dir: str, out_dir: str, config: T5Config, vocabulary_path: str | None = None, step: int | None = None
-) -> int:
-    """Writes OUT_DIR (config.json, model.safetensors, spiece.model when vocabulary_path is a file)
-    from the checkpoint (default: newest; a path …/N names one). OUT_DIR must be new or empty;
-    a failed export leaves nothing behind. Returns the step exported."""
+) -> tuple[int, str | None]:
+    """Writes OUT_DIR (config.json, model.safetensors, and spiece.model copied from vocabulary_path,
+    a local or bucket path) from the checkpoint (default: newest; a path …/N names one). OUT_DIR
+    must be new or empty; a failed export leaves nothing behind. Returns the step exported and,
+    when no tokenizer could be written, why."""
     check_new_folder(out_dir)  # before the checkpoint is read
     step = checkpoints.read_metadata(checkpoint_dir, step)[0]
     tensors = hf_tensors(host_params(checkpoint_dir, config, step), config)
@@ -98,6 +99,12 @@ def export(
         save_file(tensors, os.path.join(staging, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(staging, "config.json"), "w") as f:
             json.dump(hf_config(config), f, indent=2)
-        if vocabulary_path and os.path.isfile(vocabulary_path):
-            shutil.copy(vocabulary_path, os.path.join(staging, "spiece.model"))
-    return step
+        no_tokenizer = "the model's gin names no VOCABULARY_PATH" if not vocabulary_path else None
+        if vocabulary_path:
+            try:
+                tf.io.gfile.copy(vocabulary_path, os.path.join(staging, "spiece.model"))
+            except tf.errors.OpError as error:
+                if os.path.exists(os.path.join(staging, "spiece.model")):  # a partial copy
+                    os.remove(os.path.join(staging, "spiece.model"))
+                no_tokenizer = f"{vocabulary_path} cannot be read ({' '.join(error.message.split())[:200]})"
+    return step, no_tokenizer

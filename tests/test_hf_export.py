@@ -68,9 +68,15 @@ def test_export_a_training_runs_checkpoint_by_step(pretrained_demo_run, tmp_path
         model_config.d_model,
         model_config.num_layers,
     )
-    # The demo run's VOCABULARY_PATH is the official vocabulary on GCS (its tasks carry their own):
-    # only a vocabulary that is a local file is copied.
-    assert not (tmp_path / "exported" / "spiece.model").exists()
+    # The demo run recorded the demo vocabulary: its SentencePiece model is the tokenizer.
+    from t5pod.data import demo_corpus
+
+    exported = (tmp_path / "exported" / "spiece.model").read_bytes()
+    assert exported == open(demo_corpus.vocabulary_path(), "rb").read()
+    import sentencepiece
+
+    tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "exported" / "spiece.model"))
+    assert tokenizer.decode(tokenizer.encode("Return a list.")) == "Return a list."
     model = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "exported")).eval()
     inputs, decoder_inputs, lengths = hf_reference.batch(2176, seed=2)
     theirs = hf_reference.reference_logits(model, inputs, decoder_inputs)

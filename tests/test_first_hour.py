@@ -1,0 +1,149 @@
+"""What a T5X user hits in the first hour: a run's own vocabulary, unreachable paths, export's
+tokenizer, seqio metrics of every kind."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+from flax import linen as nn
+
+from helpers import SMALL_MODEL, run_cli
+from t5pod import evaluation, inference, models, network, partitioning
+from t5pod.configs import InferConfig, MeshConfig
+from t5pod.data import demo_corpus
+
+UNREACHABLE = "gs://t5pod-no-such-bucket-3f9c1e/spiece.model"
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_run_records_the_vocabulary_it_used_and_infer_from_its_config_works(tmp_path):
+    run = tmp_path / "run"
+    done = run_cli(
+        "train",
+        "--gin_file=runs/pretrain.gin",  # not demo.gin: VOCABULARY_PATH keeps the gs:// default
+        "--gin_file=models/tiny.gin",
+        f"--gin.MODEL_DIR='{run}'",
+        "--gin.MIXTURE_OR_TASK_NAME='demo_span_corruption'",
+        "--gin.t5pod.T5Config.vocab_size=2176",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+        "--gin.TRAIN_STEPS=1",
+        "--gin.BATCH_SIZE=4",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = (run / "config.gin").read_text()
+    assert config.rstrip().endswith("VOCABULARY_PATH = 'demo'")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"inputs": "Return a list of the words."}) + "\n")
+    infer = [
+        "infer",
+        f"--gin_file={run / 'config.gin'}",
+        f"--gin.CHECKPOINT_PATH='{run}'",
+        f"--input_file={tmp_path / 'in.jsonl'}",
+    ]
+    done = run_cli(*infer, f"--output_file={tmp_path / 'out.jsonl'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "prediction" in json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
+    # A vocabulary that cannot be reached (a bucket offline, or none such) is one line, exit 2.
+    done = run_cli(*infer, f"--output_file={tmp_path / 'out2.jsonl'}", f"--gin.VOCABULARY_PATH='{UNREACHABLE}'")
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and UNREACHABLE in lines[0], done.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_export_says_in_one_line_when_it_cannot_write_the_tokenizer(pretrained_demo_run, tmp_path):
+    done = run_cli(
+        "export-hf",
+        str(pretrained_demo_run),
+        str(tmp_path / "hf"),
+        f"--gin_file={pretrained_demo_run / 'config.gin'}",
+        f"--gin.VOCABULARY_PATH='{UNREACHABLE}'",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"no tokenizer written: {UNREACHABLE} cannot be read" in done.stdout
+    assert (tmp_path / "hf" / "model.safetensors").exists() and not (tmp_path / "hf" / "spiece.model").exists()
+
+
+# A seqio task with metrics of every kind seqio's Evaluator knows, on three fixed examples.
+EXAMPLES = [
+    {"inputs": "one two", "targets": "three"},
+    {"inputs": "four", "targets": "five six"},
+    {"inputs": "seven", "targets": "eight"},
+]
+received = {}
+
+
+def _predict_metric(targets, predictions):
+    received["predict"] = (list(targets), list(predictions))
+    return {"predict_count": len(predictions)}
+
+
+def _score_metric(targets, scores):
+    received["score"] = (list(targets), list(scores))
+    return {"mean_log_likelihood": float(np.mean(scores))}
+
+
+def _aux_metric(targets, predictions, aux_values):
+    received["aux"] = list(aux_values["scores"])
+    return {"aux_count": len(aux_values["scores"])}
+
+
+def _register_metrics_task():
+    vocabulary = demo_corpus.vocabulary()
+    name = "t5pod_test_every_metric_kind"
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(
+            lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+                {k: [e[k] for e in EXAMPLES] for k in ("inputs", "targets")}
+            ),
+            splits=("validation",),
+        ),
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+        output_features={
+            "inputs": seqio.Feature(vocabulary, add_eos=True),
+            "targets": seqio.Feature(vocabulary, add_eos=True),
+        },
+        metric_fns=[_predict_metric, _score_metric, _aux_metric],
+    )
+    return seqio.get_mixture_or_task(name)
+
+
+def _log_likelihood(params, input_ids, target_ids):
+    """log p(targets + EOS | inputs) from the model's logits, computed here (not by the Predictor)."""
+    inputs = np.array([input_ids + [1]], np.int32)
+    targets = np.array([target_ids + [1]], np.int32)
+    decoder_inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
+    logits = network.Transformer(SMALL_MODEL).apply({"params": params}, inputs, decoder_inputs)
+    log_probs = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+    return float(np.take_along_axis(log_probs, targets[..., None], axis=-1).sum())
+
+
+def test_eval_gives_each_seqio_metric_the_model_output_it_asks_for():
+    task = _register_metrics_task()
+    params = nn.unbox(
+        models.build(SMALL_MODEL).init(jax.random.PRNGKey(0), **models.dummy_features(SMALL_MODEL))["params"]
+    )
+    config = InferConfig(
+        checkpoint_path="", task_feature_lengths={"inputs": 16, "targets": 8}, batch_size=2, mesh=MeshConfig((1, 1))
+    )
+    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
+    predictor = inference.Predictor(SMALL_MODEL, config, vocabulary=None, mesh=mesh, params=params)
+    metrics, records = evaluation.evaluate_task(predictor, task, "validation", config.task_feature_lengths)
+    assert metrics["predict_count"] == metrics["aux_count"] == metrics["examples"] == 3
+    targets, predictions = received["predict"]
+    assert targets == ["three", "five six", "eight"] and all(isinstance(p, str) for p in predictions)
+    assert [r["prediction"] for r in records] == predictions
+    # Score metrics get the log-likelihood of each target, as the model's own logits give it.
+    vocabulary = demo_corpus.vocabulary()
+    expected = [
+        _log_likelihood(params, vocabulary.encode(e["inputs"]), vocabulary.encode(e["targets"])) for e in EXAMPLES
+    ]
+    assert received["score"][0] == targets
+    np.testing.assert_allclose(received["score"][1], expected, rtol=1e-4)
+    assert metrics["mean_log_likelihood"] == pytest.approx(np.mean(expected), rel=1e-4)
+    assert len(received["aux"]) == 3 and all(s < 0 for s in received["aux"])
