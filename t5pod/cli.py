@@ -150,13 +150,12 @@ def _cache_tasks(args) -> int:
     ginconf.register_tasks()
     import functools
 
-    from t5pod import tasks
     from t5pod.data import caching
 
     names = [n for n in args.tasks.split(",") if n]
     if not names:
         raise ValueError("cache-tasks needs --tasks=NAME[,NAME] (tasks or mixtures; `t5pod data --list` shows them).")
-    setup = functools.partial(tasks.register_all, **ginconf.task_settings())
+    setup = functools.partial(ginconf.register_all_tasks, **ginconf.task_settings())
     folders = caching.cache_tasks(names, args.output_cache_dir, args.beam_args, setup)
     for folder in folders:
         print(f"Cached {folder}")

@@ -231,8 +231,13 @@ class OptimizerConfig:
             raise ValueError(f"WARMUP_STEPS must be positive for the rsqrt schedule, got {self.warmup_steps}.")
         if self.label_smoothing >= 1:
             raise ValueError(f"LABEL_SMOOTHING must be in [0, 1), got {self.label_smoothing}.")
-        if self.loss_normalizing_factor is not None and self.loss_normalizing_factor <= 0:
-            raise ValueError(f"LOSS_NORMALIZING_FACTOR must be positive (or None), got {self.loss_normalizing_factor}.")
+        if self.loss_normalizing_factor is not None and (
+            isinstance(self.loss_normalizing_factor, (str, bool)) or self.loss_normalizing_factor <= 0
+        ):
+            raise ValueError(
+                f"LOSS_NORMALIZING_FACTOR must be a positive number (or None: the per-token mean), got "
+                f"{self.loss_normalizing_factor!r}; T5X's 'NUM_REAL_TARGET_TOKENS' is None here."
+            )
         if self.trainable not in TRAINABLE:
             raise ValueError(f"Unknown TRAINABLE {self.trainable!r}; use one of {TRAINABLE}.")
 

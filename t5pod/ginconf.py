@@ -5,6 +5,7 @@ Library code never imports gin; commands call the factories here to get plain ob
 
 import dataclasses
 import difflib
+import importlib
 import os
 import re
 from typing import Sequence
@@ -58,9 +59,81 @@ T5X_REFUSED = {
         "TRAIN_STEPS counts the steps of this run (fine-tuning counts its own steps "
         "from 0, unlike T5X's total that includes pre-training); set --gin.TRAIN_STEPS"
     ),
-    "LOSS_NORMALIZING_FACTOR": "t5pod reports and optimizes the per-token mean loss; there is no factor to set",
     "INFER_OUTPUT_DIR": "infer writes the file named by --output_file=OUT",
 }
+# T5X gin files: their imports of t5x are dropped, their includes of T5X's shipped files become
+# t5pod's twins, and their bindings become macros (T5X_BINDINGS) or one-line errors (T5X_REFUSED).
+_T5X_IMPORT = re.compile(r"^\s*(from\s+(t5x|__gin__)\b.*|import\s+(t5x\b.*|__main__\s+as\s+\w+))\s*$")
+_T5X_INCLUDE = re.compile(r"""^\s*include\s+['"]t5x/(.+?)['"]\s*$""")
+_T5X_RUNS = {
+    "pretrain": "runs/pretrain.gin",
+    "finetune": "runs/finetune.gin",
+    "eval": "runs/eval.gin",
+    "infer": "runs/infer.gin",
+}
+_T5X_SCRIPT = re.compile(r"^train_script\.")  # `import __main__ as train_script`; train_script.train.x
+_T5X_MODULES = (
+    "utils.",
+    "models.",
+    "trainer.",
+    "partitioning.",
+    "adafactor.",
+    "optimizers.",
+    "train_script.",
+    "network.",
+)
+
+
+def _t5x_include(match) -> str:
+    model = re.fullmatch(r"examples/t5/(t5_1_[01])/(\w+)\.gin", match[1])
+    run = re.fullmatch(r"configs/runs/(\w+)\.gin", match[1])
+    if model and os.path.isfile(os.path.join(GIN_DIR, "models", model[1], f"{model[2]}.gin")):
+        return f"include 'models/{model[1]}/{model[2]}.gin'"
+    if run and run[1] in _T5X_RUNS:
+        return f"include '{_T5X_RUNS[run[1]]}'"
+    raise ValueError(
+        f"include 't5x/{match[1]}' has no t5pod twin; include one of t5pod's gin files (gin/models, gin/runs)."
+    )
+
+
+def _expanded_blocks(lines: list[str]) -> list[str]:
+    """`Name:` blocks of a T5X configurable as one `Name.key = value` line per binding."""
+    out, scope = [], None
+    for line in lines:
+        header = re.match(r"^([\w.]+):\s*$", line)
+        if header and header[1].startswith(_T5X_MODULES + ("train.",)):
+            scope = header[1]
+            continue
+        if scope and line.startswith((" ", "\t")) and "=" in line:
+            out.append(f"{scope}.{line.strip()}")
+            continue
+        scope = None
+        out.append(line)
+    return out
+
+
+def _from_t5x(text: str) -> str:
+    """A T5X gin file in t5pod's terms (module docstring above: imports, includes, bindings)."""
+    out = []
+    for line in _expanded_blocks(text.splitlines()):
+        if _T5X_IMPORT.match(line):
+            continue
+        include = _T5X_INCLUDE.match(line)
+        if include:
+            out.append(_t5x_include(include))
+            continue
+        binding = re.match(r"^([\w.]+)\s*=\s*(.*)$", line)
+        name = _T5X_SCRIPT.sub("", binding[1]) if binding else None
+        if name in T5X_REFUSED:
+            raise ValueError(f"{name} is a T5X setting without a t5pod twin: {T5X_REFUSED[name]}.")
+        out.append(f"{T5X_BINDINGS[name]} = {binding[2]}" if name in T5X_BINDINGS else line)
+    return "\n".join(out) + "\n"
+
+
+def _is_t5x(text: str) -> bool:
+    return any(_T5X_IMPORT.match(line) or _T5X_INCLUDE.match(line) for line in text.splitlines())
+
+
 # Fields of TrainConfig and InferConfig before they were composed of parts (2026-12): the operative
 # config.gin of an older run binds them, and reads as the new fields. {old: new}
 RENAMED_FIELDS = {
@@ -148,8 +221,10 @@ def parse(
     for name in gin_files:
         path = name if os.path.isfile(name) else None
         text = open(path).read() if path else ""
-        if path and _RENAMED.search(text):  # the operative config of an older run
-            gin.parse_config(_renamed(text))
+        if path and _is_t5x(text):
+            text = _from_t5x(text)
+        if path and (_RENAMED.search(text) or text != open(path).read()):  # T5X's, or an older run's config.gin
+            _parse_text(_renamed(text), path)
         else:
             gin.parse_config_files_and_bindings([name], None, finalize_config=False)
     known_macros = _defined_macros()
@@ -196,6 +271,20 @@ def parse(
         ) from None
 
 
+def _parse_text(text: str, path: str):
+    """Parses text, read from path and translated; a T5X configurable left in it is named as such."""
+    try:
+        gin.parse_config(text)
+    except ValueError as error:
+        unknown = re.search(r"No configurable matching '([\w.]+)'", str(error))
+        if unknown and unknown[1].startswith(_T5X_MODULES):
+            raise ValueError(
+                f"{path} binds {unknown[1]}, a T5X setting t5pod does not read; docs/coming-from-t5x.md lists the "
+                "T5X settings that carry over and their t5pod names."
+            ) from None
+        raise
+
+
 def _defined_macros() -> set[str]:
     """Names of the macros bound so far (gin keeps them as bindings of the `macro` configurable)."""
     text = gin.config_str()
@@ -210,7 +299,21 @@ def register_tasks(cache_dirs=(), **settings):
     """Registers the seqio tasks and mixtures with the settings gin binds (gin/tasks.gin); seqio
     looks for task caches (USE_CACHED_TASKS=True) in cache_dirs."""
     seqio.set_global_cache_dirs(list(cache_dirs or ()))
+    register_all_tasks(**settings)
+
+
+def register_all_tasks(mixture_or_task_module=None, **settings):
+    """t5pod's tasks and mixtures (tasks.register_all), then the user's: mixture_or_task_module is
+    imported, as T5X's MIXTURE_OR_TASK_MODULE. Beam's workers call this too."""
     tasks.register_all(**settings)
+    if mixture_or_task_module:
+        try:
+            importlib.import_module(mixture_or_task_module)
+        except ImportError as error:
+            raise ValueError(
+                f"MIXTURE_OR_TASK_MODULE {mixture_or_task_module!r} cannot be imported ({error}); put the folder "
+                "that holds it on PYTHONPATH."
+            ) from None
 
 
 def task_settings() -> dict:

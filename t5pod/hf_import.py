@@ -44,7 +44,12 @@ def read_hf_config(src_dir: str) -> tuple[T5Config, dict]:
     missing = [k for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers") if k not in hf]
     if missing and "d_model" in hf:
         raise ConversionError(f"{path} lacks {', '.join(missing)}; it is not a complete T5 config.")
-    if hf.get("model_type", "t5") not in ("t5", "mt5", "umt5") or "d_model" not in hf:
+    if hf.get("model_type") == "umt5":
+        raise ConversionError(
+            f"{path} is a umT5 model, whose every layer has its own relative position bias; t5pod reads T5 "
+            "and mT5 (one bias per stack)."
+        )
+    if hf.get("model_type", "t5") not in ("t5", "mt5") or "d_model" not in hf:
         raise ConversionError(f"{path} is not a T5 config (model_type={hf.get('model_type')!r}).")
     projection = hf.get("feed_forward_proj", "relu")
     if projection not in FEED_FORWARD_PROJECTIONS:

@@ -65,14 +65,29 @@ def test_start_up_noise_is_silenced_unless_verbose(verbose):
         "data",
         "--task=demo_span_corruption",
         "--num_examples=1",
+        "--features=model",  # packed: seqio notes the features packing drops
         "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
         *(["--verbose"] if verbose else []),
     ]
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = subprocess.run(command, capture_output=True, text=True, env=dict(env, XLA_FLAGS=""), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert '"inputs"' in done.stdout
+    assert '"encoder_input_tokens"' in done.stdout
     assert bool(TF_LOG_LINE.search(done.stderr)) == verbose, done.stderr[-2000:]
+    assert "will be removed during packing" not in done.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_cache_tasks_prints_no_beam_start_up_notes(tmp_path):
+    from helpers import run_cli
+
+    done = run_cli(
+        "cache-tasks", "--gin_file=demo.gin", "--tasks=demo_span_corruption", f"--output_cache_dir={tmp_path}"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Cached {tmp_path / 'demo_span_corruption'}" in done.stdout
+    assert "WARNING" not in done.stderr, done.stderr[-2000:]
 
 
 def test_inference_eval_files_go_to_a_bucket_too():

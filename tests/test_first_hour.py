@@ -10,8 +10,8 @@ import seqio
 import tensorflow as tf
 from flax import linen as nn
 
-from helpers import SMALL_MODEL, run_cli
-from t5pod import evaluation, inference, models, network, partitioning
+from helpers import SMALL_MODEL, run_cli, step_config
+from t5pod import cli, evaluation, ginconf, inference, models, network, partitioning, tasks, train_step, trainer
 from t5pod.configs import InferConfig, MeshConfig
 from t5pod.data import demo_corpus
 
@@ -147,3 +147,116 @@ def test_eval_gives_each_seqio_metric_the_model_output_it_asks_for():
     np.testing.assert_allclose(received["score"][1], expected, rtol=1e-4)
     assert metrics["mean_log_likelihood"] == pytest.approx(np.mean(expected), rel=1e-4)
     assert len(received["aux"]) == 3 and all(s < 0 for s in received["aux"])
+
+
+T5X_USER_GIN = """from __gin__ import dynamic_registration
+from t5x import utils
+import __main__ as train_script
+
+include 't5x/examples/t5/t5_1_1/small.gin'
+include 't5x/configs/runs/pretrain.gin'
+
+MIXTURE_OR_TASK_NAME = 'demo_span_corruption'
+utils.SaveCheckpointConfig.period = 100
+train_script.train:
+  eval_period = 7
+  random_seed = 3
+"""
+
+
+def test_a_t5x_gin_file_reads_with_its_t5x_names(tmp_path):
+    path = tmp_path / "t5x_user.gin"
+    path.write_text(T5X_USER_GIN)
+    ginconf.parse(["tasks.gin", str(path)], ["MODEL_DIR='/run'"])
+    config, model = ginconf.train_config(), ginconf.model_config()
+    assert (config.checkpoint.period, config.eval.period, config.random_seed) == (100, 7, 3)
+    assert (model.d_model, model.num_layers, model.feed_forward_proj) == (512, 8, "gated-gelu")  # T5 1.1 small
+    assert config.data.mixture_or_task_name == "demo_span_corruption"
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("partitioning.PjitPartitioner.num_partitions = 8", 'MESH_SHAPE="(-1, 8)"'),
+        (
+            "utils.RestoreCheckpointConfig.path = '/ckpt'",
+            "utils.RestoreCheckpointConfig, a T5X setting t5pod does not read",
+        ),
+        ("include 't5x/contrib/moe/models.gin'", "has no t5pod twin"),
+    ],
+)
+def test_what_a_t5x_gin_file_says_that_t5pod_cannot_is_one_line(tmp_path, capsys, line, message):
+    path = tmp_path / "t5x_user.gin"
+    path.write_text(T5X_USER_GIN + line + "\n")
+    status = cli.main(["data", "--list", f"--gin_file={path}"])
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_mixture_or_task_module_registers_the_users_tasks(tmp_path, monkeypatch):
+    (tmp_path / "my_t5x_tasks.py").write_text(
+        "import seqio\n"
+        "from t5pod.data import demo_corpus\n"
+        "seqio.TaskRegistry.remove('my_t5x_task')\n"
+        "seqio.TaskRegistry.add('my_t5x_task', source=seqio.TextLineDataSource({'train': 'x.txt'}),\n"
+        "    output_features={'targets': seqio.Feature(demo_corpus.vocabulary())})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ginconf.parse(["tasks.gin"], ["MIXTURE_OR_TASK_MODULE='my_t5x_tasks'"])
+    ginconf.register_tasks()
+    assert seqio.get_mixture_or_task("my_t5x_task").name == "my_t5x_task"
+    ginconf.parse(["tasks.gin"], ["MIXTURE_OR_TASK_MODULE='no_such_module_here'"])
+    with pytest.raises(ValueError, match="MIXTURE_OR_TASK_MODULE 'no_such_module_here' cannot be imported.*PYTHONPATH"):
+        ginconf.register_tasks()
+    tasks.register_all()
+
+
+def test_loss_normalizing_factor_divides_the_summed_loss_as_in_t5x():
+    """With a factor F the gradient is of sum(token losses) / F: the per-token mean's gradient times
+    target_tokens / F. The reported loss is the per-token mean either way."""
+    batch = {
+        "encoder_input_tokens": np.tile(np.arange(2, 18, dtype=np.int32), (4, 1)),
+        "decoder_target_tokens": np.tile(np.arange(3, 11, dtype=np.int32), (4, 1)),
+    }
+    batch["decoder_input_tokens"] = np.pad(batch["decoder_target_tokens"][:, :-1], ((0, 0), (1, 0)))
+    batch["decoder_loss_weights"] = np.ones_like(batch["decoder_target_tokens"])
+    batch["decoder_loss_weights"][:, 6:] = 0  # 4 x 6 = 24 real target tokens
+    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
+    results = {}
+    for factor in (None, 233472.0):
+        step = step_config(
+            task_feature_lengths={"inputs": 16, "targets": 8},
+            batch_size=4,
+            mesh_shape=(1, 1),
+            loss_normalizing_factor=factor,
+        )
+        setup = trainer.create_state(SMALL_MODEL, step, mesh)
+        with mesh, nn.logical_axis_rules(setup.rules):
+            state = setup.init(jax.random.PRNGKey(0))
+            _, metrics = trainer.make_train_step(step, setup, mesh)(state, batch, jax.random.PRNGKey(1))
+        results[factor] = jax.device_get(metrics)
+    assert float(results[None]["weight_sum"]) == 24
+    np.testing.assert_allclose(
+        float(results[233472.0]["grad_norm"]), float(results[None]["grad_norm"]) * 24 / 233472.0, rtol=1e-5
+    )
+    assert train_step.summarize(results[233472.0])["loss"] == pytest.approx(train_step.summarize(results[None])["loss"])
+    with pytest.raises(ValueError, match="LOSS_NORMALIZING_FACTOR must be a positive number.*NUM_REAL_TARGET_TOKENS"):
+        step_config(loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
+
+
+def test_a_umt5_folder_is_refused_at_its_config(tmp_path, capsys):
+    (tmp_path / "umt5").mkdir()
+    config = {
+        "model_type": "umt5",
+        "vocab_size": 256,
+        "d_model": 8,
+        "d_kv": 2,
+        "d_ff": 16,
+        "num_heads": 4,
+        "num_layers": 1,
+    }
+    (tmp_path / "umt5" / "config.json").write_text(json.dumps(config))
+    assert cli.main(["convert-hf", str(tmp_path / "umt5"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is a umT5 model, whose every layer has its own relative position bias" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

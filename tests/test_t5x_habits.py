@@ -38,7 +38,6 @@ def test_t5x_bindings_set_the_t5pod_macro(t5x, value, macro, field):
         ("partitioning.PjitPartitioner.num_partitions = 8", "MESH_SHAPE"),
         ("utils.create_learning_rate_scheduler.factors = 'constant * rsqrt_decay'", "LEARNING_RATE_SCHEDULE"),
         ("TRAIN_STEPS_RELATIVE = 100", "TRAIN_STEPS"),
-        ("LOSS_NORMALIZING_FACTOR = 233472", "per-token mean"),
         ("INFER_OUTPUT_DIR = '/tmp/x'", "--output_file"),
     ],
 )

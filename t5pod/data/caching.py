@@ -7,15 +7,34 @@ only the steps after the placeholder (the objective's random noise, EOS). The la
 OUTPUT_CACHE_DIR/<task dir>/{<split>.tfrecord-*, info.<split>.json, stats.<split>.json, COMPLETED}.
 """
 
+import logging
 import os
 from typing import Callable, Sequence
 
-import apache_beam as beam
-import seqio
-import tensorflow as tf
-from seqio import beam_utils
 
-from t5pod.data import pipeline
+class _BeamStartUpNotes(logging.Filter):
+    """Beam's notes at start-up about optional libraries and its own DoFns: nothing a user acts on
+    (shown with --verbose)."""
+
+    NOTES = (
+        "apitools not found",
+        "Using yield and return in the process method",
+        "Couldn't find python-snappy or google-crc32c",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0" or not str(record.msg).startswith(self.NOTES)
+
+
+for _name in ("", "apache_beam.transforms.core", "apache_beam.io.tfrecordio"):
+    logging.getLogger(_name).addFilter(_BeamStartUpNotes())
+
+import apache_beam as beam  # noqa: E402  (after the filters: it logs while importing)
+import seqio  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from seqio import beam_utils  # noqa: E402
+
+from t5pod.data import pipeline  # noqa: E402
 
 
 class CacheError(ValueError):
