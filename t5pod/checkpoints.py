@@ -288,6 +288,31 @@ def read_initial_params(path: str, model_config: T5Config, params, abstract_para
         ) from None
 
 
+def read_initial_optimizer_state(path: str, abstract_opt_state):
+    """The optimizer state saved with INITIAL_CHECKPOINT_PATH's newest (or named) checkpoint, in
+    abstract_opt_state's shardings (INITIAL_OPTIMIZER_STATE=True)."""
+    step = _resolve_step(path, named_step(path))
+    try:
+        with _manager(checkpoint_root(path), read_only=True) as manager:
+            items = set(manager.item_metadata(step).keys())
+            if "opt_state" not in items:
+                raise CheckpointError(
+                    f"INITIAL_CHECKPOINT_PATH {path} holds no optimizer state (a convert-hf folder, or "
+                    "convert-t5x --no_optimizer_state); set --gin.INITIAL_OPTIMIZER_STATE=False."
+                )
+            restored = manager.restore(
+                step, args=ocp.args.Composite(opt_state=ocp.args.StandardRestore(abstract_opt_state))
+            )
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Orbax raises many kinds for a state of another shape
+        raise CheckpointError(
+            f"The optimizer state in {path} does not fit this run's ({describe_read_error(error)}); restore it "
+            "only into the same model trained with TRAINABLE='all', or set --gin.INITIAL_OPTIMIZER_STATE=False."
+        ) from None
+    return restored["opt_state"]
+
+
 def _read_initial_params(path: str, model_config: T5Config, params, abstract_params):
     _, metadata = read_metadata(path)
     if model_config.adapter_dim and not metadata.get("architecture", {}).get("adapter_dim", 0):

@@ -169,8 +169,13 @@ class MeshConfig:
 
     shape: tuple = (-1, 1)  # (data, model); -1 takes the remaining devices
     fsdp: bool = False  # parameters and optimizer state also split over data
+    # (logical axis, mesh axis or None) pairs that replace the standard rules of those logical axes
+    # (partitioning.STANDARD_RULES), as T5X's logical_axis_rules; checked by partitioning.logical_rules.
+    logical_axis_rules: tuple = ()
 
     def __post_init__(self):
+        rules = tuple(tuple(r) if isinstance(r, (list, tuple)) else r for r in self.logical_axis_rules)
+        object.__setattr__(self, "logical_axis_rules", rules)
         if len(self.shape) != 2 or any(int(n) == 0 or int(n) < -1 for n in self.shape):
             raise ValueError(f"MESH_SHAPE must be (data, model) with positive sizes or -1, got {self.shape}.")
 
@@ -253,9 +258,19 @@ class CheckpointConfig:
     # Regular expressions over parameter paths ('decoder/.*'): the parameters they match fully keep
     # their fresh initialisation instead of the initial checkpoint's (T5X's assignment_map to None).
     initial_skip: tuple = ()
+    # Also restore initial_path's Adafactor state (as T5X does when fine-tuning); the run's step
+    # and learning-rate schedule still start at 0.
+    initial_optimizer_state: bool = False
 
     def __post_init__(self):
         _check_positive(self, {"period": "CHECKPOINT_PERIOD"})
+        if self.initial_optimizer_state and not self.initial_path:
+            raise ValueError("INITIAL_OPTIMIZER_STATE=True restores from INITIAL_CHECKPOINT_PATH, which is not set.")
+        if self.initial_optimizer_state and self.initial_skip:
+            raise ValueError(
+                "INITIAL_OPTIMIZER_STATE=True with INITIAL_CHECKPOINT_SKIP: the skipped parameters would get "
+                "another parameter's optimizer state; use one or the other."
+            )
         if self.keep is not None and self.keep < 1:
             raise ValueError(
                 f"KEEP_CHECKPOINTS must be at least 1 (None keeps all), got {self.keep}: "

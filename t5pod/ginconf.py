@@ -11,12 +11,13 @@ import re
 from typing import Sequence
 
 import gin
+import jax
 import seqio
 
 from t5pod import tasks
 from t5pod import configs
 from t5pod.configs import EvalConfig, InferConfig, StepConfig, T5Config, TrainConfig
-from t5pod.data import demo_corpus, vocabularies
+from t5pod.data import demo_corpus, pipeline, vocabularies
 
 # Always on the search path, so that `include 'models/...'` works from any directory.
 GIN_DIR = configs.shipped_gin_dir()
@@ -369,8 +370,21 @@ def _bound(cls):
     return _plain(_CONFIGURABLE[cls]())
 
 
-def model_config() -> T5Config:
-    return _bound(T5Config)
+# Activations and matmuls when the gin files leave t5pod.T5Config.dtype unset: bfloat16 where the
+# hardware computes it natively (as T5X's T5 1.1 gin files train), float32 on CPU.
+PLATFORM_DTYPES = {"tpu": "bfloat16", "gpu": "bfloat16", "cuda": "bfloat16", "rocm": "bfloat16"}
+
+
+def model_config(platform: str | None = None) -> T5Config:
+    """The bound T5Config; a dtype the gin files leave unset follows the platform (PLATFORM_DTYPES;
+    default: JAX's backend)."""
+    config = _bound(T5Config)
+    try:
+        gin.query_parameter("t5pod.T5Config.dtype")
+    except ValueError:  # not bound: the platform's
+        dtype = PLATFORM_DTYPES.get(platform or jax.default_backend(), "float32")
+        config = dataclasses.replace(config, dtype=dtype)
+    return config
 
 
 def train_config() -> TrainConfig:
@@ -399,7 +413,7 @@ def vocabulary():
 def task_vocabulary(name: str) -> str | None:
     """The VOCABULARY_PATH value that names the vocabulary task or mixture `name` encodes with
     ('demo' for the demo corpus's); None when it is not a SentencePiece file."""
-    vocabulary = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+    vocabulary = pipeline.get_task_or_mixture(name).output_features["targets"].vocabulary
     if isinstance(vocabulary, vocabularies.LazyVocabulary) and vocabulary._build is demo_corpus.vocabulary_path:
         return "demo"
     return getattr(vocabulary, "sentencepiece_model_file", None)

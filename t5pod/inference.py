@@ -85,8 +85,8 @@ class MeshLayout:
         return partitioning.replicated(self.mesh)
 
 
-def mesh_layout(model_config: T5Config, mesh, fsdp: bool) -> MeshLayout:
-    rules = partitioning.logical_rules(fsdp)
+def mesh_layout(model_config: T5Config, mesh, fsdp: bool, axis_rules: tuple = ()) -> MeshLayout:
+    rules = partitioning.logical_rules(fsdp, axis_rules)
     boxed = models.abstract_variables(model_config)["params"]
     shardings = nn.unbox(partitioning.param_shardings(boxed, mesh, rules))
     abstract = jax.tree_util.tree_map(
@@ -121,7 +121,7 @@ class Predictor:
         self.model = models.build(model_config)
         mesh = mesh if mesh is not None else partitioning.make_mesh(config.mesh.shape)
         partitioning.check_batch(config.batch_size, mesh, "INFER_BATCH_SIZE")
-        self.layout = mesh_layout(model_config, mesh, config.mesh.fsdp)
+        self.layout = mesh_layout(model_config, mesh, config.mesh.fsdp, config.mesh.logical_axis_rules)
         self.params = (
             params
             if params is not None
@@ -267,7 +267,7 @@ def decode_memory(model_config: T5Config, config: InferConfig, mesh) -> dict:
     """Per-device bytes of the compiled decode program for config's batch, lengths and beam size,
     compiled against abstract parameters (nothing is allocated): parameters, arguments, outputs,
     temporaries (the key/value cache and logits) and the peak."""
-    layout = mesh_layout(model_config, mesh, config.mesh.fsdp)
+    layout = mesh_layout(model_config, mesh, config.mesh.fsdp, config.mesh.logical_axis_rules)
     partitioning.check_batch(config.batch_size, mesh, "INFER_BATCH_SIZE")
     decode = jax.jit(
         _decode_function(models.build(model_config), config),

@@ -50,8 +50,37 @@ FSDP_RULES: tuple[tuple[str, str | None], ...] = tuple(
 )
 
 
-def logical_rules(fsdp: bool = False) -> tuple[tuple[str, str | None], ...]:
-    return FSDP_RULES if fsdp else STANDARD_RULES
+LOGICAL_AXES = (BATCH, LENGTH, EMBED, MLP, HEADS, KV, VOCAB, RELPOS_BUCKETS, LAYERS)
+
+
+def logical_rules(fsdp: bool = False, overrides: Sequence = ()) -> tuple[tuple[str, str | None], ...]:
+    """The table for a run: the standard (or FSDP) rules, with the rules of each logical axis that
+    `overrides` names (LOGICAL_AXIS_RULES: [(logical axis, mesh axis or None)]) replaced by its."""
+    rules = FSDP_RULES if fsdp else STANDARD_RULES
+    replaced: dict[str, list] = {}
+    for rule in overrides:
+        if len(rule) != 2:
+            raise ValueError(
+                f"LOGICAL_AXIS_RULES holds (logical axis, mesh axis) pairs, e.g. ('mlp', 'model'); got {rule!r}."
+            )
+        logical, mesh_axis = rule
+        if logical not in LOGICAL_AXES:
+            raise ValueError(
+                f"LOGICAL_AXIS_RULES names {logical!r}, not a logical axis of t5pod ({', '.join(LOGICAL_AXES)})."
+            )
+        if mesh_axis not in (DATA, MODEL, None):
+            raise ValueError(
+                f"LOGICAL_AXIS_RULES maps {logical!r} to {mesh_axis!r}; the mesh axes are 'data', 'model' or None."
+            )
+        replaced.setdefault(logical, []).append((logical, mesh_axis))
+    out, placed = [], set()
+    for logical, mesh_axis in rules:
+        if logical not in replaced:
+            out.append((logical, mesh_axis))
+        elif logical not in placed:
+            out += replaced[logical]
+            placed.add(logical)
+    return tuple(out)
 
 
 def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -91,7 +91,7 @@ def create_state(model_config: T5Config, step: StepConfig, mesh) -> StateSetup:
     model = models.build(model_config)
     settings = step.optimizer
     schedule = optimizer.learning_rate_schedule(settings.schedule, settings.learning_rate, settings.warmup_steps)
-    rules = partitioning.logical_rules(step.mesh.fsdp)
+    rules = partitioning.logical_rules(step.mesh.fsdp, step.mesh.logical_axis_rules)
     lengths = step.batch.task_feature_lengths
     features = models.dummy_features(model_config, 1, lengths["inputs"], lengths["targets"])
 
@@ -290,6 +290,8 @@ def prepare(config: TrainConfig, model_config: T5Config, writer: metric_writers.
                     initial.initial_path, model_config, state.params, setup.abstract_state.params
                 )
                 state = state.replace(params=checkpoints.keep_fresh(params, state.params, initial.initial_skip))
+                if initial.initial_optimizer_state:
+                    state = state.replace(opt_state=_initial_optimizer_state(config, setup, state.opt_state))
     return PreparedRun(
         config,
         model_config,
@@ -438,11 +440,24 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
     return {"step": step, **logged}
 
 
+def _initial_optimizer_state(config: TrainConfig, setup: StateSetup, fresh):
+    """INITIAL_CHECKPOINT_PATH's Adafactor moments (and their count, which sets their decay, as T5X
+    continues it) with the rest of `fresh`, this run's initial state: its schedule starts at 0."""
+    if config.optimizer.trainable != "all" or config.optimizer.gradual_unfreezing:
+        raise ValueError(
+            "INITIAL_OPTIMIZER_STATE=True needs TRAINABLE='all' without GRADUAL_UNFREEZING (the saved state "
+            "is of one Adafactor over every parameter)."
+        )
+    restored = checkpoints.read_initial_optimizer_state(config.checkpoint.initial_path, setup.abstract_state.opt_state)
+    return (restored[0], *fresh[1:])
+
+
 def _print_start(run: PreparedRun, writer):
     config = run.config
     writer.print(
         f"Training {config.data.mixture_or_task_name} into {config.model_dir} on {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s), mesh {dict(run.mesh.shape)}."
+        f"{jax.devices()[0].platform} device(s), mesh {dict(run.mesh.shape)}, {run.model_config.dtype} "
+        "activations (t5pod.T5Config.dtype)."
     )
     writer.print(format_step_report(run.report) + f" {flops.describe_peak(jax.local_devices()[0])}.")
     if run.resume_step is not None:

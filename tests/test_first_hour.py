@@ -1,6 +1,7 @@
 """What a T5X user hits in the first hour: a run's own vocabulary, unreachable paths, export's
 tokenizer, seqio metrics of every kind."""
 
+import dataclasses
 import json
 
 import jax
@@ -10,8 +11,21 @@ import seqio
 import tensorflow as tf
 from flax import linen as nn
 
-from helpers import SMALL_MODEL, run_cli, step_config
-from t5pod import cli, evaluation, ginconf, inference, models, network, partitioning, tasks, train_step, trainer
+from helpers import SMALL_MODEL, run_cli, step_config, train_config
+from t5pod import (
+    checkpoints,
+    cli,
+    configs,
+    evaluation,
+    ginconf,
+    inference,
+    models,
+    network,
+    partitioning,
+    tasks,
+    train_step,
+    trainer,
+)
 from t5pod.configs import InferConfig, MeshConfig
 from t5pod.data import demo_corpus
 
@@ -260,3 +274,78 @@ def test_a_umt5_folder_is_refused_at_its_config(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is a umT5 model, whose every layer has its own relative position bias" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_logical_axis_rules_from_gin_replace_those_axes_rules():
+    ginconf.parse(
+        ["tasks.gin", "runs/pretrain.gin", "models/tiny.gin"],
+        ["MODEL_DIR='/run'", "LOGICAL_AXIS_RULES=[('mlp', None), ('embed', 'model')]"],
+    )
+    step = ginconf.step_config()
+    assert step.mesh.logical_axis_rules == (("mlp", None), ("embed", "model"))
+    rules = partitioning.logical_rules(False, step.mesh.logical_axis_rules)
+    assert dict(rules)["mlp"] is None and dict(rules)["embed"] == "model" and dict(rules)["heads"] == "model"
+    mesh = partitioning.make_mesh((4, 2))
+    setup = trainer.create_state(
+        SMALL_MODEL,
+        dataclasses.replace(
+            step, batch=dataclasses.replace(step.batch, task_feature_lengths={"inputs": 16, "targets": 4})
+        ),
+        mesh,
+    )
+    wi = setup.shardings.params["encoder"]["layers_0"]["mlp"]["wi"].spec  # [embed, mlp]
+    assert tuple(wi) == ("model", None)
+    for bad, message in (
+        ([("mlpp", "model")], "names 'mlpp', not a logical axis of t5pod"),
+        ([("mlp", "tensor")], "maps 'mlp' to 'tensor'; the mesh axes are 'data', 'model' or None"),
+        (["mlp"], "holds \\(logical axis, mesh axis\\) pairs"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            partitioning.logical_rules(False, configs.MeshConfig(logical_axis_rules=bad).logical_axis_rules)
+
+
+def test_activations_follow_the_platform_unless_the_gin_files_say():
+    ginconf.parse(["models/tiny.gin"])
+    assert [ginconf.model_config(p).dtype for p in ("tpu", "gpu", "cpu")] == ["bfloat16", "bfloat16", "float32"]
+    ginconf.parse(["models/tiny.gin"], ["t5pod.T5Config.dtype = 'float32'"])
+    assert ginconf.model_config("tpu").dtype == "float32"
+
+
+def _saved_opt_state(model_dir, model_config, step_config_):
+    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
+    setup = trainer.create_state(model_config, dataclasses.replace(step_config_, mesh=configs.MeshConfig((1, 1))), mesh)
+    step = checkpoints.latest_step(str(model_dir / "checkpoints"))
+    _, opt_state, _ = checkpoints.restore_train_state(str(model_dir), step, setup.abstract_state)
+    return jax.device_get(opt_state)
+
+
+@pytest.mark.slow
+def test_fine_tuning_can_continue_the_checkpoints_adafactor_state(pretrained_demo_run, tmp_path):
+    tasks.register_all()
+    ginconf.parse([str(pretrained_demo_run / "config.gin")])
+    model = dataclasses.replace(ginconf.model_config(), dropout_rate=0.0)
+    settings = dict(
+        train_steps=1,
+        batch_size=8,
+        schedule="constant",
+        learning_rate=1e-3,
+        initial_checkpoint_path=str(pretrained_demo_run),
+        checkpoint_period=1,
+    )
+    pretrained = _saved_opt_state(pretrained_demo_run, model, step_config(**settings))
+    runs = {}
+    for restore in (False, True):
+        config = train_config(tmp_path / str(restore), initial_optimizer_state=restore, **settings)
+        trainer.train(config, model)
+        runs[restore] = _saved_opt_state(tmp_path / str(restore), model, config.step)
+    # The pre-training's two steps continue: Adafactor's count is 3 after one more; the schedule's is 1.
+    assert int(pretrained[0].count) == 2
+    assert (int(runs[True][0].count), int(runs[True][2].count)) == (3, 1)
+    assert (int(runs[False][0].count), int(runs[False][2].count)) == (1, 1)
+    # optax's Adafactor mixes a moment with decay 1 - (count + 1)^-0.8: 0 from a fresh state (the
+    # fresh run's moment is the gradient squared), 1 - 3^-0.8 for the restored one (count 2).
+    v = lambda state: state[0].v["encoder"]["encoder_norm"]["scale"]  # noqa: E731 - unfactored, [embed]
+    decay = 1 - 3.0**-0.8
+    np.testing.assert_allclose(v(runs[True]), decay * v(pretrained) + (1 - decay) * v(runs[False]), rtol=1e-4)
+    with pytest.raises(ValueError, match="INITIAL_OPTIMIZER_STATE=True restores from INITIAL_CHECKPOINT_PATH"):
+        train_config(tmp_path / "x", initial_optimizer_state=True)

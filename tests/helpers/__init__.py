@@ -66,6 +66,7 @@ _PARTS = {
     "async_checkpointing": ("checkpoint", "asynchronous"),
     "initial_checkpoint_path": ("checkpoint", "initial_path"),
     "initial_checkpoint_skip": ("checkpoint", "initial_skip"),
+    "initial_optimizer_state": ("checkpoint", "initial_optimizer_state"),
     "eval_period": ("eval", "period"),
     "eval_steps": ("eval", "steps"),
     "eval_split": ("eval", "split"),
