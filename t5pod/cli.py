@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
@@ -312,6 +313,21 @@ def _train_vocab(args) -> int:
         )
     from t5pod.data import text_sources, vocabularies
 
+    # Before any reading or training: an existing vocabulary is never replaced (runs trained with it
+    # would change meaning), and the folder must take the new one.
+    if os.path.exists(args.output):
+        raise FileExistsError(
+            f"--output {args.output} already exists; choose a new path (a vocabulary is never replaced)."
+        )
+    folder = os.path.dirname(os.path.abspath(args.output))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".train-vocab-check-"):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"--output {args.output} cannot be written ({error.strerror}); choose a writable folder."
+        ) from None
     progress = Progress(args.max_sentences, what="documents", prefix="reading: ")
 
     def texts():
@@ -368,6 +384,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         InferenceError,
         RunLockError,
         FileNotFoundError,
+        FileExistsError,
+        PermissionError,
         ValueError,
         tf.errors.NotFoundError,
         tf.errors.PermissionDeniedError,

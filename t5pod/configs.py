@@ -8,6 +8,7 @@ here, so the configs can be read and checked before any accelerator is touched.
 
 import dataclasses
 import importlib.resources
+import math
 import pathlib
 import re
 from typing import Any
@@ -432,15 +433,15 @@ def flat(config, prefix: str = "") -> dict:
 def _check_positive(config, macros: dict):
     for field, macro in macros.items():
         value = getattr(config, field)
-        if value <= 0:
-            raise ValueError(f"{macro} must be positive, got {value}.")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{macro} must be a positive finite number, got {value}.")
 
 
 def _check_not_negative(config, macros: dict):
     for field, macro in macros.items():
         value = getattr(config, field)
-        if value < 0:
-            raise ValueError(f"{macro} must not be negative, got {value}.")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{macro} must be a finite number, not negative, got {value}.")
 
 
 def _check_lengths(lengths, keys):

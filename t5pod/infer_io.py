@@ -213,6 +213,8 @@ def infer(
     output = ResumableOutput(output_file, settings)
 
     def check_output() -> int:
+        if input_file and os.path.abspath(input_file) == os.path.abspath(output_file):
+            raise InferenceError(f"--output_file {output_file} is the input file; name another file for the output.")
         check_output_path(output_file)
         return output.rows_done(config.batch_size)
 

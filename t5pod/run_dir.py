@@ -68,7 +68,9 @@ def _model_dir_problem(config: TrainConfig) -> str | None:
     foreign = sorted(
         name
         for name in entries - _RUN_DIR_ENTRIES
-        if not (name.startswith("config-") and name.endswith(".gin")) and not name.startswith(".")
+        if not (name.startswith("config-") and name.endswith(".gin"))
+        and not name.startswith(".")
+        and not (name.startswith(run_lock.LEASE_FILE + ".") and name.endswith(".tmp"))  # a lease write cut short
     )
     if foreign:
         return (

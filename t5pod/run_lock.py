@@ -2,9 +2,15 @@
 
 A file lock does not exist on buckets, so the run writes MODEL_DIR/run.lease (JSON: owner,
 host, pid, start and last heartbeat times, timeout) and rewrites the heartbeat from a thread.
-Another run that finds a live lease stops with a message naming the owner. A lease is free
-again when its heartbeat is older than its timeout (the owner was killed or lost its host), or
-at once when its owner ran on this host and that process no longer exists.
+Another run that finds a live lease stops with a message naming the owner. A lease of a process
+on this host holds while that process exists, however old its heartbeat (a stopped process keeps
+its folder); it is free at once when the process is gone, or when its pid is this process's own (a
+lease left by an earlier boot or container). A lease of another host is free when its heartbeat is
+older than its timeout, or further in the future than that (a clock that jumped).
+
+A run that lost its lease anyway (its host's clock jumped, or it was stopped for longer than the
+timeout on another host's view) must not write on: `check()` before each checkpoint and metrics
+write stops it with one line, and its heartbeat never overwrites another owner's lease.
 """
 
 import json
@@ -55,13 +61,12 @@ def _write(path: str, lease: dict):
 
 
 def is_live(lease: dict, now: float | None = None) -> bool:
-    """Whether a lease still holds: heartbeat within its timeout, and its process alive if local."""
+    """Whether a lease still holds (the module docstring says when)."""
     now = time.time() if now is None else now
-    if now - float(lease.get("heartbeat", 0)) > float(lease.get("timeout_s", 0)):
-        return False
-    if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", -1))):
-        return False
-    return True
+    if lease.get("host") == socket.gethostname():
+        pid = int(lease.get("pid", -1))
+        return pid != os.getpid() and _pid_alive(pid)
+    return abs(now - float(lease.get("heartbeat", 0))) <= float(lease.get("timeout_s", 0))
 
 
 def refusal(model_dir: str, timeout_s: float) -> str | None:
@@ -71,10 +76,11 @@ def refusal(model_dir: str, timeout_s: float) -> str | None:
         return None
     age = time.time() - float(lease.get("heartbeat", 0))
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(lease.get("started", 0))))
+    beat = f"{age:.0f} s ago" if age >= 0 else f"{-age:.0f} s in the future by this host's clock"
     return (
         f"MODEL_DIR {model_dir} is in use by another run (host {lease.get('host')}, pid {lease.get('pid')}, "
-        f"started {started}, heartbeat {age:.0f} s ago). Stop that run or use another MODEL_DIR; a killed "
-        f"run's lease expires {timeout_s:.0f} s after its last heartbeat."
+        f"started {started}, heartbeat {beat}). Stop that run or use another MODEL_DIR; a killed "
+        f"run's lease expires {timeout_s:.0f} s after its last heartbeat (at once on its own host)."
     )
 
 
@@ -90,6 +96,7 @@ class RunLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.taken_over: dict | None = None  # the expired lease this run replaced, if any
+        self.lost_to: dict | None = None  # the lease of the run that took this one's, once seen
 
     def _lease(self, started: float) -> dict:
         return {
@@ -127,7 +134,24 @@ class RunLease:
 
     def _beat(self):
         while not self._stop.wait(self.timeout_s / 4):
+            holder = _read(self.path)
+            if holder is not None and holder.get("owner") != self.owner:
+                self.lost_to = holder  # never overwrite the run that holds it now
+                return
             _write(self.path, self._lease(self._started))
+
+    def check(self):
+        """Raises RunLockError when another run holds the lease now: call before writing."""
+        if self._thread is None:
+            return
+        holder = self.lost_to or _read(self.path)
+        if holder is not None and holder.get("owner") != self.owner:
+            self.lost_to = holder
+            raise RunLockError(
+                f"This run lost MODEL_DIR {os.path.dirname(self.path)} to another run (host {holder.get('host')}, "
+                f"pid {holder.get('pid')}) while it was stopped or its clock jumped; it stops before writing "
+                "more. Let the other run finish, or stop it and run this command again to resume."
+            )
 
     def release(self):
         if self._thread is None:

@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -105,6 +106,21 @@ def loop(run, window: MetricWindow, hooks: list[Hook], stop_requested: Callable[
 def _add_sums(totals: dict, metrics: dict) -> dict:
     # learning_rate and grad_norm are reported for the window's last step, the sums over all.
     return {k: totals[k] + v if k.endswith("_sum") else v for k, v in metrics.items()}
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
+
+
+def check_state_finite(step: int, params):
+    """Refuses to go on (and so to checkpoint) parameters that became NaN or infinite: a save keeps
+    only the newest checkpoints, so a poisoned one would push out the good ones."""
+    if not bool(jax.device_get(_all_finite(params))):
+        raise TrainingError(
+            f"The parameters became NaN or infinite by step {step}; stopping before saving them. The last "
+            "good checkpoint is kept; lower LEARNING_RATE or check the data."
+        )
 
 
 def _check_finite(pending):

@@ -191,17 +191,21 @@ def format_step_report(report: dict) -> str:
 
 
 class _Preemption:
-    """SIGTERM (maintenance, spot reclaim) asks the loop to save and stop after the current step."""
+    """SIGTERM (maintenance, spot reclaim) or Ctrl-C (SIGINT) asks the loop to save and stop after
+    the current step; a second Ctrl-C while it saves is left to wait for the save as well."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.requested = None  # the signal's name, once one came
+        self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.requested = self.requested or signal.Signals(signum).name
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
 
 def _first_batch(iterator, config: TrainConfig) -> dict:
@@ -309,13 +313,15 @@ def prepare(config: TrainConfig, model_config: T5Config, writer: metric_writers.
 
 
 def standard_hooks(
-    run: PreparedRun, writer, window: train_loop.MetricWindow, checkpointer, logged: dict
+    run: PreparedRun, writer, window: train_loop.MetricWindow, checkpointer, logged: dict, fence=lambda: None
 ) -> list[train_loop.Hook]:
     """Log (steps 1, every LOG_PERIOD, the last), evaluate and decode the evaluation split (every
-    EVAL_PERIOD), checkpoint (every CHECKPOINT_PERIOD, the last): in this order after a step."""
+    EVAL_PERIOD), checkpoint (every CHECKPOINT_PERIOD, the last): in this order after a step.
+    fence() runs before each of them writes (MODEL_DIR's lease check: a run that lost it stops)."""
     config, model_config, mesh = run.config, run.model_config, run.mesh
 
     def log(step: int, state):
+        fence()
         logged.clear()
         logged.update(window.summary())
         writer.write(step, logged)
@@ -338,12 +344,14 @@ def standard_hooks(
     )
 
     def evaluate(step: int, state):
+        fence()
         _evaluate(config, model_config, eval_fn, state.params, mesh, writer, step)
 
     predictor = None
 
     def inference_eval(step: int, state):
         nonlocal predictor
+        fence()
         predictor = predictor or _training_predictor(config, model_config, mesh, state.params)
         predictor.params = state.params
         evaluation.run(
@@ -359,6 +367,8 @@ def standard_hooks(
         )
 
     def save(step: int, state):
+        fence()
+        train_loop.check_state_finite(step, state.params)
         checkpointer.save(step, state, run.metadata, run.train_iterator, jax.process_index())
 
     hooks = [
@@ -415,17 +425,21 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                 config.batch.batch_size * sum(config.batch.task_feature_lengths.values()),
                 first_step,
             )
-            hooks = standard_hooks(run, writer, window, checkpointer, logged)
+            fence = lease.check if is_writer else lambda: None
+            hooks = standard_hooks(run, writer, window, checkpointer, logged, fence)
             saves = hooks[-1]
 
             def stop(step: int, state):
                 if not saves.due(step):
                     saves.action(step, state)
                 checkpointer.wait()
-                writer.print(f"Preempted (SIGTERM): saved a checkpoint at step {step}; run the same command to resume.")
+                writer.print(
+                    f"Preempted ({preemption.requested}): saved a checkpoint at step {step}; run the same command "
+                    "to resume."
+                )
 
             run_start = time.time()
-            step = train_loop.loop(run, window, hooks, lambda: preemption.requested, stop)
+            step = train_loop.loop(run, window, hooks, lambda: bool(preemption.requested), stop)
         finally:
             preemption.restore()
             if checkpointer is not None:

@@ -142,31 +142,49 @@ CASES = [
     (
         "batch_size_zero",
         lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'new'}'", "--gin.BATCH_SIZE=0"],
-        "BATCH_SIZE must be positive, got 0",
+        "BATCH_SIZE must be a positive finite number, got 0",
         ["new"],
     ),
     (
         "negative_train_steps",
         lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'new'}'", "--gin.TRAIN_STEPS=-3"],
-        "TRAIN_STEPS must be positive",
+        "TRAIN_STEPS must be a positive finite number",
         ["new"],
     ),
     (
         "zero_learning_rate",
         lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'new'}'", "--gin.LEARNING_RATE=0"],
-        "LEARNING_RATE must be positive",
+        "LEARNING_RATE must be a positive finite number",
         ["new"],
+    ),
+    (
+        "infinite_learning_rate",
+        lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'new'}'", "--gin.LEARNING_RATE=1e999"],
+        "LEARNING_RATE must be a positive finite number, got inf",
+        ["new"],
+    ),
+    (
+        "vocab_output_exists",
+        lambda w: ["train-vocab", f"--input={w / 'inputs.jsonl'}", f"--output={w / 'a_file'}"],
+        "already exists; choose a new path (a vocabulary is never replaced)",
+        ["a_file"],
+    ),
+    (
+        "infer_output_is_the_input",
+        lambda w: _infer(w, f"--input_file={w / 'inputs.jsonl'}", f"--output_file={w / 'inputs.jsonl'}"),
+        "is the input file; name another file for the output",
+        ["inputs.jsonl"],
     ),
     (
         "negative_warmup",
         lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'new'}'", "--gin.WARMUP_STEPS=-1"],
-        "WARMUP_STEPS must not be negative",
+        "WARMUP_STEPS must be a finite number, not negative",
         ["new"],
     ),
     (
         "zero_microbatches",
         lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'new'}'", "--gin.NUM_MICROBATCHES=0"],
-        "NUM_MICROBATCHES must be positive",
+        "NUM_MICROBATCHES must be a positive finite number",
         ["new"],
     ),
     (
@@ -178,7 +196,7 @@ CASES = [
     (
         "zero_eval_steps",
         lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'new'}'", "--gin.EVAL_STEPS=0"],
-        "EVAL_STEPS must be positive",
+        "EVAL_STEPS must be a positive finite number",
         ["new"],
     ),
     (
@@ -430,7 +448,7 @@ CASES = [
             f"--input_file={w / 'inputs.jsonl'}",
             f"--output_file={w / 'outputs' / 'kept.jsonl'}",
         ),
-        "BEAM_SIZE must be positive",
+        "BEAM_SIZE must be a positive finite number",
         ["outputs"],
     ),
     (
@@ -441,7 +459,7 @@ CASES = [
             f"--input_file={w / 'inputs.jsonl'}",
             f"--output_file={w / 'outputs' / 'kept.jsonl'}",
         ),
-        "TEMPERATURE must not be negative",
+        "TEMPERATURE must be a finite number, not negative",
         ["outputs"],
     ),
     # eval
@@ -547,7 +565,7 @@ CASES = [
             "--gin_file=runs/pretrain.gin",
             "--gin.BATCH_SIZE=0",
         ],
-        "BATCH_SIZE must be positive",
+        "BATCH_SIZE must be a positive finite number",
         [],
     ),
     # train-vocab

@@ -210,3 +210,52 @@ def test_sampling_draws_from_the_tempered_and_truncated_distribution():
     np.testing.assert_allclose(frequencies(0.5, 0), squared, atol=0.01)
     np.testing.assert_allclose(frequencies(1.0, 2), [0.625, 0.375, 0, 0], atol=0.01)
     assert frequencies(0.0, 0).tolist() == [1.0, 0.0, 0.0, 0.0]  # temperature 0 is greedy
+
+
+def test_a_lease_of_this_host_holds_while_its_process_lives_however_old_its_heartbeat(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        old = time.time() - 3600  # a stopped (SIGSTOP) or paused run: no heartbeat for an hour
+        lease = {
+            "owner": "x",
+            "host": socket.gethostname(),
+            "pid": sleeper.pid,
+            "started": old,
+            "heartbeat": old,
+            "timeout_s": 60,
+        }
+        (tmp_path / run_lock.LEASE_FILE).write_text(json.dumps(lease))
+        with pytest.raises(run_lock.RunLockError, match=f"pid {sleeper.pid}"):
+            run_lock.RunLease(str(tmp_path), 60).acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # A lease naming this very process's pid was left by an earlier boot or container: free.
+    lease.update(pid=os.getpid(), heartbeat=time.time())
+    assert not run_lock.is_live(lease)
+    # Another host's heartbeat far in the future (a clock that jumped) is stale; a little ahead is live.
+    far = {"owner": "y", "host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() + 3600, "timeout_s": 60}
+    assert not run_lock.is_live(far)
+    near = dict(far, heartbeat=time.time() + 30)
+    (tmp_path / run_lock.LEASE_FILE).write_text(json.dumps(near))
+    with pytest.raises(run_lock.RunLockError, match="heartbeat 30 s in the future by this host's clock"):
+        run_lock.RunLease(str(tmp_path), 60).acquire()
+
+
+def test_a_run_that_lost_its_lease_stops_before_writing_and_never_overwrites_the_new_owner(tmp_path):
+    lease = run_lock.RunLease(str(tmp_path), timeout_s=0.4).acquire()  # beats every 0.1 s
+    lease.check()  # still ours
+    other = {"owner": "other", "host": "elsewhere", "pid": 7, "started": 0, "heartbeat": time.time(), "timeout_s": 60}
+    (tmp_path / run_lock.LEASE_FILE).write_text(json.dumps(other))
+    time.sleep(0.5)
+    assert run_lock.read_lease(str(tmp_path))["owner"] == "other"  # the heartbeat did not write over it
+    with pytest.raises(run_lock.RunLockError, match="lost MODEL_DIR .* to another run \\(host elsewhere, pid 7\\)"):
+        lease.check()
+    lease.release()
+    assert run_lock.read_lease(str(tmp_path))["owner"] == "other"  # release leaves the new owner's lease
+
+
+def test_a_lease_write_cut_short_does_not_make_the_folder_foreign(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / f"{run_lock.LEASE_FILE}.host-123-abcd.tmp").write_text("{")
+    assert run_dir._model_dir_problem(train_config(tmp_path)) is None

@@ -166,11 +166,36 @@ def test_bad_mesh_and_batch_are_clear_errors_before_anything_is_written(tmp_path
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_naming_the_step(tmp_path):
+def _nan_from_step(monkeypatch, first_nan_step: int):
+    """A schedule whose learning rate is NaN from the update of step first_nan_step on (the
+    settings refuse a NaN LEARNING_RATE, so the schedule itself is replaced)."""
+    monkeypatch.setattr(
+        trainer.optimizer,
+        "learning_rate_schedule",
+        lambda *args, **kwargs: lambda step: jnp.where(step + 1 >= first_nan_step, jnp.nan, 1e-3),
+    )
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path, monkeypatch):
     tasks.register_all()
     # A NaN learning rate makes the first update NaN, so the second step's loss is NaN.
-    with pytest.raises(trainer.TrainingError, match="became nan at step 2"):
-        trainer.train(_config(tmp_path / "run", learning_rate=float("nan"), train_steps=3), MODEL)
+    _nan_from_step(monkeypatch, 1)
+    with pytest.raises(trainer.TrainingError, match="became (nan|NaN).* by step 1|became nan at step 2"):
+        trainer.train(_config(tmp_path / "run", train_steps=3, checkpoint_period=100), MODEL)
+
+
+@pytest.mark.slow
+def test_a_poisoned_state_is_never_checkpointed_so_the_last_good_one_survives_pruning(tmp_path, monkeypatch):
+    tasks.register_all()
+    _nan_from_step(monkeypatch, 3)  # steps 1 and 2 update with 1e-3; step 3's update is NaN
+    config = _config(tmp_path / "run", train_steps=5, checkpoint_period=1, keep_checkpoints=1)
+    with pytest.raises(trainer.TrainingError, match="parameters became NaN or infinite by step 3"):
+        trainer.train(config, MODEL)
+    assert checkpoints.run_steps(str(tmp_path / "run")) == [2]
+    mesh = partitioning.make_mesh((-1, 1))
+    abstract = trainer.create_state(MODEL, config.step, mesh).abstract_state
+    params, _, _ = checkpoints.restore_train_state(str(tmp_path / "run"), 2, abstract)
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(params))
 
 
 def _cli(model_dir, *flags, env_extra=None):
@@ -209,6 +234,22 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
     assert "Preempted (SIGTERM): saved a checkpoint at step" in output
+    reached = _rows(tmp_path / "run")[-1]["step"]
+    assert checkpoints.latest_step(str(tmp_path / "run")) == reached
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_ctrl_c_saves_like_sigterm(tmp_path):
+    command, env = _cli(
+        tmp_path / "run", "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_PERIOD=100000", "--gin.LOG_PERIOD=1"
+    )
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    _wait_for(lambda: (tmp_path / "run" / "metrics.jsonl").exists() and len(_rows(tmp_path / "run")) >= 3, process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0 and "KeyboardInterrupt" not in output, output
+    assert "Preempted (SIGINT): saved a checkpoint at step" in output
     reached = _rows(tmp_path / "run")[-1]["step"]
     assert checkpoints.latest_step(str(tmp_path / "run")) == reached
 
