@@ -25,6 +25,8 @@ from t5pod.data import pipeline
 from t5pod.data.glue_metrics import as_text
 
 INFERENCE_EVAL_FOLDER = "inference_eval"
+# Targets of unlabelled examples (GLUE and SuperGLUE test rows: label -1), as the tasks write them.
+_NO_LABEL = ("<unk>", "-1.0", "")
 
 
 class EvaluationError(ValueError):
@@ -119,6 +121,12 @@ def evaluate_task(
 ) -> tuple[dict, list[dict]]:
     """(metrics, one record per example: inputs, targets, prediction) of one task's split."""
     rows = task_rows(task.name, split, lengths, max_examples, use_cached)
+    if rows and all(as_text(r["targets_pretokenized"]) in _NO_LABEL for r in rows):
+        raise EvaluationError(
+            f"{task.name}'s {split!r} split has no labels (its targets are placeholders, as in GLUE's test "
+            "splits): its metrics would be meaningless. Evaluate the validation split, or write predictions "
+            "with `infer --task=... --split=...`."
+        )
     input_ids = [r["input_ids"] if predictor.owns(i) else None for i, r in enumerate(rows)]
     vocabulary = task.output_features["targets"].vocabulary
     progress = Progress(len(rows), what="examples", prefix=f"{task.name} ({split}): ", enabled=jax.process_index() == 0)

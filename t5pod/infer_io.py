@@ -9,6 +9,7 @@ refused rather than mixing two runs in one file.
 """
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -17,7 +18,7 @@ from typing import Iterable, Iterator
 
 import jax
 
-from t5pod import checkpoints, distributed, evaluation, inference, metric_writers
+from t5pod import checkpoints, distributed, evaluation, inference, metric_writers, run_lock
 from t5pod.configs import InferConfig, T5Config
 from t5pod.inference import InferenceError
 from t5pod.progress import Progress
@@ -204,6 +205,7 @@ def infer(
     source = os.path.abspath(input_file) if input_file else f"{task}:{split}"
     settings = {
         "input": source,
+        "input_sha256": _fingerprint(input_file) if input_file else None,  # a file replaced at the same path
         "mode": mode,
         "checkpoint_path": checkpoints.absolute(config.checkpoint_path),
         "checkpoint_step": checkpoints.latest_step(config.checkpoint_path),
@@ -212,13 +214,42 @@ def infer(
     }
     output = ResumableOutput(output_file, settings)
 
-    def check_output() -> int:
+    # One infer per output file: the same lease as a run's MODEL_DIR, beside the output, taken
+    # before the partial output is read (reading it may cut off a half-written batch).
+    lease = run_lock.RunLease(
+        os.path.dirname(os.path.abspath(output_file)),
+        name=os.path.basename(output_file) + ".lease",
+        what=f"--output_file {output_file}",
+    )
+
+    def check_output_and_lock() -> int:
         if input_file and os.path.abspath(input_file) == os.path.abspath(output_file):
             raise InferenceError(f"--output_file {output_file} is the input file; name another file for the output.")
         check_output_path(output_file)
-        return output.rows_done(config.batch_size)
+        lease.acquire()
+        try:
+            return output.rows_done(config.batch_size)
+        except BaseException:
+            lease.release()
+            raise
 
-    done = distributed.checked_by_first(check_output)  # before anything is restored or decoded
+    done = distributed.checked_by_first(check_output_and_lock)  # before anything is restored or decoded
+    try:
+        return _infer_rows(model_config, config, vocabulary, output, done, mode, input_file, task, split, total)
+    finally:
+        lease.release()
+
+
+def _fingerprint(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _infer_rows(model_config, config, vocabulary, output, done, mode, input_file, task, split, total) -> int:
+    output_file = output.path
     predictor = inference.Predictor(model_config, config, vocabulary)
     if task:
         lengths = {"inputs": config.input_length, "targets": config.target_length}

@@ -39,9 +39,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def read_lease(model_dir: str) -> dict | None:
+def read_lease(model_dir: str, name: str = LEASE_FILE) -> dict | None:
     """The lease in MODEL_DIR, or None when there is none (or only a torn one)."""
-    return _read(os.path.join(model_dir, LEASE_FILE))
+    return _read(os.path.join(model_dir, name))
 
 
 def _read(path: str) -> dict | None:
@@ -69,17 +69,19 @@ def is_live(lease: dict, now: float | None = None) -> bool:
     return abs(now - float(lease.get("heartbeat", 0))) <= float(lease.get("timeout_s", 0))
 
 
-def refusal(model_dir: str, timeout_s: float) -> str | None:
-    """Why a new run may not take MODEL_DIR now (a live lease of another run), or None."""
-    lease = read_lease(model_dir)
+def refusal(model_dir: str, timeout_s: float, name: str = LEASE_FILE, what: str | None = None) -> str | None:
+    """Why a new run may not take MODEL_DIR now (a live lease of another run), or None. `what` names
+    the thing leased in the message (default: MODEL_DIR <model_dir>)."""
+    lease = read_lease(model_dir, name)
+    what = what or f"MODEL_DIR {model_dir}"
     if lease is None or not is_live(lease):
         return None
     age = time.time() - float(lease.get("heartbeat", 0))
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(lease.get("started", 0))))
     beat = f"{age:.0f} s ago" if age >= 0 else f"{-age:.0f} s in the future by this host's clock"
     return (
-        f"MODEL_DIR {model_dir} is in use by another run (host {lease.get('host')}, pid {lease.get('pid')}, "
-        f"started {started}, heartbeat {beat}). Stop that run or use another MODEL_DIR; a killed "
+        f"{what} is in use by another run (host {lease.get('host')}, pid {lease.get('pid')}, "
+        f"started {started}, heartbeat {beat}). Stop that run or choose another; a killed "
         f"run's lease expires {timeout_s:.0f} s after its last heartbeat (at once on its own host)."
     )
 
@@ -87,10 +89,11 @@ def refusal(model_dir: str, timeout_s: float) -> str | None:
 class RunLease:
     """Holds MODEL_DIR's lease while a run trains: acquire(), then release() (or use `with`)."""
 
-    def __init__(self, model_dir: str, timeout_s: float = 120.0):
+    def __init__(self, model_dir: str, timeout_s: float = 120.0, name: str = LEASE_FILE, what: str | None = None):
         if timeout_s <= 0:
             raise ValueError(f"The run lease timeout must be positive, got {timeout_s}.")
-        self.path = os.path.join(model_dir, LEASE_FILE)
+        self.path = os.path.join(model_dir, name)
+        self.what = what or f"MODEL_DIR {model_dir}"
         self.timeout_s = float(timeout_s)
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
@@ -112,7 +115,7 @@ class RunLease:
         """Takes the lease, or raises RunLockError naming the live run that holds it."""
         current = _read(self.path)
         if current is not None and current.get("owner") != self.owner:
-            reason = refusal(os.path.dirname(self.path), self.timeout_s)
+            reason = refusal(os.path.dirname(self.path), self.timeout_s, os.path.basename(self.path), self.what)
             if reason:
                 raise RunLockError(reason)
         self.taken_over = current
@@ -125,7 +128,7 @@ class RunLease:
         holder = _read(self.path)
         if holder is None or holder.get("owner") != self.owner:
             raise RunLockError(
-                f"MODEL_DIR {os.path.dirname(self.path)} was taken by another run starting at the "
+                f"{self.what} was taken by another run starting at the "
                 f"same time (host {holder and holder.get('host')}, pid {holder and holder.get('pid')})."
             )
         self._thread = threading.Thread(target=self._beat, name="run-lease-heartbeat", daemon=True)
@@ -148,7 +151,7 @@ class RunLease:
         if holder is not None and holder.get("owner") != self.owner:
             self.lost_to = holder
             raise RunLockError(
-                f"This run lost MODEL_DIR {os.path.dirname(self.path)} to another run (host {holder.get('host')}, "
+                f"This run lost {self.what} to another run (host {holder.get('host')}, "
                 f"pid {holder.get('pid')}) while it was stopped or its clock jumped; it stops before writing "
                 "more. Let the other run finish, or stop it and run this command again to resume."
             )

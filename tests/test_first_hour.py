@@ -349,3 +349,29 @@ def test_fine_tuning_can_continue_the_checkpoints_adafactor_state(pretrained_dem
     np.testing.assert_allclose(v(runs[True]), decay * v(pretrained) + (1 - decay) * v(runs[False]), rtol=1e-4)
     with pytest.raises(ValueError, match="INITIAL_OPTIMIZER_STATE=True restores from INITIAL_CHECKPOINT_PATH"):
         train_config(tmp_path / "x", initial_optimizer_state=True)
+
+
+def test_eval_refuses_a_split_without_labels(tmp_path):
+    """GLUE's test rows carry label -1 (target '<unk>'); the postprocessed prediction of an unknown
+    label is -1 too, so accuracy would read 100%."""
+    glue = tmp_path / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    (glue / "test.tsv").write_text("index\tsentence\n0\ta fine film\n1\ta dull one\n2\tnot bad\n")
+    (glue / "dev.tsv").write_text("sentence\tlabel\na fine film\t1\na dull one\t0\nnot bad\t1\n")
+    tasks.register_all(vocabulary_path="demo", glue_dir=str(tmp_path / "glue"))
+    try:
+        task = seqio.get_mixture_or_task("glue_sst2_v002")
+        params = nn.unbox(
+            models.build(SMALL_MODEL).init(jax.random.PRNGKey(0), **models.dummy_features(SMALL_MODEL))["params"]
+        )
+        config = InferConfig(
+            checkpoint_path="", task_feature_lengths={"inputs": 16, "targets": 4}, batch_size=2, mesh=MeshConfig((1, 1))
+        )
+        mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
+        predictor = inference.Predictor(SMALL_MODEL, config, vocabulary=None, mesh=mesh, params=params)
+        with pytest.raises(evaluation.EvaluationError, match="'test' split has no labels"):
+            evaluation.evaluate_task(predictor, task, "test", config.task_feature_lengths)
+        metrics, _ = evaluation.evaluate_task(predictor, task, "validation", config.task_feature_lengths)
+        assert metrics["examples"] == 3 and 0 <= metrics["accuracy"] <= 100
+    finally:
+        tasks.register_all()

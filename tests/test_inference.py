@@ -349,12 +349,24 @@ def test_a_killed_infer_continues_where_it_stopped(pretrained_demo_run, tmp_path
     while not (partial.exists() and partial.read_text().count("\n") >= 40):
         assert killed.poll() is None and time.time() < deadline
         time.sleep(0.02)
+    # The same command again while the first runs: refused in one line, the partial output untouched.
+    from t5pod import cli
+
+    before = partial.read_bytes()
+    assert cli.main(_infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", *sampled, argv_only=True)) == 2
+    assert f"--output_file {tmp_path / 'out.jsonl'} is in use by another run" in capsys.readouterr().err
+    assert partial.read_bytes().startswith(before)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     written = partial.read_text().count("\n")
     assert 40 <= written < 500 and not (tmp_path / "out.jsonl").exists()
+    # The input replaced at the same path: its rows are not the ones the partial output answers.
+    original = rows.read_bytes()
+    rows.write_text("".join(json.dumps({"inputs": f"other {i}", "id": i}) + "\n" for i in range(500)))
+    assert cli.main(_infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", *sampled, argv_only=True)) == 2
+    assert "input_sha256" in capsys.readouterr().err
+    rows.write_bytes(original)
     # Another setting: refused before the checkpoint is read (so it can run in this process).
-    from t5pod import cli
 
     assert (
         cli.main(
