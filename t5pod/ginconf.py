@@ -219,6 +219,15 @@ def parse(
             raise FileNotFoundError(
                 f"gin file {name!r} not found (searched the working directory, {GIN_DIR} and --gin_search_paths)."
             )
+    try:
+        _parse_files(gin_files)
+        _check_bindings(bindings, read_directly, unneeded)
+    except SyntaxError as error:  # gin's own words come with a traceback
+        where = f"{error.filename}, line {error.lineno}" if error.filename else "a --gin binding"
+        raise ValueError(f"gin syntax error in {where}: {error.msg} ({(error.text or '').strip()!r}).") from None
+
+
+def _parse_files(gin_files: Sequence[str]):
     for name in gin_files:
         path = name if os.path.isfile(name) else None
         text = open(path).read() if path else ""
@@ -228,6 +237,9 @@ def parse(
             _parse_text(_renamed(text), path)
         else:
             gin.parse_config_files_and_bindings([name], None, finalize_config=False)
+
+
+def _check_bindings(bindings: Sequence[str], read_directly: Sequence[str], unneeded: Sequence[str]):
     known_macros = _defined_macros()
     given = {binding.split("=", 1)[0].strip() for binding in bindings}
     for name in sorted((set(unneeded) & known_macros) - given):

@@ -56,6 +56,11 @@ def _model_dir_problem(config: TrainConfig) -> str | None:
     model_dir = config.model_dir
     if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
         return f"MODEL_DIR {model_dir} is a file, not a folder; choose a new MODEL_DIR."
+    parent = os.path.dirname(os.path.normpath(model_dir))
+    while parent and parent != os.path.dirname(parent) and not tf.io.gfile.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and tf.io.gfile.exists(parent) and not tf.io.gfile.isdir(parent):
+        return f"MODEL_DIR {model_dir} is below {parent}, which is a file; choose a MODEL_DIR in a folder."
     if not tf.io.gfile.isdir(model_dir):
         return None
     entries = {name.rstrip("/") for name in tf.io.gfile.listdir(model_dir)}

@@ -63,6 +63,7 @@ def world(tmp_path_factory, pretrained_demo_run):
     (root / "broken.jsonl").write_text('{"inputs": "fine"}\n{"inputs": \n')
     (root / "no_targets.jsonl").write_text(json.dumps({"inputs": "fine"}) + "\n")
     (root / "long_target.jsonl").write_text(json.dumps({"inputs": "a", "targets": "word " * 40}) + "\n")
+    (root / "bad_syntax.gin").write_text("t5pod.T5Config.d_model = = 3\n")
     (root / "t5x_garbage").mkdir()
     (root / "t5x_garbage" / "checkpoint").write_bytes(bytes(range(256)) * 8)
     (root / "hf_bad_json").mkdir()
@@ -156,6 +157,18 @@ CASES = [
         lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'new'}'", "--gin.LEARNING_RATE=0"],
         "LEARNING_RATE must be a positive finite number",
         ["new"],
+    ),
+    (
+        "model_dir_below_a_file",
+        lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'a_file' / 'run'}'"],
+        "is below",
+        ["a_file"],
+    ),
+    (
+        "gin_syntax_error",
+        lambda w: ["data", "--list", f"--gin_file={w / 'bad_syntax.gin'}"],
+        "gin syntax error in",
+        ["bad_syntax.gin"],
     ),
     (
         "infinite_learning_rate",
