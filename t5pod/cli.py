@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
@@ -320,14 +319,11 @@ def _train_vocab(args) -> int:
             f"--output {args.output} already exists; choose a new path (a vocabulary is never replaced)."
         )
     folder = os.path.dirname(os.path.abspath(args.output))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".train-vocab-check-"):
-            pass
-    except OSError as error:
-        raise PermissionError(
-            f"--output {args.output} cannot be written ({error.strerror}); choose a writable folder."
-        ) from None
+    existing = folder
+    while not os.path.exists(existing):  # the folder is made only once the vocabulary is trained
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"--output {args.output} cannot be written ({existing} is not a writable folder).")
     progress = Progress(args.max_sentences, what="documents", prefix="reading: ")
 
     def texts():

@@ -84,8 +84,8 @@ def world(tmp_path_factory, pretrained_demo_run):
         "host": "elsewhere",
         "pid": 1,
         "started": time.time(),
-        "heartbeat": time.time() + 3600,
-        "timeout_s": 60,
+        "heartbeat": time.time(),
+        "timeout_s": 3600,  # live for the whole test session
     }
     (root / "run_leased" / run_lock.LEASE_FILE).write_text(json.dumps(lease))
     return root
