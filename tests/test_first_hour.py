@@ -163,6 +163,33 @@ def test_eval_gives_each_seqio_metric_the_model_output_it_asks_for():
     assert len(received["aux"]) == 3 and all(s < 0 for s in received["aux"])
 
 
+class _Writer:
+    def __init__(self):
+        self.lines = []
+
+    def write(self, step, metrics, split=None):
+        pass
+
+    def print(self, line):
+        self.lines.append(line)
+
+
+def test_eval_prints_counts_as_integers(tmp_path):
+    task = _register_metrics_task()
+    params = nn.unbox(
+        models.build(SMALL_MODEL).init(jax.random.PRNGKey(0), **models.dummy_features(SMALL_MODEL))["params"]
+    )
+    config = InferConfig(
+        checkpoint_path="", task_feature_lengths={"inputs": 16, "targets": 8}, batch_size=2, mesh=MeshConfig((1, 1))
+    )
+    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
+    predictor = inference.Predictor(SMALL_MODEL, config, vocabulary=None, mesh=mesh, params=params)
+    writer = _Writer()
+    evaluation.run(predictor, task.name, "validation", config.task_feature_lengths, 7, str(tmp_path), writer)
+    (line,) = writer.lines
+    assert "examples 3" in line and "examples 3.00" not in line and "predict_count 3" in line
+
+
 T5X_USER_GIN = """from __gin__ import dynamic_registration
 from t5x import utils
 import __main__ as train_script
