@@ -127,6 +127,16 @@ def _register_metrics_task():
     return seqio.get_mixture_or_task(name)
 
 
+def _random_predictor(lengths: dict):
+    """(parameters, a Predictor over them) of SMALL_MODEL from seed 0, on one device, 2 rows a batch."""
+    params = nn.unbox(
+        models.build(SMALL_MODEL).init(jax.random.PRNGKey(0), **models.dummy_features(SMALL_MODEL))["params"]
+    )
+    config = InferConfig(checkpoint_path="", task_feature_lengths=lengths, batch_size=2, mesh=MeshConfig((1, 1)))
+    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
+    return params, inference.Predictor(SMALL_MODEL, config, vocabulary=None, mesh=mesh, params=params)
+
+
 def _log_likelihood(params, input_ids, target_ids):
     """log p(targets + EOS | inputs) from the model's logits, computed here (not by the Predictor)."""
     inputs = np.array([input_ids + [1]], np.int32)
@@ -139,14 +149,8 @@ def _log_likelihood(params, input_ids, target_ids):
 
 def test_eval_gives_each_seqio_metric_the_model_output_it_asks_for():
     task = _register_metrics_task()
-    params = nn.unbox(
-        models.build(SMALL_MODEL).init(jax.random.PRNGKey(0), **models.dummy_features(SMALL_MODEL))["params"]
-    )
-    config = InferConfig(
-        checkpoint_path="", task_feature_lengths={"inputs": 16, "targets": 8}, batch_size=2, mesh=MeshConfig((1, 1))
-    )
-    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
-    predictor = inference.Predictor(SMALL_MODEL, config, vocabulary=None, mesh=mesh, params=params)
+    params, predictor = _random_predictor({"inputs": 16, "targets": 8})
+    config = predictor.config
     metrics, records = evaluation.evaluate_task(predictor, task, "validation", config.task_feature_lengths)
     assert metrics["predict_count"] == metrics["aux_count"] == metrics["examples"] == 3
     targets, predictions = received["predict"]
@@ -176,14 +180,8 @@ class _Writer:
 
 def test_eval_prints_counts_as_integers(tmp_path):
     task = _register_metrics_task()
-    params = nn.unbox(
-        models.build(SMALL_MODEL).init(jax.random.PRNGKey(0), **models.dummy_features(SMALL_MODEL))["params"]
-    )
-    config = InferConfig(
-        checkpoint_path="", task_feature_lengths={"inputs": 16, "targets": 8}, batch_size=2, mesh=MeshConfig((1, 1))
-    )
-    mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
-    predictor = inference.Predictor(SMALL_MODEL, config, vocabulary=None, mesh=mesh, params=params)
+    params, predictor = _random_predictor({"inputs": 16, "targets": 8})
+    config = predictor.config
     writer = _Writer()
     evaluation.run(predictor, task.name, "validation", config.task_feature_lengths, 7, str(tmp_path), writer)
     (line,) = writer.lines
@@ -388,14 +386,8 @@ def test_eval_refuses_a_split_without_labels(tmp_path):
     tasks.register_all(vocabulary_path="demo", glue_dir=str(tmp_path / "glue"))
     try:
         task = seqio.get_mixture_or_task("glue_sst2_v002")
-        params = nn.unbox(
-            models.build(SMALL_MODEL).init(jax.random.PRNGKey(0), **models.dummy_features(SMALL_MODEL))["params"]
-        )
-        config = InferConfig(
-            checkpoint_path="", task_feature_lengths={"inputs": 16, "targets": 4}, batch_size=2, mesh=MeshConfig((1, 1))
-        )
-        mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
-        predictor = inference.Predictor(SMALL_MODEL, config, vocabulary=None, mesh=mesh, params=params)
+        _, predictor = _random_predictor({"inputs": 16, "targets": 4})
+        config = predictor.config
         with pytest.raises(evaluation.EvaluationError, match="'test' split has no labels"):
             evaluation.evaluate_task(predictor, task, "test", config.task_feature_lengths)
         metrics, _ = evaluation.evaluate_task(predictor, task, "validation", config.task_feature_lengths)
