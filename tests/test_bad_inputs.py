@@ -64,6 +64,7 @@ def world(tmp_path_factory, pretrained_demo_run):
     (root / "no_targets.jsonl").write_text(json.dumps({"inputs": "fine"}) + "\n")
     (root / "long_target.jsonl").write_text(json.dumps({"inputs": "a", "targets": "word " * 40}) + "\n")
     (root / "bad_syntax.gin").write_text("t5pod.T5Config.d_model = = 3\n")
+    (root / "not_sentencepiece.model").write_bytes(b"not a SentencePiece model at all")
     (root / "t5x_garbage").mkdir()
     (root / "t5x_garbage" / "checkpoint").write_bytes(bytes(range(256)) * 8)
     (root / "hf_bad_json").mkdir()
@@ -163,6 +164,17 @@ CASES = [
         lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'a_file' / 'run'}'"],
         "is below",
         ["a_file"],
+    ),
+    (
+        "vocabulary_not_sentencepiece",
+        lambda w: [
+            "train",
+            *TRAIN,
+            f"--gin.MODEL_DIR='{w / 'new'}'",
+            f"--gin.VOCABULARY_PATH='{w / 'not_sentencepiece.model'}'",
+        ],
+        "is not a SentencePiece model",
+        ["new", "not_sentencepiece.model"],
     ),
     (
         "gin_syntax_error",

@@ -6,6 +6,7 @@ import tempfile
 from typing import Callable, Iterable
 
 import seqio
+from google.protobuf.message import DecodeError
 import sentencepiece as spm
 
 DEFAULT_VOCABULARY_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
@@ -25,7 +26,14 @@ def get_vocabulary(path: str = DEFAULT_VOCABULARY_PATH, extra_ids: int = EXTRA_I
         )
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids)
     if os.path.isfile(path):  # remote files are only read when first used
-        check_sentinels(vocabulary)
+        try:
+            vocabulary.tokenizer  # noqa: B018 - loads the model file now, not at first use
+            check_sentinels(vocabulary)
+        except (DecodeError, RuntimeError) as error:
+            raise VocabularyError(
+                f"Vocabulary file {path} is not a SentencePiece model ({type(error).__name__}); set "
+                "VOCABULARY_PATH to a .model file written by SentencePiece (e.g. `python -m t5pod train-vocab`)."
+            ) from None
     return vocabulary
 
 
