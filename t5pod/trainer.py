@@ -285,7 +285,7 @@ def prepare(config: TrainConfig, model_config: T5Config, writer: metric_writers.
                 writer.print("RESTART_DATA_STREAM=True: the input stream restarts from its seed.")
             else:
                 run_dir.check_stream_settings(config, saved, resume_step)
-                checkpoints.restore_data_position(config.model_dir, resume_step, train_iterator, jax.process_index())
+                _restore_data_position(config, resume_step, train_iterator)
         else:
             state = setup.init(jax.random.PRNGKey(config.random_seed))
             initial = config.checkpoint
@@ -452,6 +452,20 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
             f"TensorBoard: tensorboard --logdir {config.model_dir}"
         )
     return {"step": step, **logged}
+
+
+def _restore_data_position(config: TrainConfig, step: int, train_iterator):
+    """The input stream's position saved with checkpoint `step`, or one line naming the fixes."""
+    try:
+        checkpoints.restore_data_position(config.model_dir, step, train_iterator, jax.process_index())
+    except (FileNotFoundError, IndexError, ValueError, tf.errors.OpError) as error:
+        where = checkpoints.data_position_path(config.model_dir, step, jax.process_index())
+        raise checkpoints.CheckpointError(
+            f"The input position saved with checkpoint {step} ({where}) cannot be read "
+            f"({type(error).__name__}: {' '.join(str(error).split())[:150]}). Resume with "
+            "--gin.RESTART_DATA_STREAM=True (the stream restarts from its seed), or move "
+            f"{config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER}/{step} aside to resume from the checkpoint before it."
+        ) from None
 
 
 def _initial_optimizer_state(config: TrainConfig, setup: StateSetup, fresh):

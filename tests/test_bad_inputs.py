@@ -79,6 +79,11 @@ def world(tmp_path_factory, pretrained_demo_run):
             full = os.path.join(dirpath, name)
             if os.path.getsize(full) > 64 and "ocdbt" not in name and not name.endswith(("json", "_METADATA")):
                 open(full, "r+b").truncate(32)
+    shutil.copytree(root / "run", root / "run_position_cut")
+    for data_file in (root / "run_position_cut" / "data_positions").glob("*/process_0.data-*"):
+        data_file.write_bytes(data_file.read_bytes()[:100])
+    shutil.copytree(root / "run", root / "run_position_gone")
+    shutil.rmtree(root / "run_position_gone" / "data_positions")
     shutil.copytree(root / "run", root / "run_leased")
     lease = {
         "owner": "other",
@@ -165,6 +170,23 @@ CASES = [
         "is below",
         ["a_file"],
     ),
+    *[
+        (
+            f"resume_{name}",
+            lambda w, name=name: [
+                "train",
+                "--gin_file=demo.gin",
+                f"--gin.MODEL_DIR='{w / f'run_{name}'}'",
+                "--gin.TRAIN_STEPS=3",
+                "--gin.BATCH_SIZE=4",
+                "--gin.MESH_SHAPE=(4, 2)",
+                "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+            ],
+            "cannot be read (",  # then: Resume with --gin.RESTART_DATA_STREAM=True ..., or move ... aside
+            [f"run_{name}"],
+        )
+        for name in ("position_cut", "position_gone")
+    ],
     (
         "vocabulary_not_sentencepiece",
         lambda w: [
