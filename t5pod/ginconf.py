@@ -166,10 +166,14 @@ _PART_REFERENCES = "".join(
 )
 
 
+def _new_name(match) -> str:
+    return f"{match[1] or ''}{RENAMED_FIELDS[match[2]]}{match[3]}"
+
+
 def _renamed(text: str) -> str:
     """text with the old flat fields as their parts' fields; a config that bound them gets the
     references to the parts that the old TrainConfig did not have."""
-    new, count = _RENAMED.subn(lambda m: f"{m[1] or ''}{RENAMED_FIELDS[m[2]]}{m[3]}", text)
+    new, count = _RENAMED.subn(_new_name, text)
     if count and re.search(r"^(t5pod\.)?TrainConfig\.", new, re.M) and "TrainConfig.data" not in new:
         new += "\n" + _PART_REFERENCES
     if count and "InferConfig." in new and "InferConfig.mesh" not in new:
@@ -230,10 +234,9 @@ def parse(
 def _parse_files(gin_files: Sequence[str]):
     for name in gin_files:
         path = name if os.path.isfile(name) else None
-        text = open(path).read() if path else ""
-        if path and _is_t5x(text):
-            text = _from_t5x(text)
-        if path and (_RENAMED.search(text) or text != open(path).read()):  # T5X's, or an older run's config.gin
+        original = open(path).read() if path else ""
+        text = _from_t5x(original) if _is_t5x(original) else original
+        if path and (_RENAMED.search(text) or text != original):  # T5X's, or an older run's config.gin
             _parse_text(_renamed(text), path)
         else:
             gin.parse_config_files_and_bindings([name], None, finalize_config=False)
@@ -255,7 +258,7 @@ def _check_bindings(bindings: Sequence[str], read_directly: Sequence[str], unnee
             name = T5X_BINDINGS[name]
         if name in RETIRED_MACROS:
             raise ValueError(f"--gin.{name} was retired: {RETIRED_MACROS[name]}.")
-        binding = _RENAMED.sub(lambda m: f"{m[1] or ''}{RENAMED_FIELDS[m[2]]}{m[3]}", binding)
+        binding = _RENAMED.sub(_new_name, binding)
         # A bare name is a macro: it must be one the gin files define, or a typo like
         # --gin.TRAIN_STEP=10 (or --gin.train_steps=10) would be silently ignored.
         if name.isidentifier() and known_macros and name not in known_macros:
