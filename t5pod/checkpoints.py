@@ -8,13 +8,17 @@ under MODEL_DIR/data_positions/<step>/process_<i>; a convert-hf OUT_DIR holds th
 directly.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
 import re
+import shutil
+import sys
 import time
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from flax import traverse_util
@@ -55,6 +59,47 @@ class _QuietReadOnly(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietReadOnly())
+
+
+class _QuietAbandonedWrites(logging.Filter):
+    """When a save fails (a full disk), every array's write fails alike, and Orbax's threads and
+    asyncio log each failure with its traceback, a hundred or more; t5pod reports the save's
+    failure itself, in one line (TrainCheckpointer._writing)."""
+
+    _ORBAX_SAVE_FAILURES = (
+        "_SignalingThread.run() raised an exception",
+        "Handler Commit operations",
+        "Save Finalize thread",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first_line = record.getMessage().split("\n")[0]
+        if record.name == "asyncio":
+            return not (
+                "exception was never retrieved" in first_line
+                and any(name in record.getMessage() for name in ("orbax", "tensorstore", "OCDBT", "zarr"))
+            )
+        return not any(text in first_line for text in self._ORBAX_SAVE_FAILURES)
+
+
+logging.getLogger("asyncio").addFilter(_QuietAbandonedWrites())
+logging.getLogger("absl").addFilter(_QuietAbandonedWrites())
+_unraisable_hook = sys.unraisablehook
+
+
+def _quiet_closed_loops(unraisable):
+    """TensorStore's writes still in flight when a failed save's event loop closed report
+    "Event loop is closed" as they finish, each as an unraisable exception with its traceback."""
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+        return
+    _unraisable_hook(unraisable)
+
+
+sys.unraisablehook = _quiet_closed_loops
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk, a folder that refuses writes)."""
 
 
 def _manager(directory: str, max_to_keep: int | None = None, read_only: bool = False) -> ocp.CheckpointManager:
@@ -202,6 +247,24 @@ def restore_data_position(model_dir: str, step: int, data_iterator, process_inde
     data_iterator.restore(data_position_path(absolute(model_dir), step, process_index))
 
 
+def data_position_error(model_dir: str, step: int, process_count: int) -> str | None:
+    """Why the input positions saved with `step` cannot be restored (every process's, so that all
+    processes decide alike), or None when each one reads back whole."""
+    for process_index in range(process_count):
+        prefix = data_position_path(absolute(model_dir), step, process_index)
+        try:
+            dtypes = tf.train.load_checkpoint(prefix).get_variable_to_dtype_map()
+            names = sorted(dtypes)
+            # Reading every tensor (the iterator's state is a variant, which only RestoreV2 reads)
+            # checks the data file, whose truncation the index alone does not show.
+            tf.raw_ops.RestoreV2(
+                prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), dtypes=[dtypes[n] for n in names]
+            )
+        except (IndexError, ValueError, tf.errors.OpError) as error:  # IndexError: "Read less bytes than requested"
+            return f"{prefix}: {describe_read_error(error)[:150]}"
+    return None
+
+
 def describe_read_error(error: BaseException) -> str:
     """One line about why a checkpoint could not be read, naming the file when the error does."""
     text = " ".join(str(error).split())
@@ -222,6 +285,20 @@ def move_to_broken(model_dir: str, step: int) -> str:
     return target
 
 
+def _write_failure(error: BaseException) -> str:
+    """The operating system's reason for a failed write ("No space left on device"), which
+    TensorStore buries after long file paths; else the error's first words."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    code = re.search(r"os_error_code='(\d+)'", str(error))
+    return os.strerror(int(code.group(1))) if code else describe_read_error(error)[:200]
+
+
+def free_bytes(path: str) -> int:
+    """Free bytes on the local disk that holds path."""
+    return shutil.disk_usage(path).free
+
+
 class TrainCheckpointer:
     """Train-state checkpoints of a run: MODEL_DIR/checkpoints/<step>/ plus the data position.
 
@@ -235,25 +312,69 @@ class TrainCheckpointer:
         self.model_dir = absolute(model_dir)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(os.path.join(self.model_dir, CHECKPOINTS_FOLDER), options=options)
+        self._step, self._failed = None, False
 
     def _data_position(self, step: int, process_index: int) -> str:
         return data_position_path(self.model_dir, step, process_index)
 
     def save(self, step: int, state, metadata: dict, data_iterator=None, process_index: int = 0):
-        if data_iterator is not None:
-            data_iterator.save(self._data_position(step, process_index))
-        # Every process takes part; Orbax writes each array shard from the process that holds it.
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(state.params),
-                opt_state=ocp.args.StandardSave(state.opt_state),
-                metadata=ocp.args.JsonSave({**metadata, "step": step}),
-            ),
-            force=True,
+        with self._writing():  # an earlier asynchronous save's failure surfaces here too
+            self.manager.wait_until_finished()
+        self._step = step
+        self._check_space(step, state)
+        with self._writing():
+            if data_iterator is not None:
+                data_iterator.save(self._data_position(step, process_index))
+            # Every process takes part; Orbax writes each array shard from the process that holds it.
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    params=ocp.args.StandardSave(state.params),
+                    opt_state=ocp.args.StandardSave(state.opt_state),
+                    metadata=ocp.args.JsonSave({**metadata, "step": step}),
+                ),
+                force=True,
+            )
+            if process_index == 0:
+                self._prune_data_positions(keep={step})
+
+    def _check_space(self, step: int, state):
+        """Refuses a save that cannot fit on MODEL_DIR's local disk before writing any of it (a save
+        cut off by a full disk fails in every array's write at once)."""
+        if _is_remote(self.model_dir):
+            return
+        # The shards this process writes (each array's replica 0), plus room for the input position.
+        need = 16 * 2**20 + sum(
+            shard.data.nbytes
+            for leaf in jax.tree_util.tree_leaves((state.params, state.opt_state))
+            for shard in getattr(leaf, "addressable_shards", [])
+            if shard.replica_id == 0
         )
-        if process_index == 0:
-            self._prune_data_positions(keep={step})
+        free = free_bytes(self.model_dir)
+        if free < need:
+            self._failed = True
+            raise CheckpointWriteError(
+                f"Checkpoint {step} needs about {need / 2**30:.2f} GiB and the disk of {self.model_dir} has "
+                f"{free / 2**30:.2f} GiB free; nothing of it was written. Free space and run the same command to "
+                "resume from the newest checkpoint written before it."
+            )
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turns a failed write of checkpoint self._step into one CheckpointWriteError naming the
+        fix; after one, nothing more is attempted (the other arrays' writes fail alike)."""
+        if self._failed:
+            raise CheckpointWriteError("an earlier checkpoint write failed")
+        try:
+            yield
+        except (OSError, ValueError, tf.errors.OpError) as error:  # TensorStore reports I/O as ValueError
+            self._failed = True
+            intact = [s for s in self.manager.all_steps() if s != self._step]
+            raise CheckpointWriteError(
+                f"Checkpoint {self._step} could not be written to {self.model_dir} ({_write_failure(error)}). "
+                + (f"The checkpoints before it are intact (newest: {max(intact)}): " if intact else "")
+                + "Free space, or make the folder writable, and run the same command to resume."
+            ) from None
 
     def restore(self, step: int, abstract_state) -> tuple:
         return restore_train_state(self.model_dir, step, abstract_state)
@@ -267,11 +388,20 @@ class TrainCheckpointer:
                 tf.io.gfile.rmtree(os.path.join(root, name))
 
     def wait(self):
-        self.manager.wait_until_finished()
+        with self._writing():
+            self.manager.wait_until_finished()
 
     def close(self):
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the last save; after a failed one, only lets go of the manager."""
+        try:
+            if not self._failed:
+                self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except (OSError, ValueError, tf.errors.OpError):
+                if not self._failed:
+                    raise
 
 
 def read_initial_params(path: str, model_config: T5Config, params, abstract_params):

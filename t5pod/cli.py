@@ -5,6 +5,7 @@ commands' flags are in cli_flags.py."""
 import dataclasses
 import json
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
@@ -259,6 +260,10 @@ def _probe(args) -> int:
 
 
 def _plan(args) -> int:
+    for flag in ("num_devices", "hbm_gib", "beam_size", "max_decode_length", "min_rows_per_device"):
+        value = getattr(args, flag)
+        if value is not None and not 0 < value < float("inf"):
+            raise ValueError(f"plan --{flag} must be a positive number, got {value}.")
     if args.num_devices:
         # Fake CPU devices stand in for the pod's; set before JAX starts.
         os.environ["XLA_FLAGS"] = (
@@ -436,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except _user_errors() as error:
-        message = " ".join(str(error).split("\n")[:3])
+        # gin appends "In call to configurable 'f' (<function f at 0x...>)": the message says enough.
+        message = re.sub(r"\s*In call to configurable '[^']*' \(<[^>]*>\)", "", str(error))
+        message = " ".join(message.split("\n")[:3]).strip()
         print(f"t5pod {args.command}: error: {message}", file=sys.stderr)
         return 2
     except Exception as error:

@@ -229,28 +229,45 @@ def evaluate_checkpoints(
     name, split = eval_config.mixture_or_task_name, eval_config.split
     if not tasks_with_metrics(name, split):
         raise EvaluationError(f"{name} has no task with metrics and a {split!r} split to evaluate.")
-    predictor = inference.Predictor(model_config, config, vocabulary)
-    lengths = {"inputs": config.input_length, "targets": config.target_length}
     out_dir = eval_config.output_dir or config.checkpoint_path
-    newest = checkpoints.latest_step(config.checkpoint_path) or 0
-    steps = checkpoints.all_steps(config.checkpoint_path) if all_checkpoints else [newest]
     is_writer = jax.process_index() == 0
-    writer, rows = metric_writers.MetricWriter(out_dir, enabled=is_writer), []
-    loaded = newest  # the Predictor starts with the newest checkpoint
+    if is_writer:  # before any decoding, so that no evaluation is done only to be lost
+        metric_writers.check_writable(out_dir, "The eval output folder (EVAL_OUTPUT_DIR, default CHECKPOINT_PATH)")
+    lengths = {"inputs": config.input_length, "targets": config.target_length}
+    steps = checkpoints.all_steps(config.checkpoint_path) if all_checkpoints else [None]  # None: the newest
+    writer, rows, skipped, predictor = metric_writers.MetricWriter(out_dir, enabled=is_writer), [], [], None
     for step in steps:
-        if step != loaded:
-            predictor.load_step(step)
-            loaded = step
-        for task, metrics in run(
-            predictor, name, split, lengths, step, out_dir, writer, use_cached=eval_config.use_cached
-        ).items():
-            rows.append({"step": step, "split": split, "task": task, **metrics})
+        try:
+            if predictor is None:
+                predictor = inference.Predictor(model_config, config, vocabulary, step=step)
+            else:
+                predictor.load_step(step)
+        except checkpoints.CheckpointError as error:
+            if not all_checkpoints:
+                raise
+            skipped.append(step)  # one damaged checkpoint does not cost the others their evaluation
+            writer.print(f"Warning: checkpoint {step} is skipped: {error}")
+            continue
+        step = step if step is not None else checkpoints.latest_step(config.checkpoint_path) or 0
+        step_rows = [
+            {"step": step, "split": split, "task": task, **metrics}
+            for task, metrics in run(
+                predictor, name, split, lengths, step, out_dir, writer, use_cached=eval_config.use_cached
+            ).items()
+        ]
+        if is_writer:  # each step's rows as soon as they exist: a later failure does not lose them
+            metric_writers.append_lines(
+                os.path.join(out_dir, "eval_metrics.jsonl"), [json.dumps(row, ensure_ascii=False) for row in step_rows]
+            )
+        rows += step_rows
     writer.close()
-    if is_writer:
-        metric_writers.append_lines(
-            os.path.join(out_dir, "eval_metrics.jsonl"), [json.dumps(row, ensure_ascii=False) for row in rows]
-        )
     if len(steps) > 1 and is_writer:  # the files are process 0's
         for task, (step, metric, score) in sorted(best_steps(out_dir, sorted({r["task"] for r in rows})).items()):
             writer.print(f"best {task}: step {step} ({metric} {score:.2f})")
+    if skipped:
+        raise EvaluationError(
+            f"Checkpoint{'s' if len(skipped) > 1 else ''} {', '.join(map(str, skipped))} of {config.checkpoint_path} "
+            f"cannot be read and {'were' if len(skipped) > 1 else 'was'} not evaluated (named above); the "
+            f"{len(steps) - len(skipped)} others' rows are in eval_metrics.jsonl."
+        )
     return rows

@@ -146,12 +146,28 @@ class ResumableOutput:
     def write(self, rows: Iterable[dict]):
         """Appends a finished batch. The files appear with the first one: a run refused while
         reading or checking its first batch leaves nothing behind."""
-        if self._file is None:
-            self._open()
-        for row in rows:
-            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            if self._file is None:
+                self._open()
+            for row in rows:
+                self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as error:
+            self._abandon()
+            raise InferenceError(
+                f"Writing {self.partial} failed ({error.strerror or error}); the whole batches written before are "
+                "kept. Free space and run the same command to continue after them."
+            ) from None
+
+    def _abandon(self):
+        """Closes the output after a failed write (its unwritten buffer cannot be flushed either)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
 
     def finish(self):
         if self._file is None:  # nothing was left to do: every row was written before

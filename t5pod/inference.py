@@ -113,10 +113,13 @@ class Predictor:
     """A model, its sharded parameters and compiled decode/score programs for one InferConfig.
 
     params: a training run's parameters, already laid out on `mesh` (in-training evaluation);
-    by default the checkpoint at config.checkpoint_path is restored onto config's mesh.
+    by default the checkpoint at config.checkpoint_path (its newest step, or `step`) is restored
+    onto config's mesh.
     """
 
-    def __init__(self, model_config: T5Config, config: InferConfig, vocabulary, mesh=None, params=None):
+    def __init__(
+        self, model_config: T5Config, config: InferConfig, vocabulary, mesh=None, params=None, step: int | None = None
+    ):
         self.config, self.vocabulary, self.model_config = config, vocabulary, model_config
         self.model = models.build(model_config)
         mesh = mesh if mesh is not None else partitioning.make_mesh(config.mesh.shape)
@@ -125,7 +128,7 @@ class Predictor:
         self.params = (
             params
             if params is not None
-            else load_params(model_config, config.checkpoint_path, self.layout.abstract_params)
+            else load_params(model_config, config.checkpoint_path, self.layout.abstract_params, step)
         )
         self.local_rows = local_rows(self.layout.rows, config.batch_size)
         layout, model = self.layout, self.model

@@ -27,6 +27,19 @@ def write_text(path: str, text: str):
         f.write(text)
 
 
+def check_writable(folder: str, what: str):
+    """Raises PermissionError naming `what` unless a file can be made in `folder` (created if
+    missing), locally or on a bucket: checked before work whose results would go there."""
+    probe = os.path.join(folder, f".t5pod-write-check-{os.getpid()}")
+    try:
+        tf.io.gfile.makedirs(folder)
+        write_text(probe, "")
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as error:
+        reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+        raise PermissionError(f"{what} {folder} cannot be written ({reason}); choose a writable folder.") from None
+
+
 def append_lines(path: str, lines: list[str]):
     """Appends lines to a small file (one line per evaluation, say), creating it. Buckets have no
     append: there the file is read and written again, which suits files that grow by a line per

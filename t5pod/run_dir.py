@@ -1,8 +1,10 @@
 """A training run's folder, MODEL_DIR: what may be in it, whether a run may start there, and
-the checkpoint it resumes from. Everything here reads; the only write is the operative config,
-made after every check has passed."""
+the checkpoint it resumes from. Everything here reads (but for an empty folder made and removed
+to see that MODEL_DIR can be written); the only write is the operative config, made after every
+check has passed."""
 
 import os
+import tempfile
 
 import jax
 import tensorflow as tf
@@ -61,6 +63,9 @@ def _model_dir_problem(config: TrainConfig) -> str | None:
         parent = os.path.dirname(parent)
     if parent and tf.io.gfile.exists(parent) and not tf.io.gfile.isdir(parent):
         return f"MODEL_DIR {model_dir} is below {parent}, which is a file; choose a MODEL_DIR in a folder."
+    unwritable = _unwritable(model_dir if tf.io.gfile.isdir(model_dir) else parent)
+    if unwritable:
+        return f"MODEL_DIR {model_dir} cannot be written ({unwritable}); choose a writable folder."
     if not tf.io.gfile.isdir(model_dir):
         return None
     entries = {name.rstrip("/") for name in tf.io.gfile.listdir(model_dir)}
@@ -85,10 +90,24 @@ def _model_dir_problem(config: TrainConfig) -> str | None:
     return run_lock.refusal(model_dir, config.lease_timeout_s)
 
 
+def _unwritable(folder: str) -> str | None:
+    """Why nothing can be made in a local folder (read-only, no permission), found by making and
+    removing an empty folder there; None for buckets, which are not probed."""
+    if not folder or metric_writers.is_remote(folder):
+        return None
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".t5pod-write-check-"))
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
 def resume_point(config: TrainConfig, model_config: T5Config, abstract, writer) -> tuple:
     """(step, params, opt_state, metadata, broken steps) of the newest readable checkpoint, or
-    (None, ...) for a new run. Reads only; refuses another model's checkpoints."""
-    broken = []
+    (None, ...) for a new run. Reads only; refuses another model's checkpoints. A checkpoint whose
+    saved input position cannot be read is passed over for an older one that is whole, because an
+    exact resume needs both; when none is, the run stops naming the two ways on."""
+    broken, unpositioned = [], []
     for step in reversed(checkpoints.run_steps(config.model_dir)):
         try:
             _, metadata = checkpoints.read_metadata(config.model_dir, step)
@@ -102,11 +121,17 @@ def resume_point(config: TrainConfig, model_config: T5Config, abstract, writer) 
                 f"MODEL_DIR {config.model_dir} holds checkpoints of another model; refusing to overwrite or "
                 f"restore them. Use a new MODEL_DIR or the model.gin that matches. ({error})"
             ) from None
+        if not config.data.restart_data_stream and metadata.get("process_count", 1) == jax.process_count():
+            reason = checkpoints.data_position_error(config.model_dir, step, jax.process_count())
+            if reason:
+                unpositioned.append((step, f"its input position cannot be read: {reason}"))
+                continue
         try:
             params, opt_state, metadata = checkpoints.restore_train_state(config.model_dir, step, abstract)
         except Exception as error:  # noqa: BLE001
             broken.append((step, checkpoints.describe_read_error(error)))
             continue
+        broken = sorted(broken + unpositioned, reverse=True)
         for saved_step, reason in broken:
             writer.print(
                 f"Warning: checkpoint {saved_step} in {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER} "
@@ -114,6 +139,13 @@ def resume_point(config: TrainConfig, model_config: T5Config, abstract, writer) 
                 f"resumes from step {step}."
             )
         return step, params, opt_state, metadata, broken
+    if unpositioned:
+        step, reason = unpositioned[0]
+        raise checkpoints.CheckpointError(
+            f"Checkpoint {step} in {config.model_dir} is readable but {reason}, and no older checkpoint has "
+            "both. Resume with --gin.RESTART_DATA_STREAM=True (the input stream restarts from its seed), or "
+            "restore the data_positions folder from a copy."
+        )
     if broken:
         raise checkpoints.CheckpointError(
             f"No checkpoint in {config.model_dir}/{checkpoints.CHECKPOINTS_FOLDER} can be read (step {broken[0][0]}: "

@@ -442,10 +442,12 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
             step = train_loop.loop(run, window, hooks, lambda: bool(preemption.requested), stop)
         finally:
             preemption.restore()
-            if checkpointer is not None:
-                checkpointer.close()
-            writer.close()
-            lease.release()
+            try:
+                if checkpointer is not None:
+                    checkpointer.close()  # the last save's failure, if any, surfaces here
+            finally:
+                writer.close()
+                lease.release()
         writer.print(
             f"Done at step {step} in {progress.format_duration(time.time() - run_start)}. Checkpoints: "
             f"{config.model_dir}/checkpoints; metrics: {config.model_dir}/metrics.jsonl; "

@@ -11,11 +11,14 @@ import os
 import pathlib
 import shutil
 import time
+from pathlib import Path
 
 import pytest
+import sentencepiece as spm
 
 from helpers import hf_reference
 from t5pod import cli, run_lock
+from t5pod.data import demo_corpus
 
 TINY = ["--gin_file=models/tiny.gin", "--gin.t5pod.T5Config.vocab_size=2176", "--gin.VOCABULARY_PATH='demo'"]
 TRAIN = [
@@ -170,6 +173,12 @@ CASES = [
         "is below",
         ["a_file"],
     ),
+    (
+        "model_dir_read_only",  # sysfs refuses new folders even to root, who passes permission checks
+        lambda w: ["train", *TRAIN, "--gin.MODEL_DIR='/sys/t5pod-run'"],
+        "MODEL_DIR /sys/t5pod-run cannot be written (Operation not permitted); choose a writable folder.",
+        [],
+    ),
     *[
         (
             f"resume_{name}",
@@ -182,7 +191,7 @@ CASES = [
                 "--gin.MESH_SHAPE=(4, 2)",
                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
             ],
-            "cannot be read (",  # then: Resume with --gin.RESTART_DATA_STREAM=True ..., or move ... aside
+            "input position cannot be read",  # no older checkpoint has one: RESTART_DATA_STREAM=True, or a copy
             [f"run_{name}"],
         )
         for name in ("position_cut", "position_gone")
@@ -527,6 +536,19 @@ CASES = [
         "has no task with metrics",
         ["run"],
     ),
+    (
+        "eval_output_not_writable",  # refused before the model is compiled or anything decoded
+        lambda w: [
+            "eval",
+            *TINY,
+            f"--gin.CHECKPOINT_PATH='{w / 'run'}'",
+            f"--gin.GLUE_DIR='{pathlib.Path(__file__).parent / 'data' / 'benchmarks' / 'glue'}'",
+            "--gin.MIXTURE_OR_TASK_NAME='glue_sst2_v002'",
+            f"--gin.EVAL_OUTPUT_DIR='{w / 'a_file' / 'eval'}'",
+        ],
+        "eval output folder (EVAL_OUTPUT_DIR, default CHECKPOINT_PATH)",
+        ["run", "a_file"],
+    ),
     # data
     (
         "data_negative_examples",
@@ -615,6 +637,32 @@ CASES = [
         "BATCH_SIZE must be a positive finite number",
         [],
     ),
+    *[
+        (
+            f"plan_{flag}_{value}",
+            lambda w, flag=flag, value=value: ["plan", *TINY[:2], f"--{flag}={value}"],
+            message,
+            [],
+        )
+        for flag, value, message in [
+            ("num_devices", -1, "plan --num_devices must be a positive number, got -1."),
+            ("num_devices", 0, "plan --num_devices must be a positive number, got 0."),
+            ("hbm_gib", -3, "plan --hbm_gib must be a positive number, got -3.0."),
+            ("beam_size", 0, "plan --beam_size must be a positive number, got 0."),
+        ]
+    ],
+    (
+        "mixing_temperature_zero",
+        lambda w: ["data", "--task=glue_v002_proportional", "--num_examples=1", "--gin.MIXING_TEMPERATURE=0"],
+        "MIXING_TEMPERATURE must be positive, got 0.",
+        [],
+    ),
+    (
+        "mixing_rate_limit_negative",
+        lambda w: ["data", "--task=glue_v002_proportional", "--num_examples=1", "--gin.MIXING_RATE_LIMIT=-5"],
+        "MIXING_RATE_LIMIT must be positive (or None: no limit), got -5.",
+        [],
+    ),
     # train-vocab
     (
         "vocab_input_matches_nothing",
@@ -653,4 +701,32 @@ def test_bad_input_is_one_line_and_changes_nothing(world, capsys, name, argv, me
     assert status == 2, captured.err[-2000:]
     assert len(lines) == 1 and lines[0].startswith("t5pod ") and ": error: " in lines[0], lines
     assert "Traceback" not in captured.err and message in lines[0], lines[0]
+    assert "<function" not in lines[0]  # gin's "In call to configurable" suffix is dropped
     assert {path: _tree_hash(world / path) for path in untouched} == before
+
+
+def test_an_unwritable_demo_cache_is_one_line_naming_t5pod_cache(world, monkeypatch, capsys):
+    monkeypatch.setenv("T5POD_CACHE", str(world / "a_file" / "cache"))  # below a file: never writable
+    assert cli.main(["data", "--task=demo_span_corruption", "--num_examples=1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot be written" in lines[0] and "set T5POD_CACHE to a writable folder" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_damaged_cached_demo_vocabulary_is_built_again(tmp_path, monkeypatch, capsys):
+    """A model file cut short (a kill while it was copied in) is rebuilt from the cached corpus,
+    and the rebuilt vocabulary is the one every other run has: SentencePiece training is seeded."""
+    original = Path(demo_corpus.vocabulary_path())
+    monkeypatch.setenv("T5POD_CACHE", str(tmp_path))
+    cache = demo_corpus.cache_dir()
+    cache.mkdir(parents=True)
+    shutil.copy(original.parent / "corpus.txt", cache / "corpus.txt")
+    (cache / "spiece.model").write_bytes(original.read_bytes()[:1000])
+    assert demo_corpus.vocabulary_path() == str(cache / "spiece.model")
+    assert "does not load; building it again" in capsys.readouterr().err
+    # The same pieces with the same scores (the files' bytes differ only in the temporary paths that
+    # SentencePiece records in its trainer settings).
+    pieces = [spm.SentencePieceProcessor(model_file=str(path)) for path in (original, cache / "spiece.model")]
+    assert [[(p.id_to_piece(i), p.get_score(i)) for i in range(p.get_piece_size())] for p in pieces] == [
+        [(pieces[0].id_to_piece(i), pieces[0].get_score(i)) for i in range(2000)]
+    ] * 2

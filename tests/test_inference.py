@@ -275,6 +275,21 @@ def test_in_training_eval_all_checkpoints_and_infer_from_a_task_or_plain_text(be
     metrics = [json.loads(line) for line in open(run / "eval_metrics.jsonl")]
     assert [m["step"] for m in metrics] == [2, 4, 4] and metrics[2] == metrics[1]
 
+    # A damaged older checkpoint is named and skipped; the intact one is still evaluated and recorded,
+    # and the command fails so that a script notices.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run / "checkpoints", damaged / "checkpoints")
+    for path in (damaged / "checkpoints" / "2" / "params").rglob("*"):
+        if path.is_file() and path.stat().st_size > 64 and "manifest" not in path.name:
+            path.write_bytes(path.read_bytes()[:32])
+    evaluate_damaged = ["eval", *common, f"--gin.CHECKPOINT_PATH='{damaged}'", "--gin.INFER_BATCH_SIZE=8"]
+    capsys.readouterr()
+    assert cli.main([*evaluate_damaged, "--all_checkpoints"]) == 2
+    captured = capsys.readouterr()
+    assert "Warning: checkpoint 2 is skipped" in captured.out
+    assert "Checkpoint 2 of" in captured.err and "the 1 others' rows are in eval_metrics.jsonl" in captured.err
+    assert [json.loads(line) for line in open(damaged / "eval_metrics.jsonl")] == [metrics[1]]
+
     # infer reads no MIXTURE_OR_TASK_NAME (it names the task with --task), so it is not passed.
     infer = [
         "infer",
@@ -384,3 +399,27 @@ def test_a_killed_infer_continues_where_it_stopped(pretrained_demo_run, tmp_path
     assert result == (tmp_path / "straight.jsonl").read_text()
     assert [json.loads(line)["id"] for line in result.splitlines()] == list(range(500))
     assert not partial.exists() and not (tmp_path / "out.jsonl.partial.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_an_infer_whose_disk_fills_stops_in_one_line_and_continues_after_its_whole_batches(
+    pretrained_demo_run, tmp_path
+):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"inputs": f"{TEXTS[i % 4]} ({i})", "id": i}) + "\n" for i in range(200)))
+    straight = run_cli(*_infer_process(pretrained_demo_run, rows, tmp_path / "straight.jsonl", argv_only=True))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert len((tmp_path / "straight.jsonl").read_bytes()) > 30_000  # so that the limit below cuts it
+    command = _infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", argv_only=True)
+    full = run_cli(*command, file_size_limit=20_000)  # every write past 20 kB fails, as on a full disk
+    assert full.returncode == 2, full.stderr[-2000:]
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("t5pod infer: error: Writing ") and "(File too large)" in last
+    assert "Free space and run the same command to continue" in last
+    partial = (tmp_path / "out.jsonl.partial").read_text()
+    assert 0 < partial.count("\n") < 200 and not (tmp_path / "out.jsonl").exists()
+    assert not (tmp_path / "out.jsonl.lease").exists()  # let go for the next run
+    resumed = run_cli(*command)
+    assert resumed.returncode == 0 and "Continuing" in resumed.stdout, resumed.stderr[-2000:]
+    assert (tmp_path / "out.jsonl").read_text() == (tmp_path / "straight.jsonl").read_text()

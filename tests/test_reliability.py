@@ -4,6 +4,7 @@ that change the input stream refused, kill -9 at random moments, and sampling's 
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import SMALL_MODEL, command_env, t5pod_command, train_config
+from helpers import SMALL_MODEL, command_env, run_cli, t5pod_command, train_config
 from t5pod import tasks
 from t5pod import checkpoints, decoding, partitioning, run_dir, run_lock, trainer
 
@@ -43,20 +44,26 @@ def _truncate_arrays(step_dir):
 
 
 @pytest.mark.slow
-def test_unreadable_checkpoint_is_named_kept_and_the_run_resumes_from_the_one_before(tmp_path, capsys):
+def test_an_unreadable_checkpoint_or_input_position_is_named_kept_and_the_run_resumes_from_the_one_before(
+    tmp_path, capsys
+):
     tasks.register_all()
     trainer.train(_config(tmp_path / "straight"), MODEL)
     trainer.train(_config(tmp_path / "run", train_steps=4), MODEL)
+    shutil.copytree(tmp_path / "run", tmp_path / "position_cut")
     _truncate_arrays(tmp_path / "run" / "checkpoints" / "4")
-    capsys.readouterr()
-    trainer.train(_config(tmp_path / "run"), MODEL)
-    out = capsys.readouterr().out
-    assert "checkpoint 4 in" in out and "cannot be read" in out and "resumes from step 2" in out
-    assert "Resumed from" in out and "/checkpoints/2 (step 2)" in out
-    # Kept, out of the run's way; the run went on from step 2 exactly as an uninterrupted one.
-    assert (tmp_path / "run" / "broken_checkpoints" / "4" / "params").is_dir()
-    assert checkpoints.all_steps(str(tmp_path / "run")) == [2, 4, 6]  # step 4 trained and saved again
-    assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
+    for data_file in (tmp_path / "position_cut" / "data_positions" / "4").glob("process_0.data-*"):
+        data_file.write_bytes(data_file.read_bytes()[:100])  # the parameters are whole, the position is not
+    for run, reason in [("run", "cannot be read"), ("position_cut", "its input position cannot be read")]:
+        capsys.readouterr()
+        trainer.train(_config(tmp_path / run), MODEL)
+        out = capsys.readouterr().out
+        assert "checkpoint 4 in" in out and reason in out and "resumes from step 2" in out
+        assert "Resumed from" in out and "/checkpoints/2 (step 2)" in out
+        # Kept, out of the run's way; the run went on from step 2 exactly as an uninterrupted one.
+        assert (tmp_path / run / "broken_checkpoints" / "4" / "params").is_dir()
+        assert checkpoints.all_steps(str(tmp_path / run)) == [2, 4, 6]  # step 4 trained and saved again
+        assert _losses(tmp_path / run) == _losses(tmp_path / "straight")
     assert len(set(_losses(tmp_path / "straight").values())) == 6
     # Bit for bit: the resumed run's final parameters are the uninterrupted run's.
     mesh = partitioning.make_mesh((1, 1), jax.devices()[:1])
@@ -259,3 +266,59 @@ def test_a_lease_write_cut_short_does_not_make_the_folder_foreign(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / f"{run_lock.LEASE_FILE}.host-123-abcd.tmp").write_text("{")
     assert run_dir._model_dir_problem(train_config(tmp_path)) is None
+
+
+@pytest.mark.slow
+def test_a_checkpoint_the_disk_cannot_hold_is_refused_before_writing_and_the_run_resumes(tmp_path, monkeypatch):
+    tasks.register_all()
+    trainer.train(_config(tmp_path / "straight", train_steps=4), MODEL)
+    trainer.train(_config(tmp_path / "run", train_steps=2), MODEL)
+    # The small model's state (parameters and Adafactor's factored moments) is about 0.1 MiB: 1 MiB
+    # of room is less than that plus the 16 MiB kept for the input position.
+    monkeypatch.setattr(checkpoints, "free_bytes", lambda path: 2**20)
+    with pytest.raises(
+        checkpoints.CheckpointWriteError, match="Checkpoint 4 needs about 0.02 GiB .* has 0.00 GiB free"
+    ):
+        trainer.train(_config(tmp_path / "run", train_steps=4), MODEL)
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]  # not even a temporary folder
+    assert sorted(os.listdir(tmp_path / "run" / "data_positions")) == ["2"]
+    assert not (tmp_path / "run" / run_lock.LEASE_FILE).exists()  # let go for the next run
+    monkeypatch.undo()
+    trainer.train(_config(tmp_path / "run", train_steps=4), MODEL)
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "straight")
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_write_that_fails_mid_checkpoint_is_one_error_and_the_run_resumes_from_the_one_before(
+    tmp_path, pretrained_demo_run
+):
+    """A disk that fills while a checkpoint is written (here: a file size limit of 1 MB, as on a full
+    disk; the embedding alone is 1.1 MB, so some file of the checkpoint always fails, the input
+    position's at about 0.8 MB or one of Orbax's): the run stops with one error line naming the
+    intact checkpoint, lets go of MODEL_DIR, and the same command later finishes from there."""
+    shutil.copytree(pretrained_demo_run, tmp_path / "run")
+    command = [
+        "train",
+        "--gin_file=demo.gin",
+        f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+        "--gin.TRAIN_STEPS=4",
+        "--gin.BATCH_SIZE=4",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+        "--gin.LOG_PERIOD=1",
+        "--gin.EVAL_PERIOD=0",
+    ]
+    failed = run_cli(*command, file_size_limit=1_000_000)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert "Traceback" not in failed.stderr  # not Orbax's threads' hundred-odd, nor TensorStore's
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("t5pod train: error: Checkpoint 4 could not be written to") and "File too large" in last
+    assert (
+        "The checkpoints before it are intact (newest: 2): Free space" in last
+        and "run the same command to resume" in last
+    )
+    assert checkpoints.all_steps(str(tmp_path / "run")) == [2]
+    assert not (tmp_path / "run" / run_lock.LEASE_FILE).exists()
+    finished = run_cli(*command)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "Resumed from" in finished.stdout and checkpoints.all_steps(str(tmp_path / "run"))[-1] == 4

@@ -97,8 +97,18 @@ def test_mixing_formula():
     rates = mixing.examples_proportional_rates({"a": 100, "b": 10_000, "c": 0}, limit=1000, temperature=2.0)
     assert rates == {"a": pytest.approx(10.0), "b": pytest.approx(1000**0.5), "c": 0.0}
     assert mixing.equal_rates({"a": 5, "b": 7, "c": 0}) == {"a": 1.0, "b": 1.0, "c": 0.0}
-    with pytest.raises(ValueError, match="MIXING_TEMPERATURE"):
-        mixing.examples_proportional_rates({"a": 1}, temperature=0)
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="MIXING_TEMPERATURE must be positive"):
+            mixing.examples_proportional_rates({"a": 1}, temperature=bad)
+        with pytest.raises(ValueError, match="MIXING_RATE_LIMIT must be positive"):
+            mixing.examples_proportional_rates({"a": 1}, limit=bad)
+    # Extreme but meaningful: T near 0 gives the largest task everything (100 ** 1000 overflows a float,
+    # so the rates are divided by one factor); T = inf is equal mixing; a tiny limit caps every task alike.
+    cold = mixing.probabilities(mixing.examples_proportional_rates({"a": 100, "b": 10_000}, temperature=1e-3))
+    assert cold == {"a": 0.0, "b": 1.0}
+    assert mixing.examples_proportional_rates({"a": 100, "b": 10_000}, temperature=float("inf")) == {"a": 1.0, "b": 1.0}
+    tiny = mixing.examples_proportional_rates({"a": 100, "b": 10_000}, limit=1e-300)
+    assert tiny["a"] == tiny["b"] == pytest.approx(1e-300)
 
 
 def test_rate_limit_and_temperature_from_gin_flags():

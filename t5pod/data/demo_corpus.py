@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import sentencepiece as spm
+
 from t5pod.data import vocabularies
 
 CORPUS_VERSION = 1
@@ -83,20 +85,49 @@ def _write_atomically(path: Path, lines: Iterator[str]) -> int:
     return size
 
 
+class DemoCacheError(ValueError):
+    """The demo's cache folder cannot be written."""
+
+
+def _cache_error(error: OSError) -> DemoCacheError:
+    return DemoCacheError(
+        f"The demo data cache {cache_dir()} cannot be written ({error.strerror or error}); set T5POD_CACHE to a "
+        "writable folder."
+    )
+
+
 def corpus_path() -> str:
     """Path of the demo corpus (plain text, one document per line), built if missing."""
     path = cache_dir() / "corpus.txt"
     if not path.is_file():
-        _write_atomically(path, iter_documents())
+        try:
+            _write_atomically(path, iter_documents())
+        except OSError as error:
+            raise _cache_error(error) from None
     return str(path)
 
 
+def _loads(path: Path) -> bool:
+    try:
+        spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
 def vocabulary_path() -> str:
-    """Path of the demo SentencePiece model, trained on the corpus if missing."""
+    """Path of the demo SentencePiece model, trained on the corpus if missing, and again if the
+    cached file does not load (it is only a cache: rebuilding it gives the same vocabulary)."""
     path = cache_dir() / "spiece.model"
+    if path.is_file() and not _loads(path):
+        print(f"The cached demo vocabulary {path} does not load; building it again.", file=sys.stderr)
+        path.unlink()
     if not path.is_file():
-        with open(corpus_path(), encoding="utf-8") as f:
-            vocabularies.train_vocabulary(f, str(path), vocab_size=VOCAB_SIZE, max_sentences=200_000)
+        try:
+            with open(corpus_path(), encoding="utf-8") as f:
+                vocabularies.train_vocabulary(f, str(path), vocab_size=VOCAB_SIZE, max_sentences=200_000)
+        except OSError as error:
+            raise _cache_error(error) from None
     return str(path)
 
 

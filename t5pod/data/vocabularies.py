@@ -118,5 +118,9 @@ def train_vocabulary(
         )
         os.makedirs(os.path.dirname(model_path), exist_ok=True)
         shutil.move(prefix + ".vocab", model_path[: -len(".model")] + ".vocab")
-        shutil.move(prefix + ".model", model_path)
+        # Copied beside the target, then renamed: a kill mid-copy (another filesystem) leaves no
+        # truncated model at model_path.
+        partial = f"{model_path}.partial-{os.getpid()}"
+        shutil.move(prefix + ".model", partial)
+        os.replace(partial, model_path)
     return model_path

@@ -31,10 +31,24 @@ def t5pod_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "t5pod", *args]
 
 
-def run_cli(*args: str, devices: int = 1, cwd=REPO, timeout: int = 600, **env) -> subprocess.CompletedProcess:
-    """`python -m t5pod ARGS` to completion, output captured as text."""
+def run_cli(
+    *args: str, devices: int = 1, cwd=REPO, timeout: int = 600, file_size_limit: int | None = None, **env
+) -> subprocess.CompletedProcess:
+    """`python -m t5pod ARGS` to completion, output captured as text. file_size_limit: no file the
+    process writes may grow past this many bytes; a write beyond fails as on a full disk (EFBIG),
+    which needs no privileges, unlike mounting a small file system."""
+    command = t5pod_command(*args)
+    if file_size_limit:
+        # Set in a fresh interpreter that then becomes t5pod (exec keeps the limit and the ignored
+        # signal), not in a fork of this multithreaded test process.
+        limit = (
+            "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "  # fail, not die
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({file_size_limit}, {file_size_limit})); "
+            "os.execv(sys.executable, sys.argv[1:])"
+        )
+        command = [sys.executable, "-c", limit, *command]
     return subprocess.run(
-        t5pod_command(*args), capture_output=True, text=True, env=command_env(devices, **env), timeout=timeout, cwd=cwd
+        command, capture_output=True, text=True, env=command_env(devices, **env), timeout=timeout, cwd=cwd
     )
 
 
