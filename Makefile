@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # 15m22s with 2 workers, 14m57s with 3, cold compilation cache); work stealing evens the tail.
 TEST_WORKERS ?= 3
 
-.PHONY: install install-tpu lint test test-fast pretrain finetune study bench docs lock clean
+.PHONY: install install-gpu install-tpu lint test test-fast pretrain finetune study bench docs lock clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): setup.cfg pyproject.toml requirements.lock
 # On Cloud TPU VMs: the pinned environment plus JAX's TPU runtime (libtpu) for the pinned jax.
 install-tpu: install
 	$(BIN)/pip install --quiet "jax[tpu]==$$(sed -n 's/^jax==//p' requirements.lock)"
+
+# On NVIDIA GPU machines: the pinned environment plus JAX's CUDA 12 plugin of the pinned jax version
+# (with CUDA's own libraries as pip wheels, at the versions that plugin requires).
+install-gpu: install
+	$(BIN)/pip install --quiet "jax[cuda12]==$$(sed -n 's/^jax==//p' requirements.lock)"
 
 # Lint and format gate (ruff, configured in pyproject.toml); `ruff format .` fixes the format.
 lint: install

@@ -308,9 +308,13 @@ class TrainCheckpointer:
     has its data position.
     """
 
-    def __init__(self, model_dir: str, keep: int | None = None, async_save: bool = True):
+    def __init__(
+        self, model_dir: str, keep: int | None = None, async_save: bool = True, keep_period: int | None = None
+    ):
         self.model_dir = absolute(model_dir)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, keep_period=keep_period, create=True, enable_async_checkpointing=async_save
+        )
         self.manager = ocp.CheckpointManager(os.path.join(self.model_dir, CHECKPOINTS_FOLDER), options=options)
         self._step, self._failed = None, False
 

@@ -352,10 +352,32 @@ def _train_vocab(args) -> int:
 
 
 # Each command's function, by the name build_parser gives it.
+def _goodput(args) -> int:
+    import tensorflow as tf
+
+    from t5pod import goodput, metric_writers
+
+    if not tf.io.gfile.exists(os.path.join(args.model_dir, "metrics.jsonl")) and not tf.io.gfile.glob(
+        os.path.join(args.model_dir, metric_writers.REMOTE_PARTS_FOLDER, "part-*.jsonl")
+    ):
+        raise FileNotFoundError(f"{args.model_dir} holds no metrics.jsonl: it is not a t5pod training run.")
+    summary = goodput.summarize(metric_writers.read_metrics(args.model_dir))
+    for number, attempt in enumerate(summary["attempts"], 1):
+        lost = f"; {attempt['lost_steps']} steps redone by the next" if attempt["lost_steps"] else ""
+        print(
+            f"attempt {number}: steps {attempt['first_step']}-{attempt['step']}{lost}; {goodput.format_line(attempt)}"
+        )
+    print(f"all {len(summary['attempts'])} attempts: {goodput.format_line(summary)}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 COMMANDS = {
     "convert-hf": _convert_hf,
     "convert-t5x": _convert_t5x,
     "export-hf": _export_hf,
+    "goodput": _goodput,
     "data": _data,
     "cache-tasks": _cache_tasks,
     "train": _train,

@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     t5x.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the Orbax checkpoint and model.gin")
     t5x.add_argument("--no_optimizer_state", action="store_true", help="convert the parameters only")
 
+    usage = commands.add_parser(
+        "goodput", help="Where a training run's wall time went, over all its attempts (restarts)."
+    )
+    usage.add_argument("model_dir", metavar="MODEL_DIR", help="the run's folder (local or gs://)")
+    usage.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+
     export = commands.add_parser(
         "export-hf",
         help="Write a Hugging Face T5 folder (config.json, model.safetensors, spiece.model) from a checkpoint.",

@@ -168,8 +168,11 @@ TRAINABLE = ("all", "adapters")
 class MeshConfig:
     """The device mesh and how parameters lie on it; training and inference share it."""
 
-    shape: tuple = (-1, 1)  # (data, model); -1 takes the remaining devices
+    shape: tuple = (-1, 1)  # (data, model) within a slice; -1 takes the slice's remaining devices
     fsdp: bool = False  # parameters and optimizer state also split over data
+    # (data, model) across slices joined by the data-centre network (DCN): (2, 1) is two slices, the
+    # data axis spanning them; the model axis never crosses DCN (partitioning.make_mesh refuses it).
+    dcn_shape: tuple = (1, 1)
     # (logical axis, mesh axis or None) pairs that replace the standard rules of those logical axes
     # (partitioning.STANDARD_RULES), as T5X's logical_axis_rules; checked by partitioning.logical_rules.
     logical_axis_rules: tuple = ()
@@ -179,6 +182,8 @@ class MeshConfig:
         object.__setattr__(self, "logical_axis_rules", rules)
         if len(self.shape) != 2 or any(int(n) == 0 or int(n) < -1 for n in self.shape):
             raise ValueError(f"MESH_SHAPE must be (data, model) with positive sizes or -1, got {self.shape}.")
+        if len(self.dcn_shape) != 2 or any(int(n) < 1 for n in self.dcn_shape):
+            raise ValueError(f"DCN_MESH_SHAPE must be (data, model) with positive sizes, got {self.dcn_shape}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +259,7 @@ class CheckpointConfig:
 
     period: int = 1000  # steps between checkpoints (one is also written at the end and on SIGTERM)
     keep: int | None = None  # the newest this many; None keeps all
+    keep_period: int | None = None  # with keep: also every checkpoint whose step is a multiple of this, forever
     asynchronous: bool = True  # write in the background while training goes on
     initial_path: str | None = None  # start from these weights (the optimizer starts afresh)
     # Regular expressions over parameter paths ('decoder/.*'): the parameters they match fully keep
@@ -277,6 +283,8 @@ class CheckpointConfig:
                 f"KEEP_CHECKPOINTS must be at least 1 (None keeps all), got {self.keep}: "
                 "0 would delete every checkpoint of the run."
             )
+        if self.keep_period is not None and not self.keep_period >= 1:
+            raise ValueError(f"KEEP_PERIOD must be at least 1 (None: only KEEP_CHECKPOINTS), got {self.keep_period}.")
         if isinstance(self.initial_skip, str):
             raise ValueError(
                 f"INITIAL_CHECKPOINT_SKIP is a list of patterns, e.g. ['decoder/.*'], not the string "

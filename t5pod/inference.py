@@ -122,7 +122,7 @@ class Predictor:
     ):
         self.config, self.vocabulary, self.model_config = config, vocabulary, model_config
         self.model = models.build(model_config)
-        mesh = mesh if mesh is not None else partitioning.make_mesh(config.mesh.shape)
+        mesh = mesh if mesh is not None else partitioning.mesh_of(config.mesh)
         partitioning.check_batch(config.batch_size, mesh, "INFER_BATCH_SIZE")
         self.layout = mesh_layout(model_config, mesh, config.mesh.fsdp, config.mesh.logical_axis_rules)
         self.params = (

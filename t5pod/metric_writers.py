@@ -120,6 +120,11 @@ class MetricWriter:
         if create:
             self.open()
 
+    @property
+    def opened(self) -> bool:
+        """Whether rows now reach metrics.jsonl (this process writes, and open() was called)."""
+        return self._jsonl is not None
+
     def open(self):
         if self.enabled and self._jsonl is None:
             self._jsonl = _JsonLines(os.path.join(self.model_dir, "metrics.jsonl"))

@@ -9,6 +9,7 @@ from typing import Sequence
 import jax
 import numpy as np
 from flax import linen as nn
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # Logical axes of parameters and activations.
@@ -83,26 +84,62 @@ def logical_rules(fsdp: bool = False, overrides: Sequence = ()) -> tuple[tuple[s
     return tuple(out)
 
 
-def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = None, dcn_shape: Sequence[int] = (1, 1)
+) -> Mesh:
     """A (data, model) mesh over `devices` (all devices by default).
 
-    A -1 in mesh_shape takes whatever the other axis leaves, as in T5X.
+    mesh_shape is the mesh within one slice (a -1 takes whatever the other axis leaves, as in T5X);
+    dcn_shape is the mesh of slices joined by the data-centre network: with (slices, 1) the data
+    axis spans slices (the devices of slice s hold data rows s * data ... (s + 1) * data - 1), so only
+    the gradient all-reduce crosses DCN. Slices are the devices' slice_index (TPU) or, where
+    devices have none (GPU nodes, CPU test processes), the processes.
     """
     # Ordered by process, then id: the model axis stays within a host (its collectives use local
     # links) and the data axis runs across hosts.
     devices = sorted(jax.devices() if devices is None else devices, key=lambda d: (d.process_index, d.id))
-    data, model = (int(n) for n in mesh_shape)
-    if data == -1 and model > 0 and len(devices) % model == 0:
-        data = len(devices) // model
-    if model == -1 and data > 0 and len(devices) % data == 0:
-        model = len(devices) // data
-    if data <= 0 or model <= 0 or data * model != len(devices):
+    dcn_data, dcn_model = (int(n) for n in dcn_shape)
+    if dcn_model != 1:
         raise ValueError(
-            f"MESH_SHAPE ({mesh_shape[0]}, {mesh_shape[1]}) does not divide the {len(devices)} "
-            f"available devices: data * model must equal {len(devices)}. "
-            f'Fix it with e.g. --gin.MESH_SHAPE="({len(devices)}, 1)".'
+            f"DCN_MESH_SHAPE ({dcn_data}, {dcn_model}) puts the model axis across slices: its collectives run in "
+            "every layer and would wait on the data-centre network. Use DCN_MESH_SHAPE=(slices, 1) and keep model "
+            "parallelism within a slice (MESH_SHAPE)."
         )
-    return Mesh(np.asarray(devices).reshape(data, model), (DATA, MODEL))
+    if len(devices) % dcn_data:
+        raise ValueError(f"DCN_MESH_SHAPE ({dcn_data}, 1): {len(devices)} devices do not split into {dcn_data} slices.")
+    per_slice = len(devices) // dcn_data
+    data, model = (int(n) for n in mesh_shape)
+    if data == -1 and model > 0 and per_slice % model == 0:
+        data = per_slice // model
+    if model == -1 and data > 0 and per_slice % data == 0:
+        model = per_slice // data
+    if data <= 0 or model <= 0 or data * model != per_slice:
+        where = f"the {per_slice} devices of each of {dcn_data} slices" if dcn_data > 1 else f"the {per_slice}"
+        raise ValueError(
+            f"MESH_SHAPE ({mesh_shape[0]}, {mesh_shape[1]}) does not divide {where} available devices: "
+            f"data * model must equal {per_slice}. "
+            f'Fix it with e.g. --gin.MESH_SHAPE="({per_slice}, 1)".'
+        )
+    if dcn_data == 1:
+        return Mesh(np.asarray(devices).reshape(data, model), (DATA, MODEL))
+    # A multi-slice TPU's devices name their slice; devices in one slice (or with none: GPU nodes,
+    # CPU test processes) are grouped by process instead.
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    by_slice = None not in slices and len(slices) > 1
+    granules = slices if by_slice else {d.process_index for d in devices}
+    if len(granules) != dcn_data:
+        raise ValueError(
+            f"DCN_MESH_SHAPE ({dcn_data}, 1) asks for {dcn_data} slices, and the devices are in {len(granules)} "
+            f"{'slices' if by_slice else 'processes (the devices name no more than one slice)'}; set it to "
+            f"({len(granules)}, 1)."
+        )
+    grid = mesh_utils.create_hybrid_device_mesh((data, model), (dcn_data, 1), devices, process_is_granule=not by_slice)
+    return Mesh(grid, (DATA, MODEL))
+
+
+def mesh_of(config) -> Mesh:
+    """The mesh a MeshConfig describes, on all devices."""
+    return make_mesh(config.shape, dcn_shape=config.dcn_shape)
 
 
 def check_batch(batch_size: int, mesh: Mesh, macro: str):

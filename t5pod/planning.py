@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from t5pod import inference, trainer
+from t5pod import inference, partitioning, trainer
 from t5pod.configs import InferConfig, StepConfig, T5Config
 
 
@@ -26,8 +26,14 @@ def plan(model_config: T5Config, step: StepConfig, decode: InferConfig | None = 
 
     Returns bytes per device: parameters, optimizer state, and the compiled step's report
     (trainer.compile_train_step: arguments, outputs, temporaries, peak, FLOPs, compile time);
-    with `decode`, also the decode program's (inference.decode_memory: decode_* keys).
+    with `decode`, also the decode program's (inference.decode_memory: decode_* keys); and
+    dcn_bytes_per_step (dcn_bytes_per_step below). A multi-slice mesh is planned as the one-slice
+    mesh of the same shape: each device holds and computes the same, only the links differ.
     """
+    slices = int(step.mesh.dcn_shape[0])
+    if slices > 1:
+        step = _as_one_slice(step, slices)
+        decode = decode and dataclasses.replace(decode, mesh=step.mesh)
     mesh = trainer.make_mesh(step)
     setup = trainer.create_state(model_config, step, mesh)
     with mesh, nn.logical_axis_rules(setup.rules):
@@ -39,7 +45,32 @@ def plan(model_config: T5Config, step: StepConfig, decode: InferConfig | None = 
         "opt_state_bytes": _bytes_per_device(setup.abstract_state.opt_state, setup.shardings.opt_state),
         **report,
         **(inference.decode_memory(model_config, decode, mesh) if decode is not None else {}),
+        "dcn_slices": slices,
+        "dcn_bytes_per_step": dcn_bytes_per_step(setup.abstract_state.params, slices),
     }
+
+
+def _as_one_slice(step: StepConfig, slices: int) -> StepConfig:
+    """step with its (MESH_SHAPE within a slice, DCN_MESH_SHAPE (slices, 1)) mesh as one (data, model)
+    mesh over the same devices."""
+    if jax.device_count() % slices:
+        raise ValueError(
+            f"DCN_MESH_SHAPE ({slices}, 1): {jax.device_count()} devices do not split into {slices} slices."
+        )
+    one = partitioning.make_mesh(step.mesh.shape, jax.devices()[: jax.device_count() // slices])  # checks it
+    shape = (one.shape[partitioning.DATA] * slices, one.shape[partitioning.MODEL])
+    return dataclasses.replace(step, mesh=dataclasses.replace(step.mesh, shape=shape, dcn_shape=(1, 1)))
+
+
+def dcn_bytes_per_step(abstract_params, slices: int) -> int:
+    """Bytes each slice sends over the data-centre network per train step: the gradients (the
+    parameters' size and dtype) averaged across slices by a bandwidth-optimal all-reduce, a
+    reduce-scatter and an all-gather of (slices - 1) / slices of them each. With FSDP the same
+    bytes move as the gradients' reduce-scatter and the parameters' all-gather. 0 for one slice."""
+    gradient_bytes = sum(
+        int(np.prod(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize for leaf in jax.tree_util.tree_leaves(abstract_params)
+    )
+    return int(2 * (slices - 1) * gradient_bytes // slices)
 
 
 def with_batch_size(step: StepConfig, batch_size: int) -> StepConfig:
@@ -107,6 +138,11 @@ def format_plan(result: dict, hbm_gib: float | None) -> str:
     if hbm_gib:
         fits = result["peak_bytes"] <= hbm_gib * gib
         lines.append(f"  {'fits' if fits else 'does NOT fit'} in {hbm_gib:g} GiB of HBM per device")
+    if result.get("dcn_slices", 1) > 1:
+        lines.append(
+            f"across {result['dcn_slices']} slices: {result['dcn_bytes_per_step'] / gib:.3f} GiB sent over DCN per "
+            "step by each slice (the gradient all-reduce of the data axis)"
+        )
     if "decode_peak_bytes" in result:
         beams = f" x {result['decode_beam_size']} beams" if result["decode_beam_size"] > 1 else ""
         lines += [

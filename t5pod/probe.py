@@ -131,7 +131,7 @@ def make_predictor(model_config: T5Config, config: InferConfig, vocabulary, rand
         raise ValueError("probe reads an encoder: it takes encoder-decoder models only.")
     if random_init_seed is None:
         return inference.Predictor(model_config, config, vocabulary)
-    mesh = partitioning.make_mesh(config.mesh.shape)
+    mesh = partitioning.mesh_of(config.mesh)
     layout = inference.mesh_layout(model_config, mesh, config.mesh.fsdp, config.mesh.logical_axis_rules)
     return inference.Predictor(
         model_config, config, vocabulary, mesh=layout.mesh, params=random_params(model_config, layout, random_init_seed)

@@ -2,6 +2,7 @@
 metrics to a window kept on the device, then runs the hooks that are due (Levanter's
 `add_hook(fn, every=N)`): logging, evaluation, checkpoints are hooks that trainer.py makes."""
 
+import contextlib
 import dataclasses
 import time
 from typing import Callable
@@ -30,10 +31,16 @@ def global_batch(local_batch: dict, mesh) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Hook:
-    """An action the loop runs after the steps `due` accepts: action(step, state)."""
+    """An action the loop runs after the steps `due` accepts: action(step, state). `part` names
+    the goodput part its time counts as (goodput.PARTS; "productive": part of the steps)."""
 
     action: Callable
     due: Callable  # step -> bool
+    part: str = "productive"
+
+
+def _untimed(part: str):
+    return contextlib.nullcontext()
 
 
 def periodic(every: int, *also: int) -> Callable:
@@ -70,19 +77,30 @@ class MetricWindow:
         return summary
 
 
-def loop(run, window: MetricWindow, hooks: list[Hook], stop_requested: Callable[[], bool], on_stop: Callable) -> int:
+def loop(
+    run,
+    window: MetricWindow,
+    hooks: list[Hook],
+    stop_requested: Callable[[], bool],
+    on_stop: Callable,
+    timed: Callable = _untimed,
+) -> int:
     """Steps run (a trainer.PreparedRun: its config, mesh, compiled step_fn, state, train_iterator
     and first_batch) from run.state to TRAIN_STEPS, running each hook when it is due. When
     stop_requested() on any process, every process calls on_stop(step, state) and returns early.
-    Returns the last step; run.state is the last state."""
+    timed(part) is a context manager around each batch's wait ("data_wait") and each hook (its
+    part): goodput.Account.measure. Returns the last step; run.state is the last state."""
     config, mesh = run.config, run.mesh
     base_rng = jax.random.PRNGKey(config.random_seed)
     replicated = partitioning.replicated(mesh)
     state, first_batch = run.state, run.first_batch
     step = int(jax.device_get(state.step))
     while step < config.train_steps:
-        local_batch, first_batch = (first_batch, None) if first_batch is not None else (next(run.train_iterator), None)
-        batch = global_batch(local_batch, mesh)
+        with timed("data_wait"):
+            local_batch, first_batch = (
+                (first_batch, None) if first_batch is not None else (next(run.train_iterator), None)
+            )
+            batch = global_batch(local_batch, mesh)
         rng = jax.device_put(jax.random.fold_in(base_rng, step), replicated)
         # Everything the step reads is already on the devices: a hidden host<->device copy in the
         # step or the metric sums is an error, not a silent slowdown.
@@ -95,7 +113,8 @@ def loop(run, window: MetricWindow, hooks: list[Hook], stop_requested: Callable[
         run.state = state
         for hook in hooks:
             if hook.due(step):
-                hook.action(step, state)
+                with timed(hook.part):
+                    hook.action(step, state)
         if distributed.agree(stop_requested()):
             on_stop(step, state)
             break

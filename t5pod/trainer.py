@@ -21,6 +21,7 @@ from t5pod import (
     configs,
     evaluation,
     flops,
+    goodput,
     inference,
     metric_writers,
     models,
@@ -40,7 +41,7 @@ from t5pod.data import pipeline
 def make_mesh(step: StepConfig):
     """The mesh of step.mesh on the available devices, once the batch is known to split over it:
     evenly over the data axis, the processes, and each replica's slice into microbatches."""
-    mesh = partitioning.make_mesh(step.mesh.shape)  # raises a clear error if it does not divide
+    mesh = partitioning.mesh_of(step.mesh)  # raises a clear error if it does not divide
     batch_size, data_parallel = step.batch.batch_size, mesh.shape[partitioning.DATA]
     partitioning.check_batch(batch_size, mesh, "BATCH_SIZE")
     if batch_size % jax.process_count():
@@ -313,11 +314,18 @@ def prepare(config: TrainConfig, model_config: T5Config, writer: metric_writers.
 
 
 def standard_hooks(
-    run: PreparedRun, writer, window: train_loop.MetricWindow, checkpointer, logged: dict, fence=lambda: None
+    run: PreparedRun,
+    writer,
+    window: train_loop.MetricWindow,
+    checkpointer,
+    logged: dict,
+    fence=lambda: None,
+    account: goodput.Account | None = None,
 ) -> list[train_loop.Hook]:
     """Log (steps 1, every LOG_PERIOD, the last), evaluate and decode the evaluation split (every
     EVAL_PERIOD), checkpoint (every CHECKPOINT_PERIOD, the last): in this order after a step.
-    fence() runs before each of them writes (MODEL_DIR's lease check: a run that lost it stops)."""
+    fence() runs before each of them writes (MODEL_DIR's lease check: a run that lost it stops).
+    With `account`, each log line also writes the attempt's goodput row."""
     config, model_config, mesh = run.config, run.model_config, run.mesh
 
     def log(step: int, state):
@@ -325,6 +333,8 @@ def standard_hooks(
         logged.clear()
         logged.update(window.summary())
         writer.write(step, logged)
+        if account is not None:
+            writer.write(step, account.row(step), split="goodput")
         eta = (config.train_steps - step) / max(logged["steps_per_s"], 1e-9)
         speed = (
             "(first steps include the input pipeline's start-up)"
@@ -373,11 +383,12 @@ def standard_hooks(
 
     hooks = [
         train_loop.Hook(log, train_loop.periodic(config.log_period, 1, config.train_steps)),
-        train_loop.Hook(evaluate, train_loop.periodic(config.eval.period)),
+        train_loop.Hook(evaluate, train_loop.periodic(config.eval.period), "evaluation"),
     ]
     if config.eval.inference:
-        hooks.append(train_loop.Hook(inference_eval, train_loop.periodic(config.eval.period)))
-    return hooks + [train_loop.Hook(save, train_loop.periodic(config.checkpoint.period, config.train_steps))]
+        hooks.append(train_loop.Hook(inference_eval, train_loop.periodic(config.eval.period), "inference_evaluation"))
+    saves = train_loop.periodic(config.checkpoint.period, config.train_steps)
+    return hooks + [train_loop.Hook(save, saves, "checkpoint")]
 
 
 def train(config: TrainConfig, model_config: T5Config, operative_config: str = "") -> dict:
@@ -393,6 +404,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
     with run.mesh, nn.logical_axis_rules(run.setup.rules):
         lease = run_lock.RunLease(config.model_dir, config.lease_timeout_s)
         preemption, checkpointer, logged = _Preemption(), None, {}
+        account, step = goodput.Account(int(jax.device_get(run.state.step))), None
         try:
             # Everything is checked: from here on the run writes to MODEL_DIR. The other processes
             # must have read it first, or they could see process 0's first writes.
@@ -413,7 +425,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                 {**configs.flat(config, "train/"), **configs.flat(model_config, "model/")},
             )
             checkpointer = checkpoints.TrainCheckpointer(
-                config.model_dir, config.checkpoint.keep, config.checkpoint.asynchronous
+                config.model_dir, config.checkpoint.keep, config.checkpoint.asynchronous, config.checkpoint.keep_period
             )
             _print_start(run, writer)
             first_step = int(jax.device_get(run.state.step))
@@ -426,26 +438,34 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
                 first_step,
             )
             fence = lease.check if is_writer else lambda: None
-            hooks = standard_hooks(run, writer, window, checkpointer, logged, fence)
+            hooks = standard_hooks(run, writer, window, checkpointer, logged, fence, account)
             saves = hooks[-1]
 
             def stop(step: int, state):
-                if not saves.due(step):
-                    saves.action(step, state)
-                checkpointer.wait()
+                with account.measure("checkpoint"):
+                    if not saves.due(step):
+                        saves.action(step, state)
+                    checkpointer.wait()
                 writer.print(
                     f"Preempted ({preemption.requested}): saved a checkpoint at step {step}; run the same command "
                     "to resume."
                 )
 
             run_start = time.time()
-            step = train_loop.loop(run, window, hooks, lambda: bool(preemption.requested), stop)
+            account.loop_started()
+            step = train_loop.loop(run, window, hooks, lambda: bool(preemption.requested), stop, account.measure)
+            account.loop_ended()
         finally:
             preemption.restore()
             try:
                 if checkpointer is not None:
-                    checkpointer.close()  # the last save's failure, if any, surfaces here
+                    with account.measure("checkpoint"):
+                        checkpointer.close()  # the last save's failure, if any, surfaces here
             finally:
+                last = step if step is not None else account.first_step  # None: stopped by an error
+                final = account.row(last)
+                if writer.opened:  # the attempt's last goodput row
+                    writer.write(last, final, split="goodput")
                 writer.close()
                 lease.release()
         writer.print(
@@ -453,6 +473,7 @@ def train(config: TrainConfig, model_config: T5Config, operative_config: str = "
             f"{config.model_dir}/checkpoints; metrics: {config.model_dir}/metrics.jsonl; "
             f"TensorBoard: tensorboard --logdir {config.model_dir}"
         )
+        writer.print(f"This attempt's {goodput.format_line(final)} (t5pod goodput MODEL_DIR: every attempt)")
     return {"step": step, **logged}
 
 

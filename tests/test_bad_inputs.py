@@ -120,6 +120,12 @@ CASES = [
         ["run"],
     ),
     (
+        "keep_period_zero",
+        lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'run'}'", "--gin.KEEP_PERIOD=0"],
+        "KEEP_PERIOD must be at least 1",
+        ["run"],
+    ),
+    (
         "lower_case_macro",
         lambda w: ["train", *TRAIN, f"--gin.MODEL_DIR='{w / 'new'}'", "--gin.train_steps=1"],
         "Unknown gin macro train_steps",
@@ -663,6 +669,12 @@ CASES = [
         "MIXING_RATE_LIMIT must be positive (or None: no limit), got -5.",
         [],
     ),
+    (
+        "goodput_not_a_run",
+        lambda w: ["goodput", str(w / "foreign")],
+        "holds no metrics.jsonl: it is not a t5pod training run",
+        ["foreign"],
+    ),
     # train-vocab
     (
         "vocab_input_matches_nothing",
@@ -688,7 +700,7 @@ CASES = [
 def test_the_catalogue_is_large_and_covers_every_command():
     assert len(CASES) >= 40 and len({name for name, *_ in CASES}) == len(CASES)
     commands = {argv(pathlib.Path("/w"))[0] for _, argv, _, _ in CASES}
-    assert commands == {"train", "infer", "eval", "data", "convert-hf", "convert-t5x", "plan", "train-vocab"}
+    assert commands == {"train", "infer", "eval", "data", "convert-hf", "convert-t5x", "plan", "train-vocab", "goodput"}
 
 
 @pytest.mark.slow

@@ -357,7 +357,10 @@ def test_a_killed_infer_continues_where_it_stopped(pretrained_demo_run, tmp_path
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"inputs": f"{TEXTS[i % 4]} ({i})", "id": i}) + "\n" for i in range(500)))
     sampled = ["--gin.TEMPERATURE=1.0", "--gin.RANDOM_SEED=3"]
-    straight = _infer_process(pretrained_demo_run, rows, tmp_path / "straight.jsonl", *sampled)
+    # The uninterrupted run reads its own copy: the test below replaces rows.jsonl while it runs.
+    straight_rows = tmp_path / "straight_rows.jsonl"
+    straight_rows.write_bytes(rows.read_bytes())
+    straight = _infer_process(pretrained_demo_run, straight_rows, tmp_path / "straight.jsonl", *sampled)
     killed = _infer_process(pretrained_demo_run, rows, tmp_path / "out.jsonl", *sampled)
     partial = tmp_path / "out.jsonl.partial"
     deadline = time.time() + 300

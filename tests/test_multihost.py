@@ -35,7 +35,10 @@ def _env(devices: int) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_two_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize("as_slices", [False, True], ids=["one_slice", "two_slices"])
+def test_two_processes_equal_one_process(tmp_path, as_slices):
+    """Two processes of 4 devices, as two hosts of one slice or as two slices joined by DCN
+    (DCN_MESH_SHAPE (2, 1), processes standing for slices), train as one process of 8 devices."""
     port = _port()
     workers = [
         subprocess.Popen(
@@ -46,6 +49,7 @@ def test_two_processes_equal_one_process(tmp_path):
                 "2",
                 str(i),
                 str(port),
+                *(["slices"] if as_slices else []),
             ],
             env=_env(4),
             stdout=subprocess.PIPE,
@@ -116,18 +120,23 @@ def _finish(processes, timeout=600):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_train_command_as_two_processes_and_checkpoints_across_process_counts(tmp_path):
+def test_train_command_as_two_slices_and_checkpoints_across_process_counts_and_layouts(tmp_path):
+    """Two processes standing for two slices (a (2, 2) mesh in each, DCN_MESH_SHAPE (2, 1)), then
+    resumed by one process with the same (4, 2) mesh in one slice."""
     run = tmp_path / "run"
-    outputs = _finish(_train(run, 2, _port(), 4))
+    outputs = _finish(_train(run, 2, _port(), 4, ["--gin.MESH_SHAPE=(2, 2)", "--gin.DCN_MESH_SHAPE=(2, 1)"]))
+    assert "mesh {'data': 4, 'model': 2}" in outputs[0]
     assert "step 4/4" in outputs[0] and "step 4/4" not in outputs[1]  # only process 0 reports
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
-    assert [(r["split"], r["step"]) for r in rows] == [
+    assert [(r["split"], r["step"]) for r in rows if r["split"] != "goodput"] == [
         ("compile", 0),
         ("train", 1),
         ("train", 2),
         ("train", 3),
         ("train", 4),
     ]  # one writer
+    goodput_steps = [r["step"] for r in rows if r["split"] == "goodput"]
+    assert goodput_steps == sorted(goodput_steps) and goodput_steps[-1] == 4  # one writer's account
     assert checkpoints.all_steps(str(run)) == [2, 4]
     assert sorted(os.listdir(run / "data_positions" / "4")) == [
         "process_0.data-00000-of-00001",

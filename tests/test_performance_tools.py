@@ -247,3 +247,27 @@ def test_peak_flops_table_and_measured_cpu_peak():
         f"MFU is against {round(measured / 1e9)} GFLOP/s per device, a float32 matmul "
         "timed at start-up (it moves with the machine's load)"
     )
+
+
+def test_the_checkpoint_save_benchmark_times_both_modes_of_a_whole_state(tmp_path):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("checkpoint_save", REPO / "bench" / "checkpoint_save.py")
+    checkpoint_save = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checkpoint_save)
+    figures = checkpoint_save.measure("models/tiny.gin", 1, str(tmp_path))
+    # The whole state: the float32 parameters (counted here from the model's shapes) and Adafactor's
+    # moments, factored for matrices (a few percent more).
+    from flax import linen as nn
+
+    from t5pod import ginconf, models
+
+    ginconf.parse(["models/tiny.gin"], [])
+    shapes = nn.unbox(models.abstract_variables(ginconf.model_config())["params"])
+    parameter_bytes = 4 * sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(shapes))
+    assert parameter_bytes < figures["state_bytes"] < 1.1 * parameter_bytes
+    for mode in ("async", "sync"):
+        assert 0 < figures[f"{mode}_blocked_s"] <= figures[f"{mode}_total_s"]
+    assert list(tmp_path.iterdir()) == []  # every measured run removed

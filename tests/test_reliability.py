@@ -99,11 +99,17 @@ def test_a_resume_keeps_the_previous_config_and_refuses_a_changed_stream(tmp_pat
 
 
 @pytest.mark.slow
-def test_keep_checkpoints_prunes_old_steps_and_their_data_positions(tmp_path):
+def test_keep_checkpoints_prunes_old_steps_and_their_data_positions_and_keep_period_keeps_multiples(tmp_path):
     tasks.register_all()
     trainer.train(_config(tmp_path / "run", train_steps=5, checkpoint_period=1, keep_checkpoints=2), MODEL)
     assert checkpoints.all_steps(str(tmp_path / "run")) == [4, 5]
     assert sorted(os.listdir(tmp_path / "run" / "data_positions")) == ["4", "5"]
+    # KEEP_PERIOD=3 besides the newest 2: steps 3 and 6 are kept for good, 7 and 8 as the newest.
+    trainer.train(
+        _config(tmp_path / "kept", train_steps=8, checkpoint_period=1, keep_checkpoints=2, keep_period=3), MODEL
+    )
+    assert checkpoints.all_steps(str(tmp_path / "kept")) == [3, 6, 7, 8]
+    assert sorted(os.listdir(tmp_path / "kept" / "data_positions"), key=int) == ["3", "6", "7", "8"]
 
 
 @pytest.mark.e2e

@@ -9,7 +9,7 @@ import pytest
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from t5pod import network, partitioning
+from t5pod import configs, network, partitioning
 from t5pod.configs import T5Config
 
 CONFIG = T5Config(
@@ -111,3 +111,19 @@ def test_mesh_that_does_not_divide_the_devices_is_a_clear_error():
     with pytest.raises(ValueError, match=r"MESH_SHAPE \(3, 2\) does not divide the 8 available devices"):
         partitioning.make_mesh((3, 2))
     assert partitioning.make_mesh((-1, 2)).shape == {"data": 4, "model": 2}
+
+
+def test_a_multi_slice_mesh_is_refused_when_it_does_not_match_the_slices_or_puts_model_across_them():
+    with pytest.raises(ValueError, match=r"DCN_MESH_SHAPE \(1, 2\) puts the model axis across slices"):
+        partitioning.make_mesh((4, 1), dcn_shape=(1, 2))
+    # One test process: its 8 devices name no slice, and they are one process, so one granule.
+    with pytest.raises(
+        ValueError, match=r"asks for 2 slices, and the devices are in 1 processes .* set it to \(1, 1\)"
+    ):
+        partitioning.make_mesh((4, 1), dcn_shape=(2, 1))
+    with pytest.raises(ValueError, match="8 devices do not split into 3 slices"):
+        partitioning.make_mesh((4, 1), dcn_shape=(3, 1))
+    with pytest.raises(ValueError, match=r"does not divide the 4 devices of each of 2 slices"):
+        partitioning.make_mesh((3, 1), dcn_shape=(2, 1))
+    with pytest.raises(ValueError, match="DCN_MESH_SHAPE must be"):
+        configs.MeshConfig(dcn_shape=(0, 1))

@@ -1,7 +1,9 @@
 """One process of a multi-process test: a few train steps on one fixed global batch.
 
-Usage: multihost_worker.py OUT NUM_PROCESSES PROCESS_ID PORT. Each process feeds only its own
-rows of the global batch; process 0 writes the losses and the gathered parameters to OUT.
+Usage: multihost_worker.py OUT NUM_PROCESSES PROCESS_ID PORT [slices]. Each process feeds only its
+own rows of the global batch; process 0 writes the losses and the gathered parameters to OUT. With
+`slices`, each process stands for a slice: a (2, 2) mesh within it and DCN_MESH_SHAPE (2, 1), the
+same (4, 2) mesh as one process's, built as a multi-slice one.
 """
 
 import os
@@ -24,7 +26,10 @@ from t5pod import partitioning, train_loop, train_step, trainer  # noqa: E402
 from test_training import MODEL, _fixed_batch, _step  # noqa: E402
 
 config = _step(mesh_shape=(4, 2))
-mesh = partitioning.make_mesh((4, 2))
+mesh = (
+    partitioning.make_mesh((2, 2), dcn_shape=(2, 1)) if sys.argv[5:] == ["slices"] else partitioning.make_mesh((4, 2))
+)
+assert dict(mesh.shape) == {"data": 4, "model": 2}
 setup = trainer.create_state(MODEL, config, mesh)
 rows = _fixed_batch()
 per_process = len(rows["encoder_input_tokens"]) // num_processes
