@@ -28,6 +28,10 @@ def register_all(
     vocabulary. Unset directories fall back to the GLUE_DIR, SUPERGLUE_DIR and TFDS_DATA_DIR
     environment variables. task_files maps a generation task to local files per split
     ({'cnn_dailymail_v002': {'validation': 'cnndm/val.jsonl'}}), read instead of TFDS."""
+    if not 0 < noise_density < 1:
+        raise ValueError(f"NOISE_DENSITY must be between 0 and 1 (the paper's 0.15), got {noise_density}.")
+    if not mean_noise_span_length >= 1:  # a mean below one token would make more spans than noise
+        raise ValueError(f"MEAN_NOISE_SPAN_LENGTH must be at least 1 (the paper's 3), got {mean_noise_span_length}.")
     vocabulary = demo_corpus.vocabulary() if vocabulary_path == "demo" else vocabularies.get_vocabulary(vocabulary_path)
     tfds_data_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR")
     pretraining.register(

@@ -1,12 +1,12 @@
-"""Pretraining tasks: span corruption (and the paper's other objectives) over C4, your text, or the
-embedded demo corpus."""
+"""Pretraining tasks: span corruption (and the paper's other objectives, and UL2's mixture of
+denoisers) over C4, your text, or the embedded demo corpus."""
 
 import functools
 
 import seqio
 import tensorflow as tf
 
-from t5pod.data import demo_corpus, objectives, text_sources
+from t5pod.data import demo_corpus, objectives, text_sources, ul2
 
 C4_TFDS_NAME = "c4/en:3.0.1"
 # One in this many demo documents is held out as the validation split.
@@ -50,17 +50,25 @@ def register(
     mean_noise_span_length: float = 3.0,
 ):
     """Tasks `<source>_<objective>` for the sources c4_v220, text and demo and every objective of
-    t5pod.objectives.OBJECTIVES, e.g. c4_v220_span_corruption or demo_bert_style."""
+    t5pod.objectives.OBJECTIVES and UL2's mixture of denoisers (`ul2`), e.g. c4_v220_span_corruption,
+    demo_bert_style or text_ul2."""
     c4 = seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME, tfds_data_dir=tfds_data_dir)
     text = text_sources.TextFileSource(
         text_file_pattern or "", text_validation_file_pattern, text_paragraphs, text_validation_fraction
     )
     demo = seqio.FunctionDataSource(_demo_dataset_fn, splits=("train", "validation"))
-    for name in objectives.OBJECTIVES:
-        objective = objectives.objective(name, noise_density, mean_noise_span_length)
-        _add(f"c4_v220_{name}", c4, _preprocessors(objective), output_features(vocabulary))
-        _add(f"text_{name}", text, _preprocessors(objective), output_features(vocabulary))
-        _add(f"demo_{name}", demo, _preprocessors(objective), output_features(demo_corpus.vocabulary()))
+    sources = {
+        "c4_v220": (c4, output_features(vocabulary)),
+        "text": (text, output_features(vocabulary)),
+        "demo": (demo, output_features(demo_corpus.vocabulary())),
+    }
+    preprocessors = {
+        name: objectives.objective(name, noise_density, mean_noise_span_length) for name in objectives.OBJECTIVES
+    }
+    preprocessors["ul2"] = ul2.mixture_of_denoisers
+    for name, objective in preprocessors.items():
+        for prefix, (source, features) in sources.items():
+            _add(f"{prefix}_{name}", source, _preprocessors(objective), features)
 
 
 def _add(name, source, preprocessors, features, **kwargs):

@@ -670,6 +670,18 @@ CASES = [
         [],
     ),
     (
+        "noise_density_above_one",
+        lambda w: ["data", "--task=demo_span_corruption", "--num_examples=1", "--gin.NOISE_DENSITY=1.5"],
+        "NOISE_DENSITY must be between 0 and 1 (the paper's 0.15), got 1.5.",
+        [],
+    ),
+    (
+        "mean_noise_span_zero",
+        lambda w: ["data", "--task=demo_span_corruption", "--num_examples=1", "--gin.MEAN_NOISE_SPAN_LENGTH=0"],
+        "MEAN_NOISE_SPAN_LENGTH must be at least 1 (the paper's 3), got 0.",
+        [],
+    ),
+    (
         "goodput_not_a_run",
         lambda w: ["goodput", str(w / "foreign")],
         "holds no metrics.jsonl: it is not a t5pod training run",

@@ -25,16 +25,20 @@ def random_spans_helper(
     mean_noise_span_length: float,
     extra_tokens_per_span_inputs: int = 1,
     extra_tokens_per_span_targets: int = 1,
+    max_noise_spans: int | None = None,
 ) -> tuple[int, int]:
     """(raw tokens per example, targets length) that give exactly inputs_length inputs.
 
     Python float64 round() (half to even), as the reference does: at 512 inputs this is (568, 114).
+    max_noise_spans: at most this many noise spans (random_spans_noise_mask's cap), or no limit.
     """
 
     def lengths(tokens_length):
         num_noise = int(round(tokens_length * noise_density))
         num_nonnoise = tokens_length - num_noise
         num_spans = int(round(num_noise / mean_noise_span_length))
+        if max_noise_spans is not None:
+            num_spans = min(num_spans, max_noise_spans)
         # +1 on each side for EOS.
         return (
             num_nonnoise + num_spans * extra_tokens_per_span_inputs + 1,
@@ -63,11 +67,14 @@ def _random_segmentation(num_items, num_segments, seed):
     return tf.math.unsorted_segment_sum(tf.ones_like(segment_ids), segment_ids, num_segments)
 
 
-def random_spans_noise_mask(length, noise_density: float, seeds, mean_noise_span_length: float = 3.0):
+def random_spans_noise_mask(
+    length, noise_density: float, seeds, mean_noise_span_length: float = 3.0, max_noise_spans: int | None = None
+):
     """[length] bool: noise spans of mean length mean_noise_span_length covering noise_density.
 
     Counts are rounded in float32, half to even (spec 1.4); the mask starts with non-noise and
     ends with noise. seeds: two stateless seed pairs (span lengths of noise, of non-noise).
+    max_noise_spans: at most this many spans (longer ones then), e.g. the sentinels there are.
     """
     if noise_density == 0.0:
         return tf.zeros([length], tf.bool)
@@ -76,6 +83,8 @@ def random_spans_noise_mask(length, noise_density: float, seeds, mean_noise_span
     num_noise = tf.cast(tf.round(tf.cast(length, tf.float32) * tf.constant(noise_density, tf.float32)), tf.int32)
     num_noise = tf.clip_by_value(num_noise, 1, length - 1)
     num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length), tf.int32)
+    if max_noise_spans is not None:
+        num_spans = tf.minimum(num_spans, max_noise_spans)
     num_spans = tf.maximum(num_spans, 1)
     noise_lengths = _random_segmentation(num_noise, num_spans, seeds[0])
     nonnoise_lengths = _random_segmentation(length - num_noise, num_spans, seeds[1])
@@ -155,18 +164,19 @@ def shuffle_tokens(tokens, noise_mask, vocab_size: int, seed):
     return tf.tensor_scatter_nd_update(tokens, positions[:, None], tf.gather(tokens, permuted))
 
 
-@seqio.map_over_dataset(num_seeds=2)
-def _denoise_example(
-    features, seeds, *, vocab_size, noise_density, mean_noise_span_length, noise_mask_fn, inputs_fn, targets_fn
-):
-    tokens = features["targets"]
+def corrupt(tokens, seeds, *, vocab_size, noise_density, mean_noise_span_length, noise_mask_fn, inputs_fn, targets_fn):
+    """(inputs, targets) of one example's tokens [n]: noise chosen by noise_mask_fn, then inputs_fn
+    and targets_fn applied to the noise and non-noise. seeds: two stateless seed pairs."""
     mask = noise_mask_fn(tf.size(tokens), noise_density, seeds, mean_noise_span_length)
     # A third stream for the objectives that draw while corrupting (BERT-style, deshuffling).
     corruption_seed = tf.random.experimental.stateless_fold_in(seeds[1], 1)
-    return {
-        "inputs": inputs_fn(tokens, mask, vocab_size, corruption_seed),
-        "targets": targets_fn(tokens, ~mask, vocab_size, corruption_seed),
-    }
+    return inputs_fn(tokens, mask, vocab_size, corruption_seed), targets_fn(tokens, ~mask, vocab_size, corruption_seed)
+
+
+@seqio.map_over_dataset(num_seeds=2)
+def _denoise_example(features, seeds, **settings):
+    inputs, targets = corrupt(features["targets"], seeds, **settings)
+    return {"inputs": inputs, "targets": targets}
 
 
 @seqio.map_over_dataset(num_seeds=1)
@@ -186,21 +196,51 @@ def _concatenate_documents(dataset: tf.data.Dataset, batch_size: int) -> tf.data
     )
 
 
-def _split_tokens(dataset: tf.data.Dataset, length: int) -> tf.data.Dataset:
-    """Splits each stream into chunks of exactly `length` tokens, the last one shorter."""
+def split_streams(dataset: tf.data.Dataset, chunk_lengths) -> tf.data.Dataset:
+    """Splits each stream of `targets` tokens into consecutive chunks, one example each.
+
+    chunk_lengths(stream) -> [k] int32: the chunks' lengths, just enough of them to cover the
+    stream (the last one is cut at its end). The stream's other features, [k] each, go one to each
+    chunk.
+    """
 
     def split(x):
         tokens = x["targets"]
-        n = tf.size(tokens)
-        num_chunks = tf.maximum((n + length - 1) // length, 1)
-        padded = tf.pad(tokens, [[0, num_chunks * length - n]])
-        chunk_lengths = tf.minimum(length, n - length * tf.range(num_chunks))
+        lengths = chunk_lengths(x)
+        starts = tf.cumsum(lengths, exclusive=True)
+        width = tf.reduce_max(lengths)
+        # Row i holds tokens starts[i] .. starts[i] + width; only its first `length` count.
+        padded = tf.pad(tokens, [[0, tf.reduce_sum(lengths) + width - tf.size(tokens)]])
+        rows = tf.gather(padded, starts[:, None] + tf.range(width)[None, :])
+        others = {k: v for k, v in x.items() if k != "targets"}
         return tf.data.Dataset.from_tensor_slices(
-            {"targets": tf.reshape(padded, [num_chunks, length]), "length": chunk_lengths}
+            {"targets": rows, "length": tf.minimum(lengths, tf.size(tokens) - starts), **others}
         )
 
     dataset = dataset.flat_map(split)
-    return dataset.map(lambda x: {"targets": x["targets"][: x["length"]]}, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(
+        lambda x: {**{k: v for k, v in x.items() if k != "length"}, "targets": x["targets"][: x["length"]]},
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def _split_tokens(dataset: tf.data.Dataset, length: int) -> tf.data.Dataset:
+    """Splits each stream into chunks of exactly `length` tokens, the last one shorter."""
+
+    def chunk_lengths(x):
+        num_chunks = tf.maximum((tf.size(x["targets"]) + length - 1) // length, 1)
+        return tf.fill([num_chunks], length)
+
+    return split_streams(dataset, chunk_lengths)
+
+
+def token_streams(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Documents' `targets` tokens -> streams of CONCAT_BATCH_SIZE documents concatenated, each
+    document longer than MAX_CHUNK_LENGTH first cut to one random chunk of it (spec 1.7)."""
+    dataset = dataset.map(lambda x: {"targets": x["targets"]}, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.filter(lambda x: tf.size(x["targets"]) > 0)
+    dataset = _select_random_chunk(dataset, max_length=MAX_CHUNK_LENGTH)
+    return _concatenate_documents(dataset, CONCAT_BATCH_SIZE)
 
 
 def denoise_objective(
@@ -218,11 +258,7 @@ def denoise_objective(
     """Shared pipeline: random chunk -> concatenate -> split -> corrupt. Reads `targets` tokens."""
     del sequence_length
     vocab_size = output_features["targets"].vocabulary.vocab_size
-    dataset = dataset.map(lambda x: {"targets": x["targets"]}, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.filter(lambda x: tf.size(x["targets"]) > 0)
-    dataset = _select_random_chunk(dataset, max_length=MAX_CHUNK_LENGTH)
-    dataset = _concatenate_documents(dataset, CONCAT_BATCH_SIZE)
-    dataset = _split_tokens(dataset, tokens_length)
+    dataset = _split_tokens(token_streams(dataset), tokens_length)
     return _denoise_example(
         dataset,
         vocab_size=vocab_size,
@@ -234,7 +270,7 @@ def denoise_objective(
     )
 
 
-def _require_sentinels(output_features: dict):
+def require_sentinels(output_features: dict):
     vocabulary = output_features["targets"].vocabulary
     if getattr(vocabulary, "extra_ids", 1) == 0:
         raise ValueError(
@@ -251,7 +287,7 @@ def span_corruption(
 
     With 512 inputs at the defaults, each example has 568 raw tokens and 114 targets (incl. EOS).
     """
-    _require_sentinels(output_features)
+    require_sentinels(output_features)
     tokens_length, targets_length = random_spans_helper(
         sequence_length["inputs"], noise_density, mean_noise_span_length
     )
@@ -277,7 +313,7 @@ def span_corruption(
 
 def iid_denoising(dataset, sequence_length, output_features, noise_density: float = 0.15):
     """Paper §3.3: each token corrupted independently; spans of noise still share a sentinel."""
-    _require_sentinels(output_features)
+    require_sentinels(output_features)
     # Each noise token costs its sentinel at worst; choose raw length so inputs fit on average.
     tokens_length = int(sequence_length["inputs"] - 1)
     return denoise_objective(
@@ -323,7 +359,7 @@ def _reconstruction_length(sequence_length: dict, name: str) -> int:
 
 def bert_style(dataset, sequence_length, output_features, noise_density: float = 0.15):
     """Paper §3.3.1: 15% of tokens corrupted (80% mask, 10% random, 10% kept); target: the original."""
-    _require_sentinels(output_features)
+    require_sentinels(output_features)
     return denoise_objective(
         dataset,
         sequence_length,
@@ -339,7 +375,7 @@ def bert_style(dataset, sequence_length, output_features, noise_density: float =
 
 def mass_style(dataset, sequence_length, output_features, noise_density: float = 0.15):
     """Paper §3.3.2: BERT-style without random swaps (every corrupted token becomes the mask)."""
-    _require_sentinels(output_features)
+    require_sentinels(output_features)
     return denoise_objective(
         dataset,
         sequence_length,
