@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 from flax import traverse_util
 
-from t5pod import metric_writers
+from t5pod import metric_writers, peft
 from t5pod.configs import T5Config
 
 
@@ -409,8 +409,10 @@ class TrainCheckpointer:
 
 
 def read_initial_params(path: str, model_config: T5Config, params, abstract_params):
-    """INITIAL_CHECKPOINT_PATH's parameters, in abstract_params' shardings; adapters the checkpoint
-    lacks keep their value in params (their fresh initialisation)."""
+    """INITIAL_CHECKPOINT_PATH's parameters, in abstract_params' shardings. Parameters a fine-tuning
+    method adds (adapters, LoRA updates, a tuned prompt: peft.ADDED_PARAMETERS) that the checkpoint
+    lacks keep their value in params (their fresh initialisation), except a prompt, which starts
+    from the checkpoint's token embeddings as Lester et al. do."""
     try:
         return _read_initial_params(path, model_config, params, abstract_params)
     except CheckpointError:
@@ -449,11 +451,24 @@ def read_initial_optimizer_state(path: str, abstract_opt_state):
 
 def _read_initial_params(path: str, model_config: T5Config, params, abstract_params):
     _, metadata = read_metadata(path)
-    if model_config.adapter_dim and not metadata.get("architecture", {}).get("adapter_dim", 0):
-        without = dataclasses.replace(model_config, adapter_dim=0)
-        restored = restore_params(path, without, _drop_adapters(abstract_params))
-        return _overlay(params, restored)
-    return restore_params(path, model_config, abstract_params)
+    saved = {**T5Config.ARCHITECTURE_DEFAULTS, **metadata.get("architecture", {})}
+    added = [field for field in peft.ADDED_PARAMETERS if getattr(model_config, field) and not saved.get(field)]
+    if not added:
+        return restore_params(path, model_config, abstract_params)
+    without = dataclasses.replace(model_config, **{field: peft.ADDED_PARAMETERS[field][0] for field in added})
+    if "lora_rank" in added:
+        without = dataclasses.replace(without, lora_targets=tuple(T5Config.ARCHITECTURE_DEFAULTS["lora_targets"]))
+    abstract_without = abstract_params
+    for field in added:
+        abstract_without = peft.without_added(abstract_without, peft.ADDED_PARAMETERS[field][1])
+    restored = _overlay(params, restore_params(path, without, abstract_without))
+    if "prompt_length" in added:
+        restored["encoder"]["prompt"] = peft.prompt_from_embeddings(
+            restored["token_embedder"]["embedding"],
+            model_config.prompt_length,
+            getattr(abstract_params["encoder"]["prompt"], "sharding", None),
+        )
+    return restored
 
 
 def keep_fresh(initial, fresh, patterns: tuple):
@@ -474,12 +489,6 @@ def keep_fresh(initial, fresh, patterns: tuple):
         path: value if any(re.fullmatch(p, path) for p in patterns) else kept[path] for path, value in paths.items()
     }
     return traverse_util.unflatten_dict(chosen, sep="/")
-
-
-def _drop_adapters(tree):
-    if not isinstance(tree, dict):
-        return tree
-    return {k: _drop_adapters(v) for k, v in tree.items() if k != "adapter"}
 
 
 def _overlay(base, update):

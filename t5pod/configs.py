@@ -41,6 +41,10 @@ ARCHITECTURES = (
     "prefix_lm",  # one stack, fully visible over the inputs part, causal over the targets
 )
 
+# The projections LoRA can adapt (t5pod.peft): attention's query, key, value and output kernels,
+# and 'mlp', every kernel of the feed-forward block.
+LORA_TARGETS = ("query", "key", "value", "out", "mlp")
+
 
 def shipped_gin_dir() -> str:
     """The folder of the shipped gin files: the package resource t5pod/gin of an installed wheel, or
@@ -76,6 +80,14 @@ class T5Config:
     # Paper §3.5.1: >0 adds an adapter (dense-ReLU-dense of this inner width, with a residual)
     # after every feed-forward block; fine-tune with OptimizerConfig.trainable = 'adapters'.
     adapter_dim: int = 0
+    # Parameter-efficient fine-tuning (t5pod.peft): lora_rank > 0 adds a LoRA update of that rank,
+    # scaled by lora_alpha / lora_rank (lora_alpha 0: by 1), to each projection named in
+    # lora_targets (peft.LORA_TARGETS); prompt_length > 0 prepends that many learned vectors to
+    # the encoder's input. Fine-tune them with OptimizerConfig.trainable 'lora' or 'prompt'.
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: tuple = ("query", "value")
+    prompt_length: int = 0
     layer_norm_epsilon: float = 1e-6
     # Scale options: they change speed and memory, never the function computed.
     dtype: str = "float32"  # activations and matmuls; parameters stay float32
@@ -107,9 +119,26 @@ class T5Config:
                 )
         if self.adapter_dim < 0:
             raise ValueError(f"T5Config.adapter_dim must be 0 (no adapters) or positive, got {self.adapter_dim}.")
+        self._check_peft()
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads", "num_layers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}.")
+
+    def _check_peft(self):
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        for name in ("lora_rank", "lora_alpha", "prompt_length"):
+            if isinstance(getattr(self, name), bool) or getattr(self, name) < 0:
+                raise ValueError(f"T5Config.{name} must be 0 (off) or positive, got {getattr(self, name)!r}.")
+        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if unknown or not self.lora_targets or len(set(self.lora_targets)) < len(self.lora_targets):
+            raise ValueError(
+                f"T5Config.lora_targets must name distinct projections from {LORA_TARGETS}, got {self.lora_targets}."
+            )
+        if self.prompt_length and self.is_decoder_only:
+            raise ValueError(
+                f"Prompt tuning (T5Config.prompt_length) prepends a prompt to the encoder's input; the "
+                f"{self.architecture!r} architecture has no encoder. Use an encoder-decoder model."
+            )
 
     @property
     def decoder_layers(self) -> int:
@@ -147,21 +176,33 @@ class T5Config:
         "scan_layers",
         "architecture",
         "adapter_dim",
+        "lora_rank",
+        "lora_targets",
+        "prompt_length",
     )
     # What checkpoints written before a field existed mean by its absence.
-    ARCHITECTURE_DEFAULTS = {"architecture": "encoder_decoder", "adapter_dim": 0}
+    ARCHITECTURE_DEFAULTS = {
+        "architecture": "encoder_decoder",
+        "adapter_dim": 0,
+        "lora_rank": 0,
+        "lora_targets": ["query", "value"],
+        "prompt_length": 0,
+    }
 
     def checkpoint_fields(self) -> dict:
         """The ARCHITECTURE_FIELDS values, saved with every checkpoint as its `architecture`."""
         arch = {name: getattr(self, name) for name in self.ARCHITECTURE_FIELDS}
         arch["num_decoder_layers"] = self.decoder_layers
+        # As JSON gives it back; without LoRA the targets make no parameters, so they do not count.
+        arch["lora_targets"] = list(self.lora_targets) if self.lora_rank else self.ARCHITECTURE_DEFAULTS["lora_targets"]
         return arch
 
 
 # Learning-rate schedules (optimizer.learning_rate_schedule) and what a fine-tuning trains
-# (optimizer.for_run): 'adapters' trains only adapters and layer norms (paper §3.5.1).
+# (optimizer.for_run): 'adapters' trains only adapters and layer norms (paper §3.5.1), 'lora'
+# only LoRA updates, 'prompt' only prompt tuning's prompt (t5pod.peft).
 SCHEDULES = ("rsqrt", "constant")
-TRAINABLE = ("all", "adapters")
+TRAINABLE = ("all", "adapters", "lora", "prompt")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ Parameters are restored into host memory (the CPU device), never onto an acceler
 trained on a slice exports from any one of its hosts.
 """
 
+import dataclasses
 import json
 import os
 
@@ -13,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from safetensors.numpy import save_file
 
-from t5pod import checkpoints, hf_names, inference, partitioning
+from t5pod import checkpoints, hf_names, inference, partitioning, peft
 from t5pod.configs import T5Config
 from t5pod.hf_import import ConversionError, check_new_folder, new_folder
 
@@ -43,12 +44,16 @@ def unstack_layers(params: dict) -> dict:
 
 
 def hf_tensors(params: dict, cfg: T5Config) -> dict[str, np.ndarray]:
-    """t5pod's unscanned parameters under the reference's tensor names and layouts."""
-    if cfg.architecture != "encoder_decoder" or cfg.adapter_dim:
+    """t5pod's unscanned parameters under the reference's tensor names and layouts; LoRA updates
+    are merged into their kernels (transformers' T5 runs the merged model unchanged)."""
+    if cfg.architecture != "encoder_decoder" or cfg.adapter_dim or cfg.prompt_length:
         raise ConversionError(
-            "export-hf writes encoder-decoder T5 models without adapters; this checkpoint is "
-            f"{cfg.architecture!r} (adapter_dim {cfg.adapter_dim})."
+            "export-hf writes encoder-decoder T5 models without adapters or a tuned prompt (transformers' "
+            f"T5 has neither); this checkpoint is {cfg.architecture!r} (adapter_dim {cfg.adapter_dim}, "
+            f"prompt_length {cfg.prompt_length})."
         )
+    if cfg.lora_rank:
+        params, cfg = peft.merge_low_rank(params, cfg), dataclasses.replace(cfg, lora_rank=0)
     out = {}
     for name in hf_names.tensor_names(cfg):
         value = params

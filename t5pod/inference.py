@@ -244,6 +244,7 @@ def mean_pooled_encoding(model, params, encoder_input_tokens, features: str = "e
     [batch, embed], in float32 (the features of a linear probe)."""
     if features == "encoder":
         encoded = model.apply({"params": params}, encoder_input_tokens, method=model.encode).astype(jnp.float32)
+        encoded = encoded[:, encoded.shape[1] - encoder_input_tokens.shape[1] :]  # without a tuned prompt's
     elif features == "embeddings":
         encoded = params["token_embedder"]["embedding"][encoder_input_tokens].astype(jnp.float32)
     else:

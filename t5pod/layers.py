@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from t5pod import peft
 from t5pod.partitioning import BATCH, EMBED, HEADS, KV, LENGTH, MLP, RELPOS_BUCKETS, VOCAB
 
 ACTIVATIONS = {
@@ -157,10 +158,12 @@ class MultiHeadAttention(nn.Module):
     d_kv: int
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    lora: peft.LowRank | None = None
 
     def _kernel(self, name: str, shape, axes, stddev: float) -> jax.Array:
         kernel = self.param(name, nn.with_logical_partitioning(normal(stddev), axes), shape, jnp.float32)
-        return kernel.astype(self.dtype)
+        num_in = 2 if name == "out" else 1  # out: [heads, kv, embed]; the rest [embed, heads, kv]
+        return peft.adapted_kernel(self, name, kernel, axes, num_in, self.lora).astype(self.dtype)
 
     @nn.compact
     def __call__(
@@ -250,10 +253,12 @@ class MlpBlock(nn.Module):
     gated: bool
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    lora: peft.LowRank | None = None
 
     def _kernel(self, name, shape, axes):
         init = normal(shape[0] ** -0.5)
-        return self.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32).astype(self.dtype)
+        kernel = self.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+        return peft.adapted_kernel(self, name, kernel, axes, 1, self.lora).astype(self.dtype)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -271,13 +276,14 @@ class MlpBlock(nn.Module):
 
 
 def make_attention_mask(query_segments: jax.Array, key_segments: jax.Array) -> jax.Array:
-    """Attend only within the same non-zero segment (0 is padding).
+    """Attend only within the same non-zero segment (0 is padding); every query also attends to
+    prompt tuning's prompt (keys of segment peft.PROMPT_SEGMENT), which attends only to itself.
 
     query_segments [batch, q], key_segments [batch, k] -> [batch, 1, q, k] bool
     """
-    same = query_segments[:, :, None] == key_segments[:, None, :]
-    valid = (query_segments[:, :, None] > 0) & (key_segments[:, None, :] > 0)
-    return (same & valid)[:, None]
+    queries, keys = query_segments[:, :, None], key_segments[:, None, :]
+    visible = (queries == keys) | (keys == peft.PROMPT_SEGMENT)
+    return (visible & (queries != 0) & (keys != 0))[:, None]
 
 
 def make_causal_mask(query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from t5pod import peft
 from t5pod.configs import T5Config
 from t5pod.layers import (
     Embed,
@@ -43,9 +44,10 @@ class EncoderLayer(nn.Module):
     def setup(self):
         cfg, dtype = self.config, self.config.activation_dtype
         self.pre_attention_layer_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
-        self.attention = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype)
+        lora = peft.low_rank(cfg)
+        self.attention = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, lora)
         self.pre_mlp_layer_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
-        self.mlp = MlpBlock(cfg.d_ff, _activation(cfg), cfg.is_gated, cfg.dropout_rate, dtype)
+        self.mlp = MlpBlock(cfg.d_ff, _activation(cfg), cfg.is_gated, cfg.dropout_rate, dtype, lora)
         self.adapter = _adapter(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
@@ -87,15 +89,15 @@ class DecoderLayer(nn.Module):
     shared: EncoderLayer | None = None
 
     def setup(self):
-        cfg, dtype = self.config, self.config.activation_dtype
+        cfg, dtype, lora = self.config, self.config.activation_dtype, peft.low_rank(self.config)
         if self.shared is None:
             self.pre_self_attention_layer_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
-            self.self_attention = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype)
+            self.self_attention = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, lora)
             self.pre_mlp_layer_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
-            self.mlp = MlpBlock(cfg.d_ff, _activation(cfg), cfg.is_gated, cfg.dropout_rate, dtype)
+            self.mlp = MlpBlock(cfg.d_ff, _activation(cfg), cfg.is_gated, cfg.dropout_rate, dtype, lora)
             self.adapter = _adapter(cfg)
         self.pre_cross_attention_layer_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
-        self.encoder_decoder_attention = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype)
+        self.encoder_decoder_attention = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, lora)
         self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
     def __call__(self, y, encoded, self_mask, self_bias, cross_mask):
@@ -218,12 +220,19 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, *, deterministic: bool = True):
-        """[batch, length] tokens -> [batch, length, embed] encodings."""
+        """[batch, length] tokens -> [batch, length, embed] encodings; with prompt tuning
+        [batch, prompt + length, embed], the prompt's encodings first."""
         cfg, dtype = self.config, self.config.activation_dtype
         if segment_ids is None:
             segment_ids = (tokens > 0).astype(jnp.int32)
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = self.shared_embedding(tokens)
+        if cfg.prompt_length:
+            prompt = peft.prompt_vectors(self, cfg.prompt_length, cfg.d_model).astype(x.dtype)
+            x = jnp.concatenate([jnp.broadcast_to(prompt, (x.shape[0], *prompt.shape)), x], axis=1)
+            segment_ids = peft.prompt_segment_ids(cfg.prompt_length, segment_ids)
+            positions = peft.prompt_positions(cfg.prompt_length, positions)
         mask = make_attention_mask(segment_ids, segment_ids)
         bias = RelativePositionBias(
             cfg.relative_attention_num_buckets,
@@ -234,8 +243,7 @@ class Encoder(nn.Module):
             name="relpos_bias",
         )(positions, positions)
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
-        x = dropout(self.shared_embedding(tokens), deterministic=deterministic)
-        x = constrain(x, (BATCH, LENGTH, EMBED))
+        x = constrain(dropout(x, deterministic=deterministic), (BATCH, LENGTH, EMBED))
         if self.shared_layers:
             for layer in self.shared_layers:
                 x = layer.feed_forward(
@@ -383,6 +391,8 @@ class Transformer(nn.Module):
     ):
         if encoder_segment_ids is None:
             encoder_segment_ids = (encoder_input_tokens > 0).astype(jnp.int32)
+        if self.config.prompt_length:  # the encodings start with the prompt's
+            encoder_segment_ids = peft.prompt_segment_ids(self.config.prompt_length, encoder_segment_ids)
         return self.decoder(
             encoded,
             encoder_segment_ids,

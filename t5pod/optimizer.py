@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from t5pod import peft
 from t5pod.configs import SCHEDULES, TRAINABLE
 
 
@@ -62,6 +63,27 @@ def is_adapter_or_norm(path) -> bool:
     return "adapter" in names or any(n.endswith(("layer_norm", "_norm")) for n in names)
 
 
+# What each parameter-efficient TRAINABLE trains: (is a parameter trained, is it one the method
+# adds, what they are and the setting that adds them).
+METHODS = {
+    "adapters": (
+        is_adapter_or_norm,
+        lambda path: "adapter" in _names(path),
+        "adapters; set t5pod.T5Config.adapter_dim (e.g. --gin_file=finetuning/adapters.gin)",
+    ),
+    "lora": (
+        lambda path: peft.is_lora(_names(path)[-1]),
+        lambda path: peft.is_lora(_names(path)[-1]),
+        "LoRA updates; set t5pod.T5Config.lora_rank (e.g. --gin_file=finetuning/lora.gin)",
+    ),
+    "prompt": (
+        lambda path: _names(path)[-1] == "prompt",
+        lambda path: _names(path)[-1] == "prompt",
+        "tuned prompt; set t5pod.T5Config.prompt_length (e.g. --gin_file=finetuning/prompt_tuning.gin)",
+    ),
+}
+
+
 def layer_from_top(path, num_layers: dict[str, int]) -> int | None:
     """How far below its stack's top layer a parameter sits (0: the top layer), or None.
 
@@ -111,7 +133,8 @@ def fine_tuning_optimizer(
 ) -> optax.GradientTransformation:
     """The optimizer make_inner() gives, restricted to the parameters the method trains.
 
-    trainable='adapters': only adapters and layer norms train (paper §3.5.1). unfreeze_every > 0:
+    trainable='adapters': only adapters and layer norms train (paper §3.5.1); 'lora' only LoRA
+    updates, 'prompt' only the tuned prompt (t5pod.peft). unfreeze_every > 0:
     gradual unfreezing, the top layer of each stack (with embeddings and the output layer) from
     the start and one more layer every unfreeze_every steps, encoder and decoder in parallel.
     """
@@ -120,17 +143,17 @@ def fine_tuning_optimizer(
     if trainable == "all" and not unfreeze_every:
         return make_inner()
     if trainable != "all" and unfreeze_every:
-        raise ValueError("Adapters and gradual unfreezing are separate fine-tuning methods; choose one.")
-    if trainable == "adapters":
-        if not any("adapter" in _names(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)):
-            raise ValueError(
-                "TRAINABLE='adapters' but the model has no adapters; set t5pod.T5Config.adapter_dim "
-                "(e.g. --gin_file=finetuning/adapters.gin)."
-            )
-        labels = jax.tree_util.tree_map_with_path(
-            lambda path, _: "train" if is_adapter_or_norm(path) else "frozen", params
-        )
-        return optax.multi_transform({"train": make_inner(), "frozen": optax.set_to_zero()}, labels)
+        raise ValueError(f"TRAINABLE={trainable!r} and gradual unfreezing are separate fine-tuning methods; pick one.")
+    if trainable in METHODS:
+        is_trained, is_added, setting = METHODS[trainable]
+        if not any(is_added(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)):
+            raise ValueError(f"TRAINABLE={trainable!r} but the model has no {setting}.")
+        labels = jax.tree_util.tree_map_with_path(lambda path, _: "train" if is_trained(path) else "frozen", params)
+        # Adafactor scales each update by its parameter's RMS (at least 1e-3): a LoRA B factor starts
+        # at zero and would move a thousandth of the learning rate per step, so LoRA and the prompt
+        # train with absolute steps, as Lester et al. train prompts ("parameter scaling off").
+        inner = make_inner() if trainable == "adapters" else make_inner(multiply_by_parameter_scale=False)
+        return optax.multi_transform({"train": inner, "frozen": optax.set_to_zero()}, labels)
     depth = jax.tree_util.tree_map_with_path(lambda path, _: layer_from_top(path, num_layers) or 0, params)
     groups = sorted(set(jax.tree_util.tree_leaves(depth)))
     labels = jax.tree_util.tree_map(lambda d: f"unfrozen_at_{d * unfreeze_every}", depth)
@@ -147,5 +170,9 @@ def for_run(
     deepest stack (num_layers: layers per stack)."""
     unfreeze_every = -(-train_steps // max(num_layers.values())) if gradual_unfreezing else 0
     return fine_tuning_optimizer(
-        lambda: adafactor(schedule), params, trainable=trainable, unfreeze_every=unfreeze_every, num_layers=num_layers
+        lambda **options: adafactor(schedule, **options),
+        params,
+        trainable=trainable,
+        unfreeze_every=unfreeze_every,
+        num_layers=num_layers,
     )

@@ -22,6 +22,8 @@ KV = "kv"
 VOCAB = "vocab"
 RELPOS_BUCKETS = "relpos_buckets"
 LAYERS = "layers"  # the stacked-layer axis added by scan over layers
+LORA_RANK = "lora_rank"  # the inner axis of a LoRA update (t5pod.peft)
+PROMPT = "prompt"  # the positions of prompt tuning's learned prompt (t5pod.peft)
 
 # Mesh axes.
 DATA = "data"
@@ -40,6 +42,8 @@ STANDARD_RULES: tuple[tuple[str, str | None], ...] = (
     (LENGTH, None),
     (RELPOS_BUCKETS, None),
     (LAYERS, None),
+    (LORA_RANK, None),
+    (PROMPT, None),
 )
 
 # FSDP additionally splits parameters (and so optimizer state) over `data` along `embed`.
@@ -51,7 +55,7 @@ FSDP_RULES: tuple[tuple[str, str | None], ...] = tuple(
 )
 
 
-LOGICAL_AXES = (BATCH, LENGTH, EMBED, MLP, HEADS, KV, VOCAB, RELPOS_BUCKETS, LAYERS)
+LOGICAL_AXES = (BATCH, LENGTH, EMBED, MLP, HEADS, KV, VOCAB, RELPOS_BUCKETS, LAYERS, LORA_RANK, PROMPT)
 
 
 def logical_rules(fsdp: bool = False, overrides: Sequence = ()) -> tuple[tuple[str, str | None], ...]:

@@ -23,6 +23,8 @@ MACRO_FILES = {
     "runs/eval.gin": ("eval",),
     "tasks.gin": ("train", "plan", "infer", "eval", "probe", "data", "cache-tasks"),
     "finetuning/adapters.gin": ("train",),
+    "finetuning/lora.gin": ("train",),
+    "finetuning/prompt_tuning.gin": ("train",),
 }
 # Fine-tuning's defaults where they differ from pre-training's.
 FINETUNE_FILE = "runs/finetune.gin"

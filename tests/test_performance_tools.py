@@ -271,3 +271,35 @@ def test_the_checkpoint_save_benchmark_times_both_modes_of_a_whole_state(tmp_pat
     for mode in ("async", "sync"):
         assert 0 < figures[f"{mode}_blocked_s"] <= figures[f"{mode}_total_s"]
     assert list(tmp_path.iterdir()) == []  # every measured run removed
+
+
+@pytest.mark.slow
+def test_the_finetuning_methods_benchmark_counts_what_each_method_trains():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("finetuning_methods", REPO / "bench" / "finetuning_methods.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from t5pod import ginconf
+
+    ginconf.parse(["models/tiny.gin"], ["t5pod.T5Config.dropout_rate = 0.0"])
+    model = ginconf.model_config()  # d_model 128, 4 heads of 32, 2 + 2 layers, gated feed-forward
+    lengths = {"inputs": 32, "targets": 8}
+    figures = {
+        trainable: bench.measure(model, fields, trainable, 4, lengths, steps=1)
+        for _, fields, trainable in bench.METHODS
+    }
+    # By hand: adapters 4 x (128 x 32 + 32 x 128) plus 12 layer norms of 128 (2 x 2 + 1 in the
+    # encoder, 2 x 3 + 1 in the decoder); LoRA 6 attentions x (query, value) x 8 x (128 + 4 x 32);
+    # prompt 20 x 128. Two steps, so LoRA's A (still at rest while B is zero) has moved too.
+    assert figures["adapters"]["trained"] == 4 * 2 * 128 * 32 + 12 * 128
+    assert figures["lora"]["trained"] == 6 * 2 * 8 * (128 + 128)
+    assert figures["prompt"]["trained"] == 20 * 128
+    assert figures["all"]["trained"] == figures["all"]["parameters"]
+    # Adafactor keeps no first moment; the second is factored for matrices of both sides >= 128 and
+    # full otherwise: the prompt's [20, 128] moment is 20 x 128 float32 plus a few counters.
+    assert 4 * 20 * 128 <= figures["prompt"]["optimizer_bytes"] <= 4 * 20 * 128 + 64
+    assert figures["all"]["optimizer_bytes"] > 10 * figures["lora"]["optimizer_bytes"]
+    assert all(f["step_s"] > 0 for f in figures.values())

@@ -52,7 +52,8 @@ def test_the_docs_page_is_current():
     table = [line for line in settings.markdown().splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(table) == len(settings.settings())
     learning_rate = next(line for line in table if line.startswith("| LEARNING_RATE |"))
-    assert "| `1.0` | `1e-3` |" in learning_rate  # pre-training's and fine-tuning's defaults
+    # Pre-training's default, prompt tuning's, and fine-tuning's.
+    assert "| `1.0` (runs/pretrain.gin); `0.3` (finetuning/prompt_tuning.gin) | `1e-3` |" in learning_rate
 
 
 def test_every_command_of_the_parser_runs_a_function():
