@@ -247,14 +247,25 @@ def test_prompt_tuning_command_then_infer_with_the_prompt(pretrained_demo_run, t
     assert trained.returncode == 0, trained.stderr[-2000:]
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"inputs": "Return a list of the"}\n{"inputs": "a fine film"}\n')
-    infer = ["infer", f"--gin_file={run / 'config.gin'}", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{run}'"]
-    done = run_cli(*infer, f"--input_file={rows}", f"--output_file={tmp_path / 'out.jsonl'}")
+    done = run_cli(
+        "infer",
+        f"--gin_file={run / 'config.gin'}",
+        "--gin_file=runs/infer.gin",
+        f"--gin.CHECKPOINT_PATH='{run}'",
+        f"--input_file={rows}",
+        f"--output_file={tmp_path / 'out.jsonl'}",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     predictions = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [p["inputs"] for p in predictions] == ["Return a list of the", "a fine film"]
     assert all(p["prediction_ids"] for p in predictions)
-    # The model without its prompt is another model: refused, naming the difference.
-    refused = run_cli(
-        *infer, "--gin.t5pod.T5Config.prompt_length=0", f"--input_file={rows}", f"--output_file={tmp_path / 'x.jsonl'}"
-    )
-    assert refused.returncode == 2 and "prompt_length: checkpoint 4 vs config 0" in refused.stderr
+
+
+def test_a_checkpoint_with_a_prompt_is_refused_by_a_model_without_one():
+    metadata = {"architecture": PROMPT.checkpoint_fields()}
+    with pytest.raises(checkpoints.CheckpointError, match="prompt_length: checkpoint 5 vs config 0"):
+        checkpoints.check_architecture(metadata, MODEL, "/run")
+    lora = {"architecture": dataclasses.replace(LORA, lora_targets=("query", "mlp")).checkpoint_fields()}
+    with pytest.raises(checkpoints.CheckpointError, match=r"lora_targets: checkpoint \['query', 'mlp'\] vs config"):
+        checkpoints.check_architecture(lora, LORA, "/run")
+    checkpoints.check_architecture({"architecture": MODEL.checkpoint_fields()}, MODEL, "/run")  # the same: accepted
