@@ -455,12 +455,11 @@ def _read_initial_params(path: str, model_config: T5Config, params, abstract_par
     added = [field for field in peft.ADDED_PARAMETERS if getattr(model_config, field) and not saved.get(field)]
     if not added:
         return restore_params(path, model_config, abstract_params)
-    without = dataclasses.replace(model_config, **{field: peft.ADDED_PARAMETERS[field][0] for field in added})
-    if "lora_rank" in added:
-        without = dataclasses.replace(without, lora_targets=tuple(T5Config.ARCHITECTURE_DEFAULTS["lora_targets"]))
-    abstract_without = abstract_params
+    without, abstract_without = model_config, abstract_params
     for field in added:
-        abstract_without = peft.without_added(abstract_without, peft.ADDED_PARAMETERS[field][1])
+        fields_without, is_added = peft.ADDED_PARAMETERS[field]
+        without = dataclasses.replace(without, **fields_without)
+        abstract_without = peft.without_added(abstract_without, is_added)
     restored = _overlay(params, restore_params(path, without, abstract_without))
     if "prompt_length" in added:
         restored["encoder"]["prompt"] = peft.prompt_from_embeddings(

@@ -63,22 +63,28 @@ def is_adapter_or_norm(path) -> bool:
     return "adapter" in names or any(n.endswith(("layer_norm", "_norm")) for n in names)
 
 
+def _added_by(field: str):
+    """Whether a parameter (by its path) is one the T5Config field's method adds (peft.ADDED_PARAMETERS)."""
+    is_added = peft.ADDED_PARAMETERS[field][1]
+    return lambda path: any(is_added(name) for name in _names(path))
+
+
 # What each parameter-efficient TRAINABLE trains: (is a parameter trained, is it one the method
 # adds, what they are and the setting that adds them).
 METHODS = {
     "adapters": (
         is_adapter_or_norm,
-        lambda path: "adapter" in _names(path),
+        _added_by("adapter_dim"),
         "adapters; set t5pod.T5Config.adapter_dim (e.g. --gin_file=finetuning/adapters.gin)",
     ),
     "lora": (
-        lambda path: peft.is_lora(_names(path)[-1]),
-        lambda path: peft.is_lora(_names(path)[-1]),
+        _added_by("lora_rank"),
+        _added_by("lora_rank"),
         "LoRA updates; set t5pod.T5Config.lora_rank (e.g. --gin_file=finetuning/lora.gin)",
     ),
     "prompt": (
-        lambda path: _names(path)[-1] == "prompt",
-        lambda path: _names(path)[-1] == "prompt",
+        _added_by("prompt_length"),
+        _added_by("prompt_length"),
         "tuned prompt; set t5pod.T5Config.prompt_length (e.g. --gin_file=finetuning/prompt_tuning.gin)",
     ),
 }

@@ -22,6 +22,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from t5pod.configs import T5Config
 from t5pod.partitioning import EMBED, LORA_RANK, PROMPT
 
 # The feed-forward block's kernels, which the LoRA target 'mlp' adapts.
@@ -85,9 +86,9 @@ def merge_low_rank(params: dict, cfg) -> dict:
     """params with every LoRA update added into its kernel and the factors dropped: the same
     function with the architecture of a model without LoRA (for export-hf)."""
     lora = low_rank(cfg)
-    flat = traverse_util.flatten_dict(params)
     if lora is None:
         return params
+    flat = traverse_util.flatten_dict(params)
     merged = {}
     for path, value in flat.items():
         if is_lora(path[-1]):
@@ -138,11 +139,12 @@ def prompt_from_embeddings(embedding, prompt_length: int, sharding=None):
 
 
 # The parameters a fine-tuning method adds to a pre-trained model, which its checkpoint lacks:
-# the T5Config field that adds them, its value without them, and whether a parameter name is one.
+# the T5Config field that adds them, the T5Config fields of the model without them, and whether a
+# parameter name (at any depth of the tree) is one of them.
 ADDED_PARAMETERS = {
-    "adapter_dim": (0, lambda name: name == "adapter"),
-    "lora_rank": (0, is_lora),
-    "prompt_length": (0, lambda name: name == "prompt"),
+    "adapter_dim": ({"adapter_dim": 0}, lambda name: name == "adapter"),
+    "lora_rank": ({"lora_rank": 0, "lora_targets": T5Config.lora_targets}, is_lora),
+    "prompt_length": ({"prompt_length": 0}, lambda name: name == "prompt"),
 }
 
 
