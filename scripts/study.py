@@ -31,7 +31,9 @@ Presets:
          paper: 1e-3 and 0.1, too slow at this size). Transfer rows: 320 steps of SST-2 1k (40
          epochs), 750 of STS-B (10 epochs), 4 and 7 minutes each.
   gpu    for one H100/H200-class GPU: T5 1.1 small in bfloat16, 8,000 pre-training steps of 128 x 512
-         tokens (1.1e17 FLOPs), then the transfer rows (rung 1x, three seeds).
+         tokens (1.1e17 FLOPs, about 19 minutes on an H200), then the transfer rows (rung 1x, three
+         seeds). Where TensorFlow cannot be installed, scripts/study_gpu.py runs the same rows from a
+         bundle of token ids.
   paper  the paper's baseline: T5 1.0 base, C4, 2^19 pre-training steps of 128 x 512 tokens (about
          34B tokens), then 2^18 fine-tuning steps on glue_v002_proportional and, separately,
          super_glue_v102_proportional, dropout 0.1.
@@ -150,9 +152,10 @@ PRESETS = {
         transfer=CPU_TRANSFER,
     ),
     # For one H100/H200-class GPU: T5 1.1 small (8,192-entry embeddings, 52M parameters) in bfloat16,
-    # 8,000 pre-training steps of 128 x 512 tokens: 1.1e17 model FLOPs (t5pod.flops), about 8 minutes
-    # at 240 TFLOP/s (30% of an H200's bfloat16 peak); then the transfer rows from both starts with
-    # three seeds (a few more minutes, mostly compilation). Not yet run on a GPU.
+    # 8,000 pre-training steps of 128 x 512 tokens: 1.1e17 model FLOPs (t5pod.flops). Measured on an
+    # H200 (scripts/study_gpu_run.py --profile_steps, jax 0.11.2): 142 ms a step, 100 TFLOP/s of model
+    # FLOPs (10% of its 989 TFLOP/s bfloat16 peak), so about 19 minutes, after about 100 s of setup and
+    # compilation; then the transfer rows from every start with three seeds (a few minutes more).
     "gpu": Preset(
         model_gin=("models/t5_1_1/small.gin",),
         vocab_size=8192,
@@ -591,6 +594,12 @@ def main(argv=None) -> int:
     parser.add_argument("--scale_down", type=int, default=1, help="divide every step count by this (for tests)")
     parser.add_argument("--seeds", help="comma-separated fine-tuning seeds, instead of the preset's")
     parser.add_argument(
+        "--finetune_learning_rate",
+        type=float,
+        help="the fine-tuning learning rate of every start (Tables 1 and 4 and the transfer rows), "
+        "instead of the preset's",
+    )
+    parser.add_argument(
         "--print_commands",
         action="store_true",
         help="print the commands (e.g. to run on a pod slice) instead of running them",
@@ -602,6 +611,8 @@ def main(argv=None) -> int:
         parser.error(f"unknown --rows {unknown or args.rows!r}; choose from {', '.join(ROWS)}")
     if args.scale_down < 1 or args.vocab_pieces < 200:
         parser.error("--scale_down must be at least 1 and --vocab_pieces at least 200")
+    if args.finetune_learning_rate is not None and not 0 < args.finetune_learning_rate < 1:
+        parser.error(f"--finetune_learning_rate must be in (0, 1), not {args.finetune_learning_rate}")
     from t5pod import cli
 
     cli.import_tensorflow_quietly()  # this process reads checkpoints: TensorFlow comes in, with its start-up lines
@@ -610,6 +621,14 @@ def main(argv=None) -> int:
         seeds = tuple(int(s) for s in args.seeds.split(","))
         transfer = study.preset.transfer and dataclasses.replace(study.preset.transfer, seeds=seeds, probe_seeds=seeds)
         study.preset = dataclasses.replace(study.preset, seeds=seeds, transfer=transfer)
+    if args.finetune_learning_rate is not None:
+        rate = {"LEARNING_RATE": args.finetune_learning_rate}
+        transfer = study.preset.transfer and dataclasses.replace(
+            study.preset.transfer, settings={**study.preset.transfer.settings, **rate}
+        )
+        study.preset = dataclasses.replace(
+            study.preset, finetune_settings={**study.preset.finetune_settings, **rate}, transfer=transfer
+        )
     if "transfer" in rows and study.preset.transfer is None:
         parser.error(f"the {args.preset} preset defines no transfer rows")
     if study.preset.pretrain_source == "text" and not args.text_file_pattern:

@@ -19,6 +19,7 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
 from t5pod import checkpoints, decoding, models, partitioning
+from t5pod.models import POOLED_FEATURES, mean_pooled_encoding
 from t5pod.configs import InferConfig, T5Config
 
 
@@ -233,24 +234,6 @@ class Predictor:
             for start in range(0, len(input_ids), size)
             for s in self.score_batch(input_ids[start : start + size], target_ids[start : start + size])
         ]
-
-
-POOLED_FEATURES = ("encoder", "embeddings")
-
-
-def mean_pooled_encoding(model, params, encoder_input_tokens, features: str = "encoder"):
-    """encoder_input_tokens [batch, length] -> the encoder's outputs ("encoder") or the token
-    embeddings it starts from ("embeddings") averaged over each row's non-padding tokens
-    [batch, embed], in float32 (the features of a linear probe)."""
-    if features == "encoder":
-        encoded = model.apply({"params": params}, encoder_input_tokens, method=model.encode).astype(jnp.float32)
-        encoded = encoded[:, encoded.shape[1] - encoder_input_tokens.shape[1] :]  # without a tuned prompt's
-    elif features == "embeddings":
-        encoded = params["token_embedder"]["embedding"][encoder_input_tokens].astype(jnp.float32)
-    else:
-        raise ValueError(f"pooled features are one of {POOLED_FEATURES}, not {features!r}.")
-    mask = (encoder_input_tokens > 0)[..., None].astype(jnp.float32)
-    return (encoded * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
 
 
 def _host(array) -> np.ndarray:

@@ -19,7 +19,6 @@ from flax import traverse_util
 
 from t5pod import decoder_only, network
 from t5pod.configs import T5Config
-from t5pod.data import pipeline
 
 # Training features per architecture: (name, which length), in the feature converter's names.
 _ENCODER_DECODER_FEATURES = (
@@ -52,6 +51,8 @@ def build(config: T5Config) -> nn.Module:
 
 def feature_converter(config: T5Config, pack: bool = True):
     """The seqio feature converter whose features the model reads."""
+    from t5pod.data import pipeline  # here, not at the top: the model itself runs without TensorFlow
+
     return pipeline.feature_converter(pack, decoder_only=config.is_decoder_only)
 
 
@@ -230,3 +231,21 @@ def begin_decoding(model: nn.Module, params, encoder_input_tokens, max_decode_le
 
     start_tokens = jnp.zeros((encoder_input_tokens.shape[0],), jnp.int32)
     return (step, *step(start_tokens, cache))
+
+
+POOLED_FEATURES = ("encoder", "embeddings")
+
+
+def mean_pooled_encoding(model, params, encoder_input_tokens, features: str = "encoder"):
+    """encoder_input_tokens [batch, length] -> the encoder's outputs ("encoder") or the token
+    embeddings it starts from ("embeddings") averaged over each row's non-padding tokens
+    [batch, embed], in float32 (the features of a linear probe)."""
+    if features == "encoder":
+        encoded = model.apply({"params": params}, encoder_input_tokens, method=model.encode).astype(jnp.float32)
+        encoded = encoded[:, encoded.shape[1] - encoder_input_tokens.shape[1] :]  # without a tuned prompt's
+    elif features == "embeddings":
+        encoded = params["token_embedder"]["embedding"][encoder_input_tokens].astype(jnp.float32)
+    else:
+        raise ValueError(f"pooled features are one of {POOLED_FEATURES}, not {features!r}.")
+    mask = (encoder_input_tokens > 0)[..., None].astype(jnp.float32)
+    return (encoded * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)

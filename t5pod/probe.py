@@ -12,23 +12,17 @@ Pearson correlation x 100.
 
 import dataclasses
 import json
-import warnings
 
 import jax
 import numpy as np
 from flax import linen as nn
-from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-from sklearn.model_selection import KFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from t5pod.tasks import transfer
 from t5pod import evaluation, inference, metric_writers, models, partitioning
 from t5pod.configs import InferConfig, T5Config
 from t5pod.data import benchmarks, pipeline
 from t5pod.data.glue_metrics import as_text
-
-REGULARISATION_GRID = tuple(10.0**k for k in range(-4, 5))  # C for logistic, alpha for ridge
+from t5pod.linear_probe import REGULARISATION_GRID, fit_and_score  # noqa: F401  (REGULARISATION_GRID: probe's API)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,25 +77,6 @@ def features_and_labels(
         [postprocess(as_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows], np.float64
     )
     return predictor.encode_ids([r["input_ids"] for r in rows], features), labels
-
-
-def fit_and_score(
-    kind: str, train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, eval_y: np.ndarray, folds: int = 5
-) -> tuple[float, float]:
-    """(score x 100 on the evaluation set, chosen regularisation) of a linear model fitted on the
-    standardised training features, its strength chosen by cross-validation on them alone."""
-    if kind == "classification":
-        linear = LogisticRegressionCV(Cs=list(REGULARISATION_GRID), cv=folds, max_iter=2000, scoring="accuracy")
-        with warnings.catch_warnings():  # scikit-learn's notice of a future change to its fitted attributes
-            warnings.simplefilter("ignore", FutureWarning)
-            model = make_pipeline(StandardScaler(), linear).fit(train_x, train_y.astype(int))
-        return 100.0 * float(np.mean(model.predict(eval_x) == eval_y.astype(int))), float(linear.C_[0])
-    linear = RidgeCV(alphas=list(REGULARISATION_GRID), cv=KFold(folds, shuffle=True, random_state=0))
-    model = make_pipeline(StandardScaler(), linear).fit(train_x, train_y)
-    predictions = model.predict(eval_x)
-    if np.allclose(predictions, predictions[0], rtol=0, atol=1e-9):
-        return 0.0, float(linear.alpha_)  # a constant prediction has no correlation: no skill
-    return 100.0 * float(np.corrcoef(predictions, eval_y)[0, 1]), float(linear.alpha_)
 
 
 def probe(

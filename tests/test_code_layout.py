@@ -12,6 +12,7 @@ LAZY_IMPORTS_ALLOWED = {
     "t5pod.cli": "commands import JAX and TensorFlow only when they run",
     "t5pod.data.c4_cleaning": "the streaming cleaner runs without TensorFlow",
     "t5pod.data.demo_corpus": "pydoc_data is absent from some Python builds",
+    "t5pod.models": "the model runs without TensorFlow (scripts/study_gpu_run.py); only seqio's converter needs it",
     "t5pod.tasks.glue": "TensorFlow Datasets is imported only for TFDS reads",
 }
 

@@ -363,6 +363,15 @@ def test_gpu_preset_prints_its_commands(tmp_path):
     assert paragraphs.returncode == 0, paragraphs.stderr[-3000:]
     lines = paragraphs.stdout.strip().splitlines()
     assert len(lines) == len(commands) and all("--gin.TEXT_PARAGRAPHS=True" in c for c in lines)
+    # The fine-tuning rate of every start can be set: the preset's 1e-3, or the flag's.
+    assert all("--gin.LEARNING_RATE=0.001 " in c + " " for c in finetunes)
+    slower = _study(tmp_path, "--preset=gpu", "--print_commands", "--rows=transfer", "--finetune_learning_rate=3e-4")
+    assert slower.returncode == 0, slower.stderr[-3000:]
+    slower_finetunes = [c for c in slower.stdout.splitlines() if "runs/finetune.gin" in c]
+    assert len(slower_finetunes) == 4 and all("--gin.LEARNING_RATE=0.0003 " in c + " " for c in slower_finetunes)
+    assert all("LEARNING_RATE" not in c for c in slower.stdout.splitlines() if "runs/pretrain.gin" in c)
+    refused = _study(tmp_path, "--preset=gpu", "--print_commands", "--rows=transfer", "--finetune_learning_rate=0")
+    assert refused.returncode != 0 and "--finetune_learning_rate must be in (0, 1), not 0.0" in refused.stderr
 
 
 @pytest.mark.slow
