@@ -4,6 +4,7 @@ import collections
 import json
 
 import pytest
+import sentencepiece as spm
 import seqio
 import tensorflow as tf
 
@@ -173,6 +174,18 @@ def test_train_vocab_command(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "600 ids" in done.stdout and "<extra_id_0> = 599" in done.stdout
+    # Sampling fewer sentences than the corpus holds gives the same vocabulary in every process.
+    pieces = []
+    for name in ("a", "b"):
+        output = tmp_path / name / "spiece.model"
+        sampled = run_cli(
+            "train-vocab", f"--input={corpus}", f"--output={output}", "--vocab_size=300", "--max_sentences=500"
+        )
+        assert sampled.returncode == 0, sampled.stderr
+        model = spm.SentencePieceProcessor(model_file=str(output))
+        pieces.append([model.id_to_piece(i) for i in range(model.get_piece_size())])
+    assert sum(1 for line in corpus.read_text().splitlines() if line.strip()) > 2 * 500
+    assert len(pieces[0]) == 300 and pieces[0] == pieces[1]
     done = run_cli("train-vocab", f"--input={tmp_path / 'missing*.txt'}", f"--output={tmp_path / 'x.model'}")
     assert done.returncode == 2 and "matches no file" in done.stderr
 

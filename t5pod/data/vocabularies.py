@@ -1,6 +1,7 @@
 """SentencePiece vocabularies with T5's conventions (pad 0, eos 1, unk 2, no bos, 100 extra ids)."""
 
 import os
+import random
 import shutil
 import tempfile
 from typing import Callable, Iterable
@@ -89,15 +90,22 @@ def train_vocabulary(
     # folder unless training succeeds.
     with tempfile.TemporaryDirectory() as work:
         corpus = os.path.join(work, "corpus.txt")
-        lines = 0
-        with open(corpus, "w", encoding="utf-8") as f:
-            for text in texts:
-                for line in text.splitlines():
-                    if line.strip():
-                        f.write(line.strip() + "\n")
-                        lines += 1
+        # At most max_sentences lines, sampled here with `seed` (reservoir sampling, in input order):
+        # SentencePiece's own sampling draws differently in every process whatever its seed, so the
+        # same command gave a different vocabulary each time.
+        sample, lines, chooser = [], 0, random.Random(seed)
+        for text in texts:
+            for line in text.splitlines():
+                if line.strip():
+                    lines += 1
+                    if len(sample) < max_sentences:
+                        sample.append((lines, line.strip()))
+                    elif (slot := chooser.randrange(lines)) < max_sentences:
+                        sample[slot] = (lines, line.strip())
         if lines == 0:
             raise VocabularyError("No text to train a vocabulary on: the corpus is empty.")
+        with open(corpus, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for _, line in sorted(sample))
         prefix = os.path.join(work, "spiece")
         spm.set_random_generator_seed(seed)
         spm.SentencePieceTrainer.train(
@@ -110,8 +118,8 @@ def train_vocabulary(
             eos_id=1,
             unk_id=2,
             bos_id=-1,
-            input_sentence_size=max_sentences,
-            shuffle_input_sentence=True,
+            input_sentence_size=0,  # every line of the sample above
+            shuffle_input_sentence=False,
             num_threads=os.cpu_count() or 1,
             minloglevel=2,
             hard_vocab_limit=False,
