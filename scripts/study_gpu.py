@@ -17,6 +17,7 @@ does, with the probes and the pre-training's FLOPs and speed in gpu-run.json.
 """
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -64,8 +65,8 @@ def pack(args) -> dict:
     tasks.register_all(args.vocabulary, glue_dir=args.glue_dir)
     vocabulary = vocabularies.get_vocabulary(args.vocabulary)
     source = text_sources.TextFileSource(args.text_file_pattern, paragraphs=True)
-    documents = [d["text"].decode("utf-8") for d in source.get_dataset("train", shuffle=False).as_numpy_iterator()]
-    documents = documents[: args.max_documents] if args.max_documents else documents
+    documents = source.get_dataset("train", shuffle=False).as_numpy_iterator()
+    documents = [d["text"].decode("utf-8") for d in itertools.islice(documents, args.max_documents or None)]
     ids = [d for d in vocabulary.tokenizer.encode(documents) if d]  # empty documents dropped, as the objective does
     arrays = {f"pretrain_{k}": v for k, v in _ragged(ids).items()}
     arrays["sentinel_base"] = np.array(vocabulary.vocab_size)  # sentinels count down from here (extra ids)
@@ -92,7 +93,6 @@ def pack(args) -> dict:
             arrays[f"{name}_inputs_offsets"],
         )
         arrays[f"{alias}_labels"] = arrays[f"{name}_labels"]
-    arrays["vocabulary_model"] = np.frombuffer(open(vocabularies_file(args.vocabulary), "rb").read(), np.uint8)
     os.makedirs(os.path.dirname(os.path.abspath(args.bundle)), exist_ok=True)
     np.savez_compressed(args.bundle, **arrays)
     print(
@@ -100,14 +100,6 @@ def pack(args) -> dict:
         f"{os.path.getsize(args.bundle) / 2**20:.1f} MiB"
     )
     return arrays
-
-
-def vocabularies_file(path: str) -> str:
-    if not os.path.exists(path):
-        raise SystemExit(
-            f"[study_gpu] --vocabulary {path} does not exist (train one with `python -m t5pod train-vocab`)"
-        )
-    return path
 
 
 def _decoded_score(vocabulary, task_name: str, ids: np.ndarray, labels: np.ndarray, metric: str) -> float:
@@ -214,6 +206,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.max_documents < 0 or args.preset_steps < 1:
         parser.error("--max_documents must be at least 0 and --preset_steps at least 1")
+    if not os.path.exists(args.vocabulary):
+        parser.error(f"--vocabulary {args.vocabulary} does not exist (train one with `python -m t5pod train-vocab`)")
     if args.command == "pack":
         if not args.text_file_pattern:
             parser.error("pack needs --text_file_pattern")

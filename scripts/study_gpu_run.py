@@ -82,7 +82,7 @@ class Runner:
         from t5pod import models
         from t5pod.configs import T5Config
 
-        self.jax, self.nn, self.models = jax, nn, models
+        self.jax = jax
         self.config = T5Config(**model_fields, dtype=dtype)
         self.model = models.build(self.config)
         features = models.dummy_features(self.config)
@@ -127,22 +127,21 @@ class Runner:
             self._decoders[max_length] = self.jax.jit(
                 lambda p, x: decoding.sample_decode(self.model, p, x, max_length)[0]
             )
-        out = []
-        for start in range(0, len(inputs), batch):
-            chunk = inputs[start : start + batch]
-            rows = len(chunk)
-            chunk = np.pad(chunk, ((0, batch - rows), (0, 0)))  # one compiled shape
-            out.append(np.asarray(self._decoders[max_length](params, chunk))[:rows])
-        return np.concatenate(out)
+        return _in_batches(self._decoders[max_length], params, inputs, batch)
 
     def features(self, params, inputs: np.ndarray, batch: int = 512) -> np.ndarray:
         """Mean-pooled encoder outputs [rows, embed] of [rows, length] inputs."""
-        out = []
-        for start in range(0, len(inputs), batch):
-            chunk = inputs[start : start + batch]
-            rows = len(chunk)
-            out.append(np.asarray(self.encode(params, np.pad(chunk, ((0, batch - rows), (0, 0)))))[:rows])
-        return np.concatenate(out)
+        return _in_batches(self.encode, params, inputs, batch)
+
+
+def _in_batches(function, params, inputs: np.ndarray, batch: int) -> np.ndarray:
+    """function(params, rows) over [rows, length] inputs in batches of `batch` rows, the last one
+    padded so that one compiled shape serves them all."""
+    out = []
+    for start in range(0, len(inputs), batch):
+        chunk = inputs[start : start + batch]
+        out.append(np.asarray(function(params, np.pad(chunk, ((0, batch - len(chunk)), (0, 0)))))[: len(chunk)])
+    return np.concatenate(out)
 
 
 def merge_fresh_decoder(pretrained, fresh):
@@ -257,7 +256,7 @@ class Study:
     def finetune(self, runner: Runner, task: str, start_name: str, start_params, seed: int, scale: int = 1):
         import jax
 
-        from t5pod import train_step
+        from t5pod import flops, train_step
 
         steps, period, lengths = FINETUNE[task]
         steps, period = max(steps // scale, 1), max(period // scale, 1)
@@ -275,10 +274,8 @@ class Study:
             [],
             [],
         )
-        rows_seen = 0
         for number in range(steps):
             batch = next(batches)
-            rows_seen += int((batch["decoder_segment_ids"] > 0).any(axis=1).sum())
             state, metrics = step_fn(state, batch, jax.random.PRNGKey(seed * 100_003 + number))
             if (number + 1) % period == 0 or number + 1 == steps:
                 losses.append(train_step.summarize(jax.device_get(metrics))["loss"])
@@ -286,7 +283,8 @@ class Study:
                     key = f"{task}/{start_name}/{seed}/{number + 1}/{which}"
                     self.predictions[key] = runner.decode(state.params, inputs, lengths["targets"]).astype(np.uint16)
                 evaluated.append(number + 1)
-        examples_per_row = sum(len(r) for r in pack(examples, lengths)) / len(pack(examples, lengths))
+        rows = pack(examples, lengths)
+        examples_per_row = sum(len(r) for r in rows) / len(rows)
         run = {
             "task": task,
             "start": start_name,
@@ -297,17 +295,13 @@ class Study:
             "seconds": round(time.time() - begin, 1),
             "examples_per_row": examples_per_row,
             "epochs": steps * self.args.finetune_batch * examples_per_row / len(examples),
-            "flops": float(self._finetune_flops(runner, lengths) * steps * self.args.finetune_batch),
+            "flops": flops.train_flops_per_example(runner.config, lengths["inputs"], lengths["targets"])
+            * steps
+            * self.args.finetune_batch,
         }
         self.results["runs"].append(run)
         self.save()
         return run
-
-    @staticmethod
-    def _finetune_flops(runner: Runner, lengths: dict) -> float:
-        from t5pod import flops
-
-        return flops.train_flops_per_example(runner.config, lengths["inputs"], lengths["targets"])
 
 
 def fit_probe(job):
@@ -402,13 +396,11 @@ def run_study(study: Study, model_fields: dict, *, scale: int, prefix: str = "")
             if study.elapsed() + estimate > args.total_seconds:
                 study.log(f"{prefix}no time for {task} from {start}, seed {seed}: skipped")
                 continue
-            fresh = finetune_runner.init(jax.random.PRNGKey(seed))
-            if start == "random":
-                params = fresh
-            elif start == "encoder":
-                params = merge_fresh_decoder(pretrained, fresh)
-            else:
+            if start == "pretrained":
                 params = pretrained
+            else:
+                fresh = finetune_runner.init(jax.random.PRNGKey(seed))
+                params = fresh if start == "random" else merge_fresh_decoder(pretrained, fresh)
             began = time.time()
             run = study.finetune(finetune_runner, task, start, params, seed, scale)
             durations.setdefault(task, []).append(time.time() - began)
